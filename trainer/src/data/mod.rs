@@ -1,0 +1,5 @@
+//! The data layer: COCO reader, synthetic dataset, augmentation and the batching loader.
+
+pub mod coco;
+
+pub use coco::{Category, CocoDataset, CocoFile, ImageRecord, LoadOptions, Object};

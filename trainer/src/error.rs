@@ -1,0 +1,70 @@
+//! The trainer crate's one error type.
+
+use std::path::PathBuf;
+
+/// Where in a COCO file a problem sits: the file plus whichever ids apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CocoLocation {
+    pub file: PathBuf,
+    pub image_id: Option<u64>,
+    pub annotation_id: Option<u64>,
+}
+
+impl std::fmt::Display for CocoLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(id) = self.image_id {
+            write!(f, ": image id {id}")?;
+        }
+        if let Some(id) = self.annotation_id {
+            write!(f, ": annotation id {id}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A COCO file is well-formed JSON but its content is wrong.
+    #[error("{at}: field `{field}`: {message}")]
+    Coco {
+        at: CocoLocation,
+        field: &'static str,
+        message: String,
+    },
+    /// An image file that is missing, unreadable or does not match its record.
+    #[error("{path} (image id {image_id}): {message}")]
+    Image {
+        path: PathBuf,
+        image_id: u64,
+        message: String,
+    },
+    /// Bad value given on the command line or in a config file.
+    #[error("invalid {what}: {message}")]
+    InvalidArgument { what: &'static str, message: String },
+    #[error("data loader: {0}")]
+    Loader(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! codetr-train: Co-DETR (Co-DINO) training in Rust.
+//!
+//! This crate holds everything the trainer needs and the exporter reuses: the data layer
+//! (COCO reader, synthetic dataset, augmentation, batching), the COCO evaluator, and (in
+//! later modules) the Burn model, the auxiliary heads, losses and the training loop.
+
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod fsutil;
+pub mod rng;
+
+pub use error::{Error, Result};
