@@ -87,7 +87,7 @@ impl AugmentConfig {
                 });
             }
         }
-        if !(self.min_box_size >= 0.0) {
+        if self.min_box_size.is_nan() || self.min_box_size < 0.0 {
             return Err(Error::InvalidArgument {
                 what: "augment config",
                 message: "min_box_size must be >= 0".into(),
