@@ -252,6 +252,14 @@ pub(crate) fn eval_image(
 
 /// `accumulate` for one category. `precision` is `[T, R, A, M]` and `recall` `[T, A, M]`,
 /// both pre-filled with -1.
+///
+/// pycocotools builds `rc` and `pr` at every detection, takes the running max of `pr` from the
+/// right and reads it where `np.searchsorted(rc, recThrs, 'left')` lands. Only true positives
+/// matter: `rc` changes only at a TP, so every landing index is a TP (or 0 for recThr 0, where
+/// the envelope is the overall max), and between TPs `pr` only falls (more FPs) or repeats
+/// (ignored detections), so each suffix max is reached at a TP. Hence the curve is kept at the
+/// TPs only, with `rc` and `pr` computed by the very same float operations — same numbers,
+/// a fraction of the divisions.
 pub(crate) fn accumulate_category(
     p: &Params,
     cm: &CategoryMatches,
@@ -267,14 +275,19 @@ pub(crate) fn accumulate_category(
         p.area_rngs.len(),
         p.max_dets.len(),
     );
+    debug_assert!(n_t <= 16);
+    let all: u16 = if n_t >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << n_t) - 1
+    };
     // One stable sort serves every (area, maxDet): the maxDet subsets keep their relative
     // concatenation order, so their stable sorts are subsequences of this one.
     let mut sorted: Vec<u32> = (0..cm.score.len() as u32).collect();
     sorted.sort_by(|&a, &b| by_score_desc(cm.score[a as usize], cm.score[b as usize]));
 
-    let mut sel: Vec<usize> = Vec::with_capacity(sorted.len());
-    let mut rc: Vec<f64> = Vec::with_capacity(sorted.len());
-    let mut pr: Vec<f64> = Vec::with_capacity(sorted.len());
+    // Per threshold: (rc, pr) at each true positive, in score order.
+    let mut curves: Vec<Vec<(f64, f64)>> = vec![Vec::new(); n_t];
     for a in 0..n_a {
         let npig = cm.npig[a];
         if npig == 0 {
@@ -282,48 +295,59 @@ pub(crate) fn accumulate_category(
         }
         let npig_f = npig as f64;
         for (m, &max_det) in p.max_dets.iter().enumerate() {
-            sel.clear();
-            sel.extend(
-                sorted
-                    .iter()
-                    .map(|&i| i as usize)
-                    .filter(|&i| (cm.rank[i] as usize) < max_det),
-            );
-            let nd = sel.len();
-            for t in 0..n_t {
-                rc.clear();
-                pr.clear();
-                let (mut tp, mut fp) = (0u64, 0u64);
-                for &i in &sel {
-                    let bit = 1u16 << t;
-                    if cm.ignored[i * n_a + a] & bit == 0 {
-                        if cm.matched[i * n_a + a] & bit != 0 {
-                            tp += 1;
-                        } else {
-                            fp += 1;
-                        }
-                    }
-                    let (tpf, fpf) = (tp as f64, fp as f64);
-                    rc.push(tpf / npig_f);
-                    pr.push(tpf / (fpf + tpf + EPS));
+            let mut tp = [0u64; 16];
+            let mut fp = [0u64; 16];
+            for c in &mut curves {
+                c.clear();
+            }
+            for &i in &sorted {
+                let i = i as usize;
+                if cm.rank[i] as usize >= max_det {
+                    continue;
                 }
-                recall[(t * n_a + a) * n_m + m] = if nd > 0 { rc[nd - 1] } else { 0.0 };
+                let mk = cm.matched[i * n_a + a];
+                let ig = cm.ignored[i * n_a + a];
+                let tp_bits = mk & !ig & all;
+                let fp_bits = !mk & !ig & all;
+                fp_bits_add(&mut fp, fp_bits);
+                let mut bits = tp_bits;
+                while bits != 0 {
+                    let t = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    tp[t] += 1;
+                    let (tpf, fpf) = (tp[t] as f64, fp[t] as f64);
+                    curves[t].push((tpf / npig_f, tpf / (fpf + tpf + EPS)));
+                }
+            }
+            for (t, curve) in curves.iter_mut().enumerate() {
+                // rc[-1], or 0 without detections (0 / npig is 0 as well).
+                recall[(t * n_a + a) * n_m + m] = tp[t] as f64 / npig_f;
                 // Precision envelope, from the right.
-                for i in (1..nd).rev() {
-                    if pr[i] > pr[i - 1] {
-                        pr[i - 1] = pr[i];
+                for j in (1..curve.len()).rev() {
+                    if curve[j].1 > curve[j - 1].1 {
+                        curve[j - 1].1 = curve[j].1;
                     }
                 }
                 // np.searchsorted(rc, recThrs, side='left'); thresholds past the curve → 0.
-                let mut pi = 0usize;
+                let mut j = 0usize;
                 for (r, &x) in p.rec_thrs.iter().enumerate() {
-                    while pi < nd && rc[pi] < x {
-                        pi += 1;
+                    while j < curve.len() && curve[j].0 < x {
+                        j += 1;
                     }
-                    let q = if pi < nd { pr[pi] } else { 0.0 };
+                    let q = if j < curve.len() { curve[j].1 } else { 0.0 };
                     precision[((t * n_r + r) * n_a + a) * n_m + m] = q;
                 }
             }
         }
+    }
+}
+
+#[inline]
+fn fp_bits_add(fp: &mut [u64; 16], bits: u16) {
+    let mut bits = bits;
+    while bits != 0 {
+        let t = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        fp[t] += 1;
     }
 }
