@@ -56,6 +56,14 @@ pub enum Error {
     InvalidArgument { what: &'static str, message: String },
     #[error("data loader: {0}")]
     Loader(String),
+    /// A detection in a COCO results file (or list) that cannot be evaluated. `origin` is the
+    /// results file, or a description when the detections did not come from a file.
+    #[error("{origin}: detection #{index}: {message}")]
+    Detection {
+        origin: String,
+        index: usize,
+        message: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
