@@ -17,11 +17,7 @@ DATA="$ROOT/data/bench-eval/${IMAGES}x${DETS_PER_IMAGE}"
 OUT="$ROOT/bench/results/eval_speed.json"
 PY="$ROOT/.venv/bin/python"
 
-if [ ! -x "$PY" ] || ! "$PY" -c 'import pycocotools, numpy' 2>/dev/null; then
-    echo "== creating .venv with pycocotools"
-    python3 -m venv "$ROOT/.venv"
-    "$ROOT/.venv/bin/pip" install -q pycocotools numpy
-fi
+"$ROOT/scripts/setup-python.sh"   # the pinned reference tools, in .venv
 
 echo "== building codetr-train (release)"
 timeout 1800 cargo build --release -q -p codetr-train --bin codetr-train
