@@ -152,7 +152,7 @@ impl Split {
 
     fn salt(self) -> u64 {
         match self {
-            Split::Train => 0x7472_6169_6e,
+            Split::Train => 0x0074_7261_696e,
             Split::Val => 0x0076_616c,
         }
     }
