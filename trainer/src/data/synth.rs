@@ -565,27 +565,42 @@ pub fn render_image(cfg: &SynthConfig, split: Split, index: usize) -> SynthImage
 
     postprocess(&mut cv, &mut rng, scale);
 
-    // Visible boxes from the owner map.
-    let mut boxes = vec![(usize::MAX, usize::MAX, 0usize, 0usize, 0usize); drawn.len()];
-    for y in 0..cv.h {
-        for x in 0..cv.w {
-            let o = cv.owner[y * cv.w + x] as usize;
-            if o == 0 {
+    let (objects, hidden) = visible_objects(&cv, &drawn);
+    SynthImage {
+        image: cv.to_image(),
+        objects,
+        hidden,
+    }
+}
+
+/// Annotations from the owner map: the visible box of each drawn object, or nothing when less
+/// than [`MIN_VISIBLE_FRACTION`] of it is visible. Returns the objects and the hidden count.
+fn visible_objects(cv: &Canvas, drawn: &[DrawnObject]) -> (Vec<SynthObject>, usize) {
+    let mut boxes = vec![(usize::MAX, usize::MAX, 0usize, 0usize, 0.0f32); drawn.len()];
+    for (y, (row, cov)) in cv
+        .owner
+        .chunks_exact(cv.w)
+        .zip(cv.owner_cov.chunks_exact(cv.w))
+        .enumerate()
+    {
+        for (x, (&o, &c)) in row.iter().zip(cov).enumerate() {
+            let Some(b) = (o as usize).checked_sub(1).and_then(|k| boxes.get_mut(k)) else {
                 continue;
-            }
-            let b = &mut boxes[o - 1];
+            };
             b.0 = b.0.min(x);
             b.1 = b.1.min(y);
             b.2 = b.2.max(x);
             b.3 = b.3.max(y);
-            b.4 += 1;
+            b.4 += c;
         }
     }
     let mut objects = Vec::with_capacity(drawn.len());
     let mut hidden = 0;
     for (d, &(x0, y0, x1, y1, count)) in drawn.iter().zip(&boxes) {
-        let visible = count as f32 / d.area.max(1.0);
-        if count == 0 || visible < MIN_VISIBLE_FRACTION || x1 - x0 < 1 || y1 - y0 < 1 {
+        // Visible area: the owner's opacity summed over its pixels (≈ the shape's area when
+        // nothing covers it).
+        let visible = count / d.area.max(1.0);
+        if count <= 0.0 || visible < MIN_VISIBLE_FRACTION || x1 - x0 < 1 || y1 - y0 < 1 {
             hidden += 1;
             continue;
         }
@@ -600,11 +615,7 @@ pub fn render_image(cfg: &SynthConfig, split: Split, index: usize) -> SynthImage
             visible_fraction: visible.min(1.0),
         });
     }
-    SynthImage {
-        image: cv.to_image(),
-        objects,
-        hidden,
-    }
+    (objects, hidden)
 }
 
 /// Box area of an object: a COCO bucket chosen at random (30 % small, 28 % medium, 42 % large,
@@ -1391,7 +1402,15 @@ struct Canvas {
     px: Vec<Rgb>,
     /// 0: no object on top; k: object k (1-based) on top.
     owner: Vec<u16>,
+    /// Coverage of the owner's shape at each owned pixel.
+    owner_cov: Vec<f32>,
 }
+
+/// A drawn pixel with at least this opacity belongs to its object's box when nothing else owns
+/// it (so thin tips and anti-aliased edges are inside the box).
+const OWN_FRINGE: f32 = 0.2;
+/// Drawing with at least this opacity takes a pixel over from whatever owned it.
+const OWN_TAKEOVER: f32 = 0.5;
 
 impl Canvas {
     fn new(w: usize, h: usize) -> Self {
@@ -1400,6 +1419,7 @@ impl Canvas {
             h,
             px: vec![[0.0; 3]; w * h],
             owner: vec![0; w * h],
+            owner_cov: vec![0.0; w * h],
         }
     }
 
@@ -1434,13 +1454,16 @@ impl Canvas {
         [s[0] / n, s[1] / n, s[2] / n]
     }
 
-    /// Blends `paint` over the canvas with opacity `coverage × alpha`. Where that is ≥ 0.5 the
-    /// pixel's owner becomes `owner` (0 for distractors, which hide objects).
+    /// Blends `paint` over the canvas with opacity `a = coverage × alpha`, and updates the owner
+    /// map when `owner` is given (`Some(0)` for distractors, which hide objects): a pixel is
+    /// taken over where `a` ≥ [`OWN_TAKEOVER`], and an unowned pixel is claimed by an object
+    /// where `a` ≥ [`OWN_FRINGE`].
     fn composite(&mut self, cov: &Coverage, paint: &Paint, alpha: f32, owner: Option<u16>) {
         for row in 0..cov.h {
             let y = cov.y0 + row;
             for col in 0..cov.w {
-                let a = cov.cov[row * cov.w + col] * alpha;
+                let k = cov.cov[row * cov.w + col];
+                let a = k * alpha;
                 if a <= 0.0 {
                     continue;
                 }
@@ -1449,9 +1472,10 @@ impl Canvas {
                 let c = paint.at(x as f32 + 0.5, y as f32 + 0.5);
                 self.px[i] = mix(self.px[i], c, a);
                 if let Some(o) = owner
-                    && a >= 0.5
+                    && (a >= OWN_TAKEOVER || (o != 0 && a >= OWN_FRINGE && self.owner[i] == 0))
                 {
                     self.owner[i] = o;
+                    self.owner_cov[i] = k;
                 }
             }
         }
@@ -1461,7 +1485,7 @@ impl Canvas {
         let mut buf = Vec::with_capacity(self.w * self.h * 3);
         for p in &self.px {
             for v in p {
-                buf.push(v.round().clamp(0.0, 255.0) as u8);
+                buf.push((v.clamp(0.0, 255.0) + 0.5) as u8);
             }
         }
         image::RgbImage::from_raw(self.w as u32, self.h as u32, buf)
@@ -1591,10 +1615,12 @@ impl Canvas {
 fn blob_shape(rng: &mut Rng, lo: f32, hi: f32) -> Vec<Vec<Pt>> {
     let harmonics: Vec<(f32, f32, f32)> = (2..6)
         .map(|k| {
-            let amp = if k <= 3 {
-                rng.uniform(lo, hi)
-            } else {
-                rng.uniform(0.0, lo)
+            // Strong 3rd harmonic plus some 4th/5th: lumpy, never an ellipse (which a pure
+            // 2nd harmonic would give, and which would look like a stretched disc).
+            let amp = match k {
+                2 => rng.uniform(0.0, hi),
+                3 => rng.uniform(lo + 0.08, hi + 0.05),
+                _ => rng.uniform(0.04, 0.14),
             };
             (k as f32, amp, rng.uniform(0.0, std::f32::consts::TAU))
         })
@@ -2043,11 +2069,110 @@ mod tests {
     }
 
     #[test]
-    fn annotated_boxes_match_drawn_objects() {
-        // The box of a lone, fully visible object matches its shape's box to within a pixel.
+    fn visible_boxes_bound_exactly_the_drawn_pixels() {
+        let mut rng = Rng::new(11);
+        let bg = [128.0f32; 3];
+        for class in 0..CLASS_NAMES.len() {
+            for _ in 0..5 {
+                let mut cv = Canvas::new(128, 96);
+                cv.fill_with(|_, _| bg);
+                let area = rng.uniform(100.0, 4000.0);
+                let Some(d) = draw_object(&mut cv, &mut rng, class, area, &[]) else {
+                    panic!("a lone object is always placed");
+                };
+                let (objs, hidden) = visible_objects(&cv, std::slice::from_ref(&d));
+                assert_eq!(objs.len() + hidden, 1);
+                let Some(o) = objs.first() else { continue };
+                assert_eq!(o.class, class);
+                let [x, y, w, h] = o.bbox;
+                // Every visibly changed pixel lies in the box (± the anti-aliased fringe), and
+                // each side of the box touches changed pixels.
+                let changed = |px: usize, py: usize| dist(cv.px[py * cv.w + px], bg) > 20.0;
+                let (mut minx, mut miny, mut maxx, mut maxy) = (usize::MAX, usize::MAX, 0, 0);
+                for py in 0..cv.h {
+                    for px in 0..cv.w {
+                        if changed(px, py) {
+                            minx = minx.min(px);
+                            miny = miny.min(py);
+                            maxx = maxx.max(px);
+                            maxy = maxy.max(py);
+                        }
+                    }
+                }
+                let tight = [
+                    minx as f64,
+                    miny as f64,
+                    (maxx + 1) as f64,
+                    (maxy + 1) as f64,
+                ];
+                let ours = [x, y, x + w, y + h];
+                for k in 0..4 {
+                    assert!(
+                        (tight[k] - ours[k]).abs() <= 1.0,
+                        "class {class}: box {ours:?} vs drawn pixels {tight:?}"
+                    );
+                }
+                // Fully visible objects: visible pixels ≈ the analytic area.
+                let inside =
+                    d.bbox[0] >= 0.0 && d.bbox[1] >= 0.0 && d.bbox[2] <= 128.0 && d.bbox[3] <= 96.0;
+                if inside {
+                    assert!(
+                        (o.visible_fraction - 1.0).abs() < 0.1,
+                        "class {class}: {}",
+                        o.visible_fraction
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn occluded_objects_shrink_or_lose_their_box() {
+        let mut cv = Canvas::new(100, 100);
+        let drawn = [DrawnObject {
+            class: 1,
+            area: 40.0 * 40.0,
+            bbox: [20.0, 20.0, 60.0, 60.0],
+        }];
+        let sq = vec![vec![[20.0, 20.0], [60.0, 20.0], [60.0, 60.0], [20.0, 60.0]]];
+        cv.composite(
+            &rasterize(&sq, 100, 100),
+            &Paint::solid([255.0; 3]),
+            1.0,
+            Some(1),
+        );
+        let (o, hidden) = visible_objects(&cv, &drawn);
+        assert_eq!((o.len(), hidden), (1, 0));
+        assert_eq!(o[0].bbox, [20.0, 20.0, 40.0, 40.0]);
+        // A distractor over the left half: the visible box is the right half.
+        let left = vec![vec![[0.0, 0.0], [40.0, 0.0], [40.0, 100.0], [0.0, 100.0]]];
+        cv.composite(
+            &rasterize(&left, 100, 100),
+            &Paint::solid([0.0; 3]),
+            1.0,
+            Some(0),
+        );
+        let (o, _) = visible_objects(&cv, &drawn);
+        assert_eq!(o[0].bbox, [40.0, 20.0, 20.0, 40.0]);
+        assert!((o[0].visible_fraction - 0.5).abs() < 1e-6);
+        // Covering 75 %: more than 70 % hidden, so no annotation.
+        let more = vec![vec![[0.0, 0.0], [50.0, 0.0], [50.0, 100.0], [0.0, 100.0]]];
+        cv.composite(
+            &rasterize(&more, 100, 100),
+            &Paint::solid([0.0; 3]),
+            1.0,
+            Some(0),
+        );
+        let (o, hidden) = visible_objects(&cv, &drawn);
+        assert_eq!((o.len(), hidden), (0, 1));
+    }
+
+    #[test]
+    fn rendered_images_have_valid_objects() {
         let cfg = SynthConfig::default();
         for i in 0..40 {
             let r = render_image(&cfg, Split::Val, i);
+            assert!(r.objects.len() <= MAX_OBJECTS);
             for o in &r.objects {
                 assert!(o.visible_fraction >= MIN_VISIBLE_FRACTION);
                 let [x, y, w, h] = o.bbox;
