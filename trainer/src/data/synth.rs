@@ -695,8 +695,8 @@ fn draw_object(
     }
     let shape = placed?;
     let b = shape.bbox();
-    let bg = cv.mean_in(b);
-    let paint = object_paint(rng, bg, b);
+    let bg = cv.samples_in(b);
+    let paint = object_paint(rng, &bg, b);
     let alpha = if rng.chance(0.15) {
         rng.uniform(0.75, 0.95)
     } else {
@@ -719,8 +719,9 @@ fn draw_object(
                     .collect()
             })
             .collect();
-        let avoid = mix(bg, paint.c0, 0.5);
-        let oc = contrasting_colour(rng, avoid, 60.0);
+        let mut avoid = bg;
+        avoid.extend(std::iter::repeat_n(paint.c0, avoid.len().max(1)));
+        let oc = contrasting_colour(rng, &avoid, 50.0);
         let cov = rasterize(&grown, cv.w, cv.h);
         cv.composite(&cov, &Paint::solid(oc), alpha, Some(id));
     }
@@ -1114,17 +1115,29 @@ fn mix(a: Rgb, b: Rgb, t: f32) -> Rgb {
     ]
 }
 
-/// A random colour at least `min_dist` (RGB distance, 0..441) from `avoid`, or the farthest of
-/// the tries.
-fn contrasting_colour(rng: &mut Rng, avoid: Rgb, min_dist: f32) -> Rgb {
+/// How far `c` stands out from the colours `avoid` (e.g. background samples): the RGB distance
+/// (0..441) that 80 % of them exceed. Unlike the distance to their mean, this sees that a colour
+/// in the middle of a two-colour texture is not always visible, and one equal to either is not.
+fn contrast(c: Rgb, avoid: &[Rgb]) -> f32 {
+    if avoid.is_empty() {
+        return f32::INFINITY;
+    }
+    let mut d: Vec<f32> = avoid.iter().map(|&a| dist(c, a)).collect();
+    let k = d.len() / 5;
+    *d.select_nth_unstable_by(k, f32::total_cmp).1
+}
+
+/// A random colour whose [`contrast`] against `avoid` is at least `min_dist`, or the most
+/// contrasting of the tries.
+fn contrasting_colour(rng: &mut Rng, avoid: &[Rgb], min_dist: f32) -> Rgb {
     let mut best = random_colour(rng);
-    let mut best_d = dist(best, avoid);
-    for _ in 0..24 {
+    let mut best_d = contrast(best, avoid);
+    for _ in 0..32 {
         if best_d >= min_dist {
             break;
         }
         let c = random_colour(rng);
-        let d = dist(c, avoid);
+        let d = contrast(c, avoid);
         if d > best_d {
             best = c;
             best_d = d;
@@ -1359,8 +1372,8 @@ fn random_pattern(rng: &mut Rng, region: [f32; 4], allow_solid: bool) -> Pattern
     }
 }
 
-/// Paint for an object whose box is `b` over a background of mean colour `bg`.
-fn object_paint(rng: &mut Rng, bg: Rgb, b: [f32; 4]) -> Paint {
+/// Paint for an object whose box is `b` over a background sampled as `bg`.
+fn object_paint(rng: &mut Rng, bg: &[Rgb], b: [f32; 4]) -> Paint {
     // Contrast varies from subtle to strong but never vanishes.
     let min_contrast = rng.uniform(45.0, 130.0);
     let c0 = contrasting_colour(rng, bg, min_contrast);
@@ -1376,7 +1389,7 @@ fn object_paint(rng: &mut Rng, bg: Rgb, b: [f32; 4]) -> Paint {
             (c0[1] + j[1]).clamp(0.0, 255.0),
             (c0[2] + j[2]).clamp(0.0, 255.0),
         ];
-        if dist(c, bg) >= 0.8 * min_contrast {
+        if contrast(c, bg) >= 0.8 * min_contrast {
             c
         } else {
             c0
@@ -1430,28 +1443,21 @@ impl Canvas {
         }
     }
 
-    /// Mean colour inside box `b` (clipped; sampled on a coarse grid).
-    fn mean_in(&self, b: [f32; 4]) -> Rgb {
-        let x0 = b[0].max(0.0) as usize;
-        let y0 = b[1].max(0.0) as usize;
-        let x1 = (b[2].max(0.0) as usize).min(self.w);
-        let y1 = (b[3].max(0.0) as usize).min(self.h);
-        if x1 <= x0 || y1 <= y0 {
-            return [128.0; 3];
-        }
-        let step = ((x1 - x0).max(y1 - y0) / 16).max(1);
-        let mut s = [0.0f32; 3];
-        let mut n = 0.0;
-        for y in (y0..y1).step_by(step) {
-            for x in (x0..x1).step_by(step) {
-                let p = self.px[y * self.w + x];
-                s[0] += p[0];
-                s[1] += p[1];
-                s[2] += p[2];
-                n += 1.0;
+    /// Colours inside box `b` (clipped), sampled on a grid of about 9×9 points.
+    fn samples_in(&self, b: [f32; 4]) -> Vec<Rgb> {
+        let x0 = (b[0].max(0.0) as usize).min(self.w.saturating_sub(1));
+        let y0 = (b[1].max(0.0) as usize).min(self.h.saturating_sub(1));
+        let x1 = (b[2].max(0.0) as usize).clamp(x0 + 1, self.w);
+        let y1 = (b[3].max(0.0) as usize).clamp(y0 + 1, self.h);
+        let sx = ((x1 - x0) / 8).max(1);
+        let sy = ((y1 - y0) / 8).max(1);
+        let mut out = Vec::with_capacity(81);
+        for y in (y0..y1).step_by(sy) {
+            for x in (x0..x1).step_by(sx) {
+                out.push(self.px[y * self.w + x]);
             }
         }
-        [s[0] / n, s[1] / n, s[2] / n]
+        out
     }
 
     /// Blends `paint` over the canvas with opacity `a = coverage × alpha`, and updates the owner
@@ -1650,14 +1656,13 @@ fn draw_distractor(cv: &mut Canvas, rng: &mut Rng, scale: f32, foreground: bool)
     } else {
         rng.below(8)
     };
-    let bg_probe = |cv: &Canvas, b: [f32; 4]| cv.mean_in(b);
     let strokes = |cv: &mut Canvas, rng: &mut Rng, pts: &[Pt], half: f32| {
         let b = bbox_of(&[pts.to_vec()]);
-        let bg = bg_probe(cv, b);
+        let bg = cv.samples_in(b);
         let min_c = rng.uniform(30.0, 120.0);
         let paint = Paint {
-            c0: contrasting_colour(rng, bg, min_c),
-            c1: contrasting_colour(rng, bg, min_c),
+            c0: contrasting_colour(rng, &bg, min_c),
+            c1: contrasting_colour(rng, &bg, min_c),
             pattern: random_pattern(rng, b, true),
         };
         for s in pts.windows(2) {
@@ -1751,7 +1756,7 @@ fn draw_distractor(cv: &mut Canvas, rng: &mut Rng, scale: f32, foreground: bool)
             let theta = rng.uniform(0.0, TAU);
             let shape = place_shape(&unit, rng, stretch, theta, area, cv.w, cv.h, 0.3);
             let b = shape.bbox();
-            let paint = object_paint(rng, cv.mean_in(b), b);
+            let paint = object_paint(rng, &cv.samples_in(b), b);
             cv.composite(
                 &rasterize(&shape.contours, cv.w, cv.h),
                 &paint,
@@ -2165,6 +2170,23 @@ mod tests {
         );
         let (o, hidden) = visible_objects(&cv, &drawn);
         assert_eq!((o.len(), hidden), (0, 1));
+    }
+
+    #[test]
+    fn contrast_sees_both_colours_of_a_textured_background() {
+        let (red, green) = ([200.0, 20.0, 20.0], [20.0, 200.0, 20.0]);
+        let bg: Vec<Rgb> = (0..40)
+            .map(|i| if i % 2 == 0 { red } else { green })
+            .collect();
+        // Far from the mean colour, yet invisible on half the background.
+        assert!(dist(red, mix(red, green, 0.5)) > 100.0);
+        assert!(contrast(red, &bg) < 1.0);
+        assert!(contrast([20.0, 20.0, 220.0], &bg) > 200.0);
+        let mut rng = Rng::new(1);
+        for _ in 0..50 {
+            let c = contrasting_colour(&mut rng, &bg, 80.0);
+            assert!(contrast(c, &bg) >= 80.0);
+        }
     }
 
     #[test]
