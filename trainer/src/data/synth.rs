@@ -1375,7 +1375,7 @@ fn random_pattern(rng: &mut Rng, region: [f32; 4], allow_solid: bool) -> Pattern
 /// Paint for an object whose box is `b` over a background sampled as `bg`.
 fn object_paint(rng: &mut Rng, bg: &[Rgb], b: [f32; 4]) -> Paint {
     // Contrast varies from subtle to strong but never vanishes.
-    let min_contrast = rng.uniform(45.0, 130.0);
+    let min_contrast = rng.uniform(55.0, 130.0);
     let c0 = contrasting_colour(rng, bg, min_contrast);
     let c1 = if rng.chance(0.4) {
         // Low internal contrast: a nearby shade of c0.
