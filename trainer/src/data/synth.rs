@@ -1,8 +1,16 @@
 //! Deterministic synthetic COCO dataset: textured shapes on cluttered backgrounds.
 //!
+//! Layout written by [`generate`]: `OUT/{train,val}/instances.json` (COCO, category ids
+//! 1..=10, image and annotation ids from 1 per split) and `OUT/{train,val}/images/NNNNNN.jpg`.
+//!
 //! Each image is a pure function of `(seed, split, image index)`: it draws from its own
 //! [`Rng::fork`] stream, so images are independent of each other and of the number of worker
-//! threads, and the same seed and config give byte-identical files.
+//! threads, and the same seed and config give byte-identical files (for a given build: the
+//! JPEG encoder and the float maths of the platform are part of the recipe).
+//!
+//! At the default 256×256 about 33 % of the annotations are COCO-small, 41 % medium and 25 %
+//! large; there are 8.8 objects per image on average (0–20, ~6 % empty images) and the ten
+//! classes each have 10 ± 0.5 % of the objects.
 //!
 //! What an image contains, in drawing order:
 //! 1. a background (linear/radial gradient, multi-octave value noise, tiles, stripes or a
@@ -2186,6 +2194,26 @@ mod tests {
         for _ in 0..50 {
             let c = contrasting_colour(&mut rng, &bg, 80.0);
             assert!(contrast(c, &bg) >= 80.0);
+        }
+    }
+
+    #[test]
+    fn extreme_sizes_render_valid_images() {
+        for (w, h) in [(64, 64), (320, 64), (64, 200)] {
+            let cfg = SynthConfig {
+                width: w,
+                height: h,
+                ..SynthConfig::default()
+            };
+            for i in 0..20 {
+                let r = render_image(&cfg, Split::Train, i);
+                assert_eq!(r.image.dimensions(), (w, h));
+                for o in &r.objects {
+                    let [x, y, bw, bh] = o.bbox;
+                    assert!(x >= 0.0 && y >= 0.0 && bw > 0.0 && bh > 0.0);
+                    assert!(x + bw <= f64::from(w) && y + bh <= f64::from(h));
+                }
+            }
         }
     }
 
