@@ -17,7 +17,7 @@
 //!    checkerboard), often with a fine grain texture, plus clutter: thin lines and faint
 //!    irregular blobs;
 //! 2. distractors that are not annotated: scribbles, lines, irregular blobs, half discs,
-//!    L shapes, bars, zigzags and open arcs, painted like the objects;
+//!    L shapes, bars, zigzags and spirals, painted like the objects;
 //! 3. 0–20 objects of [`CLASS_NAMES`], each with random colour and texture (solid,
 //!    gradient, stripes, checker, noise), rotation, aspect stretch 0.5–2, sometimes an outline
 //!    or slight transparency; sizes span the COCO small/medium/large buckets, objects may be cut
@@ -1746,16 +1746,31 @@ fn draw_distractor(cv: &mut Canvas, rng: &mut Rng, scale: f32, foreground: bool)
                             [0.0, 1.0],
                         ]]
                     } else {
-                        let t = rng.uniform(0.08, 0.2);
+                        // Thin enough (aspect ≥ 3.5 after stretch) not to pass for a rectangle.
+                        let t = rng.uniform(0.06, 0.14);
                         vec![vec![[-1.0, -t], [1.0, -t], [1.0, t], [-1.0, t]]]
                     }
                 }
                 _ => {
-                    // Open arc of an annulus.
-                    let span = rng.uniform(1.0, 3.8);
-                    let inner = rng.uniform(0.5, 0.8);
-                    let mut v = arc(0.0, 0.0, 1.0, 0.0, span, 24);
-                    v.extend(arc(0.0, 0.0, inner, span, 0.0, 24));
+                    // A spiral band. (Not an open arc of an annulus: small ones are
+                    // indistinguishable from crescents and would be unlabelled look-alikes.)
+                    let turns = rng.uniform(1.3, 2.3);
+                    let end = turns * TAU;
+                    let b = 0.85 / end;
+                    let half = 0.3 * TAU * b;
+                    let n = (turns * 24.0) as usize;
+                    let r = |t: f32| 0.15 + b * t;
+                    let mut v: Vec<Pt> = (0..=n)
+                        .map(|i| {
+                            let t = end * i as f32 / n as f32;
+                            [(r(t) + half) * t.cos(), (r(t) + half) * t.sin()]
+                        })
+                        .collect();
+                    v.extend((0..=n).rev().map(|i| {
+                        let t = end * i as f32 / n as f32;
+                        let ri = (r(t) - half).max(0.02);
+                        [ri * t.cos(), ri * t.sin()]
+                    }));
                     vec![v]
                 }
             };
