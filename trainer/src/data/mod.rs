@@ -3,6 +3,7 @@
 pub mod augment;
 pub mod coco;
 pub mod loader;
+pub mod synth;
 
 pub use augment::AugmentConfig;
 pub use coco::{Category, CocoDataset, CocoFile, ImageRecord, LoadOptions, Object};
