@@ -12,7 +12,11 @@ use codetr_train::data::{CocoDataset, LoadOptions, Loader, LoaderConfig};
 use codetr_train::eval;
 
 #[derive(Parser)]
-#[command(name = "codetr-train", version, about = "Co-DETR training: data, synthetic datasets, COCO evaluation")]
+#[command(
+    name = "codetr-train",
+    version,
+    about = "Co-DETR training: data, synthetic datasets, COCO evaluation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,8 +96,14 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("expected WIDTHxHEIGHT, got {s:?}"))?;
-    let w: u32 = w.trim().parse().map_err(|_| format!("bad width in {s:?}"))?;
-    let h: u32 = h.trim().parse().map_err(|_| format!("bad height in {s:?}"))?;
+    let w: u32 = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in {s:?}"))?;
+    let h: u32 = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in {s:?}"))?;
     Ok((w, h))
 }
 
@@ -139,7 +149,11 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 let bytes = serde_json::to_vec_pretty(&stats)?;
                 codetr_train::fsutil::write_atomic(&out.join("stats.json"), &bytes)?;
             }
-            tracing::info!(seconds = t.elapsed().as_secs_f64(), "synthetic dataset written to {}", out.display());
+            tracing::info!(
+                seconds = t.elapsed().as_secs_f64(),
+                "synthetic dataset written to {}",
+                out.display()
+            );
         }
         Command::Check { data, json, images } => {
             let ds = match (data, json, images) {
@@ -148,16 +162,34 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 _ => anyhow::bail!("give --data DIR, or --json FILE with --images DIR"),
             };
             let objects: usize = ds.images.iter().map(|i| i.objects.len()).sum();
-            let crowd: usize = ds.images.iter().flat_map(|i| &i.objects).filter(|o| o.iscrowd).count();
+            let crowd: usize = ds
+                .images
+                .iter()
+                .flat_map(|i| &i.objects)
+                .filter(|o| o.iscrowd)
+                .count();
             println!("{}: OK", ds.json_path.display());
-            println!("  images: {}  objects: {objects} (crowd: {crowd})  classes: {}", ds.images.len(), ds.num_classes());
+            println!(
+                "  images: {}  objects: {objects} (crowd: {crowd})  classes: {}",
+                ds.images.len(),
+                ds.num_classes()
+            );
             let mut per_class = vec![0usize; ds.num_classes()];
             let mut buckets = [0usize; 3];
             for o in ds.images.iter().flat_map(|i| &i.objects) {
                 per_class[o.label] += 1;
-                buckets[if o.area < 32.0 * 32.0 { 0 } else if o.area < 96.0 * 96.0 { 1 } else { 2 }] += 1;
+                buckets[if o.area < 32.0 * 32.0 {
+                    0
+                } else if o.area < 96.0 * 96.0 {
+                    1
+                } else {
+                    2
+                }] += 1;
             }
-            println!("  area small/medium/large: {}/{}/{}", buckets[0], buckets[1], buckets[2]);
+            println!(
+                "  area small/medium/large: {}/{}/{}",
+                buckets[0], buckets[1], buckets[2]
+            );
             for (c, n) in ds.categories.iter().zip(per_class) {
                 println!("  {:>4} {:<20} {n}", c.id, c.name);
             }
@@ -210,7 +242,10 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 }
             }
             bar.finish_and_clear();
-            let secs = t0.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0).max(1e-9);
+            let secs = t0
+                .map(|t| t.elapsed().as_secs_f64())
+                .unwrap_or(0.0)
+                .max(1e-9);
             let r = serde_json::json!({
                 "images": imgs, "batches": done, "seconds": secs,
                 "images_per_s": imgs as f64 / secs, "batches_per_s": done as f64 / secs,
