@@ -25,13 +25,14 @@ impl std::fmt::Display for CocoLocation {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// Display omits the source: callers print the chain (`{:#}`), which adds it once.
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{}: invalid JSON", path.display())]
     Json {
         path: PathBuf,
         #[source]

@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+pub mod model;
 pub mod rng;
 
 pub use error::{Error, Result};

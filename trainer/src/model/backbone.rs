@@ -1,0 +1,295 @@
+//! ResNet-18/34/50 backbone with frozen BatchNorm, returning C2..C5 (torchvision v1.5 layout:
+//! the stride of a Bottleneck sits on its 3×3 conv), so torchvision weights map key for key.
+
+use burn::module::{Module, Param};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Backbone settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneConfig {
+    /// 18, 34 or 50.
+    pub depth: usize,
+    /// Stages whose parameters never train: 0 = none, 1 = stem + layer1 (Co-DINO), … up to 4.
+    pub frozen_stages: usize,
+    /// Which of C2..C5 to return, as indices 0..=3 (Co-DINO 5-scale: [0,1,2,3]; 4-scale: [1,2,3]).
+    pub out_indices: Vec<usize>,
+    /// Channel width multiplier of the stem (64 in torchvision).
+    pub base_width: usize,
+}
+
+impl BackboneConfig {
+    pub fn resnet(depth: usize) -> Self {
+        Self {
+            depth,
+            frozen_stages: 1,
+            out_indices: vec![1, 2, 3],
+            base_width: 64,
+        }
+    }
+
+    fn blocks(&self) -> Result<([usize; 4], bool)> {
+        match self.depth {
+            18 => Ok(([2, 2, 2, 2], false)),
+            34 => Ok(([3, 4, 6, 3], false)),
+            50 => Ok(([3, 4, 6, 3], true)),
+            d => Err(Error::InvalidArgument {
+                what: "backbone depth",
+                message: format!("{d} (expected 18, 34 or 50)"),
+            }),
+        }
+    }
+
+    /// Channels of C2..C5.
+    pub fn stage_channels(&self) -> [usize; 4] {
+        let bottleneck = self.depth >= 50;
+        let e = if bottleneck { 4 } else { 1 };
+        let w = self.base_width;
+        [w * e, 2 * w * e, 4 * w * e, 8 * w * e]
+    }
+
+    /// Channels of the returned maps, in order.
+    pub fn out_channels(&self) -> Vec<usize> {
+        let c = self.stage_channels();
+        self.out_indices.iter().map(|&i| c[i]).collect()
+    }
+
+    /// Strides of the returned maps, in order.
+    pub fn out_strides(&self) -> Vec<usize> {
+        self.out_indices.iter().map(|&i| 4 << i).collect()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.blocks()?;
+        let bad = |m: String| Error::InvalidArgument {
+            what: "backbone config",
+            message: m,
+        };
+        if self.frozen_stages > 4 {
+            return Err(bad(format!("frozen_stages {} > 4", self.frozen_stages)));
+        }
+        if self.out_indices.is_empty()
+            || self.out_indices.iter().any(|&i| i > 3)
+            || self.out_indices.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(bad(format!(
+                "out_indices must be increasing values in 0..=3, got {:?}",
+                self.out_indices
+            )));
+        }
+        if self.base_width == 0 {
+            return Err(bad("base_width must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    pub fn init(&self, device: &Device) -> Result<ResNet> {
+        self.validate()?;
+        let (counts, bottleneck) = self.blocks()?;
+        let w = self.base_width;
+        let stem_frozen = self.frozen_stages >= 1;
+        let mut in_ch = w;
+        let mut layers = Vec::with_capacity(4);
+        for (stage, &n) in counts.iter().enumerate() {
+            let planes = w << stage;
+            let frozen = self.frozen_stages > stage;
+            let mut blocks = Vec::with_capacity(n);
+            for i in 0..n {
+                let stride = if i == 0 && stage > 0 { 2 } else { 1 };
+                let block = Block::new(in_ch, planes, stride, bottleneck, device).frozen(frozen);
+                in_ch = block.out_channels;
+                blocks.push(block);
+            }
+            layers.push(blocks);
+        }
+        let mut layers = layers.into_iter();
+        let mut next = || layers.next().unwrap_or_default();
+        Ok(ResNet {
+            conv1: freeze(conv(3, w, 7, 2, device), stem_frozen),
+            bn1: FrozenBatchNorm::new(w, device),
+            maxpool: MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
+            layer1: next(),
+            layer2: next(),
+            layer3: next(),
+            layer4: next(),
+            out_indices: self.out_indices.clone(),
+        })
+    }
+}
+
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, device: &Device) -> Conv2d {
+    let pad = k / 2;
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .init(device)
+}
+
+fn freeze(c: Conv2d, frozen: bool) -> Conv2d {
+    if frozen { c.no_grad() } else { c }
+}
+
+/// BatchNorm with fixed statistics and affine parameters (never updated, never trained):
+/// `y = (x − mean) / sqrt(var + eps) · weight + bias`.
+#[derive(Module, Debug)]
+pub struct FrozenBatchNorm {
+    /// `[C]`
+    pub weight: Param<Tensor<1>>,
+    /// `[C]`
+    pub bias: Param<Tensor<1>>,
+    /// `[C]`
+    pub running_mean: Param<Tensor<1>>,
+    /// `[C]`
+    pub running_var: Param<Tensor<1>>,
+}
+
+impl FrozenBatchNorm {
+    /// torchvision's epsilon.
+    pub const EPS: f64 = 1e-5;
+
+    pub fn new(channels: usize, device: &Device) -> Self {
+        let fixed = |t: Tensor<1>| Param::from_tensor(t).set_require_grad(false);
+        Self {
+            weight: fixed(Tensor::ones([channels], device)),
+            bias: fixed(Tensor::zeros([channels], device)),
+            running_mean: fixed(Tensor::zeros([channels], device)),
+            running_var: fixed(Tensor::ones([channels], device)),
+        }
+    }
+
+    /// Per-channel `(scale, shift)` with `y = x·scale + shift` — also what the exporter folds
+    /// into the preceding conv.
+    pub fn scale_shift(&self) -> (Tensor<1>, Tensor<1>) {
+        let scale = self.weight.val() / (self.running_var.val() + Self::EPS).sqrt();
+        let shift = self.bias.val() - self.running_mean.val() * scale.clone();
+        (scale, shift)
+    }
+
+    /// `x`: `[B, C, H, W]` → same shape.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let (scale, shift) = self.scale_shift();
+        let c = scale.dims()[0];
+        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+    }
+}
+
+/// A BasicBlock (two 3×3) or a Bottleneck (1×1, 3×3 with the stride, 1×1 ×4).
+#[derive(Module, Debug)]
+pub struct Block {
+    pub conv1: Conv2d,
+    pub bn1: FrozenBatchNorm,
+    pub conv2: Conv2d,
+    pub bn2: FrozenBatchNorm,
+    pub conv3: Option<Conv2d>,
+    pub bn3: Option<FrozenBatchNorm>,
+    pub downsample: Option<Downsample>,
+    pub out_channels: usize,
+}
+
+/// The 1×1 strided projection of a block's shortcut.
+#[derive(Module, Debug)]
+pub struct Downsample {
+    pub conv: Conv2d,
+    pub bn: FrozenBatchNorm,
+}
+
+impl Block {
+    fn new(cin: usize, planes: usize, stride: usize, bottleneck: bool, device: &Device) -> Self {
+        let out = if bottleneck { planes * 4 } else { planes };
+        let downsample = (stride != 1 || cin != out).then(|| Downsample {
+            conv: conv(cin, out, 1, stride, device),
+            bn: FrozenBatchNorm::new(out, device),
+        });
+        if bottleneck {
+            Self {
+                conv1: conv(cin, planes, 1, 1, device),
+                bn1: FrozenBatchNorm::new(planes, device),
+                conv2: conv(planes, planes, 3, stride, device),
+                bn2: FrozenBatchNorm::new(planes, device),
+                conv3: Some(conv(planes, out, 1, 1, device)),
+                bn3: Some(FrozenBatchNorm::new(out, device)),
+                downsample,
+                out_channels: out,
+            }
+        } else {
+            Self {
+                conv1: conv(cin, planes, 3, stride, device),
+                bn1: FrozenBatchNorm::new(planes, device),
+                conv2: conv(planes, planes, 3, 1, device),
+                bn2: FrozenBatchNorm::new(planes, device),
+                conv3: None,
+                bn3: None,
+                downsample,
+                out_channels: out,
+            }
+        }
+    }
+
+    fn frozen(self, frozen: bool) -> Self {
+        if frozen { self.no_grad() } else { self }
+    }
+
+    /// `x`: `[B, Cin, H, W]` → `[B, Cout, H/stride, W/stride]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let identity = match &self.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let mut y = relu(self.bn1.forward(self.conv1.forward(x)));
+        y = self.bn2.forward(self.conv2.forward(y));
+        if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
+            y = b3.forward(c3.forward(relu(y)));
+        }
+        relu(y + identity)
+    }
+}
+
+/// ResNet trunk. Field names follow torchvision (`conv1`, `bn1`, `layer1.0.conv1`, …).
+#[derive(Module, Debug)]
+pub struct ResNet {
+    pub conv1: Conv2d,
+    pub bn1: FrozenBatchNorm,
+    pub maxpool: MaxPool2d,
+    pub layer1: Vec<Block>,
+    pub layer2: Vec<Block>,
+    pub layer3: Vec<Block>,
+    pub layer4: Vec<Block>,
+    pub out_indices: Vec<usize>,
+}
+
+impl ResNet {
+    /// `x`: normalised images `[B, 3, H, W]` → the selected maps of C2..C5, each
+    /// `[B, C_i, H/s_i, W/s_i]` with strides 4, 8, 16, 32.
+    pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let mut x = self
+            .maxpool
+            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        let mut outs = Vec::with_capacity(self.out_indices.len());
+        for (i, layer) in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+            .into_iter()
+            .enumerate()
+        {
+            if i > *self.out_indices.last().unwrap_or(&3) {
+                break; // later stages are not needed
+            }
+            for block in layer {
+                x = block.forward(x);
+            }
+            if self.out_indices.contains(&i) {
+                outs.push(x.clone());
+            }
+        }
+        outs
+    }
+}

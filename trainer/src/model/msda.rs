@@ -1,0 +1,242 @@
+//! Multi-scale deformable attention (Deformable DETR eq. 3): the sampling core.
+//!
+//! Three implementations of the same function, all with grid_sample semantics (bilinear,
+//! zero padding, `align_corners = false`: a location `u ∈ [0, 1]` on a level of width `W`
+//! samples pixel coordinate `u·W − 0.5`):
+//! - [`MsdaImpl::Gather`] (default, fast): one `select` over all levels' values at once, with
+//!   the four bilinear corners' weights computed as tensors. Its backward is a scatter-add,
+//!   which is what makes training on CPU affordable; it is also what `--msda gather` exports.
+//! - [`MsdaImpl::GridSample`]: Burn's `grid_sample_2d` per level, like the official PyTorch
+//!   fallback `ms_deform_attn_core_pytorch`, and like the default ONNX lowering.
+//! - [`msda_naive`]: plain loops over host memory — the reference the other two are tested
+//!   against, never used in the model.
+
+use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// Which implementation of the sampling core to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MsdaImpl {
+    #[default]
+    Gather,
+    GridSample,
+}
+
+/// Offsets of each level's tokens in the flattened value sequence.
+pub fn level_starts(shapes: &[[usize; 2]]) -> Vec<usize> {
+    let mut acc = 0;
+    shapes
+        .iter()
+        .map(|[h, w]| {
+            let s = acc;
+            acc += h * w;
+            s
+        })
+        .collect()
+}
+
+/// The MSDA sampling core.
+///
+/// - `value`: `[B, S, H, Ch]`, the projected values of all levels, flattened row-major per
+///   level and concatenated (`S = Σ h_l·w_l`).
+/// - `shapes`: `[h_l, w_l]` per level.
+/// - `locations`: `[B, Q, H, L, P, 2]`, sampling points `(x, y)` normalised to [0, 1] per level
+///   (points outside sample zeros).
+/// - `weights`: `[B, Q, H, L, P]`, attention weights (softmax over `L·P` done by the caller).
+///
+/// Returns `[B, Q, H·Ch]`.
+pub fn msda_core(
+    value: Tensor<4>,
+    shapes: &[[usize; 2]],
+    locations: Tensor<6>,
+    weights: Tensor<5>,
+    imp: MsdaImpl,
+) -> Tensor<3> {
+    match imp {
+        MsdaImpl::Gather => msda_gather(value, shapes, locations, weights),
+        MsdaImpl::GridSample => msda_grid_sample(value, shapes, locations, weights),
+    }
+}
+
+fn per_level_int(
+    vals: &[i64],
+    dims: [usize; 5],
+    l: usize,
+    device: &burn::tensor::Device,
+) -> Tensor<5, Int> {
+    Tensor::<1, Int>::from_ints(TensorData::new(vals.to_vec(), [l]), device)
+        .reshape([1, 1, 1, l, 1])
+        .expand(dims)
+}
+
+fn msda_gather(
+    value: Tensor<4>,
+    shapes: &[[usize; 2]],
+    locations: Tensor<6>,
+    weights: Tensor<5>,
+) -> Tensor<3> {
+    let device = value.device();
+    let [b, s, h, ch] = value.dims();
+    let [_, q, _, l, p, _] = locations.dims();
+    let dims = [b, q, h, l, p];
+    // Rows of (batch, head, token): one select serves every level.
+    let rows = value.permute([0, 2, 1, 3]).reshape([b * h * s, ch]);
+
+    let widths: Vec<i64> = shapes.iter().map(|s| s[1] as i64).collect();
+    let heights: Vec<i64> = shapes.iter().map(|s| s[0] as i64).collect();
+    let starts: Vec<i64> = level_starts(shapes).iter().map(|&v| v as i64).collect();
+    let w_i = per_level_int(&widths, dims, l, &device);
+    let h_i = per_level_int(&heights, dims, l, &device);
+    let w_f = w_i.clone().float();
+    let h_f = h_i.clone().float();
+    let base = (Tensor::<1, Int>::arange(0..b as i64, &device).reshape([b, 1, 1, 1, 1])
+        * (h as i64)
+        + Tensor::<1, Int>::arange(0..h as i64, &device).reshape([1, 1, h, 1, 1]))
+        * (s as i64);
+    let offset = base.expand(dims) + per_level_int(&starts, dims, l, &device);
+
+    let x = locations.clone().narrow(5, 0, 1).reshape(dims) * w_f - 0.5;
+    let y = locations.narrow(5, 1, 1).reshape(dims) * h_f - 0.5;
+    let x0 = x.clone().floor().detach();
+    let y0 = y.clone().floor().detach();
+    let fx = x - x0.clone();
+    let fy = y - y0.clone();
+    let (x0, y0) = (x0.int(), y0.int());
+
+    let mut index = Vec::with_capacity(4);
+    let mut weight = Vec::with_capacity(4);
+    for (dx, dy) in [(0i64, 0i64), (1, 0), (0, 1), (1, 1)] {
+        let xi = x0.clone() + dx;
+        let yi = y0.clone() + dy;
+        let valid = xi
+            .clone()
+            .greater_equal_elem(0)
+            .bool_and(xi.clone().lower(w_i.clone()))
+            .bool_and(yi.clone().greater_equal_elem(0))
+            .bool_and(yi.clone().lower(h_i.clone()));
+        let flat = (yi * w_i.clone() + xi + offset.clone()).mask_fill(valid.clone().bool_not(), 0);
+        let wx = if dx == 0 {
+            fx.clone().neg() + 1.0
+        } else {
+            fx.clone()
+        };
+        let wy = if dy == 0 {
+            fy.clone().neg() + 1.0
+        } else {
+            fy.clone()
+        };
+        index.push(flat);
+        weight.push(wx * wy * valid.float());
+    }
+    let n = b * q * h * l * p * 4;
+    let index: Tensor<6, Int> = Tensor::stack(index, 5);
+    let weight: Tensor<6> = Tensor::stack::<6>(weight, 5) * weights.unsqueeze_dim::<6>(5);
+    let sampled = rows
+        .select(0, index.reshape([n]))
+        .reshape([b * q * h, l * p * 4, ch]);
+    (sampled * weight.reshape([b * q * h, l * p * 4, 1]))
+        .sum_dim(1)
+        .reshape([b, q, h * ch])
+}
+
+fn msda_grid_sample(
+    value: Tensor<4>,
+    shapes: &[[usize; 2]],
+    locations: Tensor<6>,
+    weights: Tensor<5>,
+) -> Tensor<3> {
+    let [b, _s, h, ch] = value.dims();
+    let [_, q, _, l, p, _] = locations.dims();
+    let starts = level_starts(shapes);
+    // [B, Q, H, L, P, 2] → [B, H, L, Q, P, 2], grid in [-1, 1].
+    let grid = locations.permute([0, 2, 3, 1, 4, 5]) * 2.0 - 1.0;
+    let opts = GridSampleOptions::new(InterpolateMode::Bilinear)
+        .with_padding_mode(GridSamplePaddingMode::Zeros)
+        .with_align_corners(false);
+    let mut per_level = Vec::with_capacity(l);
+    for (lvl, (&[hl, wl], &start)) in shapes.iter().zip(&starts).enumerate() {
+        // [B, hl·wl, H, Ch] → [B·H, Ch, hl, wl]
+        let v = value
+            .clone()
+            .narrow(1, start, hl * wl)
+            .permute([0, 2, 3, 1])
+            .reshape([b * h, ch, hl, wl]);
+        let g = grid.clone().narrow(2, lvl, 1).reshape([b * h, q, p, 2]);
+        per_level.push(v.grid_sample_2d(g, opts.clone())); // [B·H, Ch, Q, P]
+    }
+    let sampled: Tensor<4> = Tensor::cat(per_level, 3); // [B·H, Ch, Q, L·P]
+    let w = weights
+        .permute([0, 2, 1, 3, 4])
+        .reshape([b * h, 1, q, l * p]);
+    (sampled * w)
+        .sum_dim(3)
+        .reshape([b, h * ch, q])
+        .swap_dims(1, 2)
+}
+
+/// Reference implementation with plain loops (tests and benchmarks only). Same arguments and
+/// result as [`msda_core`]; runs on host copies of the tensors.
+pub fn msda_naive(
+    value: Tensor<4>,
+    shapes: &[[usize; 2]],
+    locations: Tensor<6>,
+    weights: Tensor<5>,
+) -> Tensor<3> {
+    let device = value.device();
+    let [b, s, h, ch] = value.dims();
+    let [_, q, _, l, p, _] = locations.dims();
+    let v: Vec<f32> = value
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let loc: Vec<f32> = locations
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let att: Vec<f32> = weights
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let starts = level_starts(shapes);
+    let mut out = vec![0f32; b * q * h * ch];
+    let val = |bi: usize, tok: usize, hi: usize, c: usize| v[((bi * s + tok) * h + hi) * ch + c];
+    for bi in 0..b {
+        for qi in 0..q {
+            for hi in 0..h {
+                for li in 0..l {
+                    let [hl, wl] = shapes[li];
+                    for pi in 0..p {
+                        let base = ((((bi * q + qi) * h + hi) * l + li) * p + pi) * 2;
+                        let x = loc[base] * wl as f32 - 0.5;
+                        let y = loc[base + 1] * hl as f32 - 0.5;
+                        let a = att[base / 2];
+                        let (x0, y0) = (x.floor(), y.floor());
+                        let (fx, fy) = (x - x0, y - y0);
+                        for (dx, dy, wgt) in [
+                            (0, 0, (1.0 - fx) * (1.0 - fy)),
+                            (1, 0, fx * (1.0 - fy)),
+                            (0, 1, (1.0 - fx) * fy),
+                            (1, 1, fx * fy),
+                        ] {
+                            let (xi, yi) = (x0 as i64 + dx, y0 as i64 + dy);
+                            if xi < 0 || yi < 0 || xi >= wl as i64 || yi >= hl as i64 {
+                                continue;
+                            }
+                            let tok = starts[li] + yi as usize * wl + xi as usize;
+                            for c in 0..ch {
+                                out[((bi * q + qi) * h + hi) * ch + c] +=
+                                    a * wgt * val(bi, tok, hi, c);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [b, q, h * ch]), &device)
+}

@@ -1,0 +1,81 @@
+//! Sine position encoding (DETR), normalised, as used by Co-DINO: for a `h × w` map without
+//! padding the embedding is a constant, so it is computed once on the host.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// Settings of the 2-D sine encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinePositionConfig {
+    /// Features per axis (`d_model / 2`); the embedding has `2 · num_feats` channels.
+    pub num_feats: usize,
+    /// Co-DINO uses 20; DETR/HF use 10000.
+    pub temperature: f64,
+    /// Added to the 1-based cumulative index before normalising: Co-DINO 0.0, Deformable
+    /// DETR / HF transformers −0.5.
+    pub offset: f64,
+    /// Scale of the normalised coordinate (2π).
+    pub scale: f64,
+}
+
+impl SinePositionConfig {
+    pub fn co_dino(d_model: usize) -> Self {
+        Self {
+            num_feats: d_model / 2,
+            temperature: 20.0,
+            offset: 0.0,
+            scale: std::f64::consts::TAU,
+        }
+    }
+
+    /// The `[2·num_feats, h, w]` embedding: channels `[0, num_feats)` encode y, the rest x;
+    /// within each half, even channels are sines and odd ones cosines of the same frequency.
+    pub fn embedding(&self, h: usize, w: usize, device: &Device) -> Tensor<3> {
+        let nf = self.num_feats;
+        let eps = 1e-6;
+        let dim_t: Vec<f64> = (0..nf)
+            .map(|i| self.temperature.powf(2.0 * (i / 2) as f64 / nf as f64))
+            .collect();
+        let mut out = vec![0f32; 2 * nf * h * w];
+        let mut put =
+            |c: usize, yy: usize, xx: usize, v: f64| out[(c * h + yy) * w + xx] = v as f32;
+        for yy in 0..h {
+            let ye = (yy as f64 + 1.0 + self.offset) / (h as f64 + eps) * self.scale;
+            for xx in 0..w {
+                let xe = (xx as f64 + 1.0 + self.offset) / (w as f64 + eps) * self.scale;
+                for (i, &d) in dim_t.iter().enumerate() {
+                    let (py, px) = (ye / d, xe / d);
+                    let (vy, vx) = if i % 2 == 0 {
+                        (py.sin(), px.sin())
+                    } else {
+                        (py.cos(), px.cos())
+                    };
+                    put(i, yy, xx, vy);
+                    put(nf + i, yy, xx, vx);
+                }
+            }
+        }
+        Tensor::from_data(TensorData::new(out, [2 * nf, h, w]), device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_closed_form_at_a_few_points() {
+        let dev = Device::flex();
+        let cfg = SinePositionConfig::co_dino(8);
+        let e: Vec<f32> = cfg.embedding(3, 5, &dev).into_data().try_to_vec().unwrap();
+        let at = |c: usize, y: usize, x: usize| e[(c * 3 + y) * 5 + x];
+        let tau = std::f64::consts::TAU;
+        // channel 0: sin(y_embed / 1), y=2 → (3 / 3) · 2π
+        assert!((at(0, 2, 0) as f64 - (3.0 / (3.0 + 1e-6) * tau).sin()).abs() < 1e-6);
+        // channel 4 + 3: cos(x_embed / 20^(2·1/4)) at x = 1
+        let xe = 2.0 / (5.0 + 1e-6) * tau;
+        let want = (xe / 20f64.powf(0.5)).cos();
+        assert!((at(7, 0, 1) as f64 - want).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,190 @@
+//! MSDA: the fast (gather) and grid_sample implementations against the naive loop, forward
+//! and backward, including sampling points outside the maps.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use codetr_train::model::msda::{MsdaImpl, msda_core, msda_naive};
+use codetr_train::rng::Rng;
+
+struct Case {
+    b: usize,
+    q: usize,
+    h: usize,
+    ch: usize,
+    shapes: Vec<[usize; 2]>,
+    p: usize,
+}
+
+fn rand_vec(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform(lo, hi)).collect()
+}
+
+/// value, locations (some outside [0,1]), weights
+fn inputs(c: &Case, seed: u64, dev: &Device) -> (Tensor<4>, Tensor<6>, Tensor<5>) {
+    let mut rng = Rng::new(seed);
+    let s: usize = c.shapes.iter().map(|[h, w]| h * w).sum();
+    let l = c.shapes.len();
+    let v = rand_vec(&mut rng, c.b * s * c.h * c.ch, -1.0, 1.0);
+    let loc = rand_vec(&mut rng, c.b * c.q * c.h * l * c.p * 2, -0.15, 1.15);
+    let w = rand_vec(&mut rng, c.b * c.q * c.h * l * c.p, 0.0, 1.0);
+    (
+        Tensor::from_data(TensorData::new(v, [c.b, s, c.h, c.ch]), dev),
+        Tensor::from_data(TensorData::new(loc, [c.b, c.q, c.h, l, c.p, 2]), dev),
+        Tensor::from_data(TensorData::new(w, [c.b, c.q, c.h, l, c.p]), dev),
+    )
+}
+
+fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let a: Vec<f32> = a.into_data().convert::<f32>().try_to_vec().unwrap();
+    let b: Vec<f32> = b.into_data().convert::<f32>().try_to_vec().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            b: 2,
+            q: 7,
+            h: 2,
+            ch: 3,
+            shapes: vec![[6, 5], [3, 3], [2, 1]],
+            p: 3,
+        },
+        Case {
+            b: 1,
+            q: 30,
+            h: 4,
+            ch: 8,
+            shapes: vec![[16, 12], [8, 6], [4, 3], [2, 2]],
+            p: 4,
+        },
+        Case {
+            b: 1,
+            q: 4,
+            h: 1,
+            ch: 2,
+            shapes: vec![[1, 1]],
+            p: 2,
+        },
+    ]
+}
+
+#[test]
+fn forward_matches_naive_within_1e_5() {
+    let dev = Device::flex();
+    for (k, c) in cases().iter().enumerate() {
+        let (v, loc, w) = inputs(c, 100 + k as u64, &dev);
+        let want = msda_naive(v.clone(), &c.shapes, loc.clone(), w.clone());
+        assert_eq!(want.dims(), [c.b, c.q, c.h * c.ch]);
+        for imp in [MsdaImpl::Gather, MsdaImpl::GridSample] {
+            let got = msda_core(v.clone(), &c.shapes, loc.clone(), w.clone(), imp);
+            let d = max_abs_diff(got, want.clone());
+            assert!(d <= 1e-5, "case {k} {imp:?}: max abs diff {d}");
+        }
+    }
+}
+
+#[test]
+fn points_far_outside_sample_zero_and_exact_pixel_centres_sample_the_pixel() {
+    let dev = Device::flex();
+    let shapes = vec![[2usize, 2usize]];
+    let v = Tensor::<4>::from_data(
+        TensorData::new(vec![1f32, 2.0, 3.0, 4.0], [1, 4, 1, 1]),
+        &dev,
+    );
+    // (x, y): far outside; centre of pixel (1, 0) → value 2; centre of the map → mean 2.5.
+    let loc = Tensor::<6>::from_data(
+        TensorData::new(vec![5.0f32, 5.0, 0.75, 0.25, 0.5, 0.5], [1, 3, 1, 1, 1, 2]),
+        &dev,
+    );
+    let w = Tensor::<5>::ones([1, 3, 1, 1, 1], &dev);
+    for imp in [MsdaImpl::Gather, MsdaImpl::GridSample] {
+        let out: Vec<f32> = msda_core(v.clone(), &shapes, loc.clone(), w.clone(), imp)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        assert!(
+            (out[0]).abs() < 1e-6 && (out[1] - 2.0).abs() < 1e-6 && (out[2] - 2.5).abs() < 1e-6,
+            "{imp:?}: {out:?}"
+        );
+    }
+}
+
+/// Gradients of sum(out · r) w.r.t. value, locations and weights: gather vs grid_sample
+/// (both autodiff), and the location gradient vs central finite differences of the naive loop.
+#[test]
+fn backward_agrees_between_implementations_and_with_finite_differences() {
+    let dev = Device::flex().autodiff();
+    let c = &cases()[0];
+    let l = c.shapes.len();
+    let mut rng = Rng::new(9);
+    let r = rand_vec(&mut rng, c.b * c.q * c.h * c.ch, -1.0, 1.0);
+    let r = Tensor::<3>::from_data(TensorData::new(r, [c.b, c.q, c.h * c.ch]), &dev);
+    let grads = |imp: MsdaImpl| {
+        let (v, loc, w) = inputs(c, 7, &dev);
+        let (v, loc, w) = (v.require_grad(), loc.require_grad(), w.require_grad());
+        let out = msda_core(v.clone(), &c.shapes, loc.clone(), w.clone(), imp);
+        let g = (out * r.clone()).sum().backward();
+        (
+            v.grad(&g).unwrap(),
+            loc.grad(&g).unwrap(),
+            w.grad(&g).unwrap(),
+        )
+    };
+    let (gv, gl, gw) = grads(MsdaImpl::Gather);
+    let (sv, sl, sw) = grads(MsdaImpl::GridSample);
+    assert!(max_abs_diff(gv, sv) < 1e-5);
+    assert!(max_abs_diff(gl.clone(), sl) < 1e-4);
+    assert!(max_abs_diff(gw, sw) < 1e-5);
+
+    // Finite differences on a few location coordinates, in f64 on the naive loop.
+    let host = Device::flex();
+    let (v, loc, w) = inputs(c, 7, &host);
+    let r_host: Vec<f32> = r.into_data().try_to_vec().unwrap();
+    let objective = |loc: Tensor<6>| -> f64 {
+        let out: Vec<f32> = msda_naive(v.clone(), &c.shapes, loc, w.clone())
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        out.iter()
+            .zip(&r_host)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum()
+    };
+    let base: Vec<f32> = loc.clone().into_data().try_to_vec().unwrap();
+    let gl: Vec<f32> = gl.into_data().try_to_vec().unwrap();
+    let eps = 1e-3f32;
+    let mut checked = 0;
+    for i in (0..base.len()).step_by(7) {
+        // Skip points within eps of a pixel-centre grid line, where bilinear is not smooth.
+        let lvl = (i / 2 / c.p) % l;
+        let dim = if i % 2 == 0 {
+            c.shapes[lvl][1]
+        } else {
+            c.shapes[lvl][0]
+        };
+        let px = base[i] * dim as f32 - 0.5;
+        if (px - px.round()).abs() < 2.0 * eps * dim as f32 {
+            continue;
+        }
+        let at = |delta: f32| {
+            let mut x = base.clone();
+            x[i] += delta;
+            objective(Tensor::from_data(
+                TensorData::new(x, [c.b, c.q, c.h, l, c.p, 2]),
+                &host,
+            ))
+        };
+        let fd = (at(eps) - at(-eps)) / (2.0 * f64::from(eps));
+        let an = f64::from(gl[i]);
+        assert!(
+            (fd - an).abs() < 2e-2 * (1.0 + an.abs()),
+            "loc[{i}]: fd {fd} vs autodiff {an}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 10, "only {checked} coordinates checked");
+}
