@@ -1,5 +1,15 @@
 //! The Co-DINO inference model (DINO-Deformable-DETR), one file per concept.
 
 pub mod backbone;
+pub mod config;
+pub mod decoder;
+pub mod detector;
+pub mod encoder;
 pub mod msda;
+pub mod neck;
 pub mod position_encoding;
+pub mod postprocess;
+pub mod query_selection;
+
+pub use config::{DetectorConfig, TransformerConfig};
+pub use detector::{Detector, DetectorOutput};

@@ -240,3 +240,166 @@ pub fn msda_naive(
     }
     Tensor::from_data(TensorData::new(out, [b, q, h * ch]), &device)
 }
+
+/// Where each query looks: a point `(x, y)` or a box `(cx, cy, w, h)`, normalised, shared by
+/// all levels (inputs are never padded, so every level's valid ratio is 1).
+pub enum Reference {
+    /// `[B, Q, 2]`
+    Points(Tensor<3>),
+    /// `[B, Q, 4]`
+    Boxes(Tensor<3>),
+}
+
+/// Settings of one multi-scale deformable attention block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MsDeformAttnConfig {
+    pub d_model: usize,
+    pub num_heads: usize,
+    pub num_levels: usize,
+    pub num_points: usize,
+    pub imp: MsdaImpl,
+}
+
+impl MsDeformAttnConfig {
+    /// Deformable DETR's initialisation: zero offset weights with each head's bias pointing
+    /// in its own direction (scaled by point index), zero attention logits, Xavier projections.
+    pub fn init(&self, device: &burn::tensor::Device) -> crate::Result<MsDeformAttn> {
+        use burn::nn::{Initializer, LinearConfig};
+        let (h, l, p, d) = (
+            self.num_heads,
+            self.num_levels,
+            self.num_points,
+            self.d_model,
+        );
+        if h == 0 || !d.is_multiple_of(h) || l == 0 || p == 0 {
+            return Err(crate::Error::InvalidArgument {
+                what: "deformable attention",
+                message: format!(
+                    "d_model {d} must split into {h} heads; levels {l}, points {p} must be > 0"
+                ),
+            });
+        }
+        let zeros = Initializer::Zeros;
+        let mut sampling_offsets = LinearConfig::new(d, h * l * p * 2)
+            .with_initializer(zeros.clone())
+            .init(device);
+        let mut bias = Vec::with_capacity(h * l * p * 2);
+        for hi in 0..h {
+            let theta = hi as f64 * std::f64::consts::TAU / h as f64;
+            let (c, s) = (theta.cos(), theta.sin());
+            let m = c.abs().max(s.abs());
+            for _ in 0..l {
+                for pi in 0..p {
+                    bias.push((c / m * (pi + 1) as f64) as f32);
+                    bias.push((s / m * (pi + 1) as f64) as f32);
+                }
+            }
+        }
+        sampling_offsets.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(bias, [h * l * p * 2]),
+            device,
+        )));
+        let xavier = Initializer::XavierUniform { gain: 1.0 };
+        let proj = |i: usize, o: usize| {
+            LinearConfig::new(i, o)
+                .with_initializer(xavier.clone())
+                .init(device)
+                .map_bias_zero(device)
+        };
+        Ok(MsDeformAttn {
+            sampling_offsets,
+            attention_weights: LinearConfig::new(d, h * l * p)
+                .with_initializer(zeros)
+                .init(device),
+            value_proj: proj(d, d),
+            output_proj: proj(d, d),
+            num_heads: h,
+            num_levels: l,
+            num_points: p,
+            imp: self.imp,
+        })
+    }
+}
+
+trait ZeroBias {
+    fn map_bias_zero(self, device: &burn::tensor::Device) -> Self;
+}
+
+impl ZeroBias for burn::nn::Linear {
+    fn map_bias_zero(mut self, device: &burn::tensor::Device) -> Self {
+        let n = self.weight.dims()[1];
+        self.bias = Some(burn::module::Param::from_tensor(Tensor::zeros([n], device)));
+        self
+    }
+}
+
+/// Multi-scale deformable attention (the module around [`msda_core`]).
+#[derive(burn::module::Module, Debug)]
+pub struct MsDeformAttn {
+    /// `d → H·L·P·2`
+    pub sampling_offsets: burn::nn::Linear,
+    /// `d → H·L·P`
+    pub attention_weights: burn::nn::Linear,
+    /// `d → d`
+    pub value_proj: burn::nn::Linear,
+    /// `d → d`
+    pub output_proj: burn::nn::Linear,
+    pub num_heads: usize,
+    pub num_levels: usize,
+    pub num_points: usize,
+    #[module(skip)]
+    pub imp: MsdaImpl,
+}
+
+impl MsDeformAttn {
+    /// - `query`: `[B, Q, d]` (content + position already added by the caller)
+    /// - `reference`: per query, normalised
+    /// - `value`: `[B, S, d]`, all levels flattened
+    /// - `shapes`: `[h_l, w_l]` per level
+    ///
+    /// Returns `[B, Q, d]`.
+    pub fn forward(
+        &self,
+        query: Tensor<3>,
+        reference: &Reference,
+        value: Tensor<3>,
+        shapes: &[[usize; 2]],
+    ) -> Tensor<3> {
+        let device = query.device();
+        let [b, q, d] = query.dims();
+        let s = value.dims()[1];
+        let (h, l, p) = (self.num_heads, self.num_levels, self.num_points);
+        let value = self.value_proj.forward(value).reshape([b, s, h, d / h]);
+        let offsets = self
+            .sampling_offsets
+            .forward(query.clone())
+            .reshape([b, q, h, l, p, 2]);
+        let weights = burn::tensor::activation::softmax(
+            self.attention_weights
+                .forward(query)
+                .reshape([b, q, h, l * p]),
+            3,
+        )
+        .reshape([b, q, h, l, p]);
+        let locations = match reference {
+            Reference::Points(r) => {
+                // Offsets are in pixels of each level: divide by (w_l, h_l).
+                let norm: Vec<f32> = shapes
+                    .iter()
+                    .flat_map(|[hl, wl]| [*wl as f32, *hl as f32])
+                    .collect();
+                let norm = Tensor::<1>::from_data(TensorData::new(norm, [l * 2]), &device)
+                    .reshape([1, 1, 1, l, 1, 2]);
+                r.clone().reshape([b, q, 1, 1, 1, 2]) + offsets / norm
+            }
+            Reference::Boxes(r) => {
+                // Offsets scale with the box: ± half its size spread over the points.
+                let xy = r.clone().narrow(2, 0, 2).reshape([b, q, 1, 1, 1, 2]);
+                let wh = r.clone().narrow(2, 2, 2).reshape([b, q, 1, 1, 1, 2]);
+                xy + offsets / (p as f64) * wh * 0.5
+            }
+        };
+        let out = msda_core(value, shapes, locations, weights, self.imp);
+        self.output_proj.forward(out)
+    }
+}

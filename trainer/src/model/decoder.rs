@@ -1,0 +1,237 @@
+//! DINO decoder: post-norm layers of self-attention, cross-MSDA on box references and FFN,
+//! with iterative box refinement and query positions from the boxes' sine embedding.
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{relu, sigmoid, softmax};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use super::encoder::{Ffn, xavier_linear};
+use super::msda::{MsDeformAttn, MsDeformAttnConfig, Reference};
+use crate::Result;
+
+/// `log(x / (1 − x))` with both clamped to `eps` (DINO's eps = 1e-3).
+pub fn inverse_sigmoid<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
+    let x = x.clamp(0.0, 1.0);
+    let a = x.clone().clamp_min(eps);
+    let b = (x.neg() + 1.0).clamp_min(eps);
+    (a / b).log()
+}
+
+/// Sine embedding of normalised boxes `[B, Q, 4]` (cx, cy, w, h) → `[B, Q, 4·nf]`, ordered
+/// (y, x, w, h); each part interleaves sin/cos with temperature 10000 and scale 2π.
+pub fn box_sine_embedding(boxes: Tensor<3>, nf: usize) -> Tensor<3> {
+    let device = boxes.device();
+    let [b, q, _] = boxes.dims();
+    let inv: Vec<f32> = (0..nf)
+        .map(|i| (1.0 / 10000f64.powf(2.0 * (i / 2) as f64 / nf as f64)) as f32)
+        .collect();
+    let inv = Tensor::<1>::from_data(TensorData::new(inv, [nf]), &device).reshape([1, 1, 1, nf]);
+    let even: Vec<f32> = (0..nf)
+        .map(|i| if i % 2 == 0 { 1.0 } else { 0.0 })
+        .collect();
+    let even = Tensor::<1>::from_data(TensorData::new(even, [nf]), &device).reshape([1, 1, 1, nf]);
+    // [B, Q, 4, nf]: component × frequency
+    let arg = boxes.reshape([b, q, 4, 1]) * std::f64::consts::TAU * inv;
+    let emb = arg.clone().sin() * even.clone() + arg.cos() * (even.neg() + 1.0);
+    // (x, y, w, h) → (y, x, w, h)
+    let parts = [1usize, 0, 2, 3].map(|i| emb.clone().narrow(2, i, 1));
+    Tensor::cat(parts.to_vec(), 2).reshape([b, q, 4 * nf])
+}
+
+/// Multi-head self-attention with separate q/k/v/out projections (like
+/// `torch.nn.MultiheadAttention`).
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub num_heads: usize,
+}
+
+impl SelfAttention {
+    pub fn new(d: usize, num_heads: usize, device: &Device) -> Self {
+        Self {
+            q_proj: xavier_linear(d, d, device),
+            k_proj: xavier_linear(d, d, device),
+            v_proj: xavier_linear(d, d, device),
+            out_proj: xavier_linear(d, d, device),
+            num_heads,
+        }
+    }
+
+    /// - `qk`: `[B, Q, d]` input of queries and keys (content + position)
+    /// - `v`: `[B, Q, d]` input of values (content)
+    /// - `mask`: `[Q, Q]`, true where query i may NOT attend to key j
+    pub fn forward(
+        &self,
+        qk: Tensor<3>,
+        v: Tensor<3>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        let [b, q, d] = qk.dims();
+        let h = self.num_heads;
+        let dh = d / h;
+        let split = |x: Tensor<3>| x.reshape([b, q, h, dh]).swap_dims(1, 2); // [B, H, Q, dh]
+        let qh = split(self.q_proj.forward(qk.clone())) * (1.0 / (dh as f64).sqrt());
+        let kh = split(self.k_proj.forward(qk));
+        let vh = split(self.v_proj.forward(v));
+        let mut scores = qh.matmul(kh.swap_dims(2, 3)); // [B, H, Q, Q]
+        if let Some(m) = mask {
+            // A large finite negative keeps fully-masked rows NaN-free.
+            scores = scores.mask_fill(m.clone().reshape([1, 1, q, q]).expand([b, h, q, q]), -1e9);
+        }
+        let out = softmax(scores, 3)
+            .matmul(vh)
+            .swap_dims(1, 2)
+            .reshape([b, q, d]);
+        self.out_proj.forward(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub self_attn: SelfAttention,
+    pub norm1: LayerNorm,
+    pub cross_attn: MsDeformAttn,
+    pub norm2: LayerNorm,
+    pub ffn: Ffn,
+}
+
+impl DecoderLayer {
+    /// - `x`: `[B, Q, d]` content queries; `pos`: `[B, Q, d]` their positions
+    /// - `boxes`: `[B, Q, 4]` reference boxes (normalised cxcywh)
+    /// - `memory`: `[B, S, d]` encoder output
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        pos: Tensor<3>,
+        boxes: Tensor<3>,
+        memory: Tensor<3>,
+        shapes: &[[usize; 2]],
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        let sa = self
+            .self_attn
+            .forward(x.clone() + pos.clone(), x.clone(), mask);
+        let x = self.norm1.forward(x + sa);
+        let ca = self
+            .cross_attn
+            .forward(x.clone() + pos, &Reference::Boxes(boxes), memory, shapes);
+        let x = self.norm2.forward(x + ca);
+        self.ffn.forward(x)
+    }
+}
+
+/// Box regression branch: 3-layer MLP `d → d → d → 4` (ReLU between).
+#[derive(Module, Debug)]
+pub struct BoxHead {
+    pub layers: Vec<Linear>,
+}
+
+impl BoxHead {
+    /// The last layer starts at zero so the first refinement keeps the reference box.
+    pub fn new(d: usize, device: &Device) -> Self {
+        let mut last = xavier_linear(d, 4, device);
+        last.weight = burn::module::Param::from_tensor(Tensor::zeros([d, 4], device));
+        Self {
+            layers: vec![
+                xavier_linear(d, d, device),
+                xavier_linear(d, d, device),
+                last,
+            ],
+        }
+    }
+
+    /// `[B, N, d]` → `[B, N, 4]` (unnormalised: added to the reference's inverse sigmoid).
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let n = self.layers.len();
+        let mut x = x;
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(x);
+            if i + 1 < n {
+                x = relu(x);
+            }
+        }
+        x
+    }
+}
+
+/// Per-layer outputs of the decoder.
+pub struct DecoderOutput {
+    /// `L × [B, Q, d]`, each after the decoder's final LayerNorm.
+    pub hidden: Vec<Tensor<3>>,
+    /// `L + 1` references `[B, Q, 4]`: the initial one, then each layer's refined boxes (not
+    /// detached: the head decodes layer l against `references[l]`, "look forward twice").
+    pub references: Vec<Tensor<3>>,
+}
+
+#[derive(Module, Debug)]
+pub struct Decoder {
+    pub layers: Vec<DecoderLayer>,
+    /// `4·(d/2) → d → d` MLP from the box sine embedding to the query position.
+    pub ref_point_head: Vec<Linear>,
+    pub norm: LayerNorm,
+}
+
+impl Decoder {
+    pub fn new(
+        attn: &MsDeformAttnConfig,
+        ffn_dim: usize,
+        num_layers: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let d = attn.d_model;
+        let layers = (0..num_layers)
+            .map(|_| {
+                Ok(DecoderLayer {
+                    self_attn: SelfAttention::new(d, attn.num_heads, device),
+                    norm1: LayerNormConfig::new(d).init(device),
+                    cross_attn: attn.init(device)?,
+                    norm2: LayerNormConfig::new(d).init(device),
+                    ffn: Ffn::new(d, ffn_dim, device),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            ref_point_head: vec![xavier_linear(2 * d, d, device), xavier_linear(d, d, device)],
+            norm: LayerNormConfig::new(d).init(device),
+        })
+    }
+
+    /// Query position of boxes `[B, Q, 4]` → `[B, Q, d]`.
+    pub fn query_pos(&self, boxes: Tensor<3>) -> Tensor<3> {
+        let d = self.norm.gamma.dims()[0];
+        let e = box_sine_embedding(boxes, d / 2);
+        self.ref_point_head[1].forward(relu(self.ref_point_head[0].forward(e)))
+    }
+
+    /// - `x`: `[B, Q, d]` initial content queries
+    /// - `reference`: `[B, Q, 4]` initial boxes (sigmoid space)
+    /// - `box_heads`: one per layer, used for the refinement
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        reference: Tensor<3>,
+        memory: Tensor<3>,
+        shapes: &[[usize; 2]],
+        mask: Option<&Tensor<2, Bool>>,
+        box_heads: &[BoxHead],
+    ) -> DecoderOutput {
+        let mut hidden = Vec::with_capacity(self.layers.len());
+        let mut references = vec![reference.clone()];
+        let mut x = x;
+        let mut reference = reference;
+        for (layer, head) in self.layers.iter().zip(box_heads) {
+            let pos = self.query_pos(reference.clone());
+            x = layer.forward(x, pos, reference.clone(), memory.clone(), shapes, mask);
+            let refined = sigmoid(head.forward(x.clone()) + inverse_sigmoid(reference, 1e-3));
+            references.push(refined.clone());
+            reference = refined.detach();
+            hidden.push(self.norm.forward(x.clone()));
+        }
+        DecoderOutput { hidden, references }
+    }
+}

@@ -1,0 +1,296 @@
+//! The Co-DINO detector at inference: backbone → neck → encoder → two-stage query selection
+//! → DINO decoder → per-layer class/box heads. (Aux heads and denoising live in training.)
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use super::backbone::ResNet;
+use super::config::DetectorConfig;
+use super::decoder::{BoxHead, Decoder, inverse_sigmoid};
+use super::encoder::Encoder;
+use super::msda::MsDeformAttnConfig;
+use super::neck::ChannelMapper;
+use super::position_encoding::SinePositionConfig;
+use super::query_selection::{QuerySelection, Selected};
+use crate::error::{Error, Result};
+
+/// Bias of a sigmoid classifier whose initial probability is `p`.
+pub fn prior_bias(p: f64) -> f32 {
+    (-((1.0 - p) / p).ln()) as f32
+}
+
+impl DetectorConfig {
+    /// Builds the model with fresh weights (seed the device for reproducible weights).
+    pub fn init(&self, device: &Device) -> Result<Detector> {
+        self.validate()?;
+        let t = &self.transformer;
+        let d = t.d_model;
+        let levels = self.num_levels();
+        let attn = MsDeformAttnConfig {
+            d_model: d,
+            num_heads: t.num_heads,
+            num_levels: levels,
+            num_points: t.num_points,
+            imp: t.msda,
+        };
+        let backbone = self.backbone.init(device)?;
+        let neck = self.neck.init(&self.backbone.out_channels(), d, device)?;
+        let class_heads = (0..=t.decoder_layers)
+            .map(|_| {
+                let mut l = LinearConfig::new(d, self.num_classes)
+                    .with_initializer(burn::nn::Initializer::XavierUniform { gain: 1.0 })
+                    .init(device);
+                l.bias = Some(Param::from_tensor(Tensor::full(
+                    [self.num_classes],
+                    prior_bias(0.01),
+                    device,
+                )));
+                l
+            })
+            .collect();
+        Ok(Detector {
+            backbone,
+            neck,
+            level_embed: Param::from_tensor(Tensor::random(
+                [levels, d],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                device,
+            )),
+            encoder: Encoder::new(&attn, t.ffn_dim, t.encoder_layers, device)?,
+            selection: QuerySelection::new(d, t.num_queries, device),
+            decoder: Decoder::new(&attn, t.ffn_dim, t.decoder_layers, device)?,
+            class_heads,
+            box_heads: (0..=t.decoder_layers)
+                .map(|_| BoxHead::new(d, device))
+                .collect(),
+            config: self.clone(),
+        })
+    }
+}
+
+/// Everything the inference path and the one-to-one training losses need.
+pub struct DetectorOutput {
+    /// Per decoder layer: `[B, Q, C]` class logits.
+    pub logits: Vec<Tensor<3>>,
+    /// Per decoder layer: `[B, Q, 4]` normalised cxcywh boxes.
+    pub boxes: Vec<Tensor<3>>,
+    /// Encoder proposals selected as queries: `[B, K, C]` logits and `[B, K, 4]` boxes.
+    pub enc_logits: Tensor<3>,
+    pub enc_boxes: Tensor<3>,
+    /// `[B, S, d]` encoder memory (the aux heads' input in training).
+    pub memory: Tensor<3>,
+    /// `[h, w]` of every level.
+    pub shapes: Vec<[usize; 2]>,
+}
+
+#[derive(Module, Debug)]
+pub struct Detector {
+    pub backbone: ResNet,
+    pub neck: ChannelMapper,
+    /// `[L, d]` added to the position encoding of level l.
+    pub level_embed: Param<Tensor<2>>,
+    pub encoder: Encoder,
+    pub selection: QuerySelection,
+    pub decoder: Decoder,
+    /// `decoder_layers + 1` classifiers `d → C`; the last scores encoder proposals.
+    pub class_heads: Vec<Linear>,
+    /// `decoder_layers + 1` box MLPs; the last regresses encoder proposals.
+    pub box_heads: Vec<BoxHead>,
+    #[module(skip)]
+    pub config: DetectorConfig,
+}
+
+/// uint8 NHWC pixels (the loader's and the ONNX graph's input) → float `[B, H, W, 3]`.
+pub fn pixels_to_tensor(
+    pixels: &[u8],
+    batch: usize,
+    h: usize,
+    w: usize,
+    device: &Device,
+) -> Result<Tensor<4>> {
+    if batch == 0 || pixels.len() != batch * h * w * 3 {
+        return Err(Error::InvalidArgument {
+            what: "image batch",
+            message: format!(
+                "{} bytes is not {batch} × {h} × {w} × 3 (and batch must be ≥ 1)",
+                pixels.len()
+            ),
+        });
+    }
+    let v: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
+    Ok(Tensor::from_data(
+        TensorData::new(v, [batch, h, w, 3]),
+        device,
+    ))
+}
+
+impl Detector {
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Checks an input batch `[B, H, W, 3]` before any work.
+    pub fn check_input(&self, images: &Tensor<4>) -> Result<()> {
+        let [b, h, w, c] = images.dims();
+        let min = *self.config.level_strides().last().unwrap_or(&32);
+        let bad = |m: String| {
+            Err(Error::InvalidArgument {
+                what: "image batch",
+                message: m,
+            })
+        };
+        if b == 0 {
+            return bad("empty batch".into());
+        }
+        if c != 3 {
+            return bad(format!("expected 3 RGB channels (NHWC), got {c}"));
+        }
+        if h < min || w < min {
+            return bad(format!("{h}x{w} is smaller than the coarsest stride {min}"));
+        }
+        Ok(())
+    }
+
+    /// Normalised NCHW input from 0–255 NHWC pixels.
+    pub fn normalize(&self, images: Tensor<4>) -> Tensor<4> {
+        let device = images.device();
+        let mean = Tensor::<1>::from_data(
+            TensorData::new(self.config.pixel_mean.to_vec(), [3]),
+            &device,
+        )
+        .reshape([1, 3, 1, 1]);
+        let std = Tensor::<1>::from_data(
+            TensorData::new(self.config.pixel_std.to_vec(), [3]),
+            &device,
+        )
+        .reshape([1, 3, 1, 1]);
+        (images.permute([0, 3, 1, 2]) - mean) / std
+    }
+
+    /// Backbone + neck + flattening: tokens `[B, S, d]`, positions `[B, S, d]`, level shapes.
+    pub fn features(&self, images: Tensor<4>) -> (Tensor<3>, Tensor<3>, Vec<[usize; 2]>) {
+        let device = images.device();
+        let x = self.normalize(images);
+        let maps = self.neck.forward(self.backbone.forward(x));
+        let d = self.config.transformer.d_model;
+        let pe = SinePositionConfig {
+            temperature: self.config.transformer.pe_temperature,
+            offset: self.config.transformer.pe_offset,
+            ..SinePositionConfig::co_dino(d)
+        };
+        let mut tokens = Vec::with_capacity(maps.len());
+        let mut pos = Vec::with_capacity(maps.len());
+        let mut shapes = Vec::with_capacity(maps.len());
+        for (lvl, m) in maps.into_iter().enumerate() {
+            let [b, _, h, w] = m.dims();
+            shapes.push([h, w]);
+            tokens.push(m.reshape([b, d, h * w]).swap_dims(1, 2));
+            let p = pe
+                .embedding(h, w, &device)
+                .reshape([d, h * w])
+                .swap_dims(0, 1)
+                + self.level_embed.val().narrow(0, lvl, 1);
+            pos.push(p.reshape([1, h * w, d]).expand([b, h * w, d]));
+        }
+        (Tensor::cat(tokens, 1), Tensor::cat(pos, 1), shapes)
+    }
+
+    /// Full forward pass. `images`: `[B, H, W, 3]` RGB pixels on the 0–255 scale.
+    pub fn forward(&self, images: Tensor<4>) -> Result<DetectorOutput> {
+        self.forward_with(images, |memory, shapes, selected| {
+            (
+                selected.content.clone(),
+                selected.reference.clone(),
+                None::<Tensor<2, Bool>>,
+                memory,
+                shapes,
+            )
+        })
+    }
+
+    /// Forward pass where training may extend the decoder's queries (denoising groups,
+    /// positive queries) and give the self-attention mask. `extend` returns the content
+    /// queries, reference boxes, mask, memory and shapes to decode.
+    pub fn forward_with(
+        &self,
+        images: Tensor<4>,
+        extend: impl FnOnce(
+            Tensor<3>,
+            Vec<[usize; 2]>,
+            &Selected,
+        ) -> (
+            Tensor<3>,
+            Tensor<3>,
+            Option<Tensor<2, Bool>>,
+            Tensor<3>,
+            Vec<[usize; 2]>,
+        ),
+    ) -> Result<DetectorOutput> {
+        self.check_input(&images)?;
+        let (src, pos, shapes) = self.features(images);
+        let memory = self.encoder.forward(src, pos, &shapes);
+        let n = self.decoder.layers.len();
+        let selected = self.selection.forward(
+            memory.clone(),
+            &shapes,
+            |x| self.class_heads[n].forward(x),
+            |x| self.box_heads[n].forward(x),
+        );
+        let (content, reference, mask, mem, shp) =
+            extend(memory.clone(), shapes.clone(), &selected);
+        let dec = self.decoder.forward(
+            content,
+            reference,
+            mem,
+            &shp,
+            mask.as_ref(),
+            &self.box_heads[..n],
+        );
+        let mut logits = Vec::with_capacity(n);
+        let mut boxes = Vec::with_capacity(n);
+        for (l, h) in dec.hidden.into_iter().enumerate() {
+            logits.push(self.class_heads[l].forward(h.clone()));
+            boxes.push(sigmoid(
+                self.box_heads[l].forward(h) + inverse_sigmoid(dec.references[l].clone(), 1e-3),
+            ));
+        }
+        Ok(DetectorOutput {
+            logits,
+            boxes,
+            enc_logits: selected.enc_logits,
+            enc_boxes: selected.enc_boxes,
+            memory,
+            shapes,
+        })
+    }
+
+    /// Inference: forward + NMS-free postprocess with the configured `max_detections`.
+    pub fn detect(
+        &self,
+        images: Tensor<4>,
+        orig_sizes: &[[u32; 2]],
+    ) -> Result<super::postprocess::Detections> {
+        let b = images.dims()[0];
+        if orig_sizes.len() != b {
+            return Err(Error::InvalidArgument {
+                what: "orig_sizes",
+                message: format!("{} sizes for a batch of {b}", orig_sizes.len()),
+            });
+        }
+        let out = self.forward(images)?;
+        let (Some(l), Some(bx)) = (out.logits.last(), out.boxes.last()) else {
+            return Err(Error::InvalidArgument {
+                what: "model",
+                message: "no decoder layers".into(),
+            });
+        };
+        Ok(super::postprocess::postprocess(
+            l.clone(),
+            bx.clone(),
+            orig_sizes,
+            self.config.max_detections,
+        ))
+    }
+}

@@ -1,0 +1,129 @@
+//! Deformable transformer encoder: post-norm layers of self-MSDA + FFN over all levels.
+
+use burn::module::Module;
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::msda::{MsDeformAttn, MsDeformAttnConfig, Reference};
+use crate::Result;
+
+/// A Linear with Xavier-uniform weights and zero bias (the DETR family's initialisation).
+pub(crate) fn xavier_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    let mut l = LinearConfig::new(d_in, d_out)
+        .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+        .init(device);
+    l.bias = Some(burn::module::Param::from_tensor(Tensor::zeros(
+        [d_out],
+        device,
+    )));
+    l
+}
+
+/// Position-wise feed-forward block with residual and post-norm:
+/// `norm(x + W2 relu(W1 x))`.
+#[derive(Module, Debug)]
+pub struct Ffn {
+    /// `d → ffn_dim`
+    pub linear1: Linear,
+    /// `ffn_dim → d`
+    pub linear2: Linear,
+    pub norm: LayerNorm,
+}
+
+impl Ffn {
+    pub fn new(d: usize, ffn_dim: usize, device: &Device) -> Self {
+        Self {
+            linear1: xavier_linear(d, ffn_dim, device),
+            linear2: xavier_linear(ffn_dim, d, device),
+            norm: LayerNormConfig::new(d).init(device),
+        }
+    }
+
+    /// `[B, N, d]` → `[B, N, d]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let y = self.linear2.forward(relu(self.linear1.forward(x.clone())));
+        self.norm.forward(x + y)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    pub self_attn: MsDeformAttn,
+    pub norm1: LayerNorm,
+    pub ffn: Ffn,
+}
+
+impl EncoderLayer {
+    /// - `src`: `[B, S, d]` tokens of all levels
+    /// - `pos`: `[B, S, d]` position + level embedding
+    /// - `reference`: `[B, S, 2]` token centres
+    pub fn forward(
+        &self,
+        src: Tensor<3>,
+        pos: Tensor<3>,
+        reference: &Reference,
+        shapes: &[[usize; 2]],
+    ) -> Tensor<3> {
+        let attn = self
+            .self_attn
+            .forward(src.clone() + pos, reference, src.clone(), shapes);
+        let x = self.norm1.forward(src + attn);
+        self.ffn.forward(x)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn new(
+        attn: &MsDeformAttnConfig,
+        ffn_dim: usize,
+        num_layers: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let layers = (0..num_layers)
+            .map(|_| {
+                Ok(EncoderLayer {
+                    self_attn: attn.init(device)?,
+                    norm1: LayerNormConfig::new(attn.d_model).init(device),
+                    ffn: Ffn::new(attn.d_model, ffn_dim, device),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// `[B, S, d]` tokens + positions → encoder memory `[B, S, d]`.
+    pub fn forward(&self, src: Tensor<3>, pos: Tensor<3>, shapes: &[[usize; 2]]) -> Tensor<3> {
+        let b = src.dims()[0];
+        let reference = Reference::Points(token_centres(shapes, &src.device()).expand([
+            b,
+            shapes.iter().map(|[h, w]| h * w).sum::<usize>(),
+            2,
+        ]));
+        let mut x = src;
+        for layer in &self.layers {
+            x = layer.forward(x, pos.clone(), &reference, shapes);
+        }
+        x
+    }
+}
+
+/// Centre `((x + 0.5)/w, (y + 0.5)/h)` of every token of every level, `[1, S, 2]`.
+pub fn token_centres(shapes: &[[usize; 2]], device: &Device) -> Tensor<3> {
+    let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
+    let mut v = Vec::with_capacity(s * 2);
+    for &[h, w] in shapes {
+        for y in 0..h {
+            for x in 0..w {
+                v.push((x as f32 + 0.5) / w as f32);
+                v.push((y as f32 + 0.5) / h as f32);
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(v, [1, s, 2]), device)
+}

@@ -1,0 +1,114 @@
+//! Two-stage mixed query selection (DINO): every encoder token proposes a box; the top-K by
+//! class score become the decoder's initial reference boxes; the content queries are learned.
+
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::encoder::xavier_linear;
+
+/// The fixed proposal of every token, in inverse-sigmoid space, `[1, S, 4]`, and the token
+/// validity `[1, S, 1]` (1.0 valid / 0.0 not). A token's box is its centre with side
+/// `0.05·2^level`; it is valid when all four values lie in (0.01, 0.99). Invalid proposals are
+/// +inf (their boxes decode to 1.0, as in the official code).
+pub fn token_proposals(shapes: &[[usize; 2]], device: &Device) -> (Tensor<3>, Tensor<3>) {
+    let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
+    let mut props = Vec::with_capacity(s * 4);
+    let mut valid = Vec::with_capacity(s);
+    for (lvl, &[h, w]) in shapes.iter().enumerate() {
+        let wh = 0.05f32 * (1u32 << lvl) as f32;
+        for y in 0..h {
+            for x in 0..w {
+                let p = [
+                    (x as f32 + 0.5) / w as f32,
+                    (y as f32 + 0.5) / h as f32,
+                    wh,
+                    wh,
+                ];
+                let ok = p.iter().all(|&v| v > 0.01 && v < 0.99);
+                valid.push(if ok { 1.0f32 } else { 0.0 });
+                for v in p {
+                    props.push(if ok {
+                        (v / (1.0 - v)).ln()
+                    } else {
+                        f32::INFINITY
+                    });
+                }
+            }
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(props, [1, s, 4]), device),
+        Tensor::from_data(TensorData::new(valid, [1, s, 1]), device),
+    )
+}
+
+/// The encoder-output projection and the learned content queries.
+#[derive(Module, Debug)]
+pub struct QuerySelection {
+    /// `d → d` applied to the (validity-masked) memory before scoring.
+    pub enc_output: Linear,
+    pub enc_output_norm: LayerNorm,
+    /// `[K, d]` learned content queries (the same for every image).
+    pub query_embed: Param<Tensor<2>>,
+}
+
+/// What selection hands to the decoder (and, in training, to the encoder loss).
+pub struct Selected {
+    /// `[B, K, d]`
+    pub content: Tensor<3>,
+    /// `[B, K, 4]` initial reference boxes (sigmoid space, detached).
+    pub reference: Tensor<3>,
+    /// `[B, K, C]` class logits of the selected tokens.
+    pub enc_logits: Tensor<3>,
+    /// `[B, K, 4]` boxes of the selected tokens (sigmoid, with gradient).
+    pub enc_boxes: Tensor<3>,
+    /// `[B, K]` indices of the selected tokens.
+    pub indices: Tensor<2, Int>,
+}
+
+impl QuerySelection {
+    pub fn new(d: usize, num_queries: usize, device: &Device) -> Self {
+        Self {
+            enc_output: xavier_linear(d, d, device),
+            enc_output_norm: LayerNormConfig::new(d).init(device),
+            query_embed: Param::from_tensor(Tensor::random(
+                [num_queries, d],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                device,
+            )),
+        }
+    }
+
+    /// `memory`: `[B, S, d]`; `score`/`regress`: the encoder's class and box branches.
+    pub fn forward(
+        &self,
+        memory: Tensor<3>,
+        shapes: &[[usize; 2]],
+        score: impl Fn(Tensor<3>) -> Tensor<3>,
+        regress: impl Fn(Tensor<3>) -> Tensor<3>,
+    ) -> Selected {
+        let device = memory.device();
+        let [b, _s, d] = memory.dims();
+        let k = self.query_embed.dims()[0];
+        let (props, valid) = token_proposals(shapes, &device);
+        let out = self
+            .enc_output_norm
+            .forward(self.enc_output.forward(memory * valid));
+        let logits = score(out.clone()); // [B, S, C]
+        let c = logits.dims()[2];
+        let coords_unact = regress(out) + props; // [B, S, 4]
+        let best = logits.clone().max_dim(2).reshape([b, logits.dims()[1]]);
+        let (_, indices) = best.topk_with_indices(k, 1); // [B, K]
+        let idx3 = |n: usize| indices.clone().reshape([b, k, 1]).expand([b, k, n]);
+        let sel_coords = coords_unact.gather(1, idx3(4));
+        let enc_boxes = burn::tensor::activation::sigmoid(sel_coords);
+        Selected {
+            content: self.query_embed.val().reshape([1, k, d]).expand([b, k, d]),
+            reference: enc_boxes.clone().detach(),
+            enc_logits: logits.gather(1, idx3(c)),
+            enc_boxes,
+            indices,
+        }
+    }
+}
