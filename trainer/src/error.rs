@@ -55,6 +55,9 @@ pub enum Error {
     /// Bad value given on the command line or in a config file.
     #[error("invalid {what}: {message}")]
     InvalidArgument { what: &'static str, message: String },
+    /// A checkpoint that is missing parts, corrupted, or made for something else.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
     #[error("data loader: {0}")]
     Loader(String),
     /// A detection in a COCO results file (or list) that cannot be evaluated. `origin` is the

@@ -5,6 +5,7 @@
 //! later modules) the Burn model, the auxiliary heads, losses and the training loop.
 
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fsutil;

@@ -6,16 +6,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use burn::module::Module;
 use clap::{Parser, Subcommand};
 use codetr_train::data::synth::{self, SynthConfig};
 use codetr_train::data::{CocoDataset, LoadOptions, Loader, LoaderConfig};
 use codetr_train::eval;
+use codetr_train::model::checkpoint;
+use codetr_train::model::{Detector, DetectorConfig};
 
 #[derive(Parser)]
 #[command(
     name = "codetr-train",
     version,
-    about = "Co-DETR training: data, synthetic datasets, COCO evaluation"
+    about = "Co-DETR training: data, synthetic datasets, COCO evaluation, the Co-DINO model"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -69,6 +72,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a model's dimensions and parameter counts per module (from a preset, a TOML
+    /// config or a checkpoint).
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Read the model from this checkpoint instead (shows its header too).
+        #[arg(long, conflicts_with_all = ["preset", "config"])]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Write a randomly initialised checkpoint (useful to test export and serving end to end).
+    Init {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Output checkpoint path.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the weight initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Take class names (and their number) from this COCO instances.json.
+        #[arg(long)]
+        classes_from: Option<PathBuf>,
+    },
+    /// Detect objects in one image with a checkpoint.
+    Predict {
+        /// Checkpoint written by `init` or `fit`.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// JPEG, PNG or WebP image (EXIF orientation is applied).
+        #[arg(long)]
+        image: PathBuf,
+        /// Minimum score of a printed detection.
+        #[arg(long, default_value_t = 0.3)]
+        score_threshold: f32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// cpu, cuda or cuda:N (cuda needs a build with --features cuda).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Measure the batching loader's throughput (decode + augment + resize on worker threads).
     BenchLoader {
         /// A split folder holding instances.json and images/.
@@ -90,6 +134,71 @@ enum Command {
         #[arg(long)]
         no_augment: bool,
     },
+}
+
+/// Which model: a preset, optionally overridden by a TOML file.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Preset: tiny or paper-r50.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// TOML model config (`preset = ...` plus any overrides); replaces --preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn resolve(&self) -> anyhow::Result<DetectorConfig> {
+        Ok(match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                DetectorConfig::from_toml(&text).with_context(|| p.display().to_string())?
+            }
+            None => DetectorConfig::preset(&self.preset)?,
+        })
+    }
+}
+
+fn print_info(model: &Detector) {
+    let c = model.config();
+    let t = &c.transformer;
+    println!(
+        "preset {}: {} classes, input {}x{}, levels {:?} (strides {:?})",
+        c.preset,
+        c.num_classes,
+        c.input_size,
+        c.input_size,
+        c.level_shapes(),
+        c.level_strides()
+    );
+    println!(
+        "ResNet-{} (width {}), d={} heads={} points={} encoder={} decoder={} ffn={} queries={} max_detections={}",
+        c.backbone.depth,
+        c.backbone.base_width,
+        t.d_model,
+        t.num_heads,
+        t.num_points,
+        t.encoder_layers,
+        t.decoder_layers,
+        t.ffn_dim,
+        t.num_queries,
+        c.max_detections
+    );
+    let rows = [
+        ("backbone", model.backbone.num_params()),
+        ("neck", model.neck.num_params()),
+        ("level_embed", model.level_embed.num_params()),
+        ("encoder", model.encoder.num_params()),
+        ("query selection", model.selection.num_params()),
+        ("decoder", model.decoder.num_params()),
+        ("class heads", model.class_heads.num_params()),
+        ("box heads", model.box_heads.num_params()),
+    ];
+    for (name, n) in rows {
+        println!("  {name:<16} {n:>12}");
+    }
+    println!("  {:<16} {:>12}", "total", model.num_params());
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -197,6 +306,90 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Eval { gt, dt, json } => {
             let text = eval::run_eval_cli(&gt, &dt, json)?;
             println!("{text}");
+        }
+        Command::Info {
+            model,
+            checkpoint: ckpt,
+        } => {
+            let device = burn::tensor::Device::flex();
+            let m = match ckpt {
+                Some(p) => {
+                    let (m, h) = checkpoint::load(&p, &device)?;
+                    println!(
+                        "{}: step {}, classes {:?}, model sha256 {}",
+                        p.display(),
+                        h.step,
+                        h.class_names,
+                        h.model_sha256().unwrap_or("-")
+                    );
+                    m
+                }
+                None => model.resolve()?.init(&device)?,
+            };
+            print_info(&m);
+        }
+        Command::Init {
+            model,
+            out,
+            seed,
+            classes_from,
+        } => {
+            let mut cfg = model.resolve()?;
+            let names = match classes_from {
+                Some(p) => {
+                    let f = codetr_train::data::CocoFile::read(&p)?;
+                    let mut cats = f.categories;
+                    cats.sort_by_key(|c| c.id);
+                    cats.into_iter().map(|c| c.name).collect::<Vec<_>>()
+                }
+                None => (0..cfg.num_classes).map(|i| format!("class_{i}")).collect(),
+            };
+            cfg.num_classes = names.len();
+            let device = burn::tensor::Device::flex();
+            device.seed(seed);
+            let m = cfg.init(&device)?;
+            let h = checkpoint::save(
+                &out,
+                &m,
+                &names,
+                0,
+                serde_json::json!({"init_seed": seed}),
+                vec![],
+            )?;
+            println!(
+                "wrote {} ({} parameters, model sha256 {})",
+                out.display(),
+                m.num_params(),
+                h.model_sha256().unwrap_or("-")
+            );
+        }
+        Command::Predict {
+            checkpoint: ckpt,
+            image,
+            score_threshold,
+            json,
+            device,
+        } => {
+            let device = codetr_train::device::select(&device)?;
+            let (m, h) = checkpoint::load(&ckpt, &device)?;
+            let preds = codetr_train::model::predict::predict_file(
+                &m,
+                &h.class_names,
+                &image,
+                score_threshold,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&preds)?);
+            } else {
+                for p in &preds {
+                    let b = p.bbox;
+                    println!(
+                        "{:<16} {:.3}  [{:.1}, {:.1}, {:.1}, {:.1}]",
+                        p.label, p.score, b[0], b[1], b[2], b[3]
+                    );
+                }
+                println!("{} detections with score >= {score_threshold}", preds.len());
+            }
         }
         Command::BenchLoader {
             data,

@@ -1,6 +1,7 @@
 //! The Co-DINO inference model (DINO-Deformable-DETR), one file per concept.
 
 pub mod backbone;
+pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod detector;
@@ -9,6 +10,7 @@ pub mod msda;
 pub mod neck;
 pub mod position_encoding;
 pub mod postprocess;
+pub mod predict;
 pub mod query_selection;
 
 pub use config::{DetectorConfig, TransformerConfig};

@@ -1,0 +1,235 @@
+//! Checkpoint files: a self-describing header (format version, model config, class names,
+//! per-section length and SHA-256) followed by sections of Burn record bytes (`model`, and
+//! later `optimizer`/`trainer`). Written atomically; every way a file can be wrong — truncated,
+//! corrupted, another format, NaN weights — is a clear error, never a panic.
+//!
+//! Layout: `b"CODETRCK"` | u32 LE header length | header JSON | section bytes in header order.
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::config::DetectorConfig;
+use super::detector::Detector;
+use crate::error::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"CODETRCK";
+pub const FORMAT_VERSION: u32 = 1;
+/// Headers are small; anything larger is not one of our files.
+const MAX_HEADER: usize = 16 << 20;
+
+/// One stored blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Section {
+    pub name: String,
+    pub len: u64,
+    pub sha256: String,
+}
+
+/// The checkpoint's header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointHeader {
+    pub format_version: u32,
+    pub config: DetectorConfig,
+    pub class_names: Vec<String>,
+    /// Training step the weights come from (0 for a fresh init).
+    pub step: u64,
+    /// Free-form facts (e.g. the validation mAP), carried into the export metadata.
+    #[serde(default)]
+    pub meta: serde_json::Value,
+    pub sections: Vec<Section>,
+}
+
+impl CheckpointHeader {
+    /// SHA-256 of the `model` section, the checkpoint's identity in export metadata.
+    pub fn model_sha256(&self) -> Option<&str> {
+        self.sections
+            .iter()
+            .find(|s| s.name == "model")
+            .map(|s| s.sha256.as_str())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn corrupt(path: &Path, m: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: m.into(),
+    }
+}
+
+/// Writes `model` (+ extra sections) atomically to `path`.
+pub fn save(
+    path: &Path,
+    model: &Detector,
+    class_names: &[String],
+    step: u64,
+    meta: serde_json::Value,
+    extra_sections: Vec<(String, Vec<u8>)>,
+) -> Result<CheckpointHeader> {
+    if class_names.len() != model.config().num_classes {
+        return Err(corrupt(
+            path,
+            format!(
+                "{} class names for a {}-class model",
+                class_names.len(),
+                model.config().num_classes
+            ),
+        ));
+    }
+    let model_bytes = model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| corrupt(path, format!("cannot serialise the model: {e}")))?;
+    let mut blobs: Vec<(String, Vec<u8>)> = vec![("model".into(), model_bytes.to_vec())];
+    blobs.extend(extra_sections);
+    let header = CheckpointHeader {
+        format_version: FORMAT_VERSION,
+        config: model.config().clone(),
+        class_names: class_names.to_vec(),
+        step,
+        meta,
+        sections: blobs
+            .iter()
+            .map(|(name, b)| Section {
+                name: name.clone(),
+                len: b.len() as u64,
+                sha256: hex(&Sha256::digest(b)),
+            })
+            .collect(),
+    };
+    let json = serde_json::to_vec(&header).map_err(|e| corrupt(path, e.to_string()))?;
+    let mut out =
+        Vec::with_capacity(12 + json.len() + blobs.iter().map(|b| b.1.len()).sum::<usize>());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    for (_, b) in &blobs {
+        out.extend_from_slice(b);
+    }
+    crate::fsutil::write_atomic(path, &out)?;
+    Ok(header)
+}
+
+/// Reads and verifies a checkpoint: header, section lengths and hashes.
+pub fn read(path: &Path) -> Result<(CheckpointHeader, Vec<(String, Vec<u8>)>)> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if data.len() < 12 || &data[..8] != MAGIC {
+        return Err(corrupt(path, "not a codetr checkpoint (bad magic)"));
+    }
+    let hlen = u32::from_le_bytes([data[8], data[9], data[10], data[11]]) as usize;
+    if hlen > MAX_HEADER || 12 + hlen > data.len() {
+        return Err(corrupt(path, "truncated header"));
+    }
+    let header: CheckpointHeader = serde_json::from_slice(&data[12..12 + hlen])
+        .map_err(|e| corrupt(path, format!("bad header: {e}")))?;
+    if header.format_version != FORMAT_VERSION {
+        return Err(corrupt(
+            path,
+            format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                header.format_version
+            ),
+        ));
+    }
+    header.config.validate()?;
+    let mut at = 12 + hlen;
+    let mut sections = Vec::with_capacity(header.sections.len());
+    for s in &header.sections {
+        let end = at
+            .checked_add(s.len as usize)
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| {
+                corrupt(
+                    path,
+                    format!("truncated: section `{}` needs {} bytes", s.name, s.len),
+                )
+            })?;
+        let blob = &data[at..end];
+        if hex(&Sha256::digest(blob)) != s.sha256 {
+            return Err(corrupt(
+                path,
+                format!("section `{}` fails its SHA-256 check (corrupted)", s.name),
+            ));
+        }
+        sections.push((s.name.clone(), blob.to_vec()));
+        at = end;
+    }
+    if at != data.len() {
+        return Err(corrupt(
+            path,
+            format!("{} unexpected trailing bytes", data.len() - at),
+        ));
+    }
+    Ok((header, sections))
+}
+
+/// Loads a checkpoint into a model built from its own config.
+pub fn load(path: &Path, device: &Device) -> Result<(Detector, CheckpointHeader)> {
+    let (header, sections) = read(path)?;
+    let Some((_, bytes)) = sections.into_iter().find(|(n, _)| n == "model") else {
+        return Err(corrupt(path, "no `model` section"));
+    };
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| corrupt(path, format!("model section: {e}")))?;
+    let model = header
+        .config
+        .init(device)?
+        .try_load_record(record)
+        .map_err(|e| corrupt(path, format!("weights do not fit the config: {e}")))?;
+    if let Some(p) = first_non_finite(&model) {
+        return Err(corrupt(
+            path,
+            format!("parameter `{p}` contains NaN or infinity"),
+        ));
+    }
+    Ok((model, header))
+}
+
+/// Loads a checkpoint and checks it was made for `expected` (the config the caller intends).
+pub fn load_expecting(path: &Path, expected: &DetectorConfig, device: &Device) -> Result<Detector> {
+    let (model, header) = load(path, device)?;
+    if &header.config != expected {
+        return Err(corrupt(
+            path,
+            format!(
+                "made for preset `{}` with a different config than the one given (compare `codetr-train info --checkpoint`)",
+                header.config.preset
+            ),
+        ));
+    }
+    Ok(model)
+}
+
+/// Path of the first parameter holding NaN/inf, if any (e.g. `decoder.layers.0.norm1.gamma`).
+pub fn first_non_finite<M: Module>(model: &M) -> Option<String> {
+    #[derive(Default)]
+    struct V {
+        stack: Vec<String>,
+        found: Option<String>,
+    }
+    impl ModuleVisitor for V {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.stack.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.found.is_none() && !param.val().is_finite().all().into_scalar::<bool>() {
+                self.found = Some(self.stack.join("."));
+            }
+        }
+    }
+    let mut v = V::default();
+    model.visit(&mut v);
+    v.found
+}

@@ -1,0 +1,78 @@
+//! Single-image prediction on the host: decode (EXIF-corrected), stretch-resize to the model's
+//! input, detect, and return boxes in the original image's pixels.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::detector::{Detector, pixels_to_tensor};
+use crate::data::augment::{Geometry, crop_resize_rgb};
+use crate::data::coco::decode_rgb;
+use crate::error::{Error, Result};
+
+/// One detection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub class_id: usize,
+    pub label: String,
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` pixels of the original image.
+    pub bbox: [f32; 4],
+}
+
+/// Runs the model on an image file; keeps detections with `score >= score_threshold`.
+pub fn predict_file(
+    model: &Detector,
+    class_names: &[String],
+    path: &Path,
+    score_threshold: f32,
+) -> Result<Vec<Prediction>> {
+    let img = decode_rgb(path, 0)?;
+    let (w, h) = img.dimensions();
+    let s = model.config().input_size;
+    let mut resizer = fast_image_resize::Resizer::new();
+    let px = crop_resize_rgb(&img, &Geometry::identity(w, h), s, s, &mut resizer)?;
+    let device = model.level_embed.val().device();
+    let x = pixels_to_tensor(&px, 1, s as usize, s as usize, &device)?;
+    let det = model.detect(x, &[[h, w]])?;
+    let host = |e: burn::tensor::DataError| Error::InvalidArgument {
+        what: "model output",
+        message: format!("{e:?}"),
+    };
+    let scores: Vec<f32> = det
+        .scores
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .map_err(host)?;
+    let labels: Vec<i64> = det
+        .labels
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec()
+        .map_err(host)?;
+    let boxes: Vec<f32> = det
+        .boxes
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .map_err(host)?;
+    Ok(scores
+        .iter()
+        .zip(&labels)
+        .zip(boxes.chunks_exact(4))
+        .filter(|((s, _), _)| **s >= score_threshold)
+        .map(|((&score, &label), b)| {
+            let class_id = label.max(0) as usize;
+            Prediction {
+                class_id,
+                label: class_names
+                    .get(class_id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class_{class_id}")),
+                score,
+                bbox: [b[0], b[1], b[2], b[3]],
+            }
+        })
+        .collect())
+}
