@@ -22,6 +22,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Headers are small; anything larger is not one of our files.
 const MAX_HEADER: usize = 16 << 20;
 
+/// Named blobs of a checkpoint, in file order.
+pub type Sections = Vec<(String, Vec<u8>)>;
+
 /// One stored blob.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Section {
@@ -72,7 +75,7 @@ pub fn save(
     class_names: &[String],
     step: u64,
     meta: serde_json::Value,
-    extra_sections: Vec<(String, Vec<u8>)>,
+    extra_sections: Sections,
 ) -> Result<CheckpointHeader> {
     if class_names.len() != model.config().num_classes {
         return Err(corrupt(
@@ -89,7 +92,7 @@ pub fn save(
         .into_record()
         .into_bytes()
         .map_err(|e| corrupt(path, format!("cannot serialise the model: {e}")))?;
-    let mut blobs: Vec<(String, Vec<u8>)> = vec![("model".into(), model_bytes.to_vec())];
+    let mut blobs: Sections = vec![("model".into(), model_bytes.to_vec())];
     blobs.extend(extra_sections);
     let header = CheckpointHeader {
         format_version: FORMAT_VERSION,
@@ -120,7 +123,7 @@ pub fn save(
 }
 
 /// Reads and verifies a checkpoint: header, section lengths and hashes.
-pub fn read(path: &Path) -> Result<(CheckpointHeader, Vec<(String, Vec<u8>)>)> {
+pub fn read(path: &Path) -> Result<(CheckpointHeader, Sections)> {
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if data.len() < 12 || &data[..8] != MAGIC {
         return Err(corrupt(path, "not a codetr checkpoint (bad magic)"));
