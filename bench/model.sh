@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# CPU model benchmarks (MSDA implementations fwd/bwd, detector forward per image), written to
+# bench/results/model_cpu.jsonl. Usage: bench/model.sh [msda|forward]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+out="$ROOT/bench/results/model_cpu.jsonl"
+mkdir -p "$(dirname "$out")"
+cargo bench -q -p codetr-train --bench model -- "$@" | tee "$out.tmp"
+mv "$out.tmp" "$out"
