@@ -161,9 +161,10 @@ fn bench_msda() {
         let r = |a: &str, b: &str| {
             row[a].as_f64().unwrap_or(f64::NAN) / row[b].as_f64().unwrap_or(f64::NAN)
         };
-        row["grid_sample_over_gather_fwd"] = r("grid_sample_fwd_s", "gather_fwd_s").into();
-        row["grid_sample_over_gather_fwd_bwd"] =
-            r("grid_sample_fwd_bwd_s", "gather_fwd_bwd_s").into();
+        let fwd = r("grid_sample_fwd_s", "gather_fwd_s");
+        let fwd_bwd = r("grid_sample_fwd_bwd_s", "gather_fwd_bwd_s");
+        row["grid_sample_over_gather_fwd"] = fwd.into();
+        row["grid_sample_over_gather_fwd_bwd"] = fwd_bwd.into();
         println!("{row}");
     }
 }
