@@ -88,6 +88,123 @@ impl CocoFile {
     }
 }
 
+/// One annotation that passed the structural checks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckedAnnotation {
+    pub id: u64,
+    pub image_id: u64,
+    pub category_id: u64,
+    /// `[x, y, w, h]`, finite.
+    pub bbox: [f64; 4],
+    /// The `area` field, or `w·h` when absent; finite.
+    pub area: f64,
+    pub iscrowd: bool,
+}
+
+/// What every consumer of a COCO file needs checked, whatever else it checks: unique image,
+/// category and annotation ids; annotations that reference existing images and categories;
+/// four finite box numbers; a finite area. Ids are returned sorted ascending.
+#[derive(Debug, Clone)]
+pub struct CocoIndex {
+    pub image_ids: Vec<u64>,
+    pub category_ids: Vec<u64>,
+    /// Image id → position in `image_ids`.
+    pub image_pos: HashMap<u64, usize>,
+    /// Category id → position in `category_ids` (= the contiguous label).
+    pub category_pos: HashMap<u64, usize>,
+    /// In file order.
+    pub annotations: Vec<CheckedAnnotation>,
+}
+
+impl CocoFile {
+    /// The structural checks (see [`CocoIndex`]); `path` names the file in errors.
+    pub fn check(&self, path: &Path) -> Result<CocoIndex> {
+        let at = |image_id: Option<u64>, annotation_id: Option<u64>| CocoLocation {
+            file: path.to_path_buf(),
+            image_id,
+            annotation_id,
+        };
+        let bad = |loc: CocoLocation, field: &'static str, message: String| Error::Coco {
+            at: loc,
+            field,
+            message,
+        };
+        let mut image_ids: Vec<u64> = self.images.iter().map(|i| i.id).collect();
+        image_ids.sort_unstable();
+        if let Some(w) = image_ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(bad(at(Some(w[0]), None), "id", "duplicate image id".into()));
+        }
+        let mut category_ids: Vec<u64> = self.categories.iter().map(|c| c.id).collect();
+        category_ids.sort_unstable();
+        if let Some(w) = category_ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(bad(
+                at(None, None),
+                "categories.id",
+                format!("duplicate category id {}", w[0]),
+            ));
+        }
+        let positions = |ids: &[u64]| -> HashMap<u64, usize> {
+            ids.iter().enumerate().map(|(i, &id)| (id, i)).collect()
+        };
+        let image_pos = positions(&image_ids);
+        let category_pos = positions(&category_ids);
+        let mut seen: HashSet<u64> = HashSet::with_capacity(self.annotations.len());
+        let mut annotations = Vec::with_capacity(self.annotations.len());
+        for a in &self.annotations {
+            let loc = || at(Some(a.image_id), Some(a.id));
+            if !seen.insert(a.id) {
+                return Err(bad(loc(), "id", "duplicate annotation id".into()));
+            }
+            if !image_pos.contains_key(&a.image_id) {
+                return Err(bad(loc(), "image_id", "no image with this id".into()));
+            }
+            if !category_pos.contains_key(&a.category_id) {
+                return Err(bad(
+                    loc(),
+                    "category_id",
+                    format!("unknown category id {}", a.category_id),
+                ));
+            }
+            let bbox: [f64; 4] = a.bbox.as_slice().try_into().map_err(|_| {
+                bad(
+                    loc(),
+                    "bbox",
+                    format!("must have 4 numbers [x,y,w,h], got {}", a.bbox.len()),
+                )
+            })?;
+            if !bbox.iter().all(|v| v.is_finite()) {
+                return Err(bad(
+                    loc(),
+                    "bbox",
+                    format!("non-finite value in {:?}", a.bbox),
+                ));
+            }
+            let area = match a.area {
+                Some(x) if !x.is_finite() => {
+                    return Err(bad(loc(), "area", format!("must be finite, got {x}")));
+                }
+                Some(x) => x,
+                None => bbox[2] * bbox[3],
+            };
+            annotations.push(CheckedAnnotation {
+                id: a.id,
+                image_id: a.image_id,
+                category_id: a.category_id,
+                bbox,
+                area,
+                iscrowd: a.iscrowd != 0,
+            });
+        }
+        Ok(CocoIndex {
+            image_ids,
+            category_ids,
+            image_pos,
+            category_pos,
+            annotations,
+        })
+    }
+}
+
 /// A category with its contiguous training label.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Category {
@@ -171,21 +288,13 @@ impl CocoDataset {
             message,
         };
 
-        // Categories → contiguous labels in ascending id order.
         if file.categories.is_empty() {
             return Err(bad(at(None, None), "categories", "no categories".into()));
         }
+        let index = file.check(json_path)?;
+        // Categories → contiguous labels in ascending id order.
         let mut cats = file.categories.clone();
         cats.sort_by_key(|c| c.id);
-        for w in cats.windows(2) {
-            if w[0].id == w[1].id {
-                return Err(bad(
-                    at(None, None),
-                    "categories.id",
-                    format!("duplicate category id {}", w[0].id),
-                ));
-            }
-        }
         let categories: Vec<Category> = cats
             .into_iter()
             .enumerate()
@@ -195,16 +304,13 @@ impl CocoDataset {
                 name: c.name,
             })
             .collect();
-        let label_of: HashMap<u64, usize> = categories.iter().map(|c| (c.id, c.label)).collect();
 
         // Images.
         let mut index_of: HashMap<u64, usize> = HashMap::with_capacity(file.images.len());
         let mut images = Vec::with_capacity(file.images.len());
         for img in &file.images {
             let loc = at(Some(img.id), None);
-            if index_of.insert(img.id, images.len()).is_some() {
-                return Err(bad(loc, "id", "duplicate image id".into()));
-            }
+            index_of.insert(img.id, images.len());
             if img.width == 0 || img.height == 0 {
                 return Err(bad(
                     loc,
@@ -229,40 +335,16 @@ impl CocoDataset {
             });
         }
 
-        // Annotations.
-        let mut seen_ann: HashSet<u64> = HashSet::with_capacity(file.annotations.len());
-        for a in &file.annotations {
+        // Annotations (ids, references and finiteness already checked).
+        for a in &index.annotations {
             let loc = || at(Some(a.image_id), Some(a.id));
-            if !seen_ann.insert(a.id) {
-                return Err(bad(loc(), "id", "duplicate annotation id".into()));
-            }
-            let Some(&ii) = index_of.get(&a.image_id) else {
-                return Err(bad(loc(), "image_id", "no image with this id".into()));
+            let (Some(&ii), Some(&label)) = (
+                index_of.get(&a.image_id),
+                index.category_pos.get(&a.category_id),
+            ) else {
+                return Err(bad(loc(), "image_id", "dangling reference".into()));
             };
-            let Some(&label) = label_of.get(&a.category_id) else {
-                return Err(bad(
-                    loc(),
-                    "category_id",
-                    format!("unknown category id {}", a.category_id),
-                ));
-            };
-            let [x, y, w, h] = match a.bbox[..] {
-                [x, y, w, h] => [x, y, w, h],
-                _ => {
-                    return Err(bad(
-                        loc(),
-                        "bbox",
-                        format!("must have 4 numbers [x,y,w,h], got {}", a.bbox.len()),
-                    ));
-                }
-            };
-            if ![x, y, w, h].iter().all(|v| v.is_finite()) {
-                return Err(bad(
-                    loc(),
-                    "bbox",
-                    format!("non-finite value in {:?}", a.bbox),
-                ));
-            }
+            let [x, y, w, h] = a.bbox;
             if w <= 0.0 || h <= 0.0 {
                 return Err(bad(
                     loc(),
@@ -289,17 +371,15 @@ impl CocoDataset {
                     "empty after clipping to the image".into(),
                 ));
             }
-            if let Some(area) = a.area
-                && (!area.is_finite() || area < 0.0)
-            {
-                return Err(bad(loc(), "area", format!("must be >= 0, got {area}")));
+            if a.area < 0.0 {
+                return Err(bad(loc(), "area", format!("must be >= 0, got {}", a.area)));
             }
             images[ii].objects.push(Object {
                 annotation_id: a.id,
                 label,
                 bbox: [x1 as f32, y1 as f32, x2 as f32, y2 as f32],
-                area: a.area.unwrap_or(w * h),
-                iscrowd: a.iscrowd != 0,
+                area: a.area,
+                iscrowd: a.iscrowd,
             });
         }
 

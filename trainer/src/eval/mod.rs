@@ -11,14 +11,14 @@
 
 mod engine;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::coco::CocoFile;
-use crate::error::{CocoLocation, Error, Result};
+use crate::error::{Error, Result};
 
 use engine::{CategoryMatches, Dt, Gt, Scratch};
 pub use engine::{Params, bbox_iou, linspace};
@@ -361,92 +361,35 @@ struct Grouped {
 }
 
 fn group(gt: &CocoFile, gt_path: &Path, dts: &[Detection], origin: &str) -> Result<Grouped> {
-    let at = |image_id: Option<u64>, annotation_id: Option<u64>| CocoLocation {
-        file: gt_path.to_path_buf(),
-        image_id,
-        annotation_id,
-    };
-    let bad = |loc: CocoLocation, field: &'static str, message: String| Error::Coco {
-        at: loc,
-        field,
-        message,
-    };
-
-    let mut img_ids: Vec<u64> = gt.images.iter().map(|i| i.id).collect();
-    img_ids.sort_unstable();
-    if let Some(w) = img_ids.windows(2).find(|w| w[0] == w[1]) {
-        return Err(bad(at(Some(w[0]), None), "id", "duplicate image id".into()));
-    }
-    let mut cat_ids: Vec<u64> = gt.categories.iter().map(|c| c.id).collect();
-    cat_ids.sort_unstable();
-    if let Some(w) = cat_ids.windows(2).find(|w| w[0] == w[1]) {
-        return Err(bad(
-            at(None, None),
-            "categories.id",
-            format!("duplicate category id {}", w[0]),
-        ));
-    }
-    let img_index: HashMap<u64, u32> = img_ids
+    let index = gt.check(gt_path)?;
+    let img_index: HashMap<u64, u32> = index
+        .image_pos
         .iter()
-        .enumerate()
-        .map(|(i, &id)| (id, i as u32))
+        .map(|(&id, &i)| (id, i as u32))
         .collect();
-    let cat_index: HashMap<u64, u32> = cat_ids
+    let cat_index: HashMap<u64, u32> = index
+        .category_pos
         .iter()
-        .enumerate()
-        .map(|(k, &id)| (id, k as u32))
+        .map(|(&id, &k)| (id, k as u32))
         .collect();
-
-    let mut seen_ann: HashSet<u64> = HashSet::with_capacity(gt.annotations.len());
-    let mut gts = Vec::with_capacity(gt.annotations.len());
-    for a in &gt.annotations {
-        let loc = || at(Some(a.image_id), Some(a.id));
-        if !seen_ann.insert(a.id) {
-            return Err(bad(loc(), "id", "duplicate annotation id".into()));
-        }
-        let Some(&i) = img_index.get(&a.image_id) else {
-            return Err(bad(loc(), "image_id", "no image with this id".into()));
-        };
-        let Some(&k) = cat_index.get(&a.category_id) else {
-            return Err(bad(
-                loc(),
-                "category_id",
-                format!("unknown category id {}", a.category_id),
-            ));
-        };
-        let bbox: [f64; 4] = a.bbox.as_slice().try_into().map_err(|_| {
-            bad(
-                loc(),
-                "bbox",
-                format!("must have 4 numbers [x,y,w,h], got {}", a.bbox.len()),
+    let mut gts: Vec<(u32, u32, Gt)> = index
+        .annotations
+        .iter()
+        .map(|a| {
+            (
+                cat_index[&a.category_id],
+                img_index[&a.image_id],
+                Gt {
+                    bbox: a.bbox,
+                    area: a.area,
+                    crowd: a.iscrowd,
+                    id: a.id,
+                },
             )
-        })?;
-        if !bbox.iter().all(|v| v.is_finite()) {
-            return Err(bad(
-                loc(),
-                "bbox",
-                format!("non-finite value in {:?}", a.bbox),
-            ));
-        }
-        let area = match a.area {
-            Some(x) if !x.is_finite() => {
-                return Err(bad(loc(), "area", format!("must be finite, got {x}")));
-            }
-            Some(x) => x,
-            None => bbox[2] * bbox[3],
-        };
-        gts.push((
-            k,
-            i,
-            Gt {
-                bbox,
-                area,
-                crowd: a.iscrowd != 0,
-                id: a.id,
-            },
-        ));
-    }
+        })
+        .collect();
     gts.sort_by_key(|&(k, i, _)| (k, i));
+    let (img_ids, cat_ids) = (index.image_ids, index.category_ids);
 
     let mut dt_out = Vec::with_capacity(dts.len());
     for (index, d) in dts.iter().enumerate() {
