@@ -94,6 +94,9 @@ enum Command {
         /// Take class names (and their number) from this COCO instances.json.
         #[arg(long)]
         classes_from: Option<PathBuf>,
+        /// torchvision-format ResNet weights (.safetensors, .pth or .pt) for the backbone.
+        #[arg(long)]
+        backbone_weights: Option<PathBuf>,
     },
     /// Detect objects in one image with a checkpoint.
     Predict {
@@ -333,6 +336,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             out,
             seed,
             classes_from,
+            backbone_weights,
         } => {
             let mut cfg = model.resolve()?;
             let names = match classes_from {
@@ -347,7 +351,17 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             cfg.num_classes = names.len();
             let device = burn::tensor::Device::flex();
             device.seed(seed);
-            let m = cfg.init(&device)?;
+            let mut m = cfg.init(&device)?;
+            if let Some(w) = backbone_weights {
+                let (backbone, report) = m.backbone.load_torchvision(&w)?;
+                m.backbone = backbone;
+                println!(
+                    "loaded {} backbone tensors from {} (ignored: {})",
+                    report.applied,
+                    w.display(),
+                    report.ignored.join(", ")
+                );
+            }
             let h = checkpoint::save(
                 &out,
                 &m,

@@ -293,3 +293,118 @@ impl ResNet {
         outs
     }
 }
+
+/// Keeps an error readable when a store lists hundreds of mismatches.
+fn abbreviate(s: &str) -> String {
+    const MAX: usize = 400;
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{} … ({} more bytes)", &s[..cut], s.len() - cut),
+        None => s.to_string(),
+    }
+}
+
+/// What loading pretrained backbone weights did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WeightsReport {
+    /// Tensors applied to the backbone.
+    pub applied: usize,
+    /// Tensors in the file the backbone has no use for (`fc.*`, `num_batches_tracked`).
+    pub ignored: Vec<String>,
+}
+
+impl ResNet {
+    /// Loads torchvision-format ResNet weights (`conv1.weight`, `bn1.running_mean`,
+    /// `layer1.0.downsample.0.weight`, …) from a `.safetensors` or `.pth`/`.pt` file the user
+    /// provides. Every backbone tensor must be present with the right shape; the classifier
+    /// (`fc.*`) and `num_batches_tracked` counters are ignored; anything else unexpected is an
+    /// error (it usually means a different architecture).
+    pub fn load_torchvision(self, path: &std::path::Path) -> Result<(Self, WeightsReport)> {
+        use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+        let bad = |m: String| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        if !path.is_file() {
+            return Err(bad("no such file".into()));
+        }
+        // torchvision's Sequential downsample (0 = conv, 1 = bn) → our named fields.
+        let remaps = [
+            (r"downsample\.0\.", "downsample.conv."),
+            (r"downsample\.1\.", "downsample.bn."),
+        ];
+        let mut model = self;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let result = match ext {
+            "safetensors" => {
+                let mut store = SafetensorsStore::from_file(path)
+                    .with_from_adapter(PyTorchToBurnAdapter)
+                    .allow_partial(true);
+                for (from, to) in remaps {
+                    store = store.with_key_remapping(from, to);
+                }
+                model.load_from(&mut store).map_err(|e| {
+                    bad(format!(
+                        "tensors do not fit: {}",
+                        abbreviate(&e.to_string())
+                    ))
+                })?
+            }
+            "pth" | "pt" => {
+                // The PyTorch store applies the PyTorch → Burn adaptation itself.
+                let mut store = PytorchStore::from_file(path).allow_partial(true);
+                for (from, to) in remaps {
+                    store = store.with_key_remapping(from, to);
+                }
+                model.load_from(&mut store).map_err(|e| {
+                    bad(format!(
+                        "tensors do not fit: {}",
+                        abbreviate(&e.to_string())
+                    ))
+                })?
+            }
+            other => {
+                return Err(bad(format!(
+                    "unsupported extension {other:?} (expected .safetensors, .pth or .pt)"
+                )));
+            }
+        };
+        if !result.errors.is_empty() {
+            let errs: Vec<String> = result.errors.iter().map(|e| format!("{e:?}")).collect();
+            return Err(bad(format!("tensors do not fit: {}", errs.join("; "))));
+        }
+        if !result.missing.is_empty() {
+            let miss: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
+            return Err(bad(format!(
+                "missing {} backbone tensors, e.g. {}",
+                miss.len(),
+                miss.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let (ignored, unexpected): (Vec<String>, Vec<String>) = result
+            .unused
+            .into_iter()
+            .partition(|k| k.starts_with("fc.") || k.ends_with("num_batches_tracked"));
+        if !unexpected.is_empty() {
+            return Err(bad(format!(
+                "{} tensors match nothing in a ResNet-{{18,34,50}} of this config, e.g. {}",
+                unexpected.len(),
+                unexpected
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if let Some(p) = super::checkpoint::first_non_finite(&model) {
+            return Err(bad(format!("parameter `{p}` contains NaN or infinity")));
+        }
+        Ok((
+            model,
+            WeightsReport {
+                applied: result.applied.len(),
+                ignored,
+            },
+        ))
+    }
+}
