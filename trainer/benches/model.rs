@@ -161,10 +161,24 @@ fn bench_msda() {
         let r = |a: &str, b: &str| {
             row[a].as_f64().unwrap_or(f64::NAN) / row[b].as_f64().unwrap_or(f64::NAN)
         };
-        let fwd = r("grid_sample_fwd_s", "gather_fwd_s");
-        let fwd_bwd = r("grid_sample_fwd_bwd_s", "gather_fwd_bwd_s");
-        row["grid_sample_over_gather_fwd"] = fwd.into();
-        row["grid_sample_over_gather_fwd_bwd"] = fwd_bwd.into();
+        let ratios = [
+            (
+                "grid_sample_over_gather_fwd",
+                r("grid_sample_fwd_s", "gather_fwd_s"),
+            ),
+            (
+                "grid_sample_over_gather_fwd_bwd",
+                r("grid_sample_fwd_bwd_s", "gather_fwd_bwd_s"),
+            ),
+            ("gather_over_host_fwd", r("gather_fwd_s", "host_fwd_s")),
+            (
+                "gather_over_host_fwd_bwd",
+                r("gather_fwd_bwd_s", "host_fwd_bwd_s"),
+            ),
+        ];
+        for (k, v) in ratios {
+            row[k] = v.into();
+        }
         println!("{row}");
     }
 }

@@ -79,7 +79,7 @@ fn forward_matches_naive_within_1e_5() {
         let (v, loc, w) = inputs(c, 100 + k as u64, &dev);
         let want = msda_naive(v.clone(), &c.shapes, loc.clone(), w.clone());
         assert_eq!(want.dims(), [c.b, c.q, c.h * c.ch]);
-        for imp in [MsdaImpl::Gather, MsdaImpl::GridSample] {
+        for imp in [MsdaImpl::Host, MsdaImpl::Gather, MsdaImpl::GridSample] {
             let got = msda_core(v.clone(), &c.shapes, loc.clone(), w.clone(), imp);
             let d = max_abs_diff(got, want.clone());
             assert!(d <= 1e-5, "case {k} {imp:?}: max abs diff {d}");
@@ -101,7 +101,7 @@ fn points_far_outside_sample_zero_and_exact_pixel_centres_sample_the_pixel() {
         &dev,
     );
     let w = Tensor::<5>::ones([1, 3, 1, 1, 1], &dev);
-    for imp in [MsdaImpl::Gather, MsdaImpl::GridSample] {
+    for imp in [MsdaImpl::Host, MsdaImpl::Gather, MsdaImpl::GridSample] {
         let out: Vec<f32> = msda_core(v.clone(), &shapes, loc.clone(), w.clone(), imp)
             .into_data()
             .try_to_vec()
@@ -135,10 +135,18 @@ fn backward_agrees_between_implementations_and_with_finite_differences() {
         )
     };
     let (gv, gl, gw) = grads(MsdaImpl::Gather);
-    let (sv, sl, sw) = grads(MsdaImpl::GridSample);
-    assert!(max_abs_diff(gv, sv) < 1e-5);
-    assert!(max_abs_diff(gl.clone(), sl) < 1e-4);
-    assert!(max_abs_diff(gw, sw) < 1e-5);
+    for other in [MsdaImpl::GridSample, MsdaImpl::Host] {
+        let (sv, sl, sw) = grads(other);
+        let (dv, dl, dw) = (
+            max_abs_diff(gv.clone(), sv),
+            max_abs_diff(gl.clone(), sl),
+            max_abs_diff(gw.clone(), sw),
+        );
+        assert!(
+            dv < 1e-5 && dl < 1e-4 && dw < 1e-5,
+            "{other:?} vs gather: value {dv}, loc {dl}, weights {dw}"
+        );
+    }
 
     // Finite differences on a few location coordinates, in f64 on the naive loop.
     let host = Device::flex();

@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod detector;
 pub mod encoder;
 pub mod msda;
+pub mod msda_host;
 pub mod neck;
 pub mod position_encoding;
 pub mod postprocess;

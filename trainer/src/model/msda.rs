@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MsdaImpl {
+    /// Host loops with a hand-written backward (Flex device only; other devices fall back to
+    /// `Gather`).
+    Host,
     #[default]
     Gather,
     GridSample,
@@ -55,7 +58,10 @@ pub fn msda_core(
     imp: MsdaImpl,
 ) -> Tensor<3> {
     match imp {
-        MsdaImpl::Gather => msda_gather(value, shapes, locations, weights),
+        MsdaImpl::Host if super::msda_host::supported(&value.device()) => {
+            super::msda_host::msda_host(value, shapes, locations, weights)
+        }
+        MsdaImpl::Host | MsdaImpl::Gather => msda_gather(value, shapes, locations, weights),
         MsdaImpl::GridSample => msda_grid_sample(value, shapes, locations, weights),
     }
 }
