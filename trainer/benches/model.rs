@@ -128,6 +128,7 @@ fn bench_msda() {
         let mut row = serde_json::json!({"bench": "msda", "case": d.name});
         let reps = 3;
         for (name, imp) in [
+            ("host", MsdaImpl::Host),
             ("gather", MsdaImpl::Gather),
             ("grid_sample", MsdaImpl::GridSample),
         ] {

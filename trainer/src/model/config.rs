@@ -81,7 +81,7 @@ impl DetectorConfig {
                 num_queries: 900,
                 pe_temperature: 20.0,
                 pe_offset: 0.0,
-                msda: MsdaImpl::Gather,
+                msda: MsdaImpl::Host,
             },
         }
     }

@@ -1,14 +1,15 @@
 //! Multi-scale deformable attention (Deformable DETR eq. 3): the sampling core.
 //!
-//! Three implementations of the same function, all with grid_sample semantics (bilinear,
+//! Implementations of the same function, all with grid_sample semantics (bilinear,
 //! zero padding, `align_corners = false`: a location `u ∈ [0, 1]` on a level of width `W`
 //! samples pixel coordinate `u·W − 0.5`):
-//! - [`MsdaImpl::Gather`] (default, fast): one `select` over all levels' values at once, with
+//! - [`MsdaImpl::Host`] (default on CPU): host loops with a hand-written backward (msda_host.rs).
+//! - [`MsdaImpl::Gather`]: one `select` over all levels' values at once, with
 //!   the four bilinear corners' weights computed as tensors. Its backward is a scatter-add,
 //!   which is what makes training on CPU affordable; it is also what `--msda gather` exports.
 //! - [`MsdaImpl::GridSample`]: Burn's `grid_sample_2d` per level, like the official PyTorch
 //!   fallback `ms_deform_attn_core_pytorch`, and like the default ONNX lowering.
-//! - [`msda_naive`]: plain loops over host memory — the reference the other two are tested
+//! - [`msda_naive`]: plain loops over host memory — the reference the others are tested
 //!   against, never used in the model.
 
 use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
@@ -20,9 +21,9 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum MsdaImpl {
     /// Host loops with a hand-written backward (Flex device only; other devices fall back to
-    /// `Gather`).
-    Host,
+    /// `Gather`). The fastest on CPU: 2–7× `Gather` forward+backward (bench/model.sh msda).
     #[default]
+    Host,
     Gather,
     GridSample,
 }
