@@ -333,6 +333,7 @@ impl ResNet {
             (r"downsample\.1\.", "downsample.bn."),
         ];
         let mut model = self;
+        let misfit = |e: String| bad(format!("tensors do not fit: {}", abbreviate(&e)));
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let result = match ext {
             "safetensors" => {
@@ -342,12 +343,9 @@ impl ResNet {
                 for (from, to) in remaps {
                     store = store.with_key_remapping(from, to);
                 }
-                model.load_from(&mut store).map_err(|e| {
-                    bad(format!(
-                        "tensors do not fit: {}",
-                        abbreviate(&e.to_string())
-                    ))
-                })?
+                model
+                    .load_from(&mut store)
+                    .map_err(|e| misfit(e.to_string()))?
             }
             "pth" | "pt" => {
                 // The PyTorch store applies the PyTorch → Burn adaptation itself.
@@ -355,12 +353,9 @@ impl ResNet {
                 for (from, to) in remaps {
                     store = store.with_key_remapping(from, to);
                 }
-                model.load_from(&mut store).map_err(|e| {
-                    bad(format!(
-                        "tensors do not fit: {}",
-                        abbreviate(&e.to_string())
-                    ))
-                })?
+                model
+                    .load_from(&mut store)
+                    .map_err(|e| misfit(e.to_string()))?
             }
             other => {
                 return Err(bad(format!(
