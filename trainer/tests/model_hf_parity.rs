@@ -134,7 +134,11 @@ impl Table {
         for (k, d, s) in &self.rows {
             eprintln!("  {k:<24} {d:.2e}  ({s:.3})");
         }
-        let bad: Vec<_> = self.rows.iter().filter(|r| !(r.1 <= TOL)).collect();
+        let bad: Vec<_> = self
+            .rows
+            .iter()
+            .filter(|r| r.1.is_nan() || r.1 > TOL)
+            .collect();
         assert!(bad.is_empty(), "{}: above {TOL}: {bad:?}", self.name);
     }
 }
