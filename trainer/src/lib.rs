@@ -9,7 +9,9 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+pub mod loss;
 pub mod model;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

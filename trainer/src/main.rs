@@ -116,6 +116,47 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Train Co-DETR (Co-DINO + auxiliary heads) on COCO-format data. Every flag overrides the
+    /// TOML; with no file the defaults train `tiny` on data/synth.
+    Fit {
+        /// Run config (TOML: [run], [data], [model], [schedule], [co], [dn], [loss]).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Continue the run in this dir from its newest checkpoint (its saved config is used;
+        /// other flags are ignored).
+        #[arg(long, conflicts_with_all = ["config", "data", "preset", "k", "steps", "batch_size", "checkpoint_every", "seed", "out"])]
+        resume: Option<PathBuf>,
+        /// A dataset root as written by `synth` (uses DIR/train and DIR/val).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Model preset (tiny, paper-r50); replaces the config's [model] table.
+        #[arg(long)]
+        preset: Option<String>,
+        /// Number of auxiliary heads: 0 = plain DINO, 1 = +ATSS, 2 = +ATSS+Faster-RCNN.
+        #[arg(long)]
+        k: Option<usize>,
+        /// Optimizer steps in total.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Images per step.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Write a resumable checkpoint every N steps.
+        #[arg(long)]
+        checkpoint_every: Option<u64>,
+        /// Seed of initialisation, data order, augmentation and denoising noise.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run directory (config.toml, log.jsonl, eval.jsonl, checkpoints/, best/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// cpu, cuda or cuda:N (cuda needs a build with --features cuda).
+        #[arg(long)]
+        device: Option<String>,
+        /// No progress bar (logs only).
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Measure the batching loader's throughput (decode + augment + resize on worker threads).
     BenchLoader {
         /// A split folder holding instances.json and images/.
@@ -239,6 +280,74 @@ fn main() -> ExitCode {
 
 fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Fit {
+            config,
+            resume,
+            data,
+            preset,
+            k,
+            steps,
+            batch_size,
+            checkpoint_every,
+            seed,
+            out,
+            device,
+            quiet,
+        } => {
+            use codetr_train::train::config::FitConfig;
+            let (cfg, resume) = if let Some(dir) = resume {
+                let text = std::fs::read_to_string(dir.join("config.toml"))
+                    .with_context(|| format!("{}: not a run dir", dir.display()))?;
+                let mut cfg = FitConfig::from_toml(&text)?;
+                cfg.run.out = dir;
+                if let Some(d) = device {
+                    cfg.run.device = d;
+                }
+                (cfg, true)
+            } else {
+                let mut cfg = match config {
+                    Some(p) => FitConfig::from_toml(
+                        &std::fs::read_to_string(&p)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                    )
+                    .with_context(|| p.display().to_string())?,
+                    None => FitConfig::default(),
+                };
+                if let Some(d) = data {
+                    cfg.data.train = d.join("train");
+                    cfg.data.val = d.join("val");
+                }
+                if let Some(p) = preset {
+                    let mut t = toml::Table::new();
+                    t.insert("preset".into(), toml::Value::String(p));
+                    cfg.model = t;
+                }
+                if let Some(k) = k {
+                    cfg.co.k = k;
+                }
+                if let Some(s) = steps {
+                    cfg.schedule.steps = s;
+                }
+                if let Some(b) = batch_size {
+                    cfg.schedule.batch_size = b;
+                }
+                if let Some(c) = checkpoint_every {
+                    cfg.run.checkpoint_every = c;
+                }
+                if let Some(s) = seed {
+                    cfg.run.seed = s;
+                }
+                if let Some(o) = out {
+                    cfg.run.out = o;
+                }
+                if let Some(d) = device {
+                    cfg.run.device = d;
+                }
+                (cfg, false)
+            };
+            let report = codetr_train::train::fit::fit(cfg, resume, !quiet)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
         Command::Synth {
             out,
             train,

@@ -1,0 +1,162 @@
+//! The training-time Co-DETR: the inference `Detector` plus the parameters only training uses
+//! (the denoising label embedding; the auxiliary heads and positive-query projections join
+//! here), and the loss of one batch (paper eq. 6 with K = 0: DINO's one-to-one branch).
+
+use burn::module::{Module, Param};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::config::FitConfig;
+use crate::data::loader::Batch;
+use crate::error::{Error, Result};
+use crate::loss::criterion::{Terms, assigned_loss, matched_loss};
+use crate::loss::matcher::MatchCosts;
+use crate::model::denoising::{self, DnQueries, attention_mask};
+use crate::model::detector::pixels_to_tensor;
+use crate::model::{Detector, DetectorConfig};
+use crate::rng::Rng;
+
+/// Parameters used only in training (dropped by the exporter).
+#[derive(Module, Debug)]
+pub struct TrainHeads {
+    /// `[C, d]` content embedding of the (noised) class of each denoising query.
+    pub label_embed: Param<Tensor<2>>,
+}
+
+impl TrainHeads {
+    pub fn new(cfg: &DetectorConfig, device: &Device) -> Self {
+        Self {
+            label_embed: Param::from_tensor(Tensor::random(
+                [cfg.num_classes, cfg.transformer.d_model],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                device,
+            )),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct CoDetr {
+    pub detector: Detector,
+    pub heads: TrainHeads,
+}
+
+/// One batch's loss: the weighted total and every named term (unweighted) for the log.
+pub struct StepLoss {
+    pub total: Tensor<1>,
+    pub terms: Vec<(String, f32)>,
+}
+
+impl CoDetr {
+    pub fn new(cfg: &DetectorConfig, device: &Device) -> Result<Self> {
+        Ok(Self {
+            detector: cfg.init(device)?,
+            heads: TrainHeads::new(cfg, device),
+        })
+    }
+
+    /// Content `[B, pad, d]` and references `[B, pad, 4]` of the dn queries.
+    fn dn_inputs(&self, dn: &DnQueries, device: &Device) -> (Tensor<3>, Tensor<3>) {
+        let b = dn.labels.len();
+        let pad = dn.pad_size();
+        let d = self.heads.label_embed.dims()[1];
+        let idx: Vec<i64> = dn
+            .labels
+            .iter()
+            .flatten()
+            .map(|l| l.unwrap_or(0) as i64)
+            .collect();
+        let used: Vec<f32> = dn
+            .labels
+            .iter()
+            .flatten()
+            .map(|l| if l.is_some() { 1.0 } else { 0.0 })
+            .collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [b * pad]), device);
+        let used = Tensor::<2>::from_data(TensorData::new(used, [b * pad, 1]), device);
+        let content = (self.heads.label_embed.val().select(0, idx) * used).reshape([b, pad, d]);
+        let boxes: Vec<f32> = dn.boxes.iter().flatten().flatten().copied().collect();
+        let reference = Tensor::<3>::from_data(TensorData::new(boxes, [b, pad, 4]), device);
+        (content, reference)
+    }
+
+    /// The loss of `batch`. `rng` draws the denoising noise.
+    pub fn loss(&self, batch: &Batch, cfg: &FitConfig, rng: &mut Rng) -> Result<StepLoss> {
+        let det_cfg = self.detector.config();
+        let device = self.detector.level_embed.val().device();
+        let s = batch.size as usize;
+        let images = pixels_to_tensor(&batch.pixels, batch.len(), s, s, &device)?;
+        let targets = &batch.targets;
+        let dn = denoising::generate(targets, det_cfg.num_classes, &cfg.dn, rng);
+        let pad = dn.as_ref().map_or(0, |d| d.pad_size());
+        let q = det_cfg.transformer.num_queries;
+        let out = self.detector.forward_with(images, |memory, shapes, sel| {
+            let Some(dn) = &dn else {
+                return (
+                    sel.content.clone(),
+                    sel.reference.clone(),
+                    None,
+                    memory,
+                    shapes,
+                );
+            };
+            let (c, r) = self.dn_inputs(dn, &device);
+            let (n, mask) = attention_mask(Some((dn.num_groups, dn.group_size)), q, &[]);
+            let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [n, n]), &device);
+            (
+                Tensor::cat(vec![c, sel.content.clone()], 1),
+                Tensor::cat(vec![r, sel.reference.clone()], 1),
+                Some(mask),
+                memory,
+                shapes,
+            )
+        })?;
+        let costs = MatchCosts::default();
+        let w = &cfg.loss;
+        let mut total = Tensor::<1>::zeros([1], &device);
+        let mut terms = Vec::new();
+        let mut record = |name: &str, t: &Terms, weight: f64, total: &mut Tensor<1>| {
+            *total = total.clone() + t.weighted(w) * weight;
+            let [c, l, g] = t.values();
+            terms.push((format!("{name}loss_cls"), c));
+            terms.push((format!("{name}loss_bbox"), l));
+            terms.push((format!("{name}loss_iou"), g));
+        };
+        let layers = out.logits.len();
+        for (l, (logits, boxes)) in out.logits.iter().zip(&out.boxes).enumerate() {
+            // official naming: the last layer unprefixed, the others d0., d1., …
+            let prefix = if l + 1 == layers {
+                String::new()
+            } else {
+                format!("d{l}.")
+            };
+            let m = matched_loss(
+                logits.clone().narrow(1, pad, q),
+                boxes.clone().narrow(1, pad, q),
+                targets,
+                &costs,
+            )?;
+            record(&prefix, &m, 1.0, &mut total);
+            if let Some(dn) = &dn {
+                let t = assigned_loss(
+                    logits.clone().narrow(1, 0, pad),
+                    boxes.clone().narrow(1, 0, pad),
+                    &dn.positives,
+                );
+                record(&format!("{prefix}dn_"), &t, 1.0, &mut total);
+            }
+        }
+        let enc = matched_loss(out.enc_logits, out.enc_boxes, targets, &costs)?;
+        record("enc_", &enc, cfg.enc_loss_weight, &mut total);
+        let value: f32 = total.clone().into_scalar();
+        if !value.is_finite() {
+            return Err(Error::InvalidArgument {
+                what: "training",
+                message: format!(
+                    "non-finite loss at batch {} of epoch {} (terms: {terms:?})",
+                    batch.index, batch.epoch
+                ),
+            });
+        }
+        Ok(StepLoss { total, terms })
+    }
+}

@@ -1,0 +1,465 @@
+//! `codetr-train fit`: the training loop with atomic, resumable checkpoints (model + training
+//! heads + optimizer + step; the data order and the denoising noise are functions of (seed,
+//! step), so nothing else needs saving), a JSONL log of every loss term, periodic COCO mAP on
+//! the val split and the best checkpoint kept apart.
+//!
+//! Run dir: `config.toml` (resolved), `log.jsonl`, `eval.jsonl`, `checkpoints/step-N.ckpt`
+//! (last few), `best/model.ckpt`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device};
+use serde::{Deserialize, Serialize};
+
+use super::codetr::{CoDetr, TrainHeads};
+use super::config::FitConfig;
+use super::optim::{adamw, clip_global, split_grads};
+use crate::data::coco::{CocoDataset, CocoFile, LoadOptions};
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::error::{Error, Result};
+use crate::eval::{Detection, EvalSummary, evaluate};
+use crate::model::detector::pixels_to_tensor;
+use crate::model::{Detector, checkpoint};
+use crate::rng::Rng;
+
+/// What a checkpoint records about the run besides the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: u64,
+    pub best_ap: Option<f64>,
+    pub best_step: Option<u64>,
+    /// The run's resolved config (resume checks it is unchanged).
+    pub config: FitConfig,
+}
+
+fn ck_err(path: &Path, m: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: m.into(),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::io(path, e)
+}
+
+/// Saves the full training state atomically.
+fn save_train(
+    path: &Path,
+    model: &CoDetr,
+    optim: &burn::optim::ModuleOptimizer,
+    state: &TrainState,
+    class_names: &[String],
+    meta: serde_json::Value,
+) -> Result<()> {
+    let heads = model
+        .heads
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| ck_err(path, format!("cannot serialise the training heads: {e}")))?;
+    let opt = optim
+        .into_bytes()
+        .map_err(|e| ck_err(path, format!("cannot serialise the optimizer: {e}")))?;
+    let st = serde_json::to_vec(state).map_err(|e| ck_err(path, e.to_string()))?;
+    checkpoint::save(
+        path,
+        &model.detector,
+        class_names,
+        state.step,
+        meta,
+        vec![
+            ("train_heads".into(), heads.to_vec()),
+            ("optimizer".into(), opt.to_vec()),
+            ("train_state".into(), st),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Loads what `save_train` wrote, on `device` (an autodiff device).
+fn load_train(
+    path: &Path,
+    device: &Device,
+) -> Result<(CoDetr, burn::optim::ModuleOptimizer, TrainState)> {
+    let (detector, _) = checkpoint::load(path, device)?;
+    let (_, sections) = checkpoint::read(path)?;
+    let section = |name: &str| {
+        sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .ok_or_else(|| {
+                ck_err(
+                    path,
+                    format!("no `{name}` section (not a training checkpoint)"),
+                )
+            })
+    };
+    let state: TrainState = serde_json::from_slice(&section("train_state")?)
+        .map_err(|e| ck_err(path, format!("train_state: {e}")))?;
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(section("train_heads")?))
+        .map_err(|e| ck_err(path, format!("train_heads: {e}")))?;
+    let heads = TrainHeads::new(detector.config(), device)
+        .try_load_record(record)
+        .map_err(|e| ck_err(path, format!("train_heads do not fit: {e}")))?;
+    let optim = adamw(state.config.schedule.weight_decay)
+        .from_bytes(Bytes::from_bytes_vec(section("optimizer")?))
+        .map_err(|e| ck_err(path, format!("optimizer: {e}")))?;
+    Ok((CoDetr { detector, heads }, optim, state))
+}
+
+/// Runs `detector` over (up to `limit`) images of `ds` and returns COCO mAP against its json.
+pub fn validate(
+    detector: &Detector,
+    ds: &Arc<CocoDataset>,
+    limit: usize,
+    workers: usize,
+) -> Result<EvalSummary> {
+    let size = detector.config().input_size;
+    let mut subset = (**ds).clone();
+    if limit > 0 && subset.images.len() > limit {
+        subset.images.truncate(limit);
+    }
+    let ids: std::collections::HashSet<u64> = subset.images.iter().map(|i| i.id).collect();
+    let loader = Loader::new(Arc::new(subset), LoaderConfig::eval(8, size, workers))?;
+    let device = detector.level_embed.val().device();
+    let mut dts = Vec::new();
+    for batch in loader.epoch(0, 0) {
+        let batch = batch?;
+        let s = batch.size as usize;
+        let x = pixels_to_tensor(&batch.pixels, batch.len(), s, s, &device)?;
+        let sizes: Vec<[u32; 2]> = batch.targets.iter().map(|t| t.orig_size).collect();
+        let det = detector.detect(x, &sizes)?;
+        let host = |e: burn::tensor::DataError| Error::InvalidArgument {
+            what: "model output",
+            message: format!("{e:?}"),
+        };
+        let scores: Vec<f32> = det
+            .scores
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .map_err(host)?;
+        let labels: Vec<i64> = det
+            .labels
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec()
+            .map_err(host)?;
+        let boxes: Vec<f32> = det
+            .boxes
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .map_err(host)?;
+        let k = scores.len() / batch.len().max(1);
+        for (i, t) in batch.targets.iter().enumerate() {
+            for j in i * k..(i + 1) * k {
+                let Some(cat) = usize::try_from(labels[j])
+                    .ok()
+                    .and_then(|l| ds.categories.get(l))
+                else {
+                    continue;
+                };
+                let b = &boxes[j * 4..j * 4 + 4];
+                dts.push(Detection {
+                    image_id: t.image_id,
+                    category_id: cat.id,
+                    bbox: [
+                        f64::from(b[0]),
+                        f64::from(b[1]),
+                        f64::from(b[2] - b[0]),
+                        f64::from(b[3] - b[1]),
+                    ],
+                    score: f64::from(scores[j]),
+                });
+            }
+        }
+    }
+    let mut gt = CocoFile::read(&ds.json_path)?;
+    gt.images.retain(|i| ids.contains(&i.id));
+    gt.annotations.retain(|a| ids.contains(&a.image_id));
+    evaluate(&gt, &ds.json_path, &dts)
+}
+
+/// Keeps the newest `keep` `step-*.ckpt` files in `dir`.
+fn prune(dir: &Path, keep: usize) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-") && n.ends_with(".ckpt"))
+        })
+        .collect();
+    files.sort();
+    let excess = files.len().saturating_sub(keep);
+    for f in files.into_iter().take(excess) {
+        std::fs::remove_file(&f).map_err(io(&f))?;
+    }
+    Ok(())
+}
+
+/// The newest step checkpoint of a run dir.
+pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
+    let dir = run.join("checkpoints");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ckpt"))
+        .collect();
+    files.sort();
+    files.pop()
+}
+
+/// Drops log lines past `step` (they were written after the checkpoint we resume from).
+fn truncate_log(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::fsutil::write_atomic(path, kept.as_bytes())
+}
+
+/// Summary of a finished `fit`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitReport {
+    pub steps: u64,
+    pub seconds: f64,
+    pub last_loss: f32,
+    pub best_ap: Option<f64>,
+    pub final_eval: Option<EvalSummary>,
+}
+
+/// Trains from scratch (`resume = false`) or continues the run in `cfg.run.out`.
+pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
+    let out = cfg.run.out.clone();
+    let device = crate::device::select(&cfg.run.device)?.autodiff();
+    let ckdir = out.join("checkpoints");
+    let (mut model, mut optim, mut state, cfg) = if resume {
+        let path = latest_checkpoint(&out).ok_or_else(|| Error::InvalidArgument {
+            what: "--resume",
+            message: format!("no checkpoints in {}", ckdir.display()),
+        })?;
+        let (model, optim, state) = load_train(&path, &device)?;
+        tracing::info!(step = state.step, path = %path.display(), "resuming");
+        // The saved config wins (same schedule, data, seed), except where the run lives now
+        // and which device continues it.
+        let mut saved = state.config.clone();
+        saved.run.out = out.clone();
+        saved.run.device = cfg.run.device.clone();
+        (model, optim, state, saved)
+    } else {
+        cfg.validate()?;
+        if latest_checkpoint(&out).is_some() {
+            return Err(Error::InvalidArgument {
+                what: "--out",
+                message: format!(
+                    "{} already holds a run; pass --resume to continue it or choose another --out",
+                    out.display()
+                ),
+            });
+        }
+        let train = CocoDataset::load_split(&cfg.data.train, LoadOptions::default())?;
+        let mut det = cfg.detector()?;
+        det.num_classes = train.num_classes();
+        device.seed(cfg.run.seed);
+        let model = CoDetr::new(&det, &device)?;
+        let state = TrainState {
+            step: 0,
+            best_ap: None,
+            best_step: None,
+            config: cfg.clone(),
+        };
+        (model, adamw(cfg.schedule.weight_decay), state, cfg)
+    };
+    std::fs::create_dir_all(&ckdir).map_err(io(&ckdir))?;
+    std::fs::create_dir_all(out.join("best")).map_err(io(&out))?;
+    crate::fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    let log_path = out.join("log.jsonl");
+    if resume {
+        truncate_log(&log_path, state.step)?;
+        truncate_log(&out.join("eval.jsonl"), state.step)?;
+    }
+
+    let train = Arc::new(CocoDataset::load_split(
+        &cfg.data.train,
+        LoadOptions::default(),
+    )?);
+    let val = Arc::new(CocoDataset::load_split(
+        &cfg.data.val,
+        LoadOptions::default(),
+    )?);
+    let class_names = train.class_names();
+    if class_names.len() != model.detector.config().num_classes {
+        return Err(Error::InvalidArgument {
+            what: "data",
+            message: format!(
+                "{} classes in {} but the model has {}",
+                class_names.len(),
+                cfg.data.train.display(),
+                model.detector.config().num_classes
+            ),
+        });
+    }
+    let loader = Loader::new(
+        train,
+        LoaderConfig {
+            batch_size: cfg.schedule.batch_size,
+            sizes: cfg.schedule.sizes.clone(),
+            workers: cfg.run.workers,
+            seed: cfg.run.seed,
+            ..LoaderConfig::default()
+        },
+    )?;
+    let per_epoch = loader.batches_per_epoch() as u64;
+    let eval_every = if cfg.run.eval_every > 0 {
+        cfg.run.eval_every
+    } else {
+        per_epoch
+    };
+    let steps = cfg.schedule.steps;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io(&log_path))?;
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new(steps);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_position(state.step);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let mut last_loss = f32::NAN;
+    let mut final_eval = None;
+    let mut images_seen = 0usize;
+    while state.step < steps {
+        let epoch = state.step / per_epoch;
+        let start = (state.step % per_epoch) as usize;
+        for batch in loader.epoch(epoch, start) {
+            if state.step >= steps {
+                break;
+            }
+            let batch = batch?;
+            let t0 = Instant::now();
+            let mut rng = Rng::fork(cfg.run.seed ^ 0xD1_5EED, state.step);
+            let loss = model.loss(&batch, &cfg, &mut rng)?;
+            let grads = loss.total.backward();
+            let (mut g_bb, mut g_rest) = split_grads(grads, &model.detector.backbone, &model);
+            let norm = clip_global(
+                &model,
+                &mut [&mut g_bb, &mut g_rest],
+                cfg.schedule.grad_clip,
+            );
+            let lr = cfg.schedule.lr_at(state.step);
+            model = optim.step(lr * cfg.schedule.backbone_lr_mult, model, g_bb);
+            model = optim.step(lr, model, g_rest);
+            state.step += 1;
+            last_loss = loss.total.clone().into_scalar();
+            images_seen += batch.len();
+            let dt = t0.elapsed().as_secs_f64();
+            let mut line = serde_json::Map::new();
+            line.insert("step".into(), state.step.into());
+            line.insert("epoch".into(), epoch.into());
+            line.insert("loss".into(), f64::from(last_loss).into());
+            line.insert("lr".into(), lr.into());
+            line.insert("grad_norm".into(), norm.into());
+            line.insert("seconds".into(), dt.into());
+            for (k, v) in &loss.terms {
+                line.insert(k.clone(), f64::from(*v).into());
+            }
+            writeln!(log, "{}", serde_json::Value::Object(line)).map_err(io(&log_path))?;
+            bar.set_position(state.step);
+            bar.set_message(format!(
+                "loss {last_loss:.3} lr {lr:.1e} {:.1} img/s",
+                images_seen as f64 / started.elapsed().as_secs_f64()
+            ));
+
+            let do_eval = state.step % eval_every == 0 || state.step == steps;
+            if do_eval {
+                bar.suspend(|| tracing::info!(step = state.step, "validating"));
+                let s = validate(
+                    &model.detector.valid(),
+                    &val,
+                    cfg.data.val_images,
+                    cfg.run.workers,
+                )?;
+                let mut e = serde_json::to_value(s).map_err(|e| Error::InvalidArgument {
+                    what: "eval",
+                    message: e.to_string(),
+                })?;
+                if let Some(o) = e.as_object_mut() {
+                    o.insert("step".into(), state.step.into());
+                }
+                let ep = out.join("eval.jsonl");
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&ep)
+                    .map_err(io(&ep))?;
+                writeln!(f, "{e}").map_err(io(&ep))?;
+                bar.suspend(|| tracing::info!(step = state.step, ap = s.ap, ap50 = s.ap50, "val"));
+                if state.best_ap.is_none_or(|b| s.ap > b) {
+                    state.best_ap = Some(s.ap);
+                    state.best_step = Some(state.step);
+                    let meta = serde_json::json!({ "val": s, "step": state.step });
+                    checkpoint::save(
+                        &out.join("best").join("model.ckpt"),
+                        &model.detector,
+                        &class_names,
+                        state.step,
+                        meta,
+                        vec![],
+                    )?;
+                }
+                final_eval = Some(s);
+            }
+            if state.step % cfg.run.checkpoint_every == 0 || state.step == steps {
+                log.flush().map_err(io(&log_path))?;
+                let path = ckdir.join(format!("step-{:08}.ckpt", state.step));
+                save_train(
+                    &path,
+                    &model,
+                    &optim,
+                    &state,
+                    &class_names,
+                    serde_json::Value::Null,
+                )?;
+                prune(&ckdir, cfg.run.keep_last)?;
+            }
+        }
+    }
+    bar.finish();
+    Ok(FitReport {
+        steps: state.step,
+        seconds: started.elapsed().as_secs_f64(),
+        last_loss,
+        best_ap: state.best_ap,
+        final_eval,
+    })
+}
