@@ -4,6 +4,7 @@
 //! (COCO reader, synthetic dataset, augmentation, batching), the COCO evaluator, and (in
 //! later modules) the Burn model, the auxiliary heads, losses and the training loop.
 
+pub mod auxiliary;
 pub mod data;
 pub mod device;
 pub mod error;

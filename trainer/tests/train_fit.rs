@@ -163,3 +163,46 @@ fn bad_runs_are_clear_errors() {
         .to_string();
     assert!(e.contains("no checkpoints"), "{e}");
 }
+
+#[test]
+fn k1_trains_with_atss_and_positive_queries() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    let run = tmp.path().join("k1");
+    let mut cfg = config(tmp.path(), run.clone(), 6);
+    cfg.co.k = 1;
+    fit(cfg, false, false).unwrap();
+    let log = log_lines(&run);
+    for key in [
+        "atss.loss_cls",
+        "atss.loss_bbox",
+        "atss.loss_centerness",
+        "pos0.loss_cls",
+        "pos0.d0.loss_iou",
+        "loss_cls",
+    ] {
+        for l in &log {
+            let v = l[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing: {l}"));
+            assert!(v.is_finite(), "{key} = {v}");
+        }
+    }
+    // one-to-many: more positive queries than ground-truth boxes
+    let q: f64 = log
+        .iter()
+        .map(|l| l["pos0.uncapped"].as_f64().unwrap())
+        .sum();
+    let g: f64 = log.iter().map(|l| l["num_gt"].as_f64().unwrap()).sum();
+    assert!(q > 2.0 * g, "{q} positive anchors for {g} gts");
+    eprintln!("ATSS positives per gt: {:.2}", q / g);
+}
+
+#[test]
+fn k2_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path(), tmp.path().join("k2"), 4);
+    cfg.co.k = 2;
+    let e = fit(cfg, false, false).unwrap_err().to_string();
+    assert!(e.contains("Faster-RCNN"), "{e}");
+}

@@ -8,7 +8,7 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::backbone::ResNet;
 use super::config::DetectorConfig;
-use super::decoder::{BoxHead, Decoder, inverse_sigmoid};
+use super::decoder::{BoxHead, Decoder, DecoderOutput, inverse_sigmoid};
 use super::encoder::Encoder;
 use super::msda::MsDeformAttnConfig;
 use super::neck::ChannelMapper;
@@ -248,14 +248,7 @@ impl Detector {
             mask.as_ref(),
             &self.box_heads[..n],
         );
-        let mut logits = Vec::with_capacity(n);
-        let mut boxes = Vec::with_capacity(n);
-        for (l, h) in dec.hidden.into_iter().enumerate() {
-            logits.push(self.class_heads[l].forward(h.clone()));
-            boxes.push(sigmoid(
-                self.box_heads[l].forward(h) + inverse_sigmoid(dec.references[l].clone(), 1e-3),
-            ));
-        }
+        let (logits, boxes) = self.decode_layers(dec);
         Ok(DetectorOutput {
             logits,
             boxes,
@@ -264,6 +257,21 @@ impl Detector {
             memory,
             shapes,
         })
+    }
+
+    /// Per-layer class logits `[B, Q, C]` and boxes `[B, Q, 4]` of a decoder pass: layer l's
+    /// head decodes its (normed) output against reference l ("look forward twice").
+    pub fn decode_layers(&self, dec: DecoderOutput) -> (Vec<Tensor<3>>, Vec<Tensor<3>>) {
+        let n = dec.hidden.len();
+        let mut logits = Vec::with_capacity(n);
+        let mut boxes = Vec::with_capacity(n);
+        for (l, h) in dec.hidden.into_iter().enumerate() {
+            logits.push(self.class_heads[l].forward(h.clone()));
+            boxes.push(sigmoid(
+                self.box_heads[l].forward(h) + inverse_sigmoid(dec.references[l].clone(), 1e-3),
+            ));
+        }
+        (logits, boxes)
     }
 
     /// Inference: forward + NMS-free postprocess with the configured `max_detections`.

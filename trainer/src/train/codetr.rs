@@ -6,6 +6,9 @@ use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::config::FitConfig;
+use crate::auxiliary::adapter::MultiScaleAdapter;
+use crate::auxiliary::atss_head::{AtssHead, assign, atss_loss, pyramid_anchors};
+use crate::auxiliary::positive_queries::{PositiveQueryProj, build_group, group_inputs};
 use crate::data::loader::Batch;
 use crate::error::{Error, Result};
 use crate::loss::criterion::{Terms, assigned_loss, matched_loss};
@@ -20,17 +23,32 @@ use crate::rng::Rng;
 pub struct TrainHeads {
     /// `[C, d]` content embedding of the (noised) class of each denoising query.
     pub label_embed: Param<Tensor<2>>,
+    /// K ≥ 1: the aux heads' pyramid from the encoder memory.
+    pub adapter: Option<MultiScaleAdapter>,
+    /// K ≥ 1: the ATSS head and the projections of its positive queries.
+    pub atss: Option<AtssHead>,
+    pub atss_queries: Option<PositiveQueryProj>,
 }
 
 impl TrainHeads {
-    pub fn new(cfg: &DetectorConfig, device: &Device) -> Self {
-        Self {
+    /// `k`: number of auxiliary heads (0 = plain DINO).
+    pub fn new(cfg: &DetectorConfig, k: usize, device: &Device) -> Result<Self> {
+        let d = cfg.transformer.d_model;
+        let levels = cfg.num_levels() + 1;
+        Ok(Self {
             label_embed: Param::from_tensor(Tensor::random(
-                [cfg.num_classes, cfg.transformer.d_model],
+                [cfg.num_classes, d],
                 burn::tensor::Distribution::Normal(0.0, 1.0),
                 device,
             )),
-        }
+            adapter: if k >= 1 {
+                Some(MultiScaleAdapter::new(d, device)?)
+            } else {
+                None
+            },
+            atss: (k >= 1).then(|| AtssHead::new(d, cfg.num_classes, levels, device)),
+            atss_queries: (k >= 1).then(|| PositiveQueryProj::new(d, device)),
+        })
     }
 }
 
@@ -43,14 +61,17 @@ pub struct CoDetr {
 /// One batch's loss: the weighted total and every named term (unweighted) for the log.
 pub struct StepLoss {
     pub total: Tensor<1>,
+    /// The auxiliary part alone (aux-head losses + positive-query losses), when K ≥ 1: lets
+    /// tests check where the one-to-many supervision sends gradient.
+    pub aux: Option<Tensor<1>>,
     pub terms: Vec<(String, f32)>,
 }
 
 impl CoDetr {
-    pub fn new(cfg: &DetectorConfig, device: &Device) -> Result<Self> {
+    pub fn new(cfg: &DetectorConfig, k: usize, device: &Device) -> Result<Self> {
         Ok(Self {
             detector: cfg.init(device)?,
-            heads: TrainHeads::new(cfg, device),
+            heads: TrainHeads::new(cfg, k, device)?,
         })
     }
 
@@ -114,7 +135,11 @@ impl CoDetr {
         let w = &cfg.loss;
         let mut total = Tensor::<1>::zeros([1], &device);
         let mut terms = Vec::new();
-        let mut record = |name: &str, t: &Terms, weight: f64, total: &mut Tensor<1>| {
+        let record = |terms: &mut Vec<(String, f32)>,
+                      name: &str,
+                      t: &Terms,
+                      weight: f64,
+                      total: &mut Tensor<1>| {
             *total = total.clone() + t.weighted(w) * weight;
             let [c, l, g] = t.values();
             terms.push((format!("{name}loss_cls"), c));
@@ -135,18 +160,110 @@ impl CoDetr {
                 targets,
                 &costs,
             )?;
-            record(&prefix, &m, 1.0, &mut total);
+            record(&mut terms, &prefix, &m, 1.0, &mut total);
             if let Some(dn) = &dn {
                 let t = assigned_loss(
                     logits.clone().narrow(1, 0, pad),
                     boxes.clone().narrow(1, 0, pad),
                     &dn.positives,
                 );
-                record(&format!("{prefix}dn_"), &t, 1.0, &mut total);
+                record(&mut terms, &format!("{prefix}dn_"), &t, 1.0, &mut total);
             }
         }
         let enc = matched_loss(out.enc_logits, out.enc_boxes, targets, &costs)?;
-        record("enc_", &enc, cfg.enc_loss_weight, &mut total);
+        record(&mut terms, "enc_", &enc, cfg.enc_loss_weight, &mut total);
+
+        // Co-DETR: the ATSS head on the adapter pyramid and its positive queries.
+        let main_total = total.clone();
+        let mut aux = None;
+        if let (Some(adapter), Some(atss), Some(proj)) = (
+            &self.heads.adapter,
+            &self.heads.atss,
+            &self.heads.atss_queries,
+        ) {
+            let size = batch.size as f32;
+            let maps = adapter.forward(out.memory.clone(), &out.shapes);
+            let shapes: Vec<[usize; 2]> = maps
+                .iter()
+                .map(|m| {
+                    let [_, _, h, w] = m.dims();
+                    [h, w]
+                })
+                .collect();
+            let mut strides = det_cfg.level_strides();
+            strides.push(strides.last().copied().unwrap_or(32) * 2);
+            let (anchors, per_level) = pyramid_anchors(&shapes, &strides, &cfg.co.atss);
+            let pos = assign(&anchors, &per_level, targets, size, &cfg.co.atss);
+            if cfg.co.aux_loss {
+                let o = atss.forward(&maps);
+                let l = atss_loss(&o, &anchors, &pos, targets, size);
+                let a = &cfg.co.atss;
+                // Paper eq. 6: λ2·L_enc inside the sum over the L decoder layers.
+                let weight = cfg.co.lambda2 * layers as f64;
+                total = total
+                    + (l.cls.clone() * a.cls_weight
+                        + l.bbox.clone() * a.bbox_weight
+                        + l.centerness.clone() * a.centerness_weight)
+                        * weight;
+                terms.push(("atss.loss_cls".into(), l.cls.into_scalar()));
+                terms.push(("atss.loss_bbox".into(), l.bbox.into_scalar()));
+                terms.push(("atss.loss_centerness".into(), l.centerness.into_scalar()));
+            }
+            if cfg.co.positive_queries {
+                let d = det_cfg.transformer.d_model;
+                let tokens = Tensor::cat(
+                    maps.iter()
+                        .map(|m| {
+                            let [b, _, h, w] = m.dims();
+                            m.clone().reshape([b, d, h * w]).swap_dims(1, 2)
+                        })
+                        .collect(),
+                    1,
+                );
+                let labels: Vec<&[usize]> = targets.iter().map(|t| t.labels.as_slice()).collect();
+                let gts: Vec<&[[f32; 4]]> = targets.iter().map(|t| t.boxes.as_slice()).collect();
+                let group = build_group(
+                    &anchors,
+                    &pos.pairs,
+                    &labels,
+                    &gts,
+                    size,
+                    cfg.co.max_positive_queries,
+                    rng,
+                );
+                let (boxes, feats) = group_inputs(&group, tokens);
+                let content = proj.forward(boxes.clone(), feats);
+                let dec = self.detector.decoder.forward(
+                    content,
+                    boxes,
+                    out.memory.clone(),
+                    &out.shapes,
+                    None,
+                    &self.detector.box_heads[..layers],
+                );
+                let (pl, pb) = self.detector.decode_layers(dec);
+                for (l, (lg, bx)) in pl.into_iter().zip(pb).enumerate() {
+                    let prefix = if l + 1 == layers {
+                        String::new()
+                    } else {
+                        format!("d{l}.")
+                    };
+                    let t = assigned_loss(lg, bx, &group.positives);
+                    record(
+                        &mut terms,
+                        &format!("pos0.{prefix}"),
+                        &t,
+                        cfg.co.lambda1,
+                        &mut total,
+                    );
+                }
+                terms.push(("pos0.queries".into(), group.positives.len() as f32));
+                terms.push(("pos0.uncapped".into(), group.uncapped_positives as f32));
+                let gt: usize = targets.iter().map(|t| t.labels.len()).sum();
+                terms.push(("num_gt".into(), gt as f32));
+            }
+            aux = Some(total.clone() - main_total);
+        }
         let value: f32 = total.clone().into_scalar();
         if !value.is_finite() {
             return Err(Error::InvalidArgument {
@@ -157,6 +274,6 @@ impl CoDetr {
                 ),
             });
         }
-        Ok(StepLoss { total, terms })
+        Ok(StepLoss { total, aux, terms })
     }
 }

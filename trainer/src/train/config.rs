@@ -90,8 +90,18 @@ impl Schedule {
 pub struct CoConfig {
     /// 0 = plain DINO, 1 = + ATSS, 2 = + ATSS + Faster-RCNN.
     pub k: usize,
+    /// Customized positive queries from the aux heads' positives (paper §3.3).
     pub positive_queries: bool,
+    /// The aux heads' own losses.
     pub aux_loss: bool,
+    /// Paper eq. 6: weight of the positive-query decoder losses.
+    pub lambda1: f64,
+    /// Paper eq. 6: weight of the aux-head losses, applied once per decoder layer (the sum over
+    /// l), i.e. ×λ2·L in total — the official config's ×12 for L = 6, λ2 = 2.
+    pub lambda2: f64,
+    /// Cap on positive queries per image and head (the official max_pos_coords: 300).
+    pub max_positive_queries: usize,
+    pub atss: crate::auxiliary::atss_head::AtssConfig,
 }
 
 impl Default for CoConfig {
@@ -100,6 +110,10 @@ impl Default for CoConfig {
             k: 0,
             positive_queries: true,
             aux_loss: true,
+            lambda1: 1.0,
+            lambda2: 2.0,
+            max_positive_queries: 300,
+            atss: Default::default(),
         }
     }
 }
@@ -206,11 +220,11 @@ impl FitConfig {
         if self.co.k > 2 {
             return Err(bad(format!("co.k must be 0, 1 or 2 (got {})", self.co.k)));
         }
-        if self.co.k > 0 {
-            // Said plainly rather than silently training plain DINO.
+        if self.co.k > 1 {
+            // Said plainly rather than silently training with fewer heads.
             return Err(bad(format!(
-                "co.k = {}: the ATSS / Faster-RCNN auxiliary heads are not in this build yet; \
-                 only k = 0 (DINO one-to-one branch + denoising) trains",
+                "co.k = {}: the Faster-RCNN auxiliary head is not in this build yet; \
+                 k = 0 (DINO) and k = 1 (+ ATSS) train",
                 self.co.k
             )));
         }

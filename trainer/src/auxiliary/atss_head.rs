@@ -1,0 +1,272 @@
+//! The ATSS auxiliary head (one-to-many, paper §3.2): a shared 1-conv tower per branch on every
+//! level of the adapter pyramid, one square anchor per location (octave scale 8), ATSS
+//! assignment (top-9 per level by centre distance, IoU ≥ mean + std, centre inside the gt),
+//! sigmoid focal classification, GIoU regression weighted by centerness, centerness BCE.
+//! Its positives (anchor boxes, their gt, their pyramid features) feed the positive queries.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::atss_assigner::{DeltaCoder, anchors, atss_assign, centerness_target};
+use crate::data::loader::Target;
+use crate::loss::boxes::iou_giou_aligned;
+use crate::loss::focal::{bce_with_logits, sigmoid_focal_sum};
+use crate::model::detector::prior_bias;
+
+/// ATSS settings (Co-DETR: octave scale 8, top-9, 1 stacked conv).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AtssConfig {
+    pub octave_base_scale: f32,
+    pub topk: usize,
+    /// Loss weights before the λ2 scaling: focal, GIoU, centerness.
+    pub cls_weight: f64,
+    pub bbox_weight: f64,
+    pub centerness_weight: f64,
+}
+
+impl Default for AtssConfig {
+    fn default() -> Self {
+        Self {
+            octave_base_scale: 8.0,
+            topk: 9,
+            cls_weight: 1.0,
+            bbox_weight: 2.0,
+            centerness_weight: 1.0,
+        }
+    }
+}
+
+fn conv3(cin: usize, cout: usize, device: &Device) -> Conv2d {
+    // mmdet normal_init(std=0.01) for the ATSS head.
+    Conv2dConfig::new([cin, cout], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: 0.01,
+        })
+        .init(device)
+}
+
+#[derive(Module, Debug)]
+pub struct AtssHead {
+    pub cls_conv: Conv2d,
+    pub cls_gn: GroupNorm,
+    pub reg_conv: Conv2d,
+    pub reg_gn: GroupNorm,
+    /// `d → C`
+    pub cls_out: Conv2d,
+    /// `d → 4` (deltas)
+    pub reg_out: Conv2d,
+    /// `d → 1`
+    pub ctr_out: Conv2d,
+    /// `[levels]` learnable scale of each level's deltas.
+    pub scales: Param<Tensor<1>>,
+}
+
+/// Flattened predictions over all levels.
+pub struct AtssOutput {
+    /// `[B, A, C]`
+    pub cls: Tensor<3>,
+    /// `[B, A, 4]` deltas
+    pub reg: Tensor<3>,
+    /// `[B, A]` centerness logits
+    pub ctr: Tensor<2>,
+}
+
+/// One image's positive anchors, for the loss and the positive queries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtssPositives {
+    /// Per image: (anchor index, gt index).
+    pub pairs: Vec<Vec<(usize, usize)>>,
+}
+
+impl AtssHead {
+    pub fn new(d: usize, num_classes: usize, levels: usize, device: &Device) -> Self {
+        let mut cls_out = conv3(d, num_classes, device);
+        cls_out.bias = Some(Param::from_tensor(Tensor::full(
+            [num_classes],
+            prior_bias(0.01),
+            device,
+        )));
+        Self {
+            cls_conv: conv3(d, d, device),
+            cls_gn: GroupNormConfig::new(32, d).init(device),
+            reg_conv: conv3(d, d, device),
+            reg_gn: GroupNormConfig::new(32, d).init(device),
+            cls_out,
+            reg_out: conv3(d, 4, device),
+            ctr_out: conv3(d, 1, device),
+            scales: Param::from_tensor(Tensor::ones([levels], device)),
+        }
+    }
+
+    /// `maps`: `L` pyramid maps `[B, d, h, w]`.
+    pub fn forward(&self, maps: &[Tensor<4>]) -> AtssOutput {
+        let mut cls = Vec::new();
+        let mut reg = Vec::new();
+        let mut ctr = Vec::new();
+        for (l, m) in maps.iter().enumerate() {
+            let [b, _, h, w] = m.dims();
+            let c = relu(self.cls_gn.forward(self.cls_conv.forward(m.clone())));
+            let r = relu(self.reg_gn.forward(self.reg_conv.forward(m.clone())));
+            let flat = |x: Tensor<4>, k: usize| x.reshape([b, k, h * w]).swap_dims(1, 2);
+            let nc = self.cls_out.weight.dims()[0];
+            cls.push(flat(self.cls_out.forward(c), nc));
+            let scale = self.scales.val().narrow(0, l, 1).reshape([1, 1, 1, 1]);
+            reg.push(flat(self.reg_out.forward(r.clone()) * scale, 4));
+            ctr.push(self.ctr_out.forward(r).reshape([b, h * w]));
+        }
+        AtssOutput {
+            cls: Tensor::cat(cls, 1),
+            reg: Tensor::cat(reg, 1),
+            ctr: Tensor::cat(ctr, 1),
+        }
+    }
+}
+
+/// All anchors (pixels, xyxy) of the pyramid and the count per level.
+pub fn pyramid_anchors(
+    shapes: &[[usize; 2]],
+    strides: &[usize],
+    cfg: &AtssConfig,
+) -> (Vec<[f32; 4]>, Vec<usize>) {
+    let per: Vec<usize> = shapes.iter().map(|[h, w]| h * w).collect();
+    (anchors(shapes, strides, cfg.octave_base_scale), per)
+}
+
+/// Targets' normalised cxcywh boxes → pixel xyxy at the `size`² input.
+pub fn gt_pixels(t: &Target, size: f32) -> Vec<[f32; 4]> {
+    t.boxes
+        .iter()
+        .map(|[cx, cy, w, h]| {
+            [
+                (cx - w / 2.0) * size,
+                (cy - h / 2.0) * size,
+                (cx + w / 2.0) * size,
+                (cy + h / 2.0) * size,
+            ]
+        })
+        .collect()
+}
+
+/// ATSS assignment of every image.
+pub fn assign(
+    anchors: &[[f32; 4]],
+    per_level: &[usize],
+    targets: &[Target],
+    size: f32,
+    cfg: &AtssConfig,
+) -> AtssPositives {
+    let pairs = targets
+        .iter()
+        .map(|t| {
+            let gts = gt_pixels(t, size);
+            let a = atss_assign(anchors, per_level, &gts, cfg.topk);
+            a.gt.iter()
+                .enumerate()
+                .filter_map(|(i, g)| g.map(|g| (i, g)))
+                .collect()
+        })
+        .collect();
+    AtssPositives { pairs }
+}
+
+/// mmdet DeltaXYWHBBoxCoder.decode on tensors: `anchors`/`deltas` `[P, 4]` → xyxy `[P, 4]`.
+pub fn decode_deltas(anchors: Tensor<2>, deltas: Tensor<2>, coder: &DeltaCoder) -> Tensor<2> {
+    let device = deltas.device();
+    let p = deltas.dims()[0];
+    let stds =
+        Tensor::<1>::from_data(TensorData::new(coder.stds.to_vec(), [4]), &device).reshape([1, 4]);
+    let d = deltas * stds;
+    let max_ratio = (1000.0f64 / 16.0).ln();
+    let (x1, y1) = (
+        anchors.clone().narrow(1, 0, 1),
+        anchors.clone().narrow(1, 1, 1),
+    );
+    let (x2, y2) = (anchors.clone().narrow(1, 2, 1), anchors.narrow(1, 3, 1));
+    let pw = x2.clone() - x1.clone();
+    let ph = y2.clone() - y1.clone();
+    let px = (x1 + x2) * 0.5;
+    let py = (y1 + y2) * 0.5;
+    let gx = px + pw.clone() * d.clone().narrow(1, 0, 1);
+    let gy = py + ph.clone() * d.clone().narrow(1, 1, 1);
+    let gw = pw * d.clone().narrow(1, 2, 1).clamp(-max_ratio, max_ratio).exp();
+    let gh = ph * d.narrow(1, 3, 1).clamp(-max_ratio, max_ratio).exp();
+    let out = Tensor::cat(
+        vec![
+            gx.clone() - gw.clone() * 0.5,
+            gy.clone() - gh.clone() * 0.5,
+            gx + gw * 0.5,
+            gy + gh * 0.5,
+        ],
+        1,
+    );
+    out.reshape([p, 4])
+}
+
+/// The three ATSS terms, each divided by its avg factor as in mmdet's ATSSHead.
+pub struct AtssLoss {
+    pub cls: Tensor<1>,
+    pub bbox: Tensor<1>,
+    pub centerness: Tensor<1>,
+}
+
+/// ATSS loss of `out` given the assignment.
+pub fn atss_loss(
+    out: &AtssOutput,
+    anchors: &[[f32; 4]],
+    positives: &AtssPositives,
+    targets: &[Target],
+    size: f32,
+) -> AtssLoss {
+    let device = out.cls.device();
+    let [b, a, c] = out.cls.dims();
+    let mut onehot = vec![0f32; b * a * c];
+    let mut idx = Vec::new();
+    let mut anc = Vec::new();
+    let mut gt = Vec::new();
+    let mut ctr_t = Vec::new();
+    for (i, (pairs, t)) in positives.pairs.iter().zip(targets).enumerate() {
+        let gts = gt_pixels(t, size);
+        for &(ai, gi) in pairs {
+            onehot[(i * a + ai) * c + t.labels[gi]] = 1.0;
+            idx.push((i * a + ai) as i64);
+            anc.extend(anchors[ai]);
+            gt.extend(gts[gi]);
+            ctr_t.push(centerness_target(anchors[ai], gts[gi]));
+        }
+    }
+    let p = idx.len();
+    let num_pos = p.max(1) as f64;
+    let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b * a, c]), &device);
+    let cls = sigmoid_focal_sum(out.cls.clone().reshape([b * a, c]), onehot, 0.25, 2.0) / num_pos;
+    if p == 0 {
+        let zero = out.reg.clone().sum() * 0.0 + out.ctr.clone().sum() * 0.0;
+        return AtssLoss {
+            cls,
+            bbox: zero.clone(),
+            centerness: zero,
+        };
+    }
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [p]), &device);
+    let deltas = out.reg.clone().reshape([b * a, 4]).select(0, idx.clone());
+    let ctr_logit = out.ctr.clone().reshape([b * a]).select(0, idx);
+    let anc = Tensor::<2>::from_data(TensorData::new(anc, [p, 4]), &device);
+    let gt = Tensor::<2>::from_data(TensorData::new(gt, [p, 4]), &device);
+    let ctr_sum: f32 = ctr_t.iter().sum();
+    let ctr_t = Tensor::<1>::from_data(TensorData::new(ctr_t, [p]), &device);
+    let pred = decode_deltas(anc, deltas, &DeltaCoder::default());
+    let (_, giou) = iou_giou_aligned(pred, gt);
+    // GIoU weighted by the centerness target, averaged by its sum (mmdet ATSSHead).
+    let bbox = ((giou.neg() + 1.0) * ctr_t.clone()).sum() / f64::from(ctr_sum.max(1e-6));
+    let centerness = bce_with_logits(ctr_logit, ctr_t).sum() / num_pos;
+    AtssLoss {
+        cls,
+        bbox,
+        centerness,
+    }
+}

@@ -1,0 +1,123 @@
+//! Where Co-DETR's one-to-many supervision sends gradient: the aux losses alone must reach the
+//! encoder and backbone (that is the paper's point: better encoder features) and must NOT
+//! touch parameters only the one-to-one branch uses.
+
+use burn::tensor::Device;
+use codetr_train::data::loader::{Batch, Target};
+use codetr_train::rng::Rng;
+use codetr_train::train::codetr::CoDetr;
+use codetr_train::train::config::FitConfig;
+
+fn batch(size: u32) -> Batch {
+    let mut r = Rng::new(4);
+    let n = 2;
+    let pixels = (0..n * (size * size * 3) as usize)
+        .map(|_| r.below(256) as u8)
+        .collect();
+    let t = |boxes: Vec<[f32; 4]>, labels: Vec<usize>| Target {
+        image_id: 0,
+        orig_size: [size, size],
+        labels,
+        boxes,
+    };
+    Batch {
+        epoch: 0,
+        index: 0,
+        size,
+        pixels,
+        targets: vec![
+            t(vec![[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.3]], vec![1, 2]),
+            t(vec![[0.5, 0.5, 0.5, 0.5]], vec![0]),
+        ],
+    }
+}
+
+#[test]
+fn aux_loss_reaches_encoder_and_backbone_only_through_shared_parts() {
+    let dev = Device::flex().autodiff();
+    dev.seed(1);
+    let cfg = FitConfig::from_toml(
+        r#"
+[model]
+preset = "tiny"
+input_size = 128
+num_classes = 3
+max_detections = 20
+[model.transformer]
+d_model = 64
+ffn_dim = 128
+encoder_layers = 1
+decoder_layers = 2
+num_queries = 20
+[co]
+k = 1
+"#,
+    )
+    .unwrap();
+    let det = cfg.detector().unwrap();
+    let model = CoDetr::new(&det, 1, &dev).unwrap();
+    let mut rng = Rng::new(0);
+    let loss = model.loss(&batch(128), &cfg, &mut rng).unwrap();
+    let grads = loss.aux.expect("k = 1 has an aux loss").backward();
+    let d = &model.detector;
+    let nonzero = |g: Option<burn::tensor::Tensor<2>>| {
+        g.map(|t| t.abs().sum().into_scalar::<f32>() > 0.0)
+            .unwrap_or(false)
+    };
+    let nonzero4 = |g: Option<burn::tensor::Tensor<4>>| {
+        g.map(|t| t.abs().sum().into_scalar::<f32>() > 0.0)
+            .unwrap_or(false)
+    };
+    // shared: encoder, backbone (layer2+, trainable in tiny), neck, decoder, heads
+    assert!(nonzero(
+        d.encoder.layers[0]
+            .self_attn
+            .value_proj
+            .weight
+            .val()
+            .grad(&grads)
+    ));
+    assert!(nonzero4(
+        d.backbone.layer2[0].conv1.weight.val().grad(&grads)
+    ));
+    assert!(nonzero(
+        d.decoder.layers[0].ffn.linear1.weight.val().grad(&grads)
+    ));
+    assert!(nonzero(d.class_heads[0].weight.val().grad(&grads)));
+    let heads = &model.heads;
+    assert!(nonzero4(
+        heads
+            .atss
+            .as_ref()
+            .unwrap()
+            .cls_out
+            .weight
+            .val()
+            .grad(&grads)
+    ));
+    assert!(nonzero(
+        heads
+            .atss_queries
+            .as_ref()
+            .unwrap()
+            .pos_trans
+            .weight
+            .val()
+            .grad(&grads)
+    ));
+    // one-to-one only: learned content queries, proposal scoring, encoder head, dn labels
+    let none2 = |g: Option<burn::tensor::Tensor<2>>| !nonzero(g);
+    assert!(none2(d.selection.query_embed.val().grad(&grads)));
+    assert!(none2(d.selection.enc_output.weight.val().grad(&grads)));
+    assert!(none2(d.class_heads[2].weight.val().grad(&grads)));
+    assert!(none2(heads.label_embed.val().grad(&grads)));
+    // and the full loss (same batch, same noise; Burn has no retain_graph) does reach them
+    let mut rng = Rng::new(0);
+    let grads = model
+        .loss(&batch(128), &cfg, &mut rng)
+        .unwrap()
+        .total
+        .backward();
+    assert!(nonzero(d.selection.query_embed.val().grad(&grads)));
+    assert!(nonzero(heads.label_embed.val().grad(&grads)));
+}
