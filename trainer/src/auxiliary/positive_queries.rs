@@ -10,25 +10,15 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::loss::criterion::Positive;
+use crate::model::decoder::box_sine_parts;
 use crate::model::encoder::xavier_linear;
 use crate::rng::Rng;
 
 /// Sine embedding of normalised boxes `[B, N, 4]` in (x, y, w, h) order, 128-style
 /// (temperature 10000, scale 2π, sin/cos interleaved): the official `get_proposal_pos_embed`.
 pub fn proposal_sine_embedding(boxes: Tensor<3>, nf: usize) -> Tensor<3> {
-    let device = boxes.device();
     let [b, n, _] = boxes.dims();
-    let inv: Vec<f32> = (0..nf)
-        .map(|i| (1.0 / 10000f64.powf(2.0 * (i / 2) as f64 / nf as f64)) as f32)
-        .collect();
-    let inv = Tensor::<1>::from_data(TensorData::new(inv, [nf]), &device).reshape([1, 1, 1, nf]);
-    let even: Vec<f32> = (0..nf)
-        .map(|i| if i % 2 == 0 { 1.0 } else { 0.0 })
-        .collect();
-    let even = Tensor::<1>::from_data(TensorData::new(even, [nf]), &device).reshape([1, 1, 1, nf]);
-    let arg = boxes.reshape([b, n, 4, 1]) * std::f64::consts::TAU * inv;
-    let emb = arg.clone().sin() * even.clone() + arg.cos() * (even.neg() + 1.0);
-    emb.reshape([b, n, 4 * nf])
+    box_sine_parts(boxes, nf).reshape([b, n, 4 * nf])
 }
 
 /// The projections of one auxiliary head's positive queries.

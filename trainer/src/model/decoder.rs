@@ -18,9 +18,9 @@ pub fn inverse_sigmoid<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
     (a / b).log()
 }
 
-/// Sine embedding of normalised boxes `[B, Q, 4]` (cx, cy, w, h) → `[B, Q, 4·nf]`, ordered
-/// (y, x, w, h); each part interleaves sin/cos with temperature 10000 and scale 2π.
-pub fn box_sine_embedding(boxes: Tensor<3>, nf: usize) -> Tensor<3> {
+/// Per-coordinate sine features of normalised boxes `[B, Q, 4]` → `[B, Q, 4, nf]`: each value
+/// × 2π over temperature-10000 frequencies, sin on even and cos on odd channels.
+pub fn box_sine_parts(boxes: Tensor<3>, nf: usize) -> Tensor<4> {
     let device = boxes.device();
     let [b, q, _] = boxes.dims();
     let inv: Vec<f32> = (0..nf)
@@ -31,10 +31,15 @@ pub fn box_sine_embedding(boxes: Tensor<3>, nf: usize) -> Tensor<3> {
         .map(|i| if i % 2 == 0 { 1.0 } else { 0.0 })
         .collect();
     let even = Tensor::<1>::from_data(TensorData::new(even, [nf]), &device).reshape([1, 1, 1, nf]);
-    // [B, Q, 4, nf]: component × frequency
     let arg = boxes.reshape([b, q, 4, 1]) * std::f64::consts::TAU * inv;
-    let emb = arg.clone().sin() * even.clone() + arg.cos() * (even.neg() + 1.0);
-    // (x, y, w, h) → (y, x, w, h)
+    arg.clone().sin() * even.clone() + arg.cos() * (even.neg() + 1.0)
+}
+
+/// Sine embedding of normalised boxes `[B, Q, 4]` (cx, cy, w, h) → `[B, Q, 4·nf]`, ordered
+/// (y, x, w, h) like mmdet's `coordinate_to_encoding` (the DINO query position).
+pub fn box_sine_embedding(boxes: Tensor<3>, nf: usize) -> Tensor<3> {
+    let [b, q, _] = boxes.dims();
+    let emb = box_sine_parts(boxes, nf);
     let parts = [1usize, 0, 2, 3].map(|i| emb.clone().narrow(2, i, 1));
     Tensor::cat(parts.to_vec(), 2).reshape([b, q, 4 * nf])
 }

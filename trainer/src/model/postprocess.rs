@@ -14,6 +14,33 @@ pub struct Detections {
     pub boxes: Tensor<3>,
 }
 
+impl Detections {
+    /// Host copies, row-major: scores `[B·K]`, labels `[B·K]`, boxes `[B·K·4]`.
+    pub fn to_host(self) -> crate::Result<(Vec<f32>, Vec<i64>, Vec<f32>)> {
+        let host = |e: burn::tensor::DataError| crate::Error::InvalidArgument {
+            what: "model output",
+            message: format!("{e:?}"),
+        };
+        Ok((
+            self.scores
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .map_err(host)?,
+            self.labels
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec()
+                .map_err(host)?,
+            self.boxes
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .map_err(host)?,
+        ))
+    }
+}
+
 /// - `logits`: `[B, Q, C]` class logits of the last decoder layer
 /// - `boxes`: `[B, Q, 4]` normalised cxcywh
 /// - `orig_sizes`: `(height, width)` of each original image

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::detector::{Detector, pixels_to_tensor};
 use crate::data::augment::{Geometry, crop_resize_rgb};
 use crate::data::coco::decode_rgb;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// One detection.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,28 +35,7 @@ pub fn predict_file(
     let device = model.level_embed.val().device();
     let x = pixels_to_tensor(&px, 1, s as usize, s as usize, &device)?;
     let det = model.detect(x, &[[h, w]])?;
-    let host = |e: burn::tensor::DataError| Error::InvalidArgument {
-        what: "model output",
-        message: format!("{e:?}"),
-    };
-    let scores: Vec<f32> = det
-        .scores
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .map_err(host)?;
-    let labels: Vec<i64> = det
-        .labels
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec()
-        .map_err(host)?;
-    let boxes: Vec<f32> = det
-        .boxes
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .map_err(host)?;
+    let (scores, labels, boxes) = det.to_host()?;
     Ok(scores
         .iter()
         .zip(&labels)

@@ -137,28 +137,7 @@ pub fn validate(
         let x = pixels_to_tensor(&batch.pixels, batch.len(), s, s, &device)?;
         let sizes: Vec<[u32; 2]> = batch.targets.iter().map(|t| t.orig_size).collect();
         let det = detector.detect(x, &sizes)?;
-        let host = |e: burn::tensor::DataError| Error::InvalidArgument {
-            what: "model output",
-            message: format!("{e:?}"),
-        };
-        let scores: Vec<f32> = det
-            .scores
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .map_err(host)?;
-        let labels: Vec<i64> = det
-            .labels
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec()
-            .map_err(host)?;
-        let boxes: Vec<f32> = det
-            .boxes
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .map_err(host)?;
+        let (scores, labels, boxes) = det.to_host()?;
         let k = scores.len() / batch.len().max(1);
         for (i, t) in batch.targets.iter().enumerate() {
             for j in i * k..(i + 1) * k {
