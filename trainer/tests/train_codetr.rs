@@ -50,12 +50,19 @@ encoder_layers = 1
 decoder_layers = 2
 num_queries = 20
 [co]
-k = 1
+k = 2
+max_positive_queries = 30
+[co.rpn]
+pre_nms = 200
+post_nms = 100
+[co.roi]
+samples = 64
+fc_dim = 64
 "#,
     )
     .unwrap();
     let det = cfg.detector().unwrap();
-    let model = CoDetr::new(&det, 1, &dev).unwrap();
+    let model = CoDetr::new(&det, cfg.co.k, &cfg.co, &dev).unwrap();
     let mut rng = Rng::new(0);
     let loss = model.loss(&batch(128), &cfg, &mut rng).unwrap();
     let grads = loss.aux.expect("k = 1 has an aux loss").backward();

@@ -199,10 +199,41 @@ fn k1_trains_with_atss_and_positive_queries() {
 }
 
 #[test]
-fn k2_is_refused_clearly() {
+fn k2_trains_with_faster_rcnn_too() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path(), tmp.path().join("k2"), 4);
+    dataset(tmp.path());
+    let run = tmp.path().join("k2");
+    let mut cfg = config(tmp.path(), run.clone(), 4);
     cfg.co.k = 2;
-    let e = fit(cfg, false, false).unwrap_err().to_string();
-    assert!(e.contains("Faster-RCNN"), "{e}");
+    cfg.co.rpn.pre_nms = 300;
+    cfg.co.rpn.post_nms = 100;
+    cfg.co.roi.samples = 64;
+    cfg.co.roi.fc_dim = 64;
+    fit(cfg, false, false).unwrap();
+    let log = log_lines(&run);
+    for key in [
+        "rpn.loss_cls",
+        "rpn.loss_bbox",
+        "roi.loss_cls",
+        "roi.loss_iou",
+        "pos1.loss_cls",
+        "pos1.d0.loss_bbox",
+        "pos0.loss_cls",
+    ] {
+        for l in &log {
+            let v = l[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing: {l}"));
+            assert!(v.is_finite(), "{key} = {v}");
+        }
+    }
+    let g: f64 = log.iter().map(|l| l["num_gt"].as_f64().unwrap()).sum();
+    for head in ["pos0", "pos1"] {
+        let q: f64 = log
+            .iter()
+            .map(|l| l[format!("{head}.uncapped")].as_f64().unwrap())
+            .sum();
+        assert!(q > g, "{head}: {q} positives for {g} gts");
+        eprintln!("{head} positives per gt: {:.2}", q / g);
+    }
 }

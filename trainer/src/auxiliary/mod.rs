@@ -7,3 +7,7 @@ pub mod adapter;
 pub mod atss_assigner;
 pub mod atss_head;
 pub mod positive_queries;
+pub mod rcnn_targets;
+pub mod roi_align_plan;
+pub mod roi_head;
+pub mod rpn_head;

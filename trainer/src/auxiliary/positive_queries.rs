@@ -68,10 +68,12 @@ pub struct QueryGroup {
 }
 
 /// Builds the group: each image's positives (random subset if more than the cap), then random
-/// negatives as background padding. `boxes_px` are the anchors (xyxy pixels at `size`²);
-/// `pairs[i]` the (anchor, gt) positives of image i; `labels/gt_boxes[i]` its targets.
+/// non-positive candidates as background padding (the official `use_zero_padding = False`).
+/// `candidates[i]`: image i's candidate boxes (ATSS: all anchors; Faster-RCNN: its sampled
+/// RoIs), xyxy pixels at `size`²; `pairs[i]`: (candidate, gt) positives; `labels/gt_boxes[i]`:
+/// its targets.
 pub fn build_group(
-    boxes_px: &[[f32; 4]],
+    candidates: &[&[[f32; 4]]],
     pairs: &[Vec<(usize, usize)>],
     labels: &[&[usize]],
     gt_boxes: &[&[[f32; 4]]],
@@ -80,7 +82,8 @@ pub fn build_group(
     rng: &mut Rng,
 ) -> QueryGroup {
     let most = pairs.iter().map(Vec::len).max().unwrap_or(0);
-    let group = most.min(max_per_image).max(9).min(boxes_px.len().max(1));
+    let fewest = candidates.iter().map(|c| c.len()).min().unwrap_or(0);
+    let group = most.min(max_per_image).max(9).min(fewest.max(1));
     let norm = |b: [f32; 4]| {
         [
             (b[0] + b[2]) / 2.0 / size,
@@ -93,6 +96,7 @@ pub fn build_group(
     let mut positives = Vec::new();
     let mut uncapped = 0;
     for (i, p) in pairs.iter().enumerate() {
+        let boxes = candidates[i];
         uncapped += p.len();
         let mut chosen: Vec<(usize, usize)> = p.clone();
         if chosen.len() > group {
@@ -101,7 +105,7 @@ pub fn build_group(
         }
         let mut s: Vec<(usize, [f32; 4])> = Vec::with_capacity(group);
         for (q, &(a, g)) in chosen.iter().enumerate() {
-            s.push((a, norm(boxes_px[a])));
+            s.push((a, norm(boxes[a])));
             positives.push(Positive {
                 batch: i,
                 query: q,
@@ -110,12 +114,12 @@ pub fn build_group(
             });
         }
         let used: std::collections::HashSet<usize> = p.iter().map(|x| x.0).collect();
-        let mut negatives: Vec<usize> = (0..boxes_px.len()).filter(|a| !used.contains(a)).collect();
+        let mut negatives: Vec<usize> = (0..boxes.len()).filter(|a| !used.contains(a)).collect();
         rng.shuffle(&mut negatives);
         for &a in negatives.iter().take(group - s.len()) {
-            s.push((a, norm(boxes_px[a])));
+            s.push((a, norm(boxes[a])));
         }
-        // (only when the pyramid has fewer anchors than the group: repeat the last slot)
+        // (only when an image has fewer candidates than the group: repeat the last slot)
         while s.len() < group {
             let last = s.last().copied().unwrap_or((0, [0.5; 4]));
             s.push(last);
@@ -131,16 +135,22 @@ pub fn build_group(
 }
 
 /// Reference boxes `[B, N, 4]` (clamped like the official inverse_sigmoid round trip) and
-/// pyramid features `[B, N, d]` of a group; `tokens`: the pyramid flattened `[B, A, d]`.
-pub fn group_inputs(group: &QueryGroup, tokens: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
-    let device = tokens.device();
-    let [b, a, d] = tokens.dims();
+/// features `[B, N, d]` of a group. `feats`: `[rows, d]`, image i's candidate k at row
+/// `offsets[i] + k` (ATSS: the pyramid tokens; Faster-RCNN: the pooled RoI features).
+pub fn group_inputs(
+    group: &QueryGroup,
+    feats: Tensor<2>,
+    offsets: &[usize],
+) -> (Tensor<3>, Tensor<3>) {
+    let device = feats.device();
+    let d = feats.dims()[1];
+    let b = group.slots.len();
     let n = group.size;
     let idx: Vec<i64> = group
         .slots
         .iter()
         .enumerate()
-        .flat_map(|(i, s)| s.iter().map(move |(k, _)| (i * a + k) as i64))
+        .flat_map(|(i, s)| s.iter().map(move |(k, _)| (offsets[i] + k) as i64))
         .collect();
     let boxes: Vec<f32> = group
         .slots
@@ -149,7 +159,7 @@ pub fn group_inputs(group: &QueryGroup, tokens: Tensor<3>) -> (Tensor<3>, Tensor
         .flat_map(|(_, bx)| bx.map(|v| v.clamp(1e-3 / (1.0 + 1e-3), 1.0 / (1.0 + 1e-3))))
         .collect();
     let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [b * n]), &device);
-    let feats = tokens.reshape([b * a, d]).select(0, idx).reshape([b, n, d]);
+    let feats = feats.select(0, idx).reshape([b, n, d]);
     let boxes = Tensor::<3>::from_data(TensorData::new(boxes, [b, n, 4]), &device);
     (boxes, feats)
 }
@@ -175,7 +185,8 @@ mod tests {
         let g1 = [[0.5, 0.5, 0.2, 0.2]];
         let gts: Vec<&[[f32; 4]]> = vec![&g0, &g1];
         let mut rng = Rng::new(0);
-        let g = build_group(&anchors, &pairs, &labels, &gts, 100.0, 20, &mut rng);
+        let cands: Vec<&[[f32; 4]]> = vec![&anchors, &anchors];
+        let g = build_group(&cands, &pairs, &labels, &gts, 100.0, 20, &mut rng);
         assert_eq!(g.size, 20);
         assert_eq!(g.uncapped_positives, 31);
         assert_eq!(

@@ -1,14 +1,19 @@
 //! The training-time Co-DETR: the inference `Detector` plus the parameters only training uses
-//! (the denoising label embedding; the auxiliary heads and positive-query projections join
-//! here), and the loss of one batch (paper eq. 6 with K = 0: DINO's one-to-one branch).
+//! (the denoising label embedding, the multi-scale adapter, the ATSS and Faster-RCNN auxiliary
+//! heads and their positive-query projections), and the loss of one batch (paper eq. 6).
 
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::config::FitConfig;
 use crate::auxiliary::adapter::MultiScaleAdapter;
+use crate::auxiliary::atss_head::gt_pixels;
 use crate::auxiliary::atss_head::{AtssHead, assign, atss_loss, pyramid_anchors};
-use crate::auxiliary::positive_queries::{PositiveQueryProj, build_group, group_inputs};
+use crate::auxiliary::positive_queries::{
+    PositiveQueryProj, QueryGroup, build_group, group_inputs,
+};
+use crate::auxiliary::roi_head::{RoiHead, roi_features, roi_loss, sample_rois};
+use crate::auxiliary::rpn_head::{RpnHead, proposals, pyramid_rpn_anchors, rpn_loss};
 use crate::data::loader::Batch;
 use crate::error::{Error, Result};
 use crate::loss::criterion::{Terms, assigned_loss, matched_loss};
@@ -28,11 +33,20 @@ pub struct TrainHeads {
     /// K ≥ 1: the ATSS head and the projections of its positive queries.
     pub atss: Option<AtssHead>,
     pub atss_queries: Option<PositiveQueryProj>,
+    /// K = 2: the RPN, the RoI head and the projections of its positive queries.
+    pub rpn: Option<RpnHead>,
+    pub roi: Option<RoiHead>,
+    pub rcnn_queries: Option<PositiveQueryProj>,
 }
 
 impl TrainHeads {
-    /// `k`: number of auxiliary heads (0 = plain DINO).
-    pub fn new(cfg: &DetectorConfig, k: usize, device: &Device) -> Result<Self> {
+    /// `k`: number of auxiliary heads (0 = plain DINO); `co` sizes the Faster-RCNN branch.
+    pub fn new(
+        cfg: &DetectorConfig,
+        k: usize,
+        co: &super::config::CoConfig,
+        device: &Device,
+    ) -> Result<Self> {
         let d = cfg.transformer.d_model;
         let levels = cfg.num_levels() + 1;
         Ok(Self {
@@ -48,6 +62,9 @@ impl TrainHeads {
             },
             atss: (k >= 1).then(|| AtssHead::new(d, cfg.num_classes, levels, device)),
             atss_queries: (k >= 1).then(|| PositiveQueryProj::new(d, device)),
+            rpn: (k >= 2).then(|| RpnHead::new(d, &co.rpn, device)),
+            roi: (k >= 2).then(|| RoiHead::new(d, cfg.num_classes, &co.roi, device)),
+            rcnn_queries: (k >= 2).then(|| PositiveQueryProj::new(d, device)),
         })
     }
 }
@@ -67,12 +84,72 @@ pub struct StepLoss {
     pub terms: Vec<(String, f32)>,
 }
 
+fn memory_zero(det: &Detector) -> Tensor<1> {
+    Tensor::zeros([1], &det.level_embed.val().device())
+}
+
 impl CoDetr {
-    pub fn new(cfg: &DetectorConfig, k: usize, device: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &DetectorConfig,
+        k: usize,
+        co: &super::config::CoConfig,
+        device: &Device,
+    ) -> Result<Self> {
         Ok(Self {
             detector: cfg.init(device)?,
-            heads: TrainHeads::new(cfg, k, device)?,
+            heads: TrainHeads::new(cfg, k, co, device)?,
         })
+    }
+
+    /// One positive-query group through the shared decoder (its own pass: isolated from the
+    /// matching and dn queries), supervised by its assignment on every layer, weighted λ1.
+    #[allow(clippy::too_many_arguments)]
+    fn positive_query_loss(
+        &self,
+        proj: &PositiveQueryProj,
+        group: &QueryGroup,
+        feats: Tensor<2>,
+        offsets: &[usize],
+        memory: Tensor<3>,
+        shapes: &[[usize; 2]],
+        name: &str,
+        lambda1: f64,
+        w: &crate::loss::criterion::LossWeights,
+        terms: &mut Vec<(String, f32)>,
+    ) -> Tensor<1> {
+        let layers = self.detector.decoder.layers.len();
+        let (boxes, feats) = group_inputs(group, feats, offsets);
+        let content = proj.forward(boxes.clone(), feats);
+        let dec = self.detector.decoder.forward(
+            content,
+            boxes,
+            memory,
+            shapes,
+            None,
+            &self.detector.box_heads[..layers],
+        );
+        let (pl, pb) = self.detector.decode_layers(dec);
+        let mut total: Option<Tensor<1>> = None;
+        for (l, (lg, bx)) in pl.into_iter().zip(pb).enumerate() {
+            let prefix = if l + 1 == layers {
+                String::new()
+            } else {
+                format!("d{l}.")
+            };
+            let t = assigned_loss(lg, bx, &group.positives);
+            let [c, b, g] = t.values();
+            terms.push((format!("{name}.{prefix}loss_cls"), c));
+            terms.push((format!("{name}.{prefix}loss_bbox"), b));
+            terms.push((format!("{name}.{prefix}loss_iou"), g));
+            let v = t.weighted(w) * lambda1;
+            total = Some(match total {
+                Some(acc) => acc + v,
+                None => v,
+            });
+        }
+        terms.push((format!("{name}.queries"), group.positives.len() as f32));
+        terms.push((format!("{name}.uncapped"), group.uncapped_positives as f32));
+        total.unwrap_or_else(|| memory_zero(&self.detector))
     }
 
     /// Content `[B, pad, d]` and references `[B, pad, 4]` of the dn queries.
@@ -173,7 +250,7 @@ impl CoDetr {
         let enc = matched_loss(out.enc_logits, out.enc_boxes, targets, &costs)?;
         record(&mut terms, "enc_", &enc, cfg.enc_loss_weight, &mut total);
 
-        // Co-DETR: the ATSS head on the adapter pyramid and its positive queries.
+        // Co-DETR: the aux heads on the adapter pyramid and their positive queries.
         let main_total = total.clone();
         let mut aux = None;
         if let (Some(adapter), Some(atss), Some(proj)) = (
@@ -182,6 +259,8 @@ impl CoDetr {
             &self.heads.atss_queries,
         ) {
             let size = batch.size as f32;
+            let b = batch.len();
+            let d = det_cfg.transformer.d_model;
             let maps = adapter.forward(out.memory.clone(), &out.shapes);
             let shapes: Vec<[usize; 2]> = maps
                 .iter()
@@ -192,6 +271,12 @@ impl CoDetr {
                 .collect();
             let mut strides = det_cfg.level_strides();
             strides.push(strides.last().copied().unwrap_or(32) * 2);
+            let labels: Vec<&[usize]> = targets.iter().map(|t| t.labels.as_slice()).collect();
+            let gts_norm: Vec<&[[f32; 4]]> = targets.iter().map(|t| t.boxes.as_slice()).collect();
+            let gts_px: Vec<Vec<[f32; 4]>> = targets.iter().map(|t| gt_pixels(t, size)).collect();
+            let aux_weight = cfg.co.lambda2 * layers as f64;
+
+            // ATSS (head 0)
             let (anchors, per_level) = pyramid_anchors(&shapes, &strides, &cfg.co.atss);
             let pos = assign(&anchors, &per_level, targets, size, &cfg.co.atss);
             if cfg.co.aux_loss {
@@ -199,18 +284,16 @@ impl CoDetr {
                 let l = atss_loss(&o, &anchors, &pos, targets, size);
                 let a = &cfg.co.atss;
                 // Paper eq. 6: λ2·L_enc inside the sum over the L decoder layers.
-                let weight = cfg.co.lambda2 * layers as f64;
                 total = total
                     + (l.cls.clone() * a.cls_weight
                         + l.bbox.clone() * a.bbox_weight
                         + l.centerness.clone() * a.centerness_weight)
-                        * weight;
+                        * aux_weight;
                 terms.push(("atss.loss_cls".into(), l.cls.into_scalar()));
                 terms.push(("atss.loss_bbox".into(), l.bbox.into_scalar()));
                 terms.push(("atss.loss_centerness".into(), l.centerness.into_scalar()));
             }
             if cfg.co.positive_queries {
-                let d = det_cfg.transformer.d_model;
                 let tokens = Tensor::cat(
                     maps.iter()
                         .map(|m| {
@@ -220,48 +303,113 @@ impl CoDetr {
                         .collect(),
                     1,
                 );
-                let labels: Vec<&[usize]> = targets.iter().map(|t| t.labels.as_slice()).collect();
-                let gts: Vec<&[[f32; 4]]> = targets.iter().map(|t| t.boxes.as_slice()).collect();
+                let a = tokens.dims()[1];
+                let cands: Vec<&[[f32; 4]]> = vec![anchors.as_slice(); b];
                 let group = build_group(
-                    &anchors,
+                    &cands,
                     &pos.pairs,
                     &labels,
-                    &gts,
+                    &gts_norm,
                     size,
                     cfg.co.max_positive_queries,
                     rng,
                 );
-                let (boxes, feats) = group_inputs(&group, tokens);
-                let content = proj.forward(boxes.clone(), feats);
-                let dec = self.detector.decoder.forward(
-                    content,
-                    boxes,
+                let offsets: Vec<usize> = (0..b).map(|i| i * a).collect();
+                total = total
+                    + self.positive_query_loss(
+                        proj,
+                        &group,
+                        tokens.reshape([b * a, d]),
+                        &offsets,
+                        out.memory.clone(),
+                        &out.shapes,
+                        "pos0",
+                        cfg.co.lambda1,
+                        w,
+                        &mut terms,
+                    );
+            }
+
+            // Faster-RCNN (head 1): RPN on the pyramid, RoI head on the encoder levels.
+            if let (Some(rpn), Some(roi), Some(rproj)) =
+                (&self.heads.rpn, &self.heads.roi, &self.heads.rcnn_queries)
+            {
+                let ro = rpn.forward(&maps);
+                let (ranchors, rlevels) = pyramid_rpn_anchors(&shapes, &strides, &cfg.co.rpn);
+                let props = proposals(&ro, &ranchors, &rlevels, size, &cfg.co.rpn)?;
+                let samples = sample_rois(&props, &gts_px, &cfg.co.roi, rng);
+                let enc_strides = det_cfg.level_strides();
+                let feats = roi_features(
                     out.memory.clone(),
                     &out.shapes,
-                    None,
-                    &self.detector.box_heads[..layers],
-                );
-                let (pl, pb) = self.detector.decode_layers(dec);
-                for (l, (lg, bx)) in pl.into_iter().zip(pb).enumerate() {
-                    let prefix = if l + 1 == layers {
-                        String::new()
-                    } else {
-                        format!("d{l}.")
-                    };
-                    let t = assigned_loss(lg, bx, &group.positives);
-                    record(
-                        &mut terms,
-                        &format!("pos0.{prefix}"),
-                        &t,
-                        cfg.co.lambda1,
-                        &mut total,
-                    );
+                    &enc_strides,
+                    &samples,
+                    &cfg.co.roi,
+                )?;
+                if cfg.co.aux_loss {
+                    let rl = rpn_loss(&ro, &ranchors, &gts_px, &cfg.co.rpn, rng);
+                    let ol = roi_loss(roi, feats.clone(), &samples, &labels, &gts_px);
+                    let (rc, oc) = (&cfg.co.rpn, &cfg.co.roi);
+                    total = total
+                        + (rl.cls.clone() * rc.cls_weight
+                            + rl.bbox.clone() * rc.bbox_weight
+                            + ol.cls.clone() * oc.cls_weight
+                            + ol.bbox.clone() * oc.bbox_weight)
+                            * aux_weight;
+                    terms.push(("rpn.loss_cls".into(), rl.cls.into_scalar()));
+                    terms.push(("rpn.loss_bbox".into(), rl.bbox.into_scalar()));
+                    terms.push(("roi.loss_cls".into(), ol.cls.into_scalar()));
+                    terms.push(("roi.loss_iou".into(), ol.bbox.into_scalar()));
                 }
-                terms.push(("pos0.queries".into(), group.positives.len() as f32));
-                terms.push(("pos0.uncapped".into(), group.uncapped_positives as f32));
-                let gt: usize = targets.iter().map(|t| t.labels.len()).sum();
-                terms.push(("num_gt".into(), gt as f32));
+                if cfg.co.positive_queries {
+                    // pooled RoI features (the official mean over the 7×7 bins)
+                    let pooled = feats.mean_dim(1);
+                    let [r, _, _] = pooled.dims();
+                    let pooled = pooled.reshape([r, d]);
+                    let pairs: Vec<Vec<(usize, usize)>> = samples
+                        .gt
+                        .iter()
+                        .map(|g| {
+                            g.iter()
+                                .enumerate()
+                                .filter_map(|(k, a)| a.map(|gi| (k, gi)))
+                                .collect()
+                        })
+                        .collect();
+                    let cands: Vec<&[[f32; 4]]> =
+                        samples.boxes.iter().map(|v| v.as_slice()).collect();
+                    let mut offsets = Vec::with_capacity(b);
+                    let mut at = 0;
+                    for v in &samples.boxes {
+                        offsets.push(at);
+                        at += v.len();
+                    }
+                    let group = build_group(
+                        &cands,
+                        &pairs,
+                        &labels,
+                        &gts_norm,
+                        size,
+                        cfg.co.max_positive_queries,
+                        rng,
+                    );
+                    total = total
+                        + self.positive_query_loss(
+                            rproj,
+                            &group,
+                            pooled,
+                            &offsets,
+                            out.memory.clone(),
+                            &out.shapes,
+                            "pos1",
+                            cfg.co.lambda1,
+                            w,
+                            &mut terms,
+                        );
+                }
             }
+            let gt: usize = targets.iter().map(|t| t.labels.len()).sum();
+            terms.push(("num_gt".into(), gt as f32));
             aux = Some(total.clone() - main_total);
         }
         let value: f32 = total.clone().into_scalar();

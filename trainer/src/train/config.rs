@@ -102,6 +102,8 @@ pub struct CoConfig {
     /// Cap on positive queries per image and head (the official max_pos_coords: 300).
     pub max_positive_queries: usize,
     pub atss: crate::auxiliary::atss_head::AtssConfig,
+    pub rpn: crate::auxiliary::rpn_head::RpnConfig,
+    pub roi: crate::auxiliary::roi_head::RoiConfig,
 }
 
 impl Default for CoConfig {
@@ -114,6 +116,8 @@ impl Default for CoConfig {
             lambda2: 2.0,
             max_positive_queries: 300,
             atss: Default::default(),
+            rpn: Default::default(),
+            roi: Default::default(),
         }
     }
 }
@@ -219,14 +223,6 @@ impl FitConfig {
         }
         if self.co.k > 2 {
             return Err(bad(format!("co.k must be 0, 1 or 2 (got {})", self.co.k)));
-        }
-        if self.co.k > 1 {
-            // Said plainly rather than silently training with fewer heads.
-            return Err(bad(format!(
-                "co.k = {}: the Faster-RCNN auxiliary head is not in this build yet; \
-                 k = 0 (DINO) and k = 1 (+ ATSS) train",
-                self.co.k
-            )));
         }
         if self.run.checkpoint_every == 0 || self.run.keep_last == 0 || self.run.workers == 0 {
             return Err(bad(

@@ -106,9 +106,14 @@ fn load_train(
         .map_err(|e| ck_err(path, format!("train_state: {e}")))?;
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(section("train_heads")?))
         .map_err(|e| ck_err(path, format!("train_heads: {e}")))?;
-    let heads = TrainHeads::new(detector.config(), state.config.co.k, device)?
-        .try_load_record(record)
-        .map_err(|e| ck_err(path, format!("train_heads do not fit: {e}")))?;
+    let heads = TrainHeads::new(
+        detector.config(),
+        state.config.co.k,
+        &state.config.co,
+        device,
+    )?
+    .try_load_record(record)
+    .map_err(|e| ck_err(path, format!("train_heads do not fit: {e}")))?;
     let optim = adamw(state.config.schedule.weight_decay)
         .from_bytes(Bytes::from_bytes_vec(section("optimizer")?))
         .map_err(|e| ck_err(path, format!("optimizer: {e}")))?;
@@ -260,7 +265,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
         let mut det = cfg.detector()?;
         det.num_classes = train.num_classes();
         device.seed(cfg.run.seed);
-        let model = CoDetr::new(&det, cfg.co.k, &device)?;
+        let model = CoDetr::new(&det, cfg.co.k, &cfg.co, &device)?;
         let state = TrainState {
             step: 0,
             best_ap: None,
