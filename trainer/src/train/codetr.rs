@@ -179,6 +179,7 @@ impl CoDetr {
 
     /// The loss of `batch`. `rng` draws the denoising noise.
     pub fn loss(&self, batch: &Batch, cfg: &FitConfig, rng: &mut Rng) -> Result<StepLoss> {
+        let t_start = std::time::Instant::now();
         let det_cfg = self.detector.config();
         let device = self.detector.level_embed.val().device();
         let s = batch.size as usize;
@@ -251,6 +252,7 @@ impl CoDetr {
         record(&mut terms, "enc_", &enc, cfg.enc_loss_weight, &mut total);
 
         // Co-DETR: the aux heads on the adapter pyramid and their positive queries.
+        terms.push(("t_main".into(), t_start.elapsed().as_secs_f32()));
         let main_total = total.clone();
         let mut aux = None;
         if let (Some(adapter), Some(atss), Some(proj)) = (
@@ -330,6 +332,7 @@ impl CoDetr {
                     );
             }
 
+            terms.push(("t_atss".into(), t_start.elapsed().as_secs_f32()));
             // Faster-RCNN (head 1): RPN on the pyramid, RoI head on the encoder levels.
             if let (Some(rpn), Some(roi), Some(rproj)) =
                 (&self.heads.rpn, &self.heads.roi, &self.heads.rcnn_queries)
@@ -408,6 +411,7 @@ impl CoDetr {
                         );
                 }
             }
+            terms.push(("t_rcnn".into(), t_start.elapsed().as_secs_f32()));
             let gt: usize = targets.iter().map(|t| t.labels.len()).sum();
             terms.push(("num_gt".into(), gt as f32));
             aux = Some(total.clone() - main_total);

@@ -353,7 +353,9 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             let t0 = Instant::now();
             let mut rng = Rng::fork(cfg.run.seed ^ 0xD1_5EED, state.step);
             let loss = model.loss(&batch, &cfg, &mut rng)?;
+            let t_forward = t0.elapsed().as_secs_f64();
             let grads = loss.total.backward();
+            let t_backward = t0.elapsed().as_secs_f64() - t_forward;
             let (mut g_bb, mut g_rest) = split_grads(grads, &model.detector.backbone, &model);
             let norm = clip_global(
                 &model,
@@ -374,6 +376,11 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             line.insert("lr".into(), lr.into());
             line.insert("grad_norm".into(), norm.into());
             line.insert("seconds".into(), dt.into());
+            // where the step's time goes: loss forward (incl. host matching/assignment),
+            // backward, and clip + optimizer
+            line.insert("t_forward".into(), t_forward.into());
+            line.insert("t_backward".into(), t_backward.into());
+            line.insert("t_optim".into(), (dt - t_forward - t_backward).into());
             for (k, v) in &loss.terms {
                 line.insert(k.clone(), f64::from(*v).into());
             }
