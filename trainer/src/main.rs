@@ -157,6 +157,14 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Draw a run's loss curves and validation mAP into a PNG.
+    Plot {
+        /// The run dir (holds log.jsonl and eval.jsonl).
+        run: PathBuf,
+        /// Output PNG (default RUN/curves.png).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Measure the batching loader's throughput (decode + augment + resize on worker threads).
     BenchLoader {
         /// A split folder holding instances.json and images/.
@@ -280,6 +288,14 @@ fn main() -> ExitCode {
 
 fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Plot { run, out } => {
+            let out = out.unwrap_or_else(|| run.join("curves.png"));
+            let labelled = codetr_train::train::plot::plot_run(&run, &out)?;
+            if !labelled {
+                tracing::warn!("no DejaVuSans.ttf found: curves drawn without text labels");
+            }
+            println!("{}", out.display());
+        }
         Command::Fit {
             config,
             resume,

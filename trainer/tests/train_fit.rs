@@ -74,7 +74,14 @@ fn trains_logs_every_term_and_loss_decreases() {
     let tmp = tempfile::tempdir().unwrap();
     dataset(tmp.path());
     let run = tmp.path().join("run");
-    let report = fit(config(tmp.path(), run.clone(), 16), false, false).unwrap();
+    // the full Co-DETR (K = 2), with the RPN/RoI sampling scaled to 128² images
+    let mut cfg = config(tmp.path(), run.clone(), 16);
+    cfg.co.k = 2;
+    cfg.co.rpn.pre_nms = 300;
+    cfg.co.rpn.post_nms = 100;
+    cfg.co.roi.samples = 64;
+    cfg.co.roi.fc_dim = 64;
+    let report = fit(cfg.clone(), false, false).unwrap();
     assert_eq!(report.steps, 16);
     let log = log_lines(&run);
     assert_eq!(log.len(), 16);
@@ -87,6 +94,9 @@ fn trains_logs_every_term_and_loss_decreases() {
         "dn_loss_cls",
         "d0.dn_loss_bbox",
         "enc_loss_iou",
+        "atss.loss_cls",
+        "roi.loss_cls",
+        "pos1.loss_iou",
         "lr",
         "grad_norm",
     ] {
@@ -108,8 +118,13 @@ fn trains_logs_every_term_and_loss_decreases() {
     assert_eq!(header.class_names.len(), 10);
     assert!(run.join("checkpoints/step-00000016.ckpt").is_file());
     assert!(run.join("config.toml").is_file());
+    // the plot of the run is a real PNG
+    let png = run.join("curves.png");
+    codetr_train::train::plot::plot_run(&run, &png).unwrap();
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (1200, 900));
     // a second fresh run into the same dir is refused, not overwritten
-    assert!(fit(config(tmp.path(), run, 16), false, false).is_err());
+    assert!(fit(cfg, false, false).is_err());
 }
 
 #[test]
@@ -235,5 +250,87 @@ fn k2_trains_with_faster_rcnn_too() {
             .sum();
         assert!(q > g, "{head}: {q} positives for {g} gts");
         eprintln!("{head} positives per gt: {:.2}", q / g);
+    }
+}
+
+/// The binary killed with SIGKILL mid-run, then `--resume`: it continues from the last
+/// checkpoint and ends with exactly the weights of an uninterrupted run.
+#[test]
+fn kill_9_then_resume_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    let bin = env!("CARGO_BIN_EXE_codetr-train");
+    let write_cfg = |run: &Path| {
+        let mut cfg = config(tmp.path(), run.to_path_buf(), 12);
+        cfg.run.checkpoint_every = 2;
+        cfg.run.keep_last = 2;
+        let path = run.with_extension("toml");
+        std::fs::write(&path, cfg.to_toml().unwrap()).unwrap();
+        path
+    };
+    // uninterrupted reference
+    let a = tmp.path().join("a");
+    let st = std::process::Command::new(bin)
+        .args(["fit", "--quiet", "--config"])
+        .arg(write_cfg(&a))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // killed as soon as its second checkpoint exists (mid-run, possibly mid-write)
+    let b = tmp.path().join("b");
+    let mut child = std::process::Command::new(bin)
+        .args(["fit", "--quiet", "--config"])
+        .arg(write_cfg(&b))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !b.join("checkpoints/step-00000004.ckpt").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!b.join("checkpoints/step-00000012.ckpt").exists());
+    let st = std::process::Command::new(bin)
+        .args(["fit", "--quiet", "--resume"])
+        .arg(&b)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Parameter ids differ between processes, so compare what the weights compute.
+    let dev = burn::tensor::Device::flex();
+    let out = |run: &Path| {
+        let (m, _) = checkpoint::load(&run.join("checkpoints/step-00000012.ckpt"), &dev).unwrap();
+        let px: Vec<u8> = (0..2 * 128 * 128 * 3)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let x = codetr_train::model::detector::pixels_to_tensor(&px, 2, 128, 128, &dev).unwrap();
+        let o = m.forward(x).unwrap();
+        let v: Vec<f32> = o
+            .logits
+            .last()
+            .unwrap()
+            .clone()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        v
+    };
+    assert!(
+        out(&a) == out(&b),
+        "resumed weights differ from the uninterrupted run"
+    );
+    let (la, lb) = (log_lines(&a), log_lines(&b));
+    assert_eq!(lb.len(), 12, "each step logged once");
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
     }
 }

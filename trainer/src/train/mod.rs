@@ -5,3 +5,4 @@ pub mod codetr;
 pub mod config;
 pub mod fit;
 pub mod optim;
+pub mod plot;
