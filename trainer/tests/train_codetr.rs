@@ -128,3 +128,89 @@ fc_dim = 64
     assert!(nonzero(d.selection.query_embed.val().grad(&grads)));
     assert!(nonzero(heads.label_embed.val().grad(&grads)));
 }
+
+/// The decoder self-attention mask isolates the query groups: perturbing dn group 1 changes
+/// neither dn group 0 nor the matching queries; perturbing the matching queries' content
+/// does change the dn groups (DINO lets dn queries see the matching ones, not the reverse).
+#[test]
+fn attention_mask_isolates_query_groups() {
+    use burn::tensor::{Bool, Tensor, TensorData};
+    use codetr_train::model::denoising::attention_mask;
+    use codetr_train::model::detector::pixels_to_tensor;
+
+    let dev = Device::flex();
+    dev.seed(2);
+    let cfg = FitConfig::from_toml(
+        "[model]\npreset = \"tiny\"\ninput_size = 128\nnum_classes = 3\nmax_detections = 20\n[model.transformer]\nd_model = 64\nffn_dim = 128\nencoder_layers = 1\ndecoder_layers = 2\nnum_queries = 10\n",
+    )
+    .unwrap();
+    let det = cfg.detector().unwrap().init(&dev).unwrap();
+    let b = batch(128);
+    let x = pixels_to_tensor(&b.pixels, 2, 128, 128, &dev).unwrap();
+    let (groups, size, q) = (2usize, 4usize, 10usize);
+    let pad = groups * size;
+    let run = |dn_shift: f32, group: usize, match_shift: f32| {
+        let out = det
+            .forward_with(x.clone(), |memory, shapes, sel| {
+                let d = sel.content.dims()[2];
+                let mut shift = vec![0f32; 2 * pad * d];
+                for i in 0..2 {
+                    for s in group * size..(group + 1) * size {
+                        for c in 0..d {
+                            shift[(i * pad + s) * d + c] = dn_shift;
+                        }
+                    }
+                }
+                let dn = Tensor::<3>::from_data(TensorData::new(shift, [2, pad, d]), &dev);
+                let refs = Tensor::<3>::full([2, pad, 4], 0.3, &dev);
+                let (n, m) = attention_mask(Some((groups, size)), q, &[]);
+                let mask = Tensor::<2, Bool>::from_data(TensorData::new(m, [n, n]), &dev);
+                (
+                    Tensor::cat(vec![dn, sel.content.clone() + match_shift], 1),
+                    Tensor::cat(vec![refs, sel.reference.clone()], 1),
+                    Some(mask),
+                    memory,
+                    shapes,
+                )
+            })
+            .unwrap();
+        let v: Vec<f32> = out
+            .logits
+            .last()
+            .unwrap()
+            .clone()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        v
+    };
+    let c = 3;
+    let part = |v: &[f32], from: usize, to: usize| -> Vec<f32> {
+        (0..2)
+            .flat_map(|i| v[(i * (pad + q) + from) * c..(i * (pad + q) + to) * c].to_vec())
+            .collect()
+    };
+    let base = run(0.0, 1, 0.0);
+    let moved = run(0.5, 1, 0.0);
+    assert_eq!(
+        part(&base, 0, size),
+        part(&moved, 0, size),
+        "dn group 0 saw group 1"
+    );
+    assert_eq!(
+        part(&base, pad, pad + q),
+        part(&moved, pad, pad + q),
+        "matching saw dn"
+    );
+    assert_ne!(
+        part(&base, size, pad),
+        part(&moved, size, pad),
+        "group 1 itself must change"
+    );
+    let m = run(0.0, 1, 0.5);
+    assert_ne!(
+        part(&base, 0, size),
+        part(&m, 0, size),
+        "dn queries see the matching ones"
+    );
+}
