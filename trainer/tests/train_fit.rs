@@ -132,7 +132,9 @@ fn resume_continues_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     dataset(tmp.path());
     let a = tmp.path().join("a");
-    fit(config(tmp.path(), a.clone(), 8), false, false).unwrap();
+    let mut cfg_a = config(tmp.path(), a.clone(), 8);
+    cfg_a.schedule.ema = Some(Default::default());
+    fit(cfg_a, false, false).unwrap();
     // b = a interrupted after step 4: its newest checkpoint is step 4 and the log ran ahead.
     let b = tmp.path().join("b");
     std::fs::create_dir_all(b.join("checkpoints")).unwrap();
@@ -154,6 +156,12 @@ fn resume_continues_exactly() {
     assert!(
         model(&sa) == model(&sb),
         "resumed weights differ from the uninterrupted run"
+    );
+    let ema = |s: &Vec<(String, Vec<u8>)>| s.iter().find(|x| x.0 == "ema").unwrap().1.clone();
+    assert!(ema(&sa) == ema(&sb), "resumed EMA differs");
+    assert!(
+        ema(&sa) != model(&sa),
+        "the EMA is its own average, not a copy"
     );
     let la = log_lines(&a);
     let lb = log_lines(&b);

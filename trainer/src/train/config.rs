@@ -49,6 +49,8 @@ pub struct Schedule {
     pub warmup_steps: u64,
     /// Fractions of `steps` after which the lr is multiplied by 0.1.
     pub lr_drops: Vec<f64>,
+    /// Keep an exponential moving average of the weights; validation and `best/` then use it.
+    pub ema: Option<super::ema::EmaConfig>,
 }
 
 impl Default for Schedule {
@@ -63,6 +65,7 @@ impl Default for Schedule {
             grad_clip: 0.1,
             warmup_steps: 100,
             lr_drops: vec![0.8],
+            ema: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codetr::{CoDetr, TrainHeads};
 use super::config::FitConfig;
+use super::ema::ema_update;
 use super::optim::{adamw, clip_global, split_grads};
 use crate::data::coco::{CocoDataset, CocoFile, LoadOptions};
 use crate::data::loader::{Loader, LoaderConfig};
@@ -53,6 +54,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 fn save_train(
     path: &Path,
     model: &CoDetr,
+    ema: Option<&Detector>,
     optim: &burn::optim::ModuleOptimizer,
     state: &TrainState,
     class_names: &[String],
@@ -68,26 +70,39 @@ fn save_train(
         .into_bytes()
         .map_err(|e| ck_err(path, format!("cannot serialise the optimizer: {e}")))?;
     let st = serde_json::to_vec(state).map_err(|e| ck_err(path, e.to_string()))?;
+    let mut sections = vec![
+        ("train_heads".into(), heads.to_vec()),
+        ("optimizer".into(), opt.to_vec()),
+        ("train_state".into(), st),
+    ];
+    if let Some(e) = ema {
+        let bytes = e
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| ck_err(path, format!("cannot serialise the EMA weights: {e}")))?;
+        sections.push(("ema".into(), bytes.to_vec()));
+    }
     checkpoint::save(
         path,
         &model.detector,
         class_names,
         state.step,
         meta,
-        vec![
-            ("train_heads".into(), heads.to_vec()),
-            ("optimizer".into(), opt.to_vec()),
-            ("train_state".into(), st),
-        ],
+        sections,
     )?;
     Ok(())
 }
 
 /// Loads what `save_train` wrote, on `device` (an autodiff device).
-fn load_train(
-    path: &Path,
-    device: &Device,
-) -> Result<(CoDetr, burn::optim::ModuleOptimizer, TrainState)> {
+type Loaded = (
+    CoDetr,
+    Option<Detector>,
+    burn::optim::ModuleOptimizer,
+    TrainState,
+);
+
+fn load_train(path: &Path, device: &Device) -> Result<Loaded> {
     let (detector, _) = checkpoint::load(path, device)?;
     let (_, sections) = checkpoint::read(path)?;
     let section = |name: &str| {
@@ -117,7 +132,21 @@ fn load_train(
     let optim = adamw(state.config.schedule.weight_decay)
         .from_bytes(Bytes::from_bytes_vec(section("optimizer")?))
         .map_err(|e| ck_err(path, format!("optimizer: {e}")))?;
-    Ok((CoDetr { detector, heads }, optim, state))
+    let ema = match sections.iter().find(|(n, _)| n == "ema") {
+        None => None,
+        Some((_, bytes)) => {
+            let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.clone()))
+                .map_err(|e| ck_err(path, format!("ema: {e}")))?;
+            Some(
+                detector
+                    .config()
+                    .init(&device.clone().inner())?
+                    .try_load_record(record)
+                    .map_err(|e| ck_err(path, format!("ema weights do not fit: {e}")))?,
+            )
+        }
+    };
+    Ok((CoDetr { detector, heads }, ema, optim, state))
 }
 
 /// Runs `detector` over (up to `limit`) images of `ds` and returns COCO mAP against its json.
@@ -237,19 +266,19 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
     let out = cfg.run.out.clone();
     let device = crate::device::select(&cfg.run.device)?.autodiff();
     let ckdir = out.join("checkpoints");
-    let (mut model, mut optim, mut state, cfg) = if resume {
+    let (mut model, mut ema, mut optim, mut state, cfg) = if resume {
         let path = latest_checkpoint(&out).ok_or_else(|| Error::InvalidArgument {
             what: "--resume",
             message: format!("no checkpoints in {}", ckdir.display()),
         })?;
-        let (model, optim, state) = load_train(&path, &device)?;
+        let (model, ema, optim, state) = load_train(&path, &device)?;
         tracing::info!(step = state.step, path = %path.display(), "resuming");
         // The saved config wins (same schedule, data, seed), except where the run lives now
         // and which device continues it.
         let mut saved = state.config.clone();
         saved.run.out = out.clone();
         saved.run.device = cfg.run.device.clone();
-        (model, optim, state, saved)
+        (model, ema, optim, state, saved)
     } else {
         cfg.validate()?;
         if latest_checkpoint(&out).is_some() {
@@ -272,7 +301,8 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             best_step: None,
             config: cfg.clone(),
         };
-        (model, adamw(cfg.schedule.weight_decay), state, cfg)
+        let ema = cfg.schedule.ema.map(|_| model.detector.valid());
+        (model, ema, adamw(cfg.schedule.weight_decay), state, cfg)
     };
     std::fs::create_dir_all(&ckdir).map_err(io(&ckdir))?;
     std::fs::create_dir_all(out.join("best")).map_err(io(&out))?;
@@ -366,6 +396,9 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             model = optim.step(lr * cfg.schedule.backbone_lr_mult, model, g_bb);
             model = optim.step(lr, model, g_rest);
             state.step += 1;
+            if let (Some(avg), Some(e)) = (ema.take(), cfg.schedule.ema) {
+                ema = Some(ema_update(avg, &model.detector, e.momentum_at(state.step)));
+            }
             last_loss = loss.total.clone().into_scalar();
             images_seen += batch.len();
             let dt = t0.elapsed().as_secs_f64();
@@ -394,12 +427,11 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             let do_eval = state.step % eval_every == 0 || state.step == steps;
             if do_eval {
                 bar.suspend(|| tracing::info!(step = state.step, "validating"));
-                let s = validate(
-                    &model.detector.valid(),
-                    &val,
-                    cfg.data.val_images,
-                    cfg.run.workers,
-                )?;
+                let evaluated = match &ema {
+                    Some(e) => e.clone(),
+                    None => model.detector.valid(),
+                };
+                let s = validate(&evaluated, &val, cfg.data.val_images, cfg.run.workers)?;
                 let mut e = serde_json::to_value(s).map_err(|e| Error::InvalidArgument {
                     what: "eval",
                     message: e.to_string(),
@@ -421,7 +453,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
                     let meta = serde_json::json!({ "val": s, "step": state.step });
                     checkpoint::save(
                         &out.join("best").join("model.ckpt"),
-                        &model.detector,
+                        &evaluated,
                         &class_names,
                         state.step,
                         meta,
@@ -436,6 +468,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
                 save_train(
                     &path,
                     &model,
+                    ema.as_ref(),
                     &optim,
                     &state,
                     &class_names,

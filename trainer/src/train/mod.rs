@@ -3,6 +3,7 @@
 
 pub mod codetr;
 pub mod config;
+pub mod ema;
 pub mod fit;
 pub mod optim;
 pub mod plot;
