@@ -12,6 +12,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod loss;
 pub mod model;
+pub mod onnx;
 pub mod rng;
 pub mod train;
 

@@ -1,5 +1,41 @@
 //! The ONNX contract between `codetr-export` and `codetr-serve` (DESIGN.md §7).
-//! Only the names are fixed so far; the metadata schema and validator arrive with the exporter.
+//!
+//! This crate is deliberately tiny (serde, serde_json and thiserror only): it fixes
+//!
+//! * the graph's input and output names, in graph order ([`INPUTS`], [`OUTPUTS`]);
+//! * the `metadata_props` schema ([`ModelMetadata`]), its string encoding
+//!   ([`ModelMetadata::try_to_props`]) and its validating decoder
+//!   ([`ModelMetadata::from_props`]).
+//!
+//! # Graph I/O
+//!
+//! | name         | dtype   | shape          | meaning                                        |
+//! |--------------|---------|----------------|------------------------------------------------|
+//! | `images`     | uint8   | `[N, H, W, 3]` | RGB pixels, already resized to the input size |
+//! | `orig_sizes` | int64   | `[N, 2]`       | original (height, width) of each image         |
+//! | `labels`     | int64   | `[N, K]`       | class indices into [`ModelMetadata::classes`]  |
+//! | `scores`     | float32 | `[N, K]`       | sorted descending                              |
+//! | `boxes`      | float32 | `[N, K, 4]`    | xyxy in original-image pixels                  |
+//!
+//! `N` is dynamic; `H`, `W` are fixed to [`ModelMetadata::input_size`] unless that is `None`
+//! (exported with dynamic size); `K` is [`ModelMetadata::max_detections`].
+//!
+//! # Metadata encoding
+//!
+//! Every value is an ONNX string. Integers are plain decimal (`"1"`, `"300"`), lists and
+//! objects are compact JSON (`["person","car"]`, `[640,640]`, `null`, `{"AP":0.51}`), and
+//! strings are written as-is, without JSON quotes (`stretch`, `co_dino_r50`). Keys outside
+//! the [`META_PREFIX`] namespace belong to other tools and are ignored by the decoder;
+//! unknown keys inside it are rejected, so a typo in the exporter cannot go unnoticed.
+
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// Graph input: uint8 `[N, H, W, 3]` RGB pixels, already resized to the model's input size.
 pub const INPUT_IMAGES: &str = "images";
@@ -11,3 +47,445 @@ pub const OUTPUT_LABELS: &str = "labels";
 pub const OUTPUT_SCORES: &str = "scores";
 /// Graph output: float32 `[N, K, 4]` xyxy boxes in original-image pixels.
 pub const OUTPUT_BOXES: &str = "boxes";
+
+/// The graph's input names, in graph order.
+pub const INPUTS: [&str; 2] = [INPUT_IMAGES, INPUT_ORIG_SIZES];
+/// The graph's output names, in graph order.
+pub const OUTPUTS: [&str; 3] = [OUTPUT_LABELS, OUTPUT_SCORES, OUTPUT_BOXES];
+
+/// The metadata format version this crate writes and the only one it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Prefix of every metadata key owned by this contract; other prefixes are ignored.
+pub const META_PREFIX: &str = "codetr.";
+/// Metadata key: [`ModelMetadata::format_version`], plain decimal integer.
+pub const META_FORMAT_VERSION: &str = "codetr.format_version";
+/// Metadata key: [`ModelMetadata::classes`], JSON list of strings.
+pub const META_CLASSES: &str = "codetr.classes";
+/// Metadata key: [`ModelMetadata::input_size`], JSON `[height, width]` or `null`.
+pub const META_INPUT_SIZE: &str = "codetr.input_size";
+/// Metadata key: [`ModelMetadata::resize`], plain string (`stretch`).
+pub const META_RESIZE: &str = "codetr.resize";
+/// Metadata key: [`ModelMetadata::mean`], JSON list of 3 numbers (0–255 scale).
+pub const META_MEAN: &str = "codetr.mean";
+/// Metadata key: [`ModelMetadata::std`], JSON list of 3 numbers (0–255 scale).
+pub const META_STD: &str = "codetr.std";
+/// Metadata key: [`ModelMetadata::max_detections`], plain decimal integer.
+pub const META_MAX_DETECTIONS: &str = "codetr.max_detections";
+/// Metadata key: [`ModelMetadata::preset`], plain string.
+pub const META_PRESET: &str = "codetr.preset";
+/// Metadata key: [`ModelMetadata::checkpoint_sha256`], 64 lowercase hex characters.
+pub const META_CHECKPOINT_SHA256: &str = "codetr.checkpoint_sha256";
+/// Metadata key: [`ModelMetadata::metrics`], JSON object (may be `{}`).
+pub const META_METRICS: &str = "codetr.metrics";
+/// Optional metadata key: [`ModelMetadata::msda`], plain string (`grid-sample` | `gather`).
+pub const META_MSDA: &str = "codetr.msda";
+/// Optional metadata key: [`ModelMetadata::precision`], plain string (`fp32` | `fp16`).
+pub const META_PRECISION: &str = "codetr.precision";
+
+/// The required metadata keys, in the order [`ModelMetadata::to_props`] writes them.
+pub const METADATA_KEYS: &[&str] = &[
+    META_FORMAT_VERSION,
+    META_CLASSES,
+    META_INPUT_SIZE,
+    META_RESIZE,
+    META_MEAN,
+    META_STD,
+    META_MAX_DETECTIONS,
+    META_PRESET,
+    META_CHECKPOINT_SHA256,
+    META_METRICS,
+];
+
+/// The optional metadata keys, in the order [`ModelMetadata::to_props`] writes them
+/// (after all of [`METADATA_KEYS`]).
+pub const OPTIONAL_METADATA_KEYS: &[&str] = &[META_MSDA, META_PRECISION];
+
+/// Smallest accepted side of [`ModelMetadata::input_size`].
+pub const MIN_INPUT_SIDE: u32 = 16;
+/// Largest accepted side of [`ModelMetadata::input_size`].
+pub const MAX_INPUT_SIDE: u32 = 4096;
+/// Largest accepted [`ModelMetadata::max_detections`].
+pub const MAX_DETECTIONS_LIMIT: usize = 10_000;
+
+/// How images are brought to [`ModelMetadata::input_size`] before entering the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// Resize both sides independently to the input size, ignoring aspect ratio.
+    Stretch,
+}
+
+/// Which multi-scale deformable attention kernel the graph was exported with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Msda {
+    /// Bilinear sampling via ONNX `GridSample`.
+    GridSample,
+    /// Bilinear sampling via explicit `Gather` ops.
+    Gather,
+}
+
+/// The floating-point precision of the graph's weights and compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// 32-bit floats throughout.
+    Fp32,
+    /// 16-bit floats internally (I/O dtypes are unchanged).
+    Fp16,
+}
+
+/// Implements `as_str`, `Display` and `FromStr` for a unit enum whose metadata encoding is a
+/// plain string.
+macro_rules! plain_string_enum {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The metadata encoding of this value.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($ty::$variant),)+
+                    _ => {
+                        let expected: Vec<String> =
+                            [$($text),+].iter().map(|t| format!("{t:?}")).collect();
+                        Err(format!("expected one of {}, got {s:?}", expected.join(", ")))
+                    }
+                }
+            }
+        }
+    };
+}
+
+plain_string_enum!(Resize { Stretch => "stretch" });
+plain_string_enum!(Msda { GridSample => "grid-sample", Gather => "gather" });
+plain_string_enum!(Precision { Fp32 => "fp32", Fp16 => "fp16" });
+
+/// Everything the server needs to know about an exported model, stored in the ONNX file's
+/// `metadata_props` (see the [crate docs](crate) for the encoding).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    /// Metadata format version; must equal [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Class names; output label `i` means `classes[i]`. Non-empty, names non-blank and unique.
+    pub classes: Vec<String>,
+    /// Fixed graph input `[height, width]`, each side in
+    /// [`MIN_INPUT_SIDE`]`..=`[`MAX_INPUT_SIDE`]; `None` when exported with dynamic size.
+    pub input_size: Option<[u32; 2]>,
+    /// How images are resized to `input_size` before entering the graph.
+    pub resize: Resize,
+    /// Per-channel (R, G, B) mean on the 0–255 scale, applied inside the graph; finite.
+    pub mean: [f32; 3],
+    /// Per-channel (R, G, B) standard deviation on the 0–255 scale; finite and `> 0`.
+    pub std: [f32; 3],
+    /// `K`, the number of detections per image in every output; in `1..=`[`MAX_DETECTIONS_LIMIT`].
+    pub max_detections: usize,
+    /// Name of the model preset (architecture configuration) the checkpoint was trained with;
+    /// non-blank.
+    pub preset: String,
+    /// SHA-256 of the source checkpoint file, 64 lowercase hex characters.
+    pub checkpoint_sha256: String,
+    /// Evaluation metrics of the checkpoint, e.g. `{"AP": 0.51}`; may be empty.
+    pub metrics: Map<String, Value>,
+    /// The deformable-attention kernel the graph uses, if recorded.
+    pub msda: Option<Msda>,
+    /// The graph's compute precision, if recorded.
+    pub precision: Option<Precision>,
+}
+
+/// Why metadata could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataError {
+    /// A required key is absent.
+    #[error("model metadata is missing the required key `{key}`")]
+    Missing {
+        /// The missing key.
+        key: &'static str,
+    },
+    /// A key is present (or a field set) but its value breaks the contract.
+    #[error("model metadata `{key}` is invalid: {message}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The model was written with a metadata format this crate does not read.
+    #[error("{}", unsupported_version_message(*found, *supported))]
+    UnsupportedVersion {
+        /// The version the model declares.
+        found: u32,
+        /// The version this crate supports ([`FORMAT_VERSION`]).
+        supported: u32,
+    },
+    /// A key in the `codetr.` namespace that this format version does not define.
+    #[error("model metadata has unknown key `{key}` (a typo, or a newer exporter?)")]
+    Unknown {
+        /// The unrecognised key.
+        key: String,
+    },
+}
+
+fn unsupported_version_message(found: u32, supported: u32) -> String {
+    if found > supported {
+        format!(
+            "model metadata format version {found} was made by a newer exporter; \
+             this build supports version {supported}, upgrade it to load this model"
+        )
+    } else {
+        format!(
+            "model metadata format version {found} is not supported (this build supports \
+             version {supported}); re-export the model"
+        )
+    }
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> MetadataError {
+    MetadataError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl ModelMetadata {
+    /// Checks every field against the contract; [`from_props`](Self::from_props) runs the same
+    /// checks, so metadata that validates always decodes back to itself.
+    pub fn validate(&self) -> Result<(), MetadataError> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(MetadataError::UnsupportedVersion {
+                found: self.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+
+        if self.classes.is_empty() {
+            return Err(invalid(META_CLASSES, "the class list is empty"));
+        }
+        let mut seen = HashSet::with_capacity(self.classes.len());
+        for (i, name) in self.classes.iter().enumerate() {
+            if name.trim().is_empty() {
+                return Err(invalid(
+                    META_CLASSES,
+                    format!("class {i} has an empty name"),
+                ));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(invalid(
+                    META_CLASSES,
+                    format!("class name {name:?} appears more than once"),
+                ));
+            }
+        }
+
+        if let Some(size) = self.input_size {
+            for (side, value) in ["height", "width"].into_iter().zip(size) {
+                if !(MIN_INPUT_SIDE..=MAX_INPUT_SIDE).contains(&value) {
+                    return Err(invalid(
+                        META_INPUT_SIZE,
+                        format!("{side} {value} is outside {MIN_INPUT_SIDE}..={MAX_INPUT_SIDE}"),
+                    ));
+                }
+            }
+        }
+
+        if let Some(v) = self.mean.iter().find(|v| !v.is_finite()) {
+            return Err(invalid(META_MEAN, format!("{v} is not finite")));
+        }
+        if let Some(v) = self.std.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(invalid(
+                META_STD,
+                format!("{v} is not a finite positive number"),
+            ));
+        }
+
+        if !(1..=MAX_DETECTIONS_LIMIT).contains(&self.max_detections) {
+            return Err(invalid(
+                META_MAX_DETECTIONS,
+                format!(
+                    "{} is outside 1..={MAX_DETECTIONS_LIMIT}",
+                    self.max_detections
+                ),
+            ));
+        }
+
+        if self.preset.trim().is_empty() {
+            return Err(invalid(META_PRESET, "the preset name is empty"));
+        }
+
+        let sha = &self.checkpoint_sha256;
+        if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(invalid(
+                META_CHECKPOINT_SHA256,
+                format!("expected 64 lowercase hex characters, got {sha:?}"),
+            ));
+        }
+
+        Ok(())
+    }
+
+    /// Validates, then encodes; this is what the exporter writes into `metadata_props`.
+    ///
+    /// The result of a successful call is always accepted by [`from_props`](Self::from_props).
+    pub fn try_to_props(&self) -> Result<Vec<(String, String)>, MetadataError> {
+        self.validate()?;
+        Ok(self.to_props())
+    }
+
+    /// Encodes the metadata as `metadata_props` entries without validating it.
+    ///
+    /// The order is fixed — [`METADATA_KEYS`], then whichever of [`OPTIONAL_METADATA_KEYS`] are
+    /// set — and the encoding is canonical (compact JSON, `metrics` keys sorted), so equal
+    /// metadata always produces byte-identical props. Writers should prefer
+    /// [`try_to_props`](Self::try_to_props): this method happily encodes invalid metadata,
+    /// which is useful for tests and diagnostics but would produce a model the server rejects.
+    pub fn to_props(&self) -> Vec<(String, String)> {
+        // Sort the top-level metric names explicitly, so the output stays canonical even if
+        // serde_json's `preserve_order` feature gets unified in by another crate.
+        let metrics: BTreeMap<&String, &Value> = self.metrics.iter().collect();
+        let mut props = vec![
+            (META_FORMAT_VERSION, self.format_version.to_string()),
+            (META_CLASSES, to_json(&self.classes)),
+            (META_INPUT_SIZE, to_json(&self.input_size)),
+            (META_RESIZE, self.resize.as_str().to_owned()),
+            (META_MEAN, to_json(&self.mean)),
+            (META_STD, to_json(&self.std)),
+            (META_MAX_DETECTIONS, self.max_detections.to_string()),
+            (META_PRESET, self.preset.clone()),
+            (META_CHECKPOINT_SHA256, self.checkpoint_sha256.clone()),
+            (META_METRICS, to_json(&metrics)),
+        ];
+        if let Some(msda) = self.msda {
+            props.push((META_MSDA, msda.as_str().to_owned()));
+        }
+        if let Some(precision) = self.precision {
+            props.push((META_PRECISION, precision.as_str().to_owned()));
+        }
+        props
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect()
+    }
+
+    /// Decodes and [validates](Self::validate) `metadata_props` entries.
+    ///
+    /// Keys outside [`META_PREFIX`] are ignored; unknown `codetr.*` keys and repeated
+    /// `codetr.*` keys are errors. The format version is checked before anything else, so a
+    /// model from a newer exporter reports [`MetadataError::UnsupportedVersion`] rather than
+    /// whatever else changed.
+    pub fn from_props<'a>(
+        props: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, MetadataError> {
+        let mut ours: HashMap<&'static str, &'a str> = HashMap::new();
+        let mut unknown: Option<&'a str> = None;
+        for (key, value) in props {
+            if !key.starts_with(META_PREFIX) {
+                continue;
+            }
+            let known = METADATA_KEYS
+                .iter()
+                .chain(OPTIONAL_METADATA_KEYS)
+                .find(|k| **k == key);
+            match known {
+                Some(&k) => {
+                    if ours.insert(k, value).is_some() {
+                        return Err(invalid(k, "the key appears more than once"));
+                    }
+                }
+                None => {
+                    unknown.get_or_insert(key);
+                }
+            }
+        }
+
+        let required =
+            |key: &'static str| ours.get(key).copied().ok_or(MetadataError::Missing { key });
+
+        // Version first: a newer format may legitimately have keys we do not know.
+        let format_version =
+            parse_uint::<u32>(META_FORMAT_VERSION, required(META_FORMAT_VERSION)?)?;
+        if format_version != FORMAT_VERSION {
+            return Err(MetadataError::UnsupportedVersion {
+                found: format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if let Some(key) = unknown {
+            return Err(MetadataError::Unknown {
+                key: key.to_owned(),
+            });
+        }
+
+        let meta = ModelMetadata {
+            format_version,
+            classes: parse_json(META_CLASSES, required(META_CLASSES)?)?,
+            input_size: parse_json(META_INPUT_SIZE, required(META_INPUT_SIZE)?)?,
+            resize: parse_plain(META_RESIZE, required(META_RESIZE)?)?,
+            mean: parse_json(META_MEAN, required(META_MEAN)?)?,
+            std: parse_json(META_STD, required(META_STD)?)?,
+            max_detections: parse_uint(META_MAX_DETECTIONS, required(META_MAX_DETECTIONS)?)?,
+            preset: required(META_PRESET)?.to_owned(),
+            checkpoint_sha256: required(META_CHECKPOINT_SHA256)?.to_owned(),
+            metrics: parse_json(META_METRICS, required(META_METRICS)?)?,
+            msda: ours
+                .get(META_MSDA)
+                .map(|v| parse_plain(META_MSDA, v))
+                .transpose()?,
+            precision: ours
+                .get(META_PRECISION)
+                .map(|v| parse_plain(META_PRECISION, v))
+                .transpose()?,
+        };
+        meta.validate()?;
+        Ok(meta)
+    }
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
+    // Serializing plain data (strings, numbers, arrays, string-keyed maps) cannot fail.
+    serde_json::to_string(value).expect("metadata values serialize to JSON")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    key: &'static str,
+    value: &str,
+) -> Result<T, MetadataError> {
+    serde_json::from_str(value).map_err(|e| invalid(key, format!("{e} in {value:?}")))
+}
+
+fn parse_plain<T: FromStr<Err = String>>(
+    key: &'static str,
+    value: &str,
+) -> Result<T, MetadataError> {
+    value.parse().map_err(|e: String| invalid(key, e))
+}
+
+/// Parses a plain decimal integer: ASCII digits only (no sign, spaces or exponent).
+fn parse_uint<T: FromStr>(key: &'static str, value: &str) -> Result<T, MetadataError> {
+    let digits_only = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    match value.parse() {
+        Ok(n) if digits_only => Ok(n),
+        _ => Err(invalid(
+            key,
+            format!("expected a plain decimal integer, got {value:?}"),
+        )),
+    }
+}
