@@ -70,7 +70,7 @@ fn reference(px: &[u8], n: usize) -> (Vec<f32>, Vec<i64>) {
     let mut idx = vec![];
     for i in 0..n {
         // [C_out=2, H=2, W=2] flattened row-major
-        let mut flat = vec![0f32; 8];
+        let mut flat = [0f32; 8];
         for o in 0..2 {
             for y in 0..2 {
                 for x in 0..2 {
