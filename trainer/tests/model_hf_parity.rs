@@ -9,25 +9,19 @@
 //!
 //! `cargo nextest run -p codetr-train --test model_hf_parity --no-capture` prints the table.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use codetr_train::model::Detector;
 use codetr_train::model::detector::pixels_to_tensor;
 use codetr_train::model::encoder::token_centres;
 use codetr_train::model::msda::Reference;
 use codetr_train::model::query_selection::token_proposals;
-use codetr_train::model::{Detector, DetectorConfig};
 
 const TOL: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(name)
-}
 
 /// The reference tensors of one fixture: name → (shape, values as f32 or i64).
 struct Outputs {
@@ -37,7 +31,7 @@ struct Outputs {
 }
 
 fn read_outputs(name: &str) -> Outputs {
-    let bytes = std::fs::read(fixture(&format!("{name}.outputs.safetensors"))).unwrap();
+    let bytes = std::fs::read(common::fixture(&format!("{name}.outputs.safetensors"))).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut out = Outputs {
         f32s: HashMap::new(),
@@ -70,25 +64,7 @@ fn read_outputs(name: &str) -> Outputs {
 }
 
 fn load_model(name: &str, dev: &Device) -> Detector {
-    let text = std::fs::read_to_string(fixture(&format!("{name}.toml"))).unwrap();
-    let cfg = DetectorConfig::from_toml(&text).unwrap();
-    let mut model = cfg.init(dev).unwrap();
-    let mut store = SafetensorsStore::from_file(fixture(&format!("{name}.weights.safetensors")))
-        .with_from_adapter(PyTorchToBurnAdapter)
-        .allow_partial(true);
-    let result = model.load_from(&mut store).unwrap();
-    assert!(result.errors.is_empty(), "{:?}", result.errors);
-    assert!(
-        result.missing.is_empty(),
-        "tensors of our model not in the fixture: {:?}",
-        result.missing
-    );
-    assert!(
-        result.unused.is_empty(),
-        "fixture tensors that fit nothing of ours: {:?}",
-        result.unused
-    );
-    model
+    common::load_hf_model(name, dev)
 }
 
 /// Max |ours − reference| after checking the shape; records a row of the table.
@@ -279,7 +255,7 @@ fn fixture_weights_cover_every_parameter() {
     let dev = Device::flex();
     for name in ["ddetr_r50", "ddetr_r18"] {
         let model = load_model(name, &dev);
-        let bytes = std::fs::read(fixture(&format!("{name}.weights.safetensors"))).unwrap();
+        let bytes = std::fs::read(common::fixture(&format!("{name}.weights.safetensors"))).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let in_file: usize = st
             .tensors()

@@ -294,6 +294,71 @@ impl ResNet {
     }
 }
 
+impl FrozenBatchNorm {
+    /// Host `(scale, shift)`, what the exporter folds into the preceding conv.
+    pub fn folded(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (scale, shift) = self.scale_shift();
+        Ok((
+            crate::onnx::emit::host(scale)?,
+            crate::onnx::emit::host(shift)?,
+        ))
+    }
+}
+
+impl Block {
+    /// ONNX emitter of [`Block::forward`]: BatchNorms folded into the convs.
+    pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, x: &str) -> Result<String> {
+        use crate::onnx::emit::conv2d;
+        let identity = match &self.downsample {
+            Some(d) => conv2d(g, &d.conv, x, Some(d.bn.folded()?))?,
+            None => x.to_string(),
+        };
+        let y = conv2d(g, &self.conv1, x, Some(self.bn1.folded()?))?;
+        let y = g.node("Relu", &[&y], vec![]);
+        let mut y = conv2d(g, &self.conv2, &y, Some(self.bn2.folded()?))?;
+        if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
+            let r = g.node("Relu", &[&y], vec![]);
+            y = conv2d(g, c3, &r, Some(b3.folded()?))?;
+        }
+        let s = g.node("Add", &[&y, &identity], vec![]);
+        Ok(g.node("Relu", &[&s], vec![]))
+    }
+}
+
+impl ResNet {
+    /// ONNX emitter of [`ResNet::forward`]: `x` normalised NCHW → the selected maps.
+    pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, x: &str) -> Result<Vec<String>> {
+        use crate::onnx::builder::Attr;
+        let y = crate::onnx::emit::conv2d(g, &self.conv1, x, Some(self.bn1.folded()?))?;
+        let y = g.node("Relu", &[&y], vec![]);
+        let mut x = g.node(
+            "MaxPool",
+            &[&y],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![3, 3])),
+                ("strides", Attr::Ints(vec![2, 2])),
+                ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+            ],
+        );
+        let mut outs = Vec::with_capacity(self.out_indices.len());
+        for (i, layer) in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+            .into_iter()
+            .enumerate()
+        {
+            if i > *self.out_indices.last().unwrap_or(&3) {
+                break;
+            }
+            for block in layer {
+                x = block.emit(g, &x)?;
+            }
+            if self.out_indices.contains(&i) {
+                outs.push(x.clone());
+            }
+        }
+        Ok(outs)
+    }
+}
+
 /// Keeps an error readable when a store lists hundreds of mismatches.
 fn abbreviate(s: &str) -> String {
     const MAX: usize = 400;

@@ -169,6 +169,21 @@ impl Detector {
         (images.permute([0, 3, 1, 2]) - mean) / std
     }
 
+    /// ONNX emitter of [`Detector::normalize`]: uint8 NHWC `images` → normalised float NCHW.
+    pub fn emit_normalize(&self, g: &mut crate::onnx::GraphBuilder, images: &str) -> String {
+        use crate::onnx::builder::Attr;
+        let f = g.node("Cast", &[images], vec![("to", Attr::Int(1))]);
+        let t = g.node(
+            "Transpose",
+            &[&f],
+            vec![("perm", Attr::Ints(vec![0, 3, 1, 2]))],
+        );
+        let mean = g.init_f32("pixel_mean", &[1, 3, 1, 1], &self.config.pixel_mean);
+        let std = g.init_f32("pixel_std", &[1, 3, 1, 1], &self.config.pixel_std);
+        let c = g.node("Sub", &[&t, &mean], vec![]);
+        g.node("Div", &[&c, &std], vec![])
+    }
+
     /// Backbone + neck + flattening: tokens `[B, S, d]`, positions `[B, S, d]`, level shapes.
     pub fn features(&self, images: Tensor<4>) -> (Tensor<3>, Tensor<3>, Vec<[usize; 2]>) {
         let device = images.device();

@@ -94,6 +94,14 @@ impl ConvGn {
     }
 }
 
+impl ConvGn {
+    /// ONNX emitter of [`ConvGn::forward`].
+    pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, x: &str) -> Result<String> {
+        let c = crate::onnx::emit::conv2d(g, &self.conv, x, None)?;
+        crate::onnx::emit::group_norm(g, &self.gn, &c)
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct ChannelMapper {
     /// One per backbone map.
@@ -123,5 +131,20 @@ impl ChannelMapper {
             }
         }
         outs
+    }
+
+    /// ONNX emitter of [`ChannelMapper::forward`].
+    pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, feats: &[String]) -> Result<Vec<String>> {
+        let mut outs = Vec::with_capacity(feats.len() + self.extra.len());
+        for (f, m) in feats.iter().zip(&self.convs) {
+            outs.push(m.emit(g, f)?);
+        }
+        for (i, m) in self.extra.iter().enumerate() {
+            let input = if i == 0 { feats.last() } else { outs.last() }.cloned();
+            if let Some(x) = input {
+                outs.push(m.emit(g, &x)?);
+            }
+        }
+        Ok(outs)
     }
 }

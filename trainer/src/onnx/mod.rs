@@ -2,6 +2,7 @@
 //! beside its `forward`) call to lower themselves into one standard-ops graph (opset 17).
 
 pub mod builder;
+pub mod emit;
 pub mod proto;
 
 pub use builder::{Dim, ElemType, GraphBuilder};
