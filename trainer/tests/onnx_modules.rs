@@ -64,3 +64,56 @@ fn preprocess_backbone_and_neck_match_burn() {
         }
     }
 }
+
+#[test]
+fn encoder_with_grid_sample_msda_matches_burn() {
+    use codetr_train::model::msda::MsdaLowering;
+    let dev = Device::flex();
+    for name in ["ddetr_r50", "ddetr_r18"] {
+        let model = common::load_hf_model(name, &dev);
+        let (h, w) = if name == "ddetr_r50" {
+            (128, 160)
+        } else {
+            (160, 128)
+        };
+        let n = 2;
+        let px: Vec<u8> = (0..n * h * w * 3)
+            .map(|i| ((i * 13 + 5) % 256) as u8)
+            .collect();
+        let x = pixels_to_tensor(&px, n, h, w, &dev).unwrap();
+        let (src, pos, shapes) = model.features(x);
+        let memory = model.encoder.forward(src, pos, &shapes);
+
+        let mut g = GraphBuilder::new("encoder");
+        let dims = [
+            Dim::Named("N".into()),
+            Dim::Fixed(h as i64),
+            Dim::Fixed(w as i64),
+            Dim::Fixed(3),
+        ];
+        let images = g.input("images", ElemType::U8, &dims).unwrap();
+        let (src, pos) = model.emit_features(&mut g, &images, &shapes).unwrap();
+        let mem = model
+            .encoder
+            .emit(&mut g, &src, &pos, &shapes, MsdaLowering::GridSample)
+            .unwrap();
+        let [_, s, d] = memory.dims();
+        let od = [
+            Dim::Named("N".into()),
+            Dim::Fixed(s as i64),
+            Dim::Fixed(d as i64),
+        ];
+        g.output(&mem, "memory", ElemType::F32, &od).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("enc.onnx");
+        write(&g.finish(17, "codetr-test", vec![]), &path).unwrap();
+        let res = common::onnx_run(
+            &path,
+            &serde_json::json!({"images": {"dtype": "uint8", "shape": [n, h, w, 3], "data": px}}),
+        );
+        let want: Vec<f32> = memory.clone().into_data().try_to_vec().unwrap();
+        let diff = common::max_diff(&res["outputs"]["memory"], &memory.dims(), &want);
+        eprintln!("{name} encoder memory: max |onnx − burn| = {diff:.2e}");
+        assert!(diff <= 1e-4, "{name}: {diff}");
+    }
+}

@@ -184,32 +184,79 @@ impl Detector {
         g.node("Div", &[&c, &std], vec![])
     }
 
-    /// Backbone + neck + flattening: tokens `[B, S, d]`, positions `[B, S, d]`, level shapes.
-    pub fn features(&self, images: Tensor<4>) -> (Tensor<3>, Tensor<3>, Vec<[usize; 2]>) {
-        let device = images.device();
-        let x = self.normalize(images);
-        let maps = self.neck.forward(self.backbone.forward(x));
+    /// Sine position encoding + level embedding of every token, `[1, S, d]` (a constant for
+    /// fixed level shapes: no padding masks).
+    pub fn positions(&self, shapes: &[[usize; 2]], device: &Device) -> Tensor<3> {
         let d = self.config.transformer.d_model;
         let pe = SinePositionConfig {
             temperature: self.config.transformer.pe_temperature,
             offset: self.config.transformer.pe_offset,
             ..SinePositionConfig::co_dino(d)
         };
+        let pos: Vec<Tensor<2>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(lvl, &[h, w])| {
+                pe.embedding(h, w, device)
+                    .reshape([d, h * w])
+                    .swap_dims(0, 1)
+                    + self.level_embed.val().narrow(0, lvl, 1)
+            })
+            .collect();
+        let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
+        Tensor::cat(pos, 0).reshape([1, s, d])
+    }
+
+    /// Backbone + neck + flattening: tokens `[B, S, d]`, positions `[B, S, d]`, level shapes.
+    pub fn features(&self, images: Tensor<4>) -> (Tensor<3>, Tensor<3>, Vec<[usize; 2]>) {
+        let device = images.device();
+        let x = self.normalize(images);
+        let maps = self.neck.forward(self.backbone.forward(x));
+        let d = self.config.transformer.d_model;
         let mut tokens = Vec::with_capacity(maps.len());
-        let mut pos = Vec::with_capacity(maps.len());
         let mut shapes = Vec::with_capacity(maps.len());
-        for (lvl, m) in maps.into_iter().enumerate() {
+        let b = maps.first().map_or(1, |m| m.dims()[0]);
+        for m in maps {
             let [b, _, h, w] = m.dims();
             shapes.push([h, w]);
             tokens.push(m.reshape([b, d, h * w]).swap_dims(1, 2));
-            let p = pe
-                .embedding(h, w, &device)
-                .reshape([d, h * w])
-                .swap_dims(0, 1)
-                + self.level_embed.val().narrow(0, lvl, 1);
-            pos.push(p.reshape([1, h * w, d]).expand([b, h * w, d]));
         }
-        (Tensor::cat(tokens, 1), Tensor::cat(pos, 1), shapes)
+        let pos = self.positions(&shapes, &device);
+        let s = pos.dims()[1];
+        (Tensor::cat(tokens, 1), pos.expand([b, s, d]), shapes)
+    }
+
+    /// ONNX emitter of [`Detector::features`] for maps of known `shapes`: tokens `[N, S, d]`
+    /// and the position table (an initializer `[1, S, d]`, broadcast by the adds).
+    pub fn emit_features(
+        &self,
+        g: &mut crate::onnx::GraphBuilder,
+        images: &str,
+        shapes: &[[usize; 2]],
+    ) -> Result<(String, String)> {
+        use crate::onnx::builder::Attr;
+        let z = self.emit_normalize(g, images);
+        let feats = self.backbone.emit(g, &z)?;
+        let maps = self.neck.emit(g, &feats)?;
+        let d = self.config.transformer.d_model as i64;
+        let flat = g.ints(&[0, d, -1]);
+        let tokens: Vec<String> = maps
+            .iter()
+            .map(|m| {
+                let r = g.node("Reshape", &[m, &flat], vec![]);
+                g.node(
+                    "Transpose",
+                    &[&r],
+                    vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+                )
+            })
+            .collect();
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let src = g.node("Concat", &refs, vec![("axis", Attr::Int(1))]);
+        let pos = self.positions(shapes, &self.level_embed.val().device());
+        let dims = pos.dims();
+        let pos = g.init_f32("pos", &dims, &crate::onnx::emit::host(pos)?);
+        Ok((src, pos))
     }
 
     /// Full forward pass. `images`: `[B, H, W, 3]` RGB pixels on the 0–255 scale.

@@ -47,6 +47,18 @@ impl Ffn {
     }
 }
 
+impl Ffn {
+    /// ONNX emitter of [`Ffn::forward`].
+    pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, x: &str) -> Result<String> {
+        use crate::onnx::emit::{layer_norm, linear};
+        let h = linear(g, &self.linear1, x)?;
+        let h = g.node("Relu", &[&h], vec![]);
+        let y = linear(g, &self.linear2, &h)?;
+        let s = g.node("Add", &[x, &y], vec![]);
+        layer_norm(g, &self.norm, &s)
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct EncoderLayer {
     pub self_attn: MsDeformAttn,
@@ -110,6 +122,39 @@ impl Encoder {
             x = layer.forward(x, pos.clone(), &reference, shapes);
         }
         x
+    }
+}
+
+impl Encoder {
+    /// ONNX emitter of [`Encoder::forward`]: `src` `[N, S, d]`, `pos` `[1, S, d]`.
+    pub fn emit(
+        &self,
+        g: &mut crate::onnx::GraphBuilder,
+        src: &str,
+        pos: &str,
+        shapes: &[[usize; 2]],
+        lowering: super::msda::MsdaLowering,
+    ) -> Result<String> {
+        use super::msda::EmitReference;
+        let centres = token_centres(shapes, &burn::tensor::Device::flex());
+        let dims = centres.dims();
+        let centres = g.init_f32("centres", &dims, &crate::onnx::emit::host(centres)?);
+        let mut x = src.to_string();
+        for layer in &self.layers {
+            let q = g.node("Add", &[&x, pos], vec![]);
+            let attn = layer.self_attn.emit(
+                g,
+                &q,
+                EmitReference::Points(&centres),
+                &x,
+                shapes,
+                lowering,
+            )?;
+            let s = g.node("Add", &[&x, &attn], vec![]);
+            let h = crate::onnx::emit::layer_norm(g, &layer.norm1, &s)?;
+            x = layer.ffn.emit(g, &h)?;
+        }
+        Ok(x)
     }
 }
 

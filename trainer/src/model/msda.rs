@@ -410,3 +410,152 @@ impl MsDeformAttn {
         self.output_proj.forward(out)
     }
 }
+
+/// How the exported graph samples the value maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsdaLowering {
+    /// ONNX GridSample (opset 16 semantics: bilinear, zeros padding, align_corners = 0).
+    GridSample,
+}
+
+/// The reference of an exported MSDA call (graph value names).
+pub enum EmitReference<'a> {
+    /// `[N, Q, 2]` normalised points.
+    Points(&'a str),
+    /// `[N, Q, 4]` normalised cxcywh boxes.
+    Boxes(&'a str),
+}
+
+impl MsDeformAttn {
+    /// ONNX emitter of [`MsDeformAttn::forward`]: `query` `[N, Q, d]`, `value` `[N, S, d]`
+    /// over levels `shapes` → `[N, Q, d]`.
+    pub fn emit(
+        &self,
+        g: &mut crate::onnx::GraphBuilder,
+        query: &str,
+        reference: EmitReference<'_>,
+        value: &str,
+        shapes: &[[usize; 2]],
+        lowering: MsdaLowering,
+    ) -> crate::Result<String> {
+        use crate::onnx::builder::Attr;
+        use crate::onnx::emit::linear;
+        let MsdaLowering::GridSample = lowering;
+        let (h, l, p) = (
+            self.num_heads as i64,
+            self.num_levels as i64,
+            self.num_points as i64,
+        );
+        let d = self.value_proj.weight.dims()[1] as i64;
+        let dh = d / h;
+        let v = linear(g, &self.value_proj, value)?;
+        let s_v = g.ints(&[0, -1, h, dh]);
+        let v = g.node("Reshape", &[&v, &s_v], vec![]); // [N, S, H, dh]
+        let off = linear(g, &self.sampling_offsets, query)?;
+        let s_off = g.ints(&[0, -1, h, l, p, 2]);
+        let off = g.node("Reshape", &[&off, &s_off], vec![]); // [N, Q, H, L, P, 2]
+        let aw = linear(g, &self.attention_weights, query)?;
+        let s_aw = g.ints(&[0, -1, h, l * p]);
+        let aw = g.node("Reshape", &[&aw, &s_aw], vec![]);
+        let aw = g.node("Softmax", &[&aw], vec![("axis", Attr::Int(-1))]); // [N, Q, H, L·P]
+        let loc = match reference {
+            EmitReference::Points(r) => {
+                let norm: Vec<f32> = shapes
+                    .iter()
+                    .flat_map(|[hl, wl]| [*wl as f32, *hl as f32])
+                    .collect();
+                let norm = g.init_f32("msda_norm", &[1, 1, 1, l as usize, 1, 2], &norm);
+                let s_r = g.ints(&[0, -1, 1, 1, 1, 2]);
+                let r = g.node("Reshape", &[r, &s_r], vec![]);
+                let o = g.node("Div", &[&off, &norm], vec![]);
+                g.node("Add", &[&r, &o], vec![])
+            }
+            EmitReference::Boxes(r) => {
+                let s_r = g.ints(&[0, -1, 1, 1, 1, 4]);
+                let r = g.node("Reshape", &[r, &s_r], vec![]);
+                let (st, m2, e2, e4, ax) = (
+                    g.ints(&[0]),
+                    g.ints(&[2]),
+                    g.ints(&[2]),
+                    g.ints(&[4]),
+                    g.ints(&[5]),
+                );
+                let xy = g.node("Slice", &[&r, &st, &m2, &ax], vec![]);
+                let wh = g.node("Slice", &[&r, &e2, &e4, &ax], vec![]);
+                let k = g.scalar(0.5 / p as f32);
+                let o = g.node("Mul", &[&off, &wh], vec![]);
+                let o = g.node("Mul", &[&o, &k], vec![]);
+                g.node("Add", &[&xy, &o], vec![])
+            }
+        };
+        // grid coordinates for align_corners = 0: 2·loc − 1
+        let two = g.scalar(2.0);
+        let one = g.scalar(1.0);
+        let grid = g.node("Mul", &[&loc, &two], vec![]);
+        let grid = g.node("Sub", &[&grid, &one], vec![]); // [N, Q, H, L, P, 2]
+        let mut sampled = Vec::with_capacity(shapes.len());
+        let mut start = 0i64;
+        let axis1 = g.ints(&[1]);
+        let axis3 = g.ints(&[3]);
+        for (lvl, &[hl, wl]) in shapes.iter().enumerate() {
+            let (b0, b1) = (g.ints(&[start]), g.ints(&[start + (hl * wl) as i64]));
+            start += (hl * wl) as i64;
+            let vl = g.node("Slice", &[&v, &b0, &b1, &axis1], vec![]); // [N, hw, H, dh]
+            let vl = g.node(
+                "Transpose",
+                &[&vl],
+                vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+            );
+            let s_vl = g.ints(&[-1, dh, hl as i64, wl as i64]);
+            let vl = g.node("Reshape", &[&vl, &s_vl], vec![]); // [N·H, dh, h, w]
+            let (l0, l1) = (g.ints(&[lvl as i64]), g.ints(&[lvl as i64 + 1]));
+            let gl = g.node("Slice", &[&grid, &l0, &l1, &axis3], vec![]); // [N, Q, H, 1, P, 2]
+            let s_gl = g.ints(&[0, -1, h, p, 2]);
+            let gl = g.node("Reshape", &[&gl, &s_gl], vec![]); // [N, Q, H, P, 2]
+            let gl = g.node(
+                "Transpose",
+                &[&gl],
+                vec![("perm", Attr::Ints(vec![0, 2, 1, 3, 4]))],
+            );
+            // [N, H, Q, P, 2] → [N·H, Q·P·2] → [N·H, Q, P, 2]
+            let gl = g.node("Flatten", &[&gl], vec![("axis", Attr::Int(2))]);
+            let s_g2 = g.ints(&[0, -1, p, 2]);
+            let gl = g.node("Reshape", &[&gl, &s_g2], vec![]);
+            let sl = g.node(
+                "GridSample",
+                &[&vl, &gl],
+                vec![
+                    ("align_corners", Attr::Int(0)),
+                    ("mode", Attr::Str("bilinear".into())),
+                    ("padding_mode", Attr::Str("zeros".into())),
+                ],
+            ); // [N·H, dh, Q, P]
+            sampled.push(sl);
+        }
+        let refs: Vec<&str> = sampled.iter().map(String::as_str).collect();
+        let all = g.node("Concat", &refs, vec![("axis", Attr::Int(-1))]); // [N·H, dh, Q, L·P]
+        let aw = g.node(
+            "Transpose",
+            &[&aw],
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let s_aw2 = g.ints(&[-1, 1, 0, l * p]);
+        // [N, H, Q, L·P] → [N·H, 1, Q, L·P] (0 keeps Q)
+        let aw = g.node("Reshape", &[&aw, &s_aw2], vec![]);
+        let prod = g.node("Mul", &[&all, &aw], vec![]);
+        let last = g.ints(&[-1]);
+        let summed = g.node(
+            "ReduceSum",
+            &[&prod, &last],
+            vec![("keepdims", Attr::Int(0))],
+        );
+        let s_o = g.ints(&[-1, d, 0]);
+        let o = g.node("Reshape", &[&summed, &s_o], vec![]); // [N, d, Q]
+        let o = g.node(
+            "Transpose",
+            &[&o],
+            vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+        );
+        linear(g, &self.output_proj, &o)
+    }
+}
