@@ -117,3 +117,86 @@ fn encoder_with_grid_sample_msda_matches_burn() {
         assert!(diff <= 1e-4, "{name}: {diff}");
     }
 }
+
+/// The whole exported graph (pixels → labels, scores, boxes) against `Detector::detect`.
+fn full_graph_parity(
+    model: &codetr_train::model::Detector,
+    h: usize,
+    w: usize,
+    n: usize,
+    tag: &str,
+) {
+    use codetr_train::model::msda::MsdaLowering;
+    let dev = Device::flex();
+    let px: Vec<u8> = (0..n * h * w * 3)
+        .map(|i| ((i * 29 + 3) % 256) as u8)
+        .collect();
+    let sizes: Vec<[u32; 2]> = (0..n)
+        .map(|i| [480 + 10 * i as u32, 640 - 20 * i as u32])
+        .collect();
+    let x = pixels_to_tensor(&px, n, h, w, &dev).unwrap();
+    let det = model.detect(x, &sizes).unwrap();
+    let (scores, labels, boxes) = det.to_host().unwrap();
+    let g = model.emit(h, w, MsdaLowering::GridSample).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.onnx");
+    write(&g.finish(17, "codetr-test", vec![]), &path).unwrap();
+    let flat_sizes: Vec<i64> = sizes
+        .iter()
+        .flat_map(|s| [i64::from(s[0]), i64::from(s[1])])
+        .collect();
+    let res = common::onnx_run(
+        &path,
+        &serde_json::json!({
+            "images": {"dtype": "uint8", "shape": [n, h, w, 3], "data": px},
+            "orig_sizes": {"dtype": "int64", "shape": [n, 2], "data": flat_sizes},
+        }),
+    );
+    let k = scores.len() / n;
+    let ds = common::max_diff(&res["outputs"]["scores"], &[n, k], &scores);
+    let side = 640.0f32;
+    let db = common::max_diff(&res["outputs"]["boxes"], &[n, k, 4], &boxes) / side;
+    let got_labels: Vec<i64> = res["outputs"]["labels"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let same_labels = got_labels == labels;
+    eprintln!(
+        "{tag}: {} op types, scores {ds:.2e}, boxes/side {db:.2e}, labels identical: {same_labels}",
+        res["ops"].as_array().map_or(0, |a| a.len())
+    );
+    assert!(ds <= 1e-4 && db <= 1e-4, "{tag}: scores {ds} boxes {db}");
+    assert!(same_labels, "{tag}: labels differ");
+    assert_eq!(res["domains"], serde_json::json!([""]), "standard ops only");
+    let ops: Vec<&str> = res["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        !ops.iter().any(|o| o.contains("NonMaxSuppression")),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn full_graph_matches_burn_on_hf_fixtures() {
+    let dev = Device::flex();
+    let m = common::load_hf_model("ddetr_r50", &dev);
+    full_graph_parity(&m, 128, 160, 2, "ddetr_r50");
+    let m = common::load_hf_model("ddetr_r18", &dev);
+    full_graph_parity(&m, 160, 128, 2, "ddetr_r18");
+}
+
+#[test]
+fn full_graph_matches_burn_for_tiny_at_batch_1_and_3() {
+    let dev = Device::flex();
+    dev.seed(7);
+    let cfg = codetr_train::model::DetectorConfig::tiny();
+    let m = cfg.init(&dev).unwrap();
+    full_graph_parity(&m, 256, 256, 1, "tiny b1");
+    full_graph_parity(&m, 256, 256, 3, "tiny b3");
+}

@@ -240,3 +240,156 @@ impl Decoder {
         DecoderOutput { hidden, references }
     }
 }
+
+/// ONNX emitter of [`inverse_sigmoid`] with DINO's eps.
+pub fn emit_inverse_sigmoid(g: &mut crate::onnx::GraphBuilder, x: &str, eps: f32) -> String {
+    let (zero, one, e) = (g.scalar(0.0), g.scalar(1.0), g.scalar(eps));
+    let c = g.node("Clip", &[x, &zero, &one], vec![]);
+    let a = g.node("Max", &[&c, &e], vec![]);
+    let om = g.node("Sub", &[&one, &c], vec![]);
+    let b = g.node("Max", &[&om, &e], vec![]);
+    let r = g.node("Div", &[&a, &b], vec![]);
+    g.node("Log", &[&r], vec![])
+}
+
+/// ONNX emitter of [`box_sine_embedding`]: `[N, Q, 4]` → `[N, Q, 4·nf]` ordered (y, x, w, h).
+pub fn emit_box_sine_embedding(
+    g: &mut crate::onnx::GraphBuilder,
+    boxes: &str,
+    nf: usize,
+) -> String {
+    use crate::onnx::builder::Attr;
+    let freq: Vec<f32> = (0..nf)
+        .map(|i| (std::f64::consts::TAU / 10000f64.powf(2.0 * (i / 2) as f64 / nf as f64)) as f32)
+        .collect();
+    let even: Vec<f32> = (0..nf)
+        .map(|i| if i % 2 == 0 { 1.0 } else { 0.0 })
+        .collect();
+    let odd: Vec<f32> = even.iter().map(|e| 1.0 - e).collect();
+    let freq = g.init_f32("sine_freq", &[1, 1, 1, nf], &freq);
+    let even = g.init_f32("sine_even", &[1, 1, 1, nf], &even);
+    let odd = g.init_f32("sine_odd", &[1, 1, 1, nf], &odd);
+    let ax = g.ints(&[3]);
+    let u = g.node("Unsqueeze", &[boxes, &ax], vec![]);
+    let arg = g.node("Mul", &[&u, &freq], vec![]);
+    let s = g.node("Sin", &[&arg], vec![]);
+    let c = g.node("Cos", &[&arg], vec![]);
+    let s = g.node("Mul", &[&s, &even], vec![]);
+    let c = g.node("Mul", &[&c, &odd], vec![]);
+    let e = g.node("Add", &[&s, &c], vec![]);
+    let order = g.ints(&[1, 0, 2, 3]);
+    let e = g.node("Gather", &[&e, &order], vec![("axis", Attr::Int(2))]);
+    let shape = g.ints(&[0, 0, (4 * nf) as i64]);
+    g.node("Reshape", &[&e, &shape], vec![])
+}
+
+impl SelfAttention {
+    /// ONNX emitter of [`SelfAttention::forward`] without a mask (inference).
+    pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, qk: &str, v: &str) -> Result<String> {
+        use crate::onnx::builder::Attr;
+        use crate::onnx::emit::linear;
+        let d = self.q_proj.weight.dims()[1] as i64;
+        let h = self.num_heads as i64;
+        let dh = d / h;
+        let split = g.ints(&[0, 0, h, dh]);
+        let heads = |g: &mut crate::onnx::GraphBuilder, x: &str| {
+            let r = g.node("Reshape", &[x, &split], vec![]);
+            g.node(
+                "Transpose",
+                &[&r],
+                vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+            )
+        };
+        let q = linear(g, &self.q_proj, qk)?;
+        let scale = g.scalar(1.0 / (dh as f32).sqrt());
+        let q = g.node("Mul", &[&q, &scale], vec![]);
+        let q = heads(g, &q);
+        let k = linear(g, &self.k_proj, qk)?;
+        let k = heads(g, &k);
+        let vv = linear(g, &self.v_proj, v)?;
+        let vv = heads(g, &vv);
+        let kt = g.node(
+            "Transpose",
+            &[&k],
+            vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+        );
+        let sc = g.node("MatMul", &[&q, &kt], vec![]);
+        let p = g.node("Softmax", &[&sc], vec![("axis", Attr::Int(-1))]);
+        let o = g.node("MatMul", &[&p, &vv], vec![]);
+        let o = g.node(
+            "Transpose",
+            &[&o],
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let merge = g.ints(&[0, 0, d]);
+        let o = g.node("Reshape", &[&o, &merge], vec![]);
+        linear(g, &self.out_proj, &o)
+    }
+}
+
+impl BoxHead {
+    /// ONNX emitter of [`BoxHead::forward`].
+    pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, x: &str) -> Result<String> {
+        let n = self.layers.len();
+        let mut x = x.to_string();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = crate::onnx::emit::linear(g, l, &x)?;
+            if i + 1 < n {
+                x = g.node("Relu", &[&x], vec![]);
+            }
+        }
+        Ok(x)
+    }
+}
+
+impl Decoder {
+    /// ONNX emitter of [`Decoder::forward`] at inference (no mask): returns the final layer's
+    /// normed output and the reference it decodes against (look forward twice).
+    #[allow(clippy::too_many_arguments)]
+    pub fn emit(
+        &self,
+        g: &mut crate::onnx::GraphBuilder,
+        x: &str,
+        reference: &str,
+        memory: &str,
+        shapes: &[[usize; 2]],
+        box_heads: &[BoxHead],
+        lowering: super::msda::MsdaLowering,
+    ) -> Result<(String, String)> {
+        use super::msda::EmitReference;
+        use crate::onnx::emit::{layer_norm, linear};
+        let d = self.norm.gamma.dims()[0];
+        let mut x = x.to_string();
+        let mut reference = reference.to_string();
+        let mut last_in = reference.clone();
+        for (layer, head) in self.layers.iter().zip(box_heads) {
+            let e = emit_box_sine_embedding(g, &reference, d / 2);
+            let p = linear(g, &self.ref_point_head[0], &e)?;
+            let p = g.node("Relu", &[&p], vec![]);
+            let pos = linear(g, &self.ref_point_head[1], &p)?;
+            let qk = g.node("Add", &[&x, &pos], vec![]);
+            let sa = layer.self_attn.emit(g, &qk, &x)?;
+            let s = g.node("Add", &[&x, &sa], vec![]);
+            let h = layer_norm(g, &layer.norm1, &s)?;
+            let q = g.node("Add", &[&h, &pos], vec![]);
+            let ca = layer.cross_attn.emit(
+                g,
+                &q,
+                EmitReference::Boxes(&reference),
+                memory,
+                shapes,
+                lowering,
+            )?;
+            let s = g.node("Add", &[&h, &ca], vec![]);
+            let h = layer_norm(g, &layer.norm2, &s)?;
+            x = layer.ffn.emit(g, &h)?;
+            let delta = head.emit(g, &x)?;
+            let inv = emit_inverse_sigmoid(g, &reference, 1e-3);
+            let t = g.node("Add", &[&delta, &inv], vec![]);
+            last_in = reference;
+            reference = g.node("Sigmoid", &[&t], vec![]);
+        }
+        let hidden = layer_norm(g, &self.norm, &x)?;
+        Ok((hidden, last_in))
+    }
+}

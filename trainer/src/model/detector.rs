@@ -336,6 +336,77 @@ impl Detector {
         (logits, boxes)
     }
 
+    /// The whole inference graph (DESIGN §7 contract): `images` uint8 `[N, H, W, 3]` at the
+    /// fixed `h × w`, `orig_sizes` int64 `[N, 2]` → `labels`, `scores`, `boxes` (top
+    /// `max_detections`). Returns the builder for the caller to add metadata and write.
+    pub fn emit(
+        &self,
+        h: usize,
+        w: usize,
+        lowering: super::msda::MsdaLowering,
+    ) -> Result<crate::onnx::GraphBuilder> {
+        use crate::onnx::{Dim, ElemType, GraphBuilder};
+        let mut g = GraphBuilder::new("codino");
+        let n = || Dim::Named("N".into());
+        let images = g.input(
+            "images",
+            ElemType::U8,
+            &[
+                n(),
+                Dim::Fixed(h as i64),
+                Dim::Fixed(w as i64),
+                Dim::Fixed(3),
+            ],
+        )?;
+        let sizes = g.input("orig_sizes", ElemType::I64, &[n(), Dim::Fixed(2)])?;
+        let shapes = super::config::level_shapes_for(&self.config, h, w);
+        let (src, pos) = self.emit_features(&mut g, &images, &shapes)?;
+        let memory = self.encoder.emit(&mut g, &src, &pos, &shapes, lowering)?;
+        let nl = self.decoder.layers.len();
+        let (content, reference) = self.selection.emit(
+            &mut g,
+            &memory,
+            &shapes,
+            &self.class_heads[nl],
+            &self.box_heads[nl],
+        )?;
+        let (hidden, last_ref) = self.decoder.emit(
+            &mut g,
+            &content,
+            &reference,
+            &memory,
+            &shapes,
+            &self.box_heads[..nl],
+            lowering,
+        )?;
+        let last = nl.checked_sub(1).ok_or_else(|| Error::InvalidArgument {
+            what: "export",
+            message: "the model has no decoder layers".into(),
+        })?;
+        let logits = crate::onnx::emit::linear(&mut g, &self.class_heads[last], &hidden)?;
+        let delta = self.box_heads[last].emit(&mut g, &hidden)?;
+        let inv = super::decoder::emit_inverse_sigmoid(&mut g, &last_ref, 1e-3);
+        let t = g.node("Add", &[&delta, &inv], vec![]);
+        let boxes = g.node("Sigmoid", &[&t], vec![]);
+        let k = self
+            .config
+            .max_detections
+            .min(self.config.transformer.num_queries * self.config.num_classes);
+        let (labels, scores, px) = super::postprocess::emit_postprocess(
+            &mut g,
+            &logits,
+            &boxes,
+            &sizes,
+            self.config.num_classes,
+            k,
+        );
+        let kd = Dim::Fixed(k as i64);
+        g.output(&labels, "labels", ElemType::I64, &[n(), kd.clone()])?;
+        g.output(&scores, "scores", ElemType::F32, &[n(), kd.clone()])?;
+        g.output(&px, "boxes", ElemType::F32, &[n(), kd, Dim::Fixed(4)])?;
+        Ok(g)
+    }
+
     /// Inference: forward + NMS-free postprocess with the configured `max_detections`.
     pub fn detect(
         &self,

@@ -87,6 +87,59 @@ pub fn postprocess(
     }
 }
 
+/// ONNX emitter of [`postprocess`]: `logits` `[N, Q, C]`, `boxes` `[N, Q, 4]`, `orig_sizes`
+/// int64 `[N, 2]` (h, w) → (labels int64 `[N, K]`, scores `[N, K]`, boxes `[N, K, 4]`).
+pub fn emit_postprocess(
+    g: &mut crate::onnx::GraphBuilder,
+    logits: &str,
+    boxes: &str,
+    orig_sizes: &str,
+    num_classes: usize,
+    k: usize,
+) -> (String, String, String) {
+    use crate::onnx::builder::Attr;
+    let p = g.node("Sigmoid", &[logits], vec![]);
+    let flat = g.ints(&[0, -1]);
+    let p = g.node("Reshape", &[&p, &flat], vec![]);
+    let kk = g.ints(&[k as i64]);
+    let tk = g.node_n(
+        "TopK",
+        &[&p, &kk],
+        vec![("axis", Attr::Int(1)), ("sorted", Attr::Int(1))],
+        2,
+    );
+    let c = g.init_i64("num_classes", &[], &[num_classes as i64]);
+    let labels = g.node("Mod", &[&tk[1], &c], vec![]);
+    let query = g.node("Div", &[&tk[1], &c], vec![]);
+    let ax2 = g.ints(&[2]);
+    let q = g.node("Unsqueeze", &[&query, &ax2], vec![]);
+    let four = g.ints(&[1, 1, 4]);
+    let q = g.node("Expand", &[&q, &four], vec![]);
+    let picked = g.node("GatherElements", &[boxes, &q], vec![("axis", Attr::Int(1))]);
+    // cxcywh → xyxy as one matrix product
+    let m = g.init_f32(
+        "cxcywh_to_xyxy",
+        &[4, 4],
+        &[
+            1.0, 0.0, 1.0, 0.0, //
+            0.0, 1.0, 0.0, 1.0, //
+            -0.5, 0.0, 0.5, 0.0, //
+            0.0, -0.5, 0.0, 0.5,
+        ],
+    );
+    let xyxy = g.node("MatMul", &[&picked, &m], vec![]);
+    let sizes = g.node("Cast", &[orig_sizes], vec![("to", Attr::Int(1))]);
+    let whwh = g.ints(&[1, 0, 1, 0]);
+    let scale = g.node("Gather", &[&sizes, &whwh], vec![("axis", Attr::Int(1))]);
+    let ax1 = g.ints(&[1]);
+    let scale = g.node("Unsqueeze", &[&scale, &ax1], vec![]);
+    let px = g.node("Mul", &[&xyxy, &scale], vec![]);
+    let zero = g.scalar(0.0);
+    let px = g.node("Max", &[&px, &zero], vec![]);
+    let px = g.node("Min", &[&px, &scale], vec![]);
+    (labels, tk[0].clone(), px)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,3 +112,59 @@ impl QuerySelection {
         }
     }
 }
+
+impl QuerySelection {
+    /// ONNX emitter of [`QuerySelection::forward`] at inference: `memory` `[N, S, d]` →
+    /// (content `[N, K, d]`, reference boxes `[N, K, 4]`).
+    pub fn emit(
+        &self,
+        g: &mut crate::onnx::GraphBuilder,
+        memory: &str,
+        shapes: &[[usize; 2]],
+        score: &Linear,
+        regress: &super::decoder::BoxHead,
+    ) -> crate::Result<(String, String)> {
+        use crate::onnx::builder::Attr;
+        use crate::onnx::emit::{host, layer_norm, linear};
+        let device = self.query_embed.val().device();
+        let (props, valid) = token_proposals(shapes, &device);
+        let pd = props.dims();
+        let vd = valid.dims();
+        let props = g.init_f32("proposals", &pd, &host(props)?);
+        let valid = g.init_f32("valid", &vd, &host(valid)?);
+        let m = g.node("Mul", &[memory, &valid], vec![]);
+        let o = linear(g, &self.enc_output, &m)?;
+        let o = layer_norm(g, &self.enc_output_norm, &o)?;
+        let logits = linear(g, score, &o)?;
+        let delta = regress.emit(g, &o)?;
+        let coords = g.node("Add", &[&delta, &props], vec![]);
+        let ax2 = g.ints(&[2]);
+        let best = g.node(
+            "ReduceMax",
+            &[&logits],
+            vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(0))],
+        );
+        let [k, d] = self.query_embed.dims();
+        let kk = g.ints(&[k as i64]);
+        let tk = g.node_n("TopK", &[&best, &kk], vec![("axis", Attr::Int(1))], 2);
+        let idx = g.node("Unsqueeze", &[&tk[1], &ax2], vec![]);
+        let four = g.ints(&[1, 1, 4]);
+        let idx = g.node("Expand", &[&idx, &four], vec![]);
+        let sel = g.node(
+            "GatherElements",
+            &[&coords, &idx],
+            vec![("axis", Attr::Int(1))],
+        );
+        let reference = g.node("Sigmoid", &[&sel], vec![]);
+        let qe = self.query_embed.val().reshape([1, k, d]);
+        let qe = g.init_f32("query_embed", &[1, k, d], &host(qe)?);
+        // [N, K, d]: the learned content queries broadcast over the batch
+        let shape = g.node("Shape", &[memory], vec![]);
+        let (s0, s1, a0) = (g.ints(&[0]), g.ints(&[1]), g.ints(&[0]));
+        let n = g.node("Slice", &[&shape, &s0, &s1, &a0], vec![]);
+        let kd = g.ints(&[k as i64, d as i64]);
+        let target = g.node("Concat", &[&n, &kd], vec![("axis", Attr::Int(0))]);
+        let content = g.node("Expand", &[&qe, &target], vec![]);
+        Ok((content, reference))
+    }
+}
