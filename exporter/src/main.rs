@@ -1,7 +1,70 @@
-//! codetr-export: checkpoint → ONNX exporter. Not built yet (tracked in issue 10); the binary exists so the
-//! workspace layout is fixed and says so plainly instead of pretending to work.
+//! `codetr-export`: checkpoint → ONNX (see the library docs for the contract).
 
-fn main() {
-    eprintln!("codetr-export is not implemented yet (see issue 10 in the project tracker)");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use codetr_export::{ExportOptions, default_out, export};
+
+/// Export a codetr checkpoint to one ONNX graph: uint8 NHWC images + original sizes in,
+/// labels / scores / boxes out (top-k inside, no NMS, standard opset-17 ops, metadata inside).
+#[derive(Parser)]
+#[command(name = "codetr-export", version)]
+struct Cli {
+    /// Checkpoint written by `codetr-train fit` (a step or best/ checkpoint) or `init`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output .onnx path (default: the checkpoint path with .onnx). Written atomically.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Detections per image kept by the in-graph top-k (default: the model's max_detections).
+    #[arg(long)]
+    max_detections: Option<usize>,
+    /// ONNX opset; the graph is written for opset 17 (GridSample with opset-16 semantics).
+    #[arg(long, default_value_t = 17)]
+    opset: i64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let opts = ExportOptions {
+        out: cli.out.unwrap_or_else(|| default_out(&cli.checkpoint)),
+        checkpoint: cli.checkpoint,
+        max_detections: cli.max_detections,
+        opset: cli.opset,
+    };
+    match export(&opts) {
+        Ok(r) => {
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "{}: {} nodes, {} weights ({} bytes), input {}x{}, top-{}; {} training-only parameters dropped",
+                    r.out.display(),
+                    r.nodes,
+                    r.weights,
+                    r.bytes,
+                    r.input_size[0],
+                    r.input_size[1],
+                    r.max_detections,
+                    r.dropped_params
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,137 @@
+//! codetr-export: a training checkpoint → one ONNX graph with the DESIGN §7 contract
+//! (uint8 NHWC `images` + `orig_sizes` in; `labels`, `scores`, `boxes` out; top-k inside, no
+//! NMS, standard opset-17 ops only) and the `codetr.*` metadata the server needs. Only the
+//! inference `Detector` is lowered: the auxiliary heads, denoising embedding and
+//! positive-query projections of a training checkpoint are dropped (and counted).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use codetr_model::{ModelMetadata, Msda, Precision, Resize};
+use codetr_train::model::checkpoint;
+use codetr_train::model::msda::MsdaLowering;
+
+/// The exporter's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Train(#[from] codetr_train::Error),
+    #[error("metadata: {0}")]
+    Metadata(#[from] codetr_model::MetadataError),
+    #[error("invalid option: {0}")]
+    Option(String),
+}
+
+pub type Result<T, E = ExportError> = std::result::Result<T, E>;
+
+/// What to export and how.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub checkpoint: PathBuf,
+    pub out: PathBuf,
+    /// Detections per image (default: the checkpoint's `max_detections`).
+    pub max_detections: Option<usize>,
+    /// Only 17 is produced (GridSample from 16, LayerNormalization from 17; never opset 20's
+    /// GridSample).
+    pub opset: i64,
+}
+
+/// What the export did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportReport {
+    pub out: PathBuf,
+    pub nodes: usize,
+    pub weights: usize,
+    /// Parameters of the checkpoint that are not in the graph (training-only heads).
+    pub dropped_params: usize,
+    pub bytes: usize,
+    pub input_size: [usize; 2],
+    pub max_detections: usize,
+}
+
+/// Exports `opts.checkpoint` to `opts.out` (written atomically: no partial file on error).
+pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
+    if opts.opset != 17 {
+        return Err(ExportError::Option(format!(
+            "opset {} is not supported (the graph is opset 17)",
+            opts.opset
+        )));
+    }
+    let device = Device::flex();
+    let (mut model, header) = checkpoint::load(&opts.checkpoint, &device)?;
+    let (_, sections) = checkpoint::read(&opts.checkpoint)?;
+    let cfg = model.config().clone();
+    let dropped_params = training_only_params(&sections, &cfg)?;
+    let q_c = cfg.transformer.num_queries * cfg.num_classes;
+    let k = opts.max_detections.unwrap_or(cfg.max_detections);
+    if k == 0 || k > q_c {
+        return Err(ExportError::Option(format!(
+            "--max-detections {k} must be in 1..={q_c} (queries × classes)"
+        )));
+    }
+    let mut exported_cfg = cfg.clone();
+    exported_cfg.max_detections = k;
+    model.config = exported_cfg;
+    let side = cfg.input_size as usize;
+    let g = model.emit(side, side, MsdaLowering::GridSample)?;
+    let nodes = g.num_nodes();
+    let weights = g.num_weights();
+    let meta = ModelMetadata {
+        format_version: codetr_model::FORMAT_VERSION,
+        classes: header.class_names.clone(),
+        input_size: Some([cfg.input_size, cfg.input_size]),
+        resize: Resize::Stretch,
+        mean: cfg.pixel_mean,
+        std: cfg.pixel_std,
+        max_detections: k,
+        preset: cfg.preset.clone(),
+        checkpoint_sha256: header.model_sha256().unwrap_or_default().to_string(),
+        metrics: header
+            .meta
+            .get("val")
+            .and_then(|v| v.as_object())
+            .cloned()
+            .unwrap_or_default(),
+        msda: Some(Msda::GridSample),
+        precision: Some(Precision::Fp32),
+    };
+    let props = meta.try_to_props()?;
+    let proto = g.finish(opts.opset, "codetr-export", props);
+    let bytes = codetr_train::onnx::builder::encode(&proto);
+    codetr_train::fsutil::write_atomic(&opts.out, &bytes)?;
+    Ok(ExportReport {
+        out: opts.out.clone(),
+        nodes,
+        weights,
+        dropped_params,
+        bytes: bytes.len(),
+        input_size: [side, side],
+        max_detections: k,
+    })
+}
+
+/// Parameters of a training checkpoint's training-only heads (aux heads, dn embedding,
+/// positive-query projections): their shapes follow from the run config it stores.
+fn training_only_params(
+    sections: &[(String, Vec<u8>)],
+    cfg: &codetr_train::model::DetectorConfig,
+) -> Result<usize> {
+    let Some((_, state)) = sections.iter().find(|(n, _)| n == "train_state") else {
+        return Ok(0); // an inference checkpoint (init, best/)
+    };
+    let state: codetr_train::train::fit::TrainState = serde_json::from_slice(state)
+        .map_err(|e| ExportError::Option(format!("unreadable train_state section: {e}")))?;
+    let heads = codetr_train::train::codetr::TrainHeads::new(
+        cfg,
+        state.config.co.k,
+        &state.config.co,
+        &Device::flex(),
+    )?;
+    Ok(heads.num_params())
+}
+
+/// The default output path next to the checkpoint.
+pub fn default_out(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("onnx")
+}

@@ -1,0 +1,237 @@
+//! `codetr-export` end to end: random-init `tiny` and `paper-r50` (small input) checkpoints
+//! and a K=2 training checkpoint → ONNX that passes `onnx.checker`, runs in ONNX Runtime at
+//! batch 1 and 3 and matches the Burn model to 1e-4; metadata complete; byte-identical
+//! re-export; clear errors and no output file on bad input. Needs `CODETR_PYTHON`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::Device;
+use codetr_export::{ExportOptions, export};
+use codetr_train::model::detector::pixels_to_tensor;
+use codetr_train::model::{DetectorConfig, checkpoint};
+
+fn python() -> String {
+    std::env::var("CODETR_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "CODETR_PYTHON is not set: run `make test` (it creates .venv with onnx + onnxruntime)"
+        )
+    })
+}
+
+fn init_checkpoint(cfg: &DetectorConfig, path: &Path, seed: u64) {
+    let dev = Device::flex();
+    dev.seed(seed);
+    let model = cfg.init(&dev).unwrap();
+    let names: Vec<String> = (0..cfg.num_classes).map(|i| format!("class{i}")).collect();
+    checkpoint::save(path, &model, &names, 0, serde_json::Value::Null, vec![]).unwrap();
+}
+
+fn run_onnx(model: &Path, n: usize, s: usize, px: &[u8], sizes: &[i64]) -> serde_json::Value {
+    let inputs = serde_json::json!({
+        "images": {"dtype": "uint8", "shape": [n, s, s, 3], "data": px},
+        "orig_sizes": {"dtype": "int64", "shape": [n, 2], "data": sizes},
+    });
+    let ip = model.with_extension("in.json");
+    std::fs::write(&ip, inputs.to_string()).unwrap();
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/python/onnx_run.py"
+        ))
+        .arg(model)
+        .arg(&ip)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Exports `ckpt`, then compares ORT and Burn at batch 1 and 3; returns the max diffs.
+fn export_and_compare(ckpt: &Path, out: &Path) -> (f32, f32) {
+    let report = export(&ExportOptions {
+        checkpoint: ckpt.to_path_buf(),
+        out: out.to_path_buf(),
+        max_detections: None,
+        opset: 17,
+    })
+    .unwrap();
+    let (model, _) = checkpoint::load(ckpt, &Device::flex()).unwrap();
+    let s = model.config().input_size as usize;
+    let (mut ds, mut db) = (0f32, 0f32);
+    for n in [1usize, 3] {
+        let px: Vec<u8> = (0..n * s * s * 3)
+            .map(|i| ((i * 17 + n) % 256) as u8)
+            .collect();
+        let sizes: Vec<[u32; 2]> = (0..n).map(|i| [300 + 50 * i as u32, 400]).collect();
+        let flat: Vec<i64> = sizes
+            .iter()
+            .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
+            .collect();
+        let x = pixels_to_tensor(&px, n, s, s, &Device::flex()).unwrap();
+        let (scores, labels, boxes) = model.detect(x, &sizes).unwrap().to_host().unwrap();
+        let res = run_onnx(out, n, s, &px, &flat);
+        let o = &res["outputs"];
+        let got_labels: Vec<i64> = o["labels"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(got_labels, labels, "labels differ at batch {n}");
+        for (a, b) in floats(&o["scores"]).iter().zip(&scores) {
+            ds = ds.max((a - b).abs());
+        }
+        for (a, b) in floats(&o["boxes"]).iter().zip(&boxes) {
+            db = db.max((a - b).abs() / 400.0);
+        }
+        let meta = &res["metadata"];
+        for key in codetr_model::METADATA_KEYS {
+            assert!(meta.get(*key).is_some(), "metadata {key} missing");
+        }
+        assert_eq!(res["domains"], serde_json::json!([""]), "standard ops only");
+        assert!(
+            !res["ops"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == "NonMaxSuppression")
+        );
+    }
+    eprintln!(
+        "{}: {} nodes, {} weights, dropped {}: scores {ds:.2e}, boxes/side {db:.2e}",
+        ckpt.display(),
+        report.nodes,
+        report.weights,
+        report.dropped_params
+    );
+    (ds, db)
+}
+
+#[test]
+fn tiny_export_matches_burn_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("tiny.ckpt");
+    init_checkpoint(&DetectorConfig::tiny(), &ckpt, 3);
+    let out = dir.path().join("tiny.onnx");
+    let (ds, db) = export_and_compare(&ckpt, &out);
+    assert!(ds <= 1e-4 && db <= 1e-4, "{ds} {db}");
+    let first = std::fs::read(&out).unwrap();
+    let again = dir.path().join("again.onnx");
+    export(&ExportOptions {
+        checkpoint: ckpt,
+        out: again.clone(),
+        max_detections: None,
+        opset: 17,
+    })
+    .unwrap();
+    assert!(
+        first == std::fs::read(&again).unwrap(),
+        "export is not byte-identical"
+    );
+}
+
+#[test]
+fn paper_r50_small_input_matches_burn() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("r50.ckpt");
+    let mut cfg = DetectorConfig::paper_r50();
+    cfg.input_size = 128;
+    cfg.num_classes = 5;
+    cfg.transformer.num_queries = 100;
+    cfg.max_detections = 50;
+    init_checkpoint(&cfg, &ckpt, 4);
+    let (ds, db) = export_and_compare(&ckpt, &dir.path().join("r50.onnx"));
+    assert!(ds <= 1e-4 && db <= 1e-4, "{ds} {db}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_without_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.onnx");
+    let opts = |ckpt: PathBuf, out: PathBuf, k: Option<usize>, opset: i64| ExportOptions {
+        checkpoint: ckpt,
+        out,
+        max_detections: k,
+        opset,
+    };
+    // missing and corrupt checkpoints
+    let e = export(&opts(dir.path().join("none.ckpt"), out.clone(), None, 17)).unwrap_err();
+    assert!(e.to_string().contains("none.ckpt"), "{e}");
+    let bad = dir.path().join("bad.ckpt");
+    std::fs::write(&bad, b"not a checkpoint").unwrap();
+    let e = export(&opts(bad, out.clone(), None, 17)).unwrap_err();
+    assert!(e.to_string().contains("magic"), "{e}");
+    // bad flags and unwritable destination
+    let ckpt = dir.path().join("t.ckpt");
+    let mut cfg = DetectorConfig::tiny();
+    cfg.input_size = 128;
+    cfg.transformer.num_queries = 50;
+    cfg.max_detections = 50;
+    init_checkpoint(&cfg, &ckpt, 1);
+    assert!(export(&opts(ckpt.clone(), out.clone(), Some(0), 17)).is_err());
+    assert!(export(&opts(ckpt.clone(), out.clone(), None, 20)).is_err());
+    let e = export(&opts(ckpt, dir.path().join("no/such/dir/m.onnx"), None, 17)).unwrap_err();
+    assert!(!e.to_string().is_empty());
+    assert!(!out.exists(), "no partial output");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn training_checkpoint_exports_without_its_aux_heads() {
+    use codetr_train::data::synth::{self, SynthConfig};
+    use codetr_train::train::config::FitConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth::generate(
+        &data,
+        &SynthConfig {
+            train: 4,
+            val: 2,
+            seed: 1,
+            width: 128,
+            height: 128,
+        },
+        false,
+    )
+    .unwrap();
+    let mut cfg = FitConfig::from_toml(
+        "[model]\npreset = \"tiny\"\ninput_size = 128\n[model.transformer]\nd_model = 64\nffn_dim = 128\nencoder_layers = 1\ndecoder_layers = 2\nnum_queries = 20\n[schedule]\nbatch_size = 2\nsizes = [128]\nsteps = 1\n[co]\nk = 2\n[co.rpn]\npre_nms = 200\npost_nms = 50\n[co.roi]\nsamples = 32\nfc_dim = 32\n",
+    )
+    .unwrap();
+    cfg.data.train = data.join("train");
+    cfg.data.val = data.join("val");
+    cfg.run.out = dir.path().join("run");
+    cfg.run.workers = 1;
+    codetr_train::train::fit::fit(cfg, false, false).unwrap();
+    let ckpt = dir.path().join("run/checkpoints/step-00000001.ckpt");
+    let out = dir.path().join("m.onnx");
+    let r = export(&ExportOptions {
+        checkpoint: ckpt.clone(),
+        out: out.clone(),
+        max_detections: None,
+        opset: 17,
+    })
+    .unwrap();
+    assert!(r.dropped_params > 10_000, "{}", r.dropped_params);
+    let (ds, db) = export_and_compare(&ckpt, &out);
+    assert!(ds <= 1e-4 && db <= 1e-4);
+}
