@@ -35,6 +35,8 @@ pub struct ExportOptions {
     /// Only 17 is produced (GridSample from 16, LayerNormalization from 17; never opset 20's
     /// GridSample).
     pub opset: i64,
+    /// How MSDA samples its value maps in the graph.
+    pub msda: MsdaLowering,
 }
 
 /// What the export did.
@@ -74,7 +76,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     exported_cfg.max_detections = k;
     model.config = exported_cfg;
     let side = cfg.input_size as usize;
-    let g = model.emit(side, side, MsdaLowering::GridSample)?;
+    let g = model.emit(side, side, opts.msda)?;
     let nodes = g.num_nodes();
     let weights = g.num_weights();
     let meta = ModelMetadata {
@@ -93,7 +95,10 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             .and_then(|v| v.as_object())
             .cloned()
             .unwrap_or_default(),
-        msda: Some(Msda::GridSample),
+        msda: Some(match opts.msda {
+            MsdaLowering::GridSample => Msda::GridSample,
+            MsdaLowering::Gather => Msda::Gather,
+        }),
         precision: Some(Precision::Fp32),
     };
     let props = meta.try_to_props()?;

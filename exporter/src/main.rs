@@ -23,9 +23,20 @@ struct Cli {
     /// ONNX opset; the graph is written for opset 17 (GridSample with opset-16 semantics).
     #[arg(long, default_value_t = 17)]
     opset: i64,
+    /// MSDA sampling in the graph: `grid-sample` (ONNX GridSample, opset-16 semantics) or
+    /// `gather` (bilinear spelled out with GatherElements, for runtimes whose GridSample is
+    /// missing or wrong, e.g. TensorRT 10.13–11.1).
+    #[arg(long, value_enum, default_value_t = MsdaArg::GridSample)]
+    msda: MsdaArg,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MsdaArg {
+    GridSample,
+    Gather,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +53,10 @@ fn main() -> ExitCode {
         checkpoint: cli.checkpoint,
         max_detections: cli.max_detections,
         opset: cli.opset,
+        msda: match cli.msda {
+            MsdaArg::GridSample => codetr_train::model::msda::MsdaLowering::GridSample,
+            MsdaArg::Gather => codetr_train::model::msda::MsdaLowering::Gather,
+        },
     };
     match export(&opts) {
         Ok(r) => {

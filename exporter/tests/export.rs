@@ -9,6 +9,7 @@ use std::process::Command;
 use burn::tensor::Device;
 use codetr_export::{ExportOptions, export};
 use codetr_train::model::detector::pixels_to_tensor;
+use codetr_train::model::msda::MsdaLowering;
 use codetr_train::model::{DetectorConfig, checkpoint};
 
 fn python() -> String {
@@ -61,12 +62,13 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 }
 
 /// Exports `ckpt`, then compares ORT and Burn at batch 1 and 3; returns the max diffs.
-fn export_and_compare(ckpt: &Path, out: &Path) -> (f32, f32) {
+fn export_and_compare(ckpt: &Path, out: &Path, msda: MsdaLowering) -> (f32, f32) {
     let report = export(&ExportOptions {
         checkpoint: ckpt.to_path_buf(),
         out: out.to_path_buf(),
         max_detections: None,
         opset: 17,
+        msda,
     })
     .unwrap();
     let (model, _) = checkpoint::load(ckpt, &Device::flex()).unwrap();
@@ -112,7 +114,7 @@ fn export_and_compare(ckpt: &Path, out: &Path) -> (f32, f32) {
         );
     }
     eprintln!(
-        "{}: {} nodes, {} weights, dropped {}: scores {ds:.2e}, boxes/side {db:.2e}",
+        "{} ({msda:?}): {} nodes, {} weights, dropped {}: scores {ds:.2e}, boxes/side {db:.2e}",
         ckpt.display(),
         report.nodes,
         report.weights,
@@ -127,8 +129,11 @@ fn tiny_export_matches_burn_and_is_deterministic() {
     let ckpt = dir.path().join("tiny.ckpt");
     init_checkpoint(&DetectorConfig::tiny(), &ckpt, 3);
     let out = dir.path().join("tiny.onnx");
-    let (ds, db) = export_and_compare(&ckpt, &out);
+    let (ds, db) = export_and_compare(&ckpt, &out, MsdaLowering::GridSample);
     assert!(ds <= 1e-4 && db <= 1e-4, "{ds} {db}");
+    let gathered = dir.path().join("tiny-gather.onnx");
+    let (ds, db) = export_and_compare(&ckpt, &gathered, MsdaLowering::Gather);
+    assert!(ds <= 1e-4 && db <= 1e-4, "gather lowering: {ds} {db}");
     let first = std::fs::read(&out).unwrap();
     let again = dir.path().join("again.onnx");
     export(&ExportOptions {
@@ -136,6 +141,7 @@ fn tiny_export_matches_burn_and_is_deterministic() {
         out: again.clone(),
         max_detections: None,
         opset: 17,
+        msda: MsdaLowering::GridSample,
     })
     .unwrap();
     assert!(
@@ -154,8 +160,10 @@ fn paper_r50_small_input_matches_burn() {
     cfg.transformer.num_queries = 100;
     cfg.max_detections = 50;
     init_checkpoint(&cfg, &ckpt, 4);
-    let (ds, db) = export_and_compare(&ckpt, &dir.path().join("r50.onnx"));
-    assert!(ds <= 1e-4 && db <= 1e-4, "{ds} {db}");
+    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+        let (ds, db) = export_and_compare(&ckpt, &dir.path().join("r50.onnx"), msda);
+        assert!(ds <= 1e-4 && db <= 1e-4, "{msda:?}: {ds} {db}");
+    }
 }
 
 #[test]
@@ -167,6 +175,7 @@ fn bad_inputs_are_clear_errors_without_output() {
         out,
         max_detections: k,
         opset,
+        msda: MsdaLowering::GridSample,
     };
     // missing and corrupt checkpoints
     let e = export(&opts(dir.path().join("none.ckpt"), out.clone(), None, 17)).unwrap_err();
@@ -229,9 +238,10 @@ fn training_checkpoint_exports_without_its_aux_heads() {
         out: out.clone(),
         max_detections: None,
         opset: 17,
+        msda: MsdaLowering::GridSample,
     })
     .unwrap();
     assert!(r.dropped_params > 10_000, "{}", r.dropped_params);
-    let (ds, db) = export_and_compare(&ckpt, &out);
+    let (ds, db) = export_and_compare(&ckpt, &out, MsdaLowering::GridSample);
     assert!(ds <= 1e-4 && db <= 1e-4);
 }

@@ -416,6 +416,9 @@ impl MsDeformAttn {
 pub enum MsdaLowering {
     /// ONNX GridSample (opset 16 semantics: bilinear, zeros padding, align_corners = 0).
     GridSample,
+    /// Bilinear sampling spelled out with Floor / GatherElements / weights, for runtimes
+    /// whose GridSample is missing or wrong (TensorRT 10.13–11.1).
+    Gather,
 }
 
 /// The reference of an exported MSDA call (graph value names).
@@ -440,7 +443,6 @@ impl MsDeformAttn {
     ) -> crate::Result<String> {
         use crate::onnx::builder::Attr;
         use crate::onnx::emit::linear;
-        let MsdaLowering::GridSample = lowering;
         let (h, l, p) = (
             self.num_heads as i64,
             self.num_levels as i64,
@@ -488,74 +490,240 @@ impl MsDeformAttn {
                 g.node("Add", &[&xy, &o], vec![])
             }
         };
-        // grid coordinates for align_corners = 0: 2·loc − 1
-        let two = g.scalar(2.0);
-        let one = g.scalar(1.0);
-        let grid = g.node("Mul", &[&loc, &two], vec![]);
-        let grid = g.node("Sub", &[&grid, &one], vec![]); // [N, Q, H, L, P, 2]
-        let mut sampled = Vec::with_capacity(shapes.len());
-        let mut start = 0i64;
-        let axis1 = g.ints(&[1]);
-        let axis3 = g.ints(&[3]);
-        for (lvl, &[hl, wl]) in shapes.iter().enumerate() {
-            let (b0, b1) = (g.ints(&[start]), g.ints(&[start + (hl * wl) as i64]));
-            start += (hl * wl) as i64;
-            let vl = g.node("Slice", &[&v, &b0, &b1, &axis1], vec![]); // [N, hw, H, dh]
-            let vl = g.node(
-                "Transpose",
-                &[&vl],
-                vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
-            );
-            let s_vl = g.ints(&[-1, dh, hl as i64, wl as i64]);
-            let vl = g.node("Reshape", &[&vl, &s_vl], vec![]); // [N·H, dh, h, w]
-            let (l0, l1) = (g.ints(&[lvl as i64]), g.ints(&[lvl as i64 + 1]));
-            let gl = g.node("Slice", &[&grid, &l0, &l1, &axis3], vec![]); // [N, Q, H, 1, P, 2]
-            let s_gl = g.ints(&[0, -1, h, p, 2]);
-            let gl = g.node("Reshape", &[&gl, &s_gl], vec![]); // [N, Q, H, P, 2]
-            let gl = g.node(
-                "Transpose",
-                &[&gl],
-                vec![("perm", Attr::Ints(vec![0, 2, 1, 3, 4]))],
-            );
-            // [N, H, Q, P, 2] → [N·H, Q·P·2] → [N·H, Q, P, 2]
-            let gl = g.node("Flatten", &[&gl], vec![("axis", Attr::Int(2))]);
-            let s_g2 = g.ints(&[0, -1, p, 2]);
-            let gl = g.node("Reshape", &[&gl, &s_g2], vec![]);
-            let sl = g.node(
-                "GridSample",
-                &[&vl, &gl],
-                vec![
-                    ("align_corners", Attr::Int(0)),
-                    ("mode", Attr::Str("bilinear".into())),
-                    ("padding_mode", Attr::Str("zeros".into())),
-                ],
-            ); // [N·H, dh, Q, P]
-            sampled.push(sl);
-        }
-        let refs: Vec<&str> = sampled.iter().map(String::as_str).collect();
-        let all = g.node("Concat", &refs, vec![("axis", Attr::Int(-1))]); // [N·H, dh, Q, L·P]
-        let aw = g.node(
-            "Transpose",
-            &[&aw],
-            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-        );
-        let s_aw2 = g.ints(&[-1, 1, 0, l * p]);
-        // [N, H, Q, L·P] → [N·H, 1, Q, L·P] (0 keeps Q)
-        let aw = g.node("Reshape", &[&aw, &s_aw2], vec![]);
-        let prod = g.node("Mul", &[&all, &aw], vec![]);
-        let last = g.ints(&[-1]);
-        let summed = g.node(
-            "ReduceSum",
-            &[&prod, &last],
-            vec![("keepdims", Attr::Int(0))],
-        );
-        let s_o = g.ints(&[-1, d, 0]);
-        let o = g.node("Reshape", &[&summed, &s_o], vec![]); // [N, d, Q]
-        let o = g.node(
-            "Transpose",
-            &[&o],
-            vec![("perm", Attr::Ints(vec![0, 2, 1]))],
-        );
+        let o = match lowering {
+            MsdaLowering::GridSample => emit_grid_sample(g, &v, &loc, &aw, shapes, h, l, p, d, dh),
+            MsdaLowering::Gather => emit_gather(g, &v, &loc, &aw, shapes, h, l, p, d, dh),
+        };
         linear(g, &self.output_proj, &o)
     }
+}
+
+/// GridSample lowering of the sampling + weighting: `v` `[N, S, H, dh]`, `loc`
+/// `[N, Q, H, L, P, 2]`, `aw` `[N, Q, H, L·P]` → `[N, Q, d]` (before the output projection).
+#[allow(clippy::too_many_arguments)]
+fn emit_grid_sample(
+    g: &mut crate::onnx::GraphBuilder,
+    v: &str,
+    loc: &str,
+    aw: &str,
+    shapes: &[[usize; 2]],
+    h: i64,
+    l: i64,
+    p: i64,
+    d: i64,
+    dh: i64,
+) -> String {
+    use crate::onnx::builder::Attr;
+    // grid coordinates for align_corners = 0: 2·loc − 1
+    let two = g.scalar(2.0);
+    let one = g.scalar(1.0);
+    let grid = g.node("Mul", &[loc, &two], vec![]);
+    let grid = g.node("Sub", &[&grid, &one], vec![]); // [N, Q, H, L, P, 2]
+    let mut sampled = Vec::with_capacity(shapes.len());
+    let mut start = 0i64;
+    let axis1 = g.ints(&[1]);
+    let axis3 = g.ints(&[3]);
+    for (lvl, &[hl, wl]) in shapes.iter().enumerate() {
+        let (b0, b1) = (g.ints(&[start]), g.ints(&[start + (hl * wl) as i64]));
+        start += (hl * wl) as i64;
+        let vl = g.node("Slice", &[v, &b0, &b1, &axis1], vec![]); // [N, hw, H, dh]
+        let vl = g.node(
+            "Transpose",
+            &[&vl],
+            vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
+        );
+        let s_vl = g.ints(&[-1, dh, hl as i64, wl as i64]);
+        let vl = g.node("Reshape", &[&vl, &s_vl], vec![]); // [N·H, dh, h, w]
+        let (l0, l1) = (g.ints(&[lvl as i64]), g.ints(&[lvl as i64 + 1]));
+        let gl = g.node("Slice", &[&grid, &l0, &l1, &axis3], vec![]); // [N, Q, H, 1, P, 2]
+        let s_gl = g.ints(&[0, -1, h, p, 2]);
+        let gl = g.node("Reshape", &[&gl, &s_gl], vec![]); // [N, Q, H, P, 2]
+        let gl = g.node(
+            "Transpose",
+            &[&gl],
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3, 4]))],
+        );
+        // [N, H, Q, P, 2] → [N·H, Q·P·2] → [N·H, Q, P, 2]
+        let gl = g.node("Flatten", &[&gl], vec![("axis", Attr::Int(2))]);
+        let s_g2 = g.ints(&[0, -1, p, 2]);
+        let gl = g.node("Reshape", &[&gl, &s_g2], vec![]);
+        let sl = g.node(
+            "GridSample",
+            &[&vl, &gl],
+            vec![
+                ("align_corners", Attr::Int(0)),
+                ("mode", Attr::Str("bilinear".into())),
+                ("padding_mode", Attr::Str("zeros".into())),
+            ],
+        ); // [N·H, dh, Q, P]
+        sampled.push(sl);
+    }
+    let refs: Vec<&str> = sampled.iter().map(String::as_str).collect();
+    let all = g.node("Concat", &refs, vec![("axis", Attr::Int(-1))]); // [N·H, dh, Q, L·P]
+    let aw = g.node(
+        "Transpose",
+        &[aw],
+        vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+    );
+    let s_aw2 = g.ints(&[-1, 1, 0, l * p]);
+    // [N, H, Q, L·P] → [N·H, 1, Q, L·P] (0 keeps Q)
+    let aw = g.node("Reshape", &[&aw, &s_aw2], vec![]);
+    let prod = g.node("Mul", &[&all, &aw], vec![]);
+    let last = g.ints(&[-1]);
+    let summed = g.node(
+        "ReduceSum",
+        &[&prod, &last],
+        vec![("keepdims", Attr::Int(0))],
+    );
+    let s_o = g.ints(&[-1, d, 0]);
+    let o = g.node("Reshape", &[&summed, &s_o], vec![]); // [N, d, Q]
+    g.node(
+        "Transpose",
+        &[&o],
+        vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+    )
+}
+
+/// Gather lowering: bilinear sampling (align_corners = 0, zeros outside) as four corner
+/// lookups with GatherElements and their weights (invalid corners weigh 0). Same inputs and
+/// output as [`emit_grid_sample`].
+#[allow(clippy::too_many_arguments)]
+fn emit_gather(
+    g: &mut crate::onnx::GraphBuilder,
+    v: &str,
+    loc: &str,
+    aw: &str,
+    shapes: &[[usize; 2]],
+    h: i64,
+    l: i64,
+    p: i64,
+    d: i64,
+    dh: i64,
+) -> String {
+    use crate::onnx::builder::Attr;
+    let axis1 = g.ints(&[1]);
+    let axis3 = g.ints(&[3]);
+    let (x0i, x1i) = (g.ints(&[0]), g.ints(&[1]));
+    let (y0i, y1i) = (g.ints(&[1]), g.ints(&[2]));
+    let half = g.scalar(0.5);
+    let one = g.scalar(1.0);
+    let zero = g.scalar(0.0);
+    let mut per_level = Vec::with_capacity(shapes.len());
+    let mut start = 0i64;
+    for (lvl, &[hl, wl]) in shapes.iter().enumerate() {
+        let hw = (hl * wl) as i64;
+        let (b0, b1) = (g.ints(&[start]), g.ints(&[start + hw]));
+        start += hw;
+        let vl = g.node("Slice", &[v, &b0, &b1, &axis1], vec![]); // [N, hw, H, dh]
+        let vl = g.node(
+            "Transpose",
+            &[&vl],
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let s_vl = g.ints(&[-1, hw, dh]);
+        let vl = g.node("Reshape", &[&vl, &s_vl], vec![]); // [N·H, hw, dh]
+        let (l0, l1) = (g.ints(&[lvl as i64]), g.ints(&[lvl as i64 + 1]));
+        let ll = g.node("Slice", &[loc, &l0, &l1, &axis3], vec![]); // [N, Q, H, 1, P, 2]
+        let s_ll = g.ints(&[0, -1, h, p, 2]);
+        let ll = g.node("Reshape", &[&ll, &s_ll], vec![]);
+        let ll = g.node(
+            "Transpose",
+            &[&ll],
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3, 4]))],
+        );
+        let ll = g.node("Flatten", &[&ll], vec![("axis", Attr::Int(2))]); // [N·H, Q·P·2]
+        let s_xy = g.ints(&[0, -1, 2]);
+        let ll = g.node("Reshape", &[&ll, &s_xy], vec![]); // [N·H, Q·P, 2]
+        let two_ax = g.ints(&[2]);
+        let x = g.node("Slice", &[&ll, &x0i, &x1i, &two_ax], vec![]); // [N·H, Q·P, 1]
+        let y = g.node("Slice", &[&ll, &y0i, &y1i, &two_ax], vec![]);
+        let (wf, hf) = (g.scalar(wl as f32), g.scalar(hl as f32));
+        let px = g.node("Mul", &[&x, &wf], vec![]);
+        let px = g.node("Sub", &[&px, &half], vec![]);
+        let py = g.node("Mul", &[&y, &hf], vec![]);
+        let py = g.node("Sub", &[&py, &half], vec![]);
+        let fx = g.node("Floor", &[&px], vec![]);
+        let fy = g.node("Floor", &[&py], vec![]);
+        let lx = g.node("Sub", &[&px, &fx], vec![]);
+        let ly = g.node("Sub", &[&py, &fy], vec![]);
+        let hx = g.node("Sub", &[&one, &lx], vec![]);
+        let hy = g.node("Sub", &[&one, &ly], vec![]);
+        let fx1 = g.node("Add", &[&fx, &one], vec![]);
+        let fy1 = g.node("Add", &[&fy, &one], vec![]);
+        let (wmax, hmax) = (g.scalar(wl as f32 - 1.0), g.scalar(hl as f32 - 1.0));
+        let wl_i = g.init_i64("w", &[], &[wl as i64]);
+        let mut idxs = Vec::with_capacity(4);
+        let mut wts = Vec::with_capacity(4);
+        for (cx, cy, wx, wy) in [
+            (&fx, &fy, &hx, &hy),
+            (&fx1, &fy, &lx, &hy),
+            (&fx, &fy1, &hx, &ly),
+            (&fx1, &fy1, &lx, &ly),
+        ] {
+            // valid when 0 ≤ x ≤ w−1 and 0 ≤ y ≤ h−1 (as float comparisons)
+            let okx0 = g.node("GreaterOrEqual", &[cx, &zero], vec![]);
+            let okx1 = g.node("LessOrEqual", &[cx, &wmax], vec![]);
+            let oky0 = g.node("GreaterOrEqual", &[cy, &zero], vec![]);
+            let oky1 = g.node("LessOrEqual", &[cy, &hmax], vec![]);
+            let ok = g.node("And", &[&okx0, &okx1], vec![]);
+            let ok = g.node("And", &[&ok, &oky0], vec![]);
+            let ok = g.node("And", &[&ok, &oky1], vec![]);
+            let okf = g.node("Cast", &[&ok], vec![("to", Attr::Int(1))]);
+            let wgt = g.node("Mul", &[wx, wy], vec![]);
+            wts.push(g.node("Mul", &[&wgt, &okf], vec![]));
+            let cxc = g.node("Clip", &[cx, &zero, &wmax], vec![]);
+            let cyc = g.node("Clip", &[cy, &zero, &hmax], vec![]);
+            let cxi = g.node("Cast", &[&cxc], vec![("to", Attr::Int(7))]);
+            let cyi = g.node("Cast", &[&cyc], vec![("to", Attr::Int(7))]);
+            let row = g.node("Mul", &[&cyi, &wl_i], vec![]);
+            idxs.push(g.node("Add", &[&row, &cxi], vec![])); // [N·H, Q·P, 1]
+        }
+        let ir: Vec<&str> = idxs.iter().map(String::as_str).collect();
+        let idx = g.node("Concat", &ir, vec![("axis", Attr::Int(1))]); // [N·H, 4·Q·P, 1]
+        let wr: Vec<&str> = wts.iter().map(String::as_str).collect();
+        let wgt = g.node("Concat", &wr, vec![("axis", Attr::Int(1))]); // [N·H, 4·Q·P, 1]
+        let shape_dh = g.ints(&[1, 1, dh]);
+        let idx = g.node("Expand", &[&idx, &shape_dh], vec![]);
+        let vals = g.node("GatherElements", &[&vl, &idx], vec![("axis", Attr::Int(1))]);
+        let vals = g.node("Mul", &[&vals, &wgt], vec![]); // [N·H, 4·Q·P, dh]
+        let s4 = g.ints(&[0, 4, -1, p, dh]);
+        let vals = g.node("Reshape", &[&vals, &s4], vec![]); // [N·H, 4, Q, P, dh]
+        let ax1 = g.ints(&[1]);
+        per_level.push(g.node(
+            "ReduceSum",
+            &[&vals, &ax1],
+            vec![("keepdims", Attr::Int(0))],
+        ));
+    }
+    let refs: Vec<&str> = per_level.iter().map(String::as_str).collect();
+    let all = g.node("Concat", &refs, vec![("axis", Attr::Int(2))]); // [N·H, Q, L·P, dh]
+    let awt = g.node(
+        "Transpose",
+        &[aw],
+        vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+    );
+    // [N, H, Q, L·P] → [N·H, Q·L·P] → [N·H, Q, L·P, 1]
+    let awt = g.node("Flatten", &[&awt], vec![("axis", Attr::Int(2))]);
+    let s_q = g.ints(&[0, -1, l * p, 1]);
+    let awt = g.node("Reshape", &[&awt, &s_q], vec![]);
+    let prod = g.node("Mul", &[&all, &awt], vec![]);
+    let two = g.ints(&[2]);
+    let summed = g.node(
+        "ReduceSum",
+        &[&prod, &two],
+        vec![("keepdims", Attr::Int(0))],
+    ); // [N·H, Q, dh]
+    // [N·H, Q, dh] → [N·H, dh, Q] → [N, H·dh, Q] (0 keeps Q) → [N, Q, d]
+    let t = g.node(
+        "Transpose",
+        &[&summed],
+        vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+    );
+    let s_o = g.ints(&[-1, d, 0]);
+    let o = g.node("Reshape", &[&t, &s_o], vec![]);
+    g.node(
+        "Transpose",
+        &[&o],
+        vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+    )
 }
