@@ -4,6 +4,8 @@
 //! inference `Detector` is lowered: the auxiliary heads, denoising embedding and
 //! positive-query projections of a training checkpoint are dropped (and counted).
 
+pub mod check;
+
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;

@@ -28,6 +28,21 @@ struct Cli {
     /// missing or wrong, e.g. TensorRT 10.13–11.1).
     #[arg(long, value_enum, default_value_t = MsdaArg::GridSample)]
     msda: MsdaArg,
+    /// After writing, run the graph in ONNX Runtime (CPU) and the Burn model on the same real
+    /// images at several batch sizes; exit 1 if scores or boxes (÷ image side) differ by more
+    /// than 1e-4 or any label differs.
+    #[arg(long)]
+    check: bool,
+    /// COCO split (DIR/instances.json + images/) whose first images `--check` uses.
+    #[arg(long, default_value = "data/synth/val")]
+    check_data: PathBuf,
+    /// Batch sizes `--check` runs, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    check_batches: Vec<usize>,
+    /// ONNX Runtime shared library for `--check` (default: ORT_DYLIB_PATH, then
+    /// .ort/cpu/libonnxruntime.so from scripts/install-ort.sh).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -58,27 +73,66 @@ fn main() -> ExitCode {
             MsdaArg::Gather => codetr_train::model::msda::MsdaLowering::Gather,
         },
     };
-    match export(&opts) {
-        Ok(r) => {
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                println!(
-                    "{}: {} nodes, {} weights ({} bytes), input {}x{}, top-{}; {} training-only parameters dropped",
-                    r.out.display(),
-                    r.nodes,
-                    r.weights,
-                    r.bytes,
-                    r.input_size[0],
-                    r.input_size[1],
-                    r.max_detections,
-                    r.dropped_params
-                );
-            }
-            ExitCode::SUCCESS
-        }
+    let report = match export(&opts) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{}: {} nodes, {} weights ({} bytes), input {}x{}, top-{}; {} training-only parameters dropped",
+            report.out.display(),
+            report.nodes,
+            report.weights,
+            report.bytes,
+            report.input_size[0],
+            report.input_size[1],
+            report.max_detections,
+            report.dropped_params
+        );
+    }
+    if !cli.check {
+        return ExitCode::SUCCESS;
+    }
+    let result = codetr_export::check::find_ort(cli.ort_lib.as_deref()).and_then(|lib| {
+        codetr_export::check::check(
+            &report.out,
+            &opts.checkpoint,
+            &cli.check_data,
+            &cli.check_batches,
+            &lib,
+        )
+    });
+    match result {
+        Ok(c) => {
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+            } else {
+                println!(
+                    "check (ONNX Runtime vs Burn, batches {:?}, {} images): scores {:.2e}, boxes/side {:.2e}, labels identical: {} -> {}",
+                    c.batches,
+                    c.images,
+                    c.max_score_diff,
+                    c.max_box_diff,
+                    c.labels_identical,
+                    if c.passed { "PASS" } else { "FAIL" }
+                );
+            }
+            if c.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: check: {e}");
             ExitCode::from(1)
         }
     }

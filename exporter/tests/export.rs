@@ -245,3 +245,81 @@ fn training_checkpoint_exports_without_its_aux_heads() {
     let (ds, db) = export_and_compare(&ckpt, &out, MsdaLowering::GridSample);
     assert!(ds <= 1e-4 && db <= 1e-4);
 }
+
+/// The ONNX Runtime library of the Python wheel in CODETR_PYTHON's environment (or
+/// ORT_DYLIB_PATH): the same provisioning as the server.
+fn ort_library() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import glob, os, onnxruntime; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*'))[0])",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[test]
+fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
+    use codetr_train::data::synth::{self, SynthConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth::generate(
+        &data,
+        &SynthConfig {
+            train: 1,
+            val: 3,
+            seed: 2,
+            width: 160,
+            height: 120,
+        },
+        false,
+    )
+    .unwrap();
+    let mut cfg = DetectorConfig::tiny();
+    cfg.input_size = 128;
+    cfg.transformer.num_queries = 50;
+    cfg.max_detections = 50;
+    let (a, b) = (dir.path().join("a.ckpt"), dir.path().join("b.ckpt"));
+    init_checkpoint(&cfg, &a, 1);
+    init_checkpoint(&cfg, &b, 2);
+    let out = dir.path().join("a.onnx");
+    let opts = ExportOptions {
+        checkpoint: a.clone(),
+        out: out.clone(),
+        max_detections: None,
+        opset: 17,
+        msda: MsdaLowering::GridSample,
+    };
+    export(&opts).unwrap();
+    let lib = ort_library();
+    let val = data.join("val");
+    let ok = codetr_export::check::check(&out, &a, &val, &[1, 3], &lib).unwrap();
+    eprintln!("{ok:?}");
+    assert!(ok.passed && ok.labels_identical && ok.max_score_diff <= 1e-4);
+    // the graph of checkpoint a checked against checkpoint b must fail
+    let bad = codetr_export::check::check(&out, &b, &val, &[1], &lib).unwrap();
+    assert!(!bad.passed, "{bad:?}");
+    // and the binary: --check exits 0 on a good export
+    let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
+        .arg("--checkpoint")
+        .arg(&a)
+        .arg("--out")
+        .arg(dir.path().join("cli.onnx"))
+        .arg("--check")
+        .arg("--check-data")
+        .arg(&val)
+        .arg("--ort-lib")
+        .arg(&lib)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

@@ -1,0 +1,156 @@
+//! `codetr-export --check`: the exported graph in ONNX Runtime (CPU, the library the server
+//! loads: `ORT_DYLIB_PATH`, the PyPI wheel's `libonnxruntime.so`) against the Burn model on the
+//! same real images at several batch sizes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use burn::tensor::Device;
+use codetr_train::data::coco::{CocoDataset, LoadOptions};
+use codetr_train::data::loader::{Loader, LoaderConfig};
+use codetr_train::model::checkpoint;
+use codetr_train::model::detector::pixels_to_tensor;
+
+use super::{ExportError, Result};
+
+/// Largest accepted difference (fp32 graph).
+pub const TOLERANCE: f32 = 1e-4;
+
+/// Max differences over every checked batch.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckReport {
+    pub batches: Vec<usize>,
+    pub images: usize,
+    pub max_score_diff: f32,
+    /// Box difference divided by the largest original image side.
+    pub max_box_diff: f32,
+    pub labels_identical: bool,
+    pub passed: bool,
+    pub ort_library: PathBuf,
+}
+
+fn err(m: impl Into<String>) -> ExportError {
+    ExportError::Option(m.into())
+}
+
+/// Where the ONNX Runtime library is: `explicit`, else `ORT_DYLIB_PATH`, else the project's
+/// `.ort/cpu/libonnxruntime.so` (scripts/install-ort.sh).
+pub fn find_ort(explicit: Option<&Path>) -> Result<PathBuf> {
+    let candidates: Vec<PathBuf> = explicit
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+        .chain(std::iter::once(PathBuf::from(".ort/cpu/libonnxruntime.so")))
+        .collect();
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        err("no ONNX Runtime library: set ORT_DYLIB_PATH or --ort-lib, or run scripts/install-ort.sh")
+    })
+}
+
+/// The process's one ONNX Runtime environment (ORT allows a single one), created from the
+/// first library path asked for. The library must load before any other ort call, and a
+/// failed load is kept as text: turning it into an `ort::Error` would call into the
+/// unloaded library.
+fn environment(lib: &Path) -> Result<&'static ort::environment::Environment> {
+    static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> =
+        OnceLock::new();
+    ENV.get_or_init(|| {
+        ort::init_from(lib)
+            .map_err(|e| format!("cannot load ONNX Runtime: {e}"))?
+            .with_name("codetr-export-check")
+            .build()
+            .map_err(|e| format!("ONNX Runtime environment: {e}"))
+    })
+    .as_ref()
+    .map_err(|e| err(e.clone()))
+}
+
+/// Runs the check on the first images of the COCO split `data` (DIR/instances.json + images/).
+pub fn check(
+    onnx: &Path,
+    ckpt: &Path,
+    data: &Path,
+    batches: &[usize],
+    ort_lib: &Path,
+) -> Result<CheckReport> {
+    let device = Device::flex();
+    let (model, _) = checkpoint::load(ckpt, &device)?;
+    let size = model.config().input_size;
+    let most = batches.iter().copied().max().unwrap_or(1);
+    let mut ds = CocoDataset::load_split(data, LoadOptions::default())?;
+    if ds.images.len() < most {
+        return Err(err(format!(
+            "{} has {} images, the check needs {most}",
+            data.display(),
+            ds.images.len()
+        )));
+    }
+    ds.images.truncate(most);
+    let loader = Loader::new(Arc::new(ds), LoaderConfig::eval(most, size, 1))?;
+    let batch = loader.epoch(0, 0).next().ok_or_else(|| err("no batch"))??;
+    let env = environment(ort_lib)?;
+    let mut session = ort::session::Session::builder(env)
+        .and_then(|mut b| b.commit_from_file(onnx))
+        .map_err(|e| err(format!("ONNX Runtime cannot load {}: {e}", onnx.display())))?;
+    let s = size as usize;
+    let per = s * s * 3;
+    let (mut max_s, mut max_b, mut labels_ok) = (0f32, 0f32, true);
+    for &n in batches {
+        let px = batch.pixels[..n * per].to_vec();
+        let sizes: Vec<[u32; 2]> = batch.targets[..n].iter().map(|t| t.orig_size).collect();
+        let side = sizes.iter().flatten().copied().max().unwrap_or(1) as f32;
+        let x = pixels_to_tensor(&px, n, s, s, &device)?;
+        let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
+        let images = ort::value::Tensor::from_array(([n, s, s, 3], px))
+            .map_err(|e| err(format!("input tensor: {e}")))?;
+        let flat: Vec<i64> = sizes
+            .iter()
+            .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
+            .collect();
+        let orig = ort::value::Tensor::from_array(([n, 2], flat))
+            .map_err(|e| err(format!("input tensor: {e}")))?;
+        let out = session
+            .run(ort::inputs![
+                codetr_model::INPUT_IMAGES => images,
+                codetr_model::INPUT_ORIG_SIZES => orig,
+            ])
+            .map_err(|e| err(format!("ONNX Runtime run failed: {e}")))?;
+        let get_f = |name: &str| -> Result<Vec<f32>> {
+            let v = out
+                .get(name)
+                .ok_or_else(|| err(format!("no output `{name}`")))?;
+            let (_, d) = v
+                .try_extract_tensor::<f32>()
+                .map_err(|e| err(format!("output `{name}`: {e}")))?;
+            Ok(d.to_vec())
+        };
+        let o_scores = get_f(codetr_model::OUTPUT_SCORES)?;
+        let o_boxes = get_f(codetr_model::OUTPUT_BOXES)?;
+        let lv = out
+            .get(codetr_model::OUTPUT_LABELS)
+            .ok_or_else(|| err("no output `labels`"))?;
+        let (_, o_labels) = lv
+            .try_extract_tensor::<i64>()
+            .map_err(|e| err(format!("output `labels`: {e}")))?;
+        if o_scores.len() != scores.len() || o_boxes.len() != boxes.len() {
+            return Err(err("output shapes differ from the Burn model's"));
+        }
+        labels_ok &= o_labels == labels.as_slice();
+        for (a, b) in o_scores.iter().zip(&scores) {
+            max_s = max_s.max((a - b).abs());
+        }
+        for (a, b) in o_boxes.iter().zip(&boxes) {
+            max_b = max_b.max((a - b).abs() / side);
+        }
+    }
+    let passed = labels_ok && max_s <= TOLERANCE && max_b <= TOLERANCE;
+    Ok(CheckReport {
+        batches: batches.to_vec(),
+        images: most,
+        max_score_diff: max_s,
+        max_box_diff: max_b,
+        labels_identical: labels_ok,
+        passed,
+        ort_library: ort_lib.to_path_buf(),
+    })
+}
