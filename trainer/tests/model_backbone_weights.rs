@@ -100,6 +100,7 @@ fn cfg(depth: usize, w: usize) -> BackboneConfig {
         frozen_stages: 1,
         out_indices: vec![0, 1, 2, 3],
         base_width: w,
+        norm: Default::default(),
     }
 }
 
@@ -219,4 +220,20 @@ fn missing_unexpected_or_misshapen_tensors_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("unsupported extension"), "{e}");
+}
+
+#[test]
+fn torchvision_weights_are_refused_for_a_group_norm_backbone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r18.safetensors");
+    write_safetensors(&path, &torchvision_keys(18, 16, 10));
+    let mut c = cfg(18, 16);
+    c.norm = codetr_train::model::backbone::BackboneNorm::GroupNorm;
+    let e = c
+        .init(&Device::flex())
+        .unwrap()
+        .load_torchvision(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("group_norm"), "{e}");
 }

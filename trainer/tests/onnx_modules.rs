@@ -200,3 +200,14 @@ fn full_graph_matches_burn_for_tiny_at_batch_1_and_3() {
     full_graph_parity(&m, 256, 256, 1, "tiny b1");
     full_graph_parity(&m, 256, 256, 3, "tiny b3");
 }
+
+#[test]
+fn group_norm_backbone_exports_and_matches_burn() {
+    let dev = Device::flex();
+    dev.seed(9);
+    let mut cfg = codetr_train::model::DetectorConfig::tiny();
+    cfg.backbone.norm = codetr_train::model::backbone::BackboneNorm::GroupNorm;
+    cfg.input_size = 128;
+    let m = cfg.init(&dev).unwrap();
+    full_graph_parity(&m, 128, 128, 2, "tiny group_norm backbone");
+}

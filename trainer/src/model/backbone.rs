@@ -23,6 +23,30 @@ pub struct BackboneConfig {
     pub out_indices: Vec<usize>,
     /// Channel width multiplier of the stem (64 in torchvision).
     pub base_width: usize,
+    /// `frozen_bn` (Co-DINO, for pretrained weights) or `group_norm` (trainable GroupNorm,
+    /// for training from scratch: a random-init backbone with frozen identity BN statistics
+    /// is effectively unnormalised).
+    #[serde(default)]
+    pub norm: BackboneNorm,
+}
+
+/// The backbone's normalisation layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackboneNorm {
+    #[default]
+    FrozenBn,
+    GroupNorm,
+}
+
+impl BackboneNorm {
+    /// GroupNorm groups for `c` channels: at most 32, at least 4 channels per group.
+    pub fn groups(self, c: usize) -> usize {
+        match self {
+            BackboneNorm::FrozenBn => 0,
+            BackboneNorm::GroupNorm => (c / 4).clamp(1, 32),
+        }
+    }
 }
 
 impl BackboneConfig {
@@ -32,6 +56,7 @@ impl BackboneConfig {
             frozen_stages: 1,
             out_indices: vec![1, 2, 3],
             base_width: 64,
+            norm: BackboneNorm::FrozenBn,
         }
     }
 
@@ -103,7 +128,8 @@ impl BackboneConfig {
             let mut blocks = Vec::with_capacity(n);
             for i in 0..n {
                 let stride = if i == 0 && stage > 0 { 2 } else { 1 };
-                let block = Block::new(in_ch, planes, stride, bottleneck, device).frozen(frozen);
+                let block =
+                    Block::new(in_ch, planes, stride, bottleneck, self.norm, device).frozen(frozen);
                 in_ch = block.out_channels;
                 blocks.push(block);
             }
@@ -113,7 +139,10 @@ impl BackboneConfig {
         let mut next = || layers.next().unwrap_or_default();
         Ok(ResNet {
             conv1: freeze(conv(3, w, 7, 2, device), stem_frozen),
-            bn1: FrozenBatchNorm::new(w, device),
+            bn1: freeze_norm(
+                FrozenBatchNorm::with_groups(w, self.norm.groups(w), device),
+                stem_frozen,
+            ),
             maxpool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -152,6 +181,9 @@ pub struct FrozenBatchNorm {
     pub running_mean: Param<Tensor<1>>,
     /// `[C]`
     pub running_var: Param<Tensor<1>>,
+    /// 0: frozen BatchNorm (running statistics). > 0: GroupNorm with this many groups and
+    /// trainable `weight`/`bias` (the running statistics are then unused).
+    pub groups: usize,
 }
 
 impl FrozenBatchNorm {
@@ -159,12 +191,19 @@ impl FrozenBatchNorm {
     pub const EPS: f64 = 1e-5;
 
     pub fn new(channels: usize, device: &Device) -> Self {
+        Self::with_groups(channels, 0, device)
+    }
+
+    /// `groups == 0`: frozen BN; otherwise a trainable GroupNorm.
+    pub fn with_groups(channels: usize, groups: usize, device: &Device) -> Self {
         let fixed = |t: Tensor<1>| Param::from_tensor(t).set_require_grad(false);
+        let affine = |t: Tensor<1>| Param::from_tensor(t).set_require_grad(groups > 0);
         Self {
-            weight: fixed(Tensor::ones([channels], device)),
-            bias: fixed(Tensor::zeros([channels], device)),
+            weight: affine(Tensor::ones([channels], device)),
+            bias: affine(Tensor::zeros([channels], device)),
             running_mean: fixed(Tensor::zeros([channels], device)),
             running_var: fixed(Tensor::ones([channels], device)),
+            groups,
         }
     }
 
@@ -178,6 +217,16 @@ impl FrozenBatchNorm {
 
     /// `x`: `[B, C, H, W]` → same shape.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if self.groups > 0 {
+            let [b, c, h, w] = x.dims();
+            let g = self.groups;
+            let xg = x.reshape([b, g, c / g * h * w]);
+            let centred = xg.clone() - xg.mean_dim(2);
+            let var = centred.clone().powf_scalar(2.0).mean_dim(2);
+            let y = (centred / (var + Self::EPS).sqrt()).reshape([b, c, h, w]);
+            return y * self.weight.val().reshape([1, c, 1, 1])
+                + self.bias.val().reshape([1, c, 1, 1]);
+        }
         let (scale, shift) = self.scale_shift();
         let c = scale.dims()[0];
         x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
@@ -205,29 +254,37 @@ pub struct Downsample {
 }
 
 impl Block {
-    fn new(cin: usize, planes: usize, stride: usize, bottleneck: bool, device: &Device) -> Self {
+    fn new(
+        cin: usize,
+        planes: usize,
+        stride: usize,
+        bottleneck: bool,
+        norm: BackboneNorm,
+        device: &Device,
+    ) -> Self {
+        let nrm = |c: usize| FrozenBatchNorm::with_groups(c, norm.groups(c), device);
         let out = if bottleneck { planes * 4 } else { planes };
         let downsample = (stride != 1 || cin != out).then(|| Downsample {
             conv: conv(cin, out, 1, stride, device),
-            bn: FrozenBatchNorm::new(out, device),
+            bn: nrm(out),
         });
         if bottleneck {
             Self {
                 conv1: conv(cin, planes, 1, 1, device),
-                bn1: FrozenBatchNorm::new(planes, device),
+                bn1: nrm(planes),
                 conv2: conv(planes, planes, 3, stride, device),
-                bn2: FrozenBatchNorm::new(planes, device),
+                bn2: nrm(planes),
                 conv3: Some(conv(planes, out, 1, 1, device)),
-                bn3: Some(FrozenBatchNorm::new(out, device)),
+                bn3: Some(nrm(out)),
                 downsample,
                 out_channels: out,
             }
         } else {
             Self {
                 conv1: conv(cin, planes, 3, stride, device),
-                bn1: FrozenBatchNorm::new(planes, device),
+                bn1: nrm(planes),
                 conv2: conv(planes, planes, 3, 1, device),
-                bn2: FrozenBatchNorm::new(planes, device),
+                bn2: nrm(planes),
                 conv3: None,
                 bn3: None,
                 downsample,
@@ -294,6 +351,33 @@ impl ResNet {
     }
 }
 
+/// A conv followed by a backbone norm, lowered: frozen BN folds into the conv; GroupNorm is
+/// emitted after it.
+fn emit_conv_norm(
+    g: &mut crate::onnx::GraphBuilder,
+    conv: &Conv2d,
+    norm: &FrozenBatchNorm,
+    x: &str,
+) -> Result<String> {
+    use crate::onnx::emit::{conv2d, group_norm_raw, host};
+    if norm.groups == 0 {
+        return conv2d(g, conv, x, Some(norm.folded()?));
+    }
+    let y = conv2d(g, conv, x, None)?;
+    group_norm_raw(
+        g,
+        &y,
+        norm.groups,
+        &host(norm.weight.val())?,
+        &host(norm.bias.val())?,
+        FrozenBatchNorm::EPS,
+    )
+}
+
+fn freeze_norm(n: FrozenBatchNorm, frozen: bool) -> FrozenBatchNorm {
+    if frozen { n.no_grad() } else { n }
+}
+
 impl FrozenBatchNorm {
     /// Host `(scale, shift)`, what the exporter folds into the preceding conv.
     pub fn folded(&self) -> Result<(Vec<f32>, Vec<f32>)> {
@@ -308,17 +392,16 @@ impl FrozenBatchNorm {
 impl Block {
     /// ONNX emitter of [`Block::forward`]: BatchNorms folded into the convs.
     pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, x: &str) -> Result<String> {
-        use crate::onnx::emit::conv2d;
         let identity = match &self.downsample {
-            Some(d) => conv2d(g, &d.conv, x, Some(d.bn.folded()?))?,
+            Some(d) => emit_conv_norm(g, &d.conv, &d.bn, x)?,
             None => x.to_string(),
         };
-        let y = conv2d(g, &self.conv1, x, Some(self.bn1.folded()?))?;
+        let y = emit_conv_norm(g, &self.conv1, &self.bn1, x)?;
         let y = g.node("Relu", &[&y], vec![]);
-        let mut y = conv2d(g, &self.conv2, &y, Some(self.bn2.folded()?))?;
+        let mut y = emit_conv_norm(g, &self.conv2, &self.bn2, &y)?;
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
             let r = g.node("Relu", &[&y], vec![]);
-            y = conv2d(g, c3, &r, Some(b3.folded()?))?;
+            y = emit_conv_norm(g, c3, b3, &r)?;
         }
         let s = g.node("Add", &[&y, &identity], vec![]);
         Ok(g.node("Relu", &[&s], vec![]))
@@ -329,7 +412,7 @@ impl ResNet {
     /// ONNX emitter of [`ResNet::forward`]: `x` normalised NCHW → the selected maps.
     pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, x: &str) -> Result<Vec<String>> {
         use crate::onnx::builder::Attr;
-        let y = crate::onnx::emit::conv2d(g, &self.conv1, x, Some(self.bn1.folded()?))?;
+        let y = emit_conv_norm(g, &self.conv1, &self.bn1, x)?;
         let y = g.node("Relu", &[&y], vec![]);
         let mut x = g.node(
             "MaxPool",
@@ -391,6 +474,13 @@ impl ResNet {
         };
         if !path.is_file() {
             return Err(bad("no such file".into()));
+        }
+        if self.bn1.groups > 0 {
+            return Err(bad(
+                "torchvision weights carry BatchNorm statistics; this backbone uses group_norm \
+                 (set `norm = \"frozen_bn\"` to load pretrained weights)"
+                    .into(),
+            ));
         }
         // torchvision's Sequential downsample (0 = conv, 1 = bn) → our named fields.
         let remaps = [
@@ -466,5 +556,43 @@ impl ResNet {
                 ignored,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod norm_tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn group_norm_mode_normalises_each_group_and_trains_its_affine() {
+        let dev = Device::flex().autodiff();
+        let n = FrozenBatchNorm::with_groups(8, 2, &dev);
+        let v: Vec<f32> = (0..2 * 8 * 3 * 3)
+            .map(|i| (i as f32 * 0.37).sin() * 5.0 + 2.0)
+            .collect();
+        let x = Tensor::<4>::from_data(TensorData::new(v, [2, 8, 3, 3]), &dev);
+        let y = n.forward(x);
+        // per (image, group): mean 0, variance 1 (unit affine at init)
+        let g: Vec<f32> = y
+            .clone()
+            .reshape([2, 2, 36])
+            .inner()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        for chunk in g.chunks(36) {
+            let m: f32 = chunk.iter().sum::<f32>() / 36.0;
+            let var: f32 = chunk.iter().map(|v| (v - m).powi(2)).sum::<f32>() / 36.0;
+            assert!(m.abs() < 1e-4 && (var - 1.0).abs() < 1e-3, "{m} {var}");
+        }
+        let grads = (y * 3.0).sum().backward();
+        assert!(
+            n.bias.val().grad(&grads).is_some(),
+            "GroupNorm affine trains"
+        );
+        // frozen BN mode keeps every parameter frozen
+        let f = FrozenBatchNorm::new(8, &dev);
+        assert!(!f.weight.is_require_grad() && !f.bias.is_require_grad());
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::backbone::BackboneConfig;
+use super::backbone::{BackboneConfig, BackboneNorm};
 use super::msda::MsdaImpl;
 use super::neck::NeckConfig;
 use crate::error::{Error, Result};
@@ -65,6 +65,7 @@ impl DetectorConfig {
                 frozen_stages: 1,
                 out_indices: vec![0, 1, 2, 3],
                 base_width: 64,
+                norm: BackboneNorm::FrozenBn,
             },
             neck: NeckConfig {
                 extra_levels: 1,
@@ -99,6 +100,7 @@ impl DetectorConfig {
                 frozen_stages: 0,
                 out_indices: vec![1, 2, 3],
                 base_width: 32,
+                norm: BackboneNorm::FrozenBn,
             },
             neck: NeckConfig {
                 extra_levels: 1,

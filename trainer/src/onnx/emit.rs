@@ -120,10 +120,16 @@ pub fn conv2d(
 
 /// GroupNorm over `[N, C, H, W]` without opset 18's GroupNormalization: reshape to
 /// `[N, G, C/G·H·W]`, InstanceNormalization (unit scale, zero bias), reshape back, then the
-/// per-channel affine.
-pub fn group_norm(g: &mut GraphBuilder, n: &GroupNorm, x: &str) -> Result<String> {
-    let groups = n.num_groups;
-    let c = n.num_channels;
+/// per-channel affine `gamma`, `beta` (`[C]`).
+pub fn group_norm_raw(
+    g: &mut GraphBuilder,
+    x: &str,
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+) -> Result<String> {
+    let c = gamma.len();
     let to_groups = g.ints(&[0, groups as i64, -1]);
     let r = g.node("Reshape", &[x, &to_groups], vec![]);
     let ones = g.init_f32("gn_one", &[groups], &vec![1.0; groups]);
@@ -131,18 +137,22 @@ pub fn group_norm(g: &mut GraphBuilder, n: &GroupNorm, x: &str) -> Result<String
     let normed = g.node(
         "InstanceNormalization",
         &[&r, &ones, &zeros],
-        vec![("epsilon", Attr::Float(n.epsilon as f32))],
+        vec![("epsilon", Attr::Float(epsilon as f32))],
     );
     let shape = g.node("Shape", &[x], vec![]);
     let back = g.node("Reshape", &[&normed, &shape], vec![]);
-    if !n.affine {
-        return Ok(back);
-    }
-    let (Some(gamma), Some(beta)) = (&n.gamma, &n.beta) else {
-        return Ok(back);
-    };
-    let gm = g.init_f32("gn_g", &[1, c, 1, 1], &host(gamma.val())?);
-    let bt = g.init_f32("gn_b", &[1, c, 1, 1], &host(beta.val())?);
+    let gm = g.init_f32("gn_g", &[1, c, 1, 1], gamma);
+    let bt = g.init_f32("gn_b", &[1, c, 1, 1], beta);
     let y = g.node("Mul", &[&back, &gm], vec![]);
     Ok(g.node("Add", &[&y, &bt], vec![]))
+}
+
+/// A Burn GroupNorm, lowered with [`group_norm_raw`].
+pub fn group_norm(g: &mut GraphBuilder, n: &GroupNorm, x: &str) -> Result<String> {
+    let c = n.num_channels;
+    let (gamma, beta) = match (&n.gamma, &n.beta, n.affine) {
+        (Some(gm), Some(bt), true) => (host(gm.val())?, host(bt.val())?),
+        _ => (vec![1.0; c], vec![0.0; c]),
+    };
+    group_norm_raw(g, x, n.num_groups, &gamma, &beta, n.epsilon)
 }
