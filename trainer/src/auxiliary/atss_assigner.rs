@@ -405,28 +405,13 @@ mod tests {
         }
     }
 
-    /// splitmix64: tiny deterministic RNG for the randomised comparisons.
-    struct Rng(u64);
+    use crate::rng::Rng;
 
-    impl Rng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-            lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
-        fn bx(&mut self, min: f32, max: f32) -> [f32; 4] {
-            let x = self.uniform(-20.0, 120.0);
-            let y = self.uniform(-20.0, 120.0);
-            [x, y, x + self.uniform(min, max), y + self.uniform(min, max)]
-        }
+    /// A random box with sides in `[min, max)` somewhere around a 100-px image.
+    fn bx(r: &mut Rng, min: f32, max: f32) -> [f32; 4] {
+        let x = r.uniform(-20.0, 120.0);
+        let y = r.uniform(-20.0, 120.0);
+        [x, y, x + r.uniform(min, max), y + r.uniform(min, max)]
     }
 
     /// Brute force written anchor-major with plain loops and a repeated-minimum top-k.
@@ -519,7 +504,7 @@ mod tests {
 
     #[test]
     fn matches_brute_force_on_random_cases() {
-        let mut rng = Rng(0x5EED_A755);
+        let mut rng = Rng::new(0x5EED_A755);
         let mut total_pos = 0;
         for case in 0..400 {
             let nlev = 1 + rng.below(3);
@@ -529,7 +514,7 @@ mod tests {
                 let cnt = 1 + rng.below(30);
                 let size = rng.uniform(4.0, 60.0);
                 for _ in 0..cnt {
-                    all.push(rng.bx(size * 0.8, size * 1.2));
+                    all.push(bx(&mut rng, size * 0.8, size * 1.2));
                 }
                 per.push(cnt);
             }
@@ -556,7 +541,7 @@ mod tests {
                             y + 1.0 + rng.below(40) as f32,
                         ]
                     } else {
-                        rng.bx(2.0, 80.0)
+                        bx(&mut rng, 2.0, 80.0)
                     }
                 })
                 .collect();
@@ -594,11 +579,11 @@ mod tests {
 
     #[test]
     fn delta_coder_round_trip() {
-        let mut rng = Rng(42);
+        let mut rng = Rng::new(42);
         let coders = [DeltaCoder::default(), DeltaCoder { stds: [1.0; 4] }];
         for _ in 0..2000 {
-            let a = rng.bx(2.0, 100.0);
-            let g = rng.bx(2.0, 100.0);
+            let a = bx(&mut rng, 2.0, 100.0);
+            let g = bx(&mut rng, 2.0, 100.0);
             for c in &coders {
                 let back = c.decode(a, c.encode(a, g));
                 for k in 0..4 {

@@ -354,28 +354,13 @@ pub fn roi_level(roi: [f32; 4], finest_scale: f32, num_levels: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// SplitMix64: tiny deterministic generator for the randomized tests.
-    struct SplitMix(u64);
+    use crate::rng::Rng;
 
-    impl SplitMix {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
-
-        /// Integer-valued box on a small grid so that IoU ties and degenerate boxes occur.
-        fn grid_box(&mut self, grid: usize) -> [f32; 4] {
-            let (a, b) = (self.below(grid) as f32, self.below(grid) as f32);
-            let (c, d) = (self.below(grid) as f32, self.below(grid) as f32);
-            [a.min(b), c.min(d), a.max(b), c.max(d)]
-        }
+    /// Integer-valued box on a small grid so that IoU ties and degenerate boxes occur.
+    fn grid_box(r: &mut Rng, grid: usize) -> [f32; 4] {
+        let (a, b) = (r.below(grid) as f32, r.below(grid) as f32);
+        let (c, d) = (r.below(grid) as f32, r.below(grid) as f32);
+        [a.min(b), c.min(d), a.max(b), c.max(d)]
     }
 
     fn close(a: [f32; 4], b: [f32; 4]) -> bool {
@@ -583,7 +568,7 @@ mod tests {
 
     #[test]
     fn assigner_matches_reference_on_random_inputs() {
-        let mut rng = SplitMix(7);
+        let mut rng = Rng::new(7);
         let cfgs = [
             RPN,
             MaxIouAssigner {
@@ -601,8 +586,8 @@ mod tests {
         ];
         let mut seen_pos = 0;
         for _ in 0..300 {
-            let gts: Vec<_> = (0..rng.below(5)).map(|_| rng.grid_box(12)).collect();
-            let boxes: Vec<_> = (0..rng.below(40)).map(|_| rng.grid_box(12)).collect();
+            let gts: Vec<_> = (0..rng.below(5)).map(|_| grid_box(&mut rng, 12)).collect();
+            let boxes: Vec<_> = (0..rng.below(40)).map(|_| grid_box(&mut rng, 12)).collect();
             for cfg in &cfgs {
                 let got: Vec<i64> = cfg
                     .assign(&boxes, &gts)
@@ -669,7 +654,7 @@ mod tests {
     #[test]
     fn sampler_counts() {
         let a = mixed(10, 100, 20);
-        let mut rng = SplitMix(1);
+        let mut rng = Rng::new(1);
         let s = random_sample(&a, 16, 0.25, &mut |n| rng.below(n));
         assert_eq!((s.pos.len(), s.neg.len()), (4, 12));
         check_kinds(&a, &s);
@@ -702,7 +687,7 @@ mod tests {
     fn sampler_deterministic_and_covers_all() {
         let a = mixed(30, 200, 10);
         let draw = |seed| {
-            let mut rng = SplitMix(seed);
+            let mut rng = Rng::new(seed);
             random_sample(&a, 32, 0.25, &mut |n| rng.below(n))
         };
         assert_eq!(draw(42), draw(42));
@@ -797,10 +782,10 @@ mod tests {
 
     #[test]
     fn nms_matches_reference_on_random_boxes() {
-        let mut rng = SplitMix(99);
+        let mut rng = Rng::new(99);
         for round in 0..60 {
             let n = 1 + rng.below(300);
-            let boxes: Vec<_> = (0..n).map(|_| rng.grid_box(40)).collect();
+            let boxes: Vec<_> = (0..n).map(|_| grid_box(&mut rng, 40)).collect();
             // Quantised scores so ties are common.
             let scores: Vec<f32> = (0..n).map(|_| rng.below(50) as f32 / 50.0).collect();
             let groups: Vec<usize> = (0..n).map(|_| rng.below(3)).collect();
@@ -819,9 +804,9 @@ mod tests {
 
     #[test]
     fn nms_large_input() {
-        let mut rng = SplitMix(5);
+        let mut rng = Rng::new(5);
         let n = 4000;
-        let boxes: Vec<_> = (0..n).map(|_| rng.grid_box(1000)).collect();
+        let boxes: Vec<_> = (0..n).map(|_| grid_box(&mut rng, 1000)).collect();
         let scores: Vec<f32> = (0..n).map(|_| rng.next_u64() as f32).collect();
         let groups: Vec<usize> = (0..n).map(|i| i % 5).collect();
         let keep = batched_nms(&boxes, &scores, &groups, 0.7);

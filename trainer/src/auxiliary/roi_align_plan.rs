@@ -544,26 +544,7 @@ pub fn roi_align_naive(
 mod tests {
     use super::*;
 
-    /// Small deterministic generator (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn unit(&mut self) -> f32 {
-            (self.next() >> 40) as f32 / (1u64 << 24) as f32
-        }
-        fn range(&mut self, lo: f32, hi: f32) -> f32 {
-            lo + (hi - lo) * self.unit()
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::rng::Rng;
 
     /// 3 levels of a 40×64 image (strides 4, 8, 16) → tokens 160 + 40 + 12.
     fn levels3() -> (Vec<Level>, usize) {
@@ -585,14 +566,14 @@ mod tests {
     fn random_rois(rng: &mut Rng, n: usize, images: usize, levels: usize) -> Vec<Roi> {
         (0..n)
             .map(|i| {
-                let (cx, cy) = (rng.range(-20.0, 84.0), rng.range(-20.0, 60.0));
+                let (cx, cy) = (rng.uniform(-20.0, 84.0), rng.uniform(-20.0, 60.0));
                 let (w, h) = match i % 6 {
-                    0 => (rng.range(1.0, 30.0), rng.range(1.0, 30.0)),
-                    1 => (0.0, rng.range(0.0, 20.0)),
-                    2 => (rng.range(0.0, 20.0), 0.0),
-                    3 => (rng.range(100.0, 400.0), rng.range(100.0, 400.0)),
-                    4 => (rng.range(0.0, 3.0), rng.range(0.0, 3.0)),
-                    _ => (rng.range(5.0, 80.0), rng.range(5.0, 80.0)),
+                    0 => (rng.uniform(1.0, 30.0), rng.uniform(1.0, 30.0)),
+                    1 => (0.0, rng.uniform(0.0, 20.0)),
+                    2 => (rng.uniform(0.0, 20.0), 0.0),
+                    3 => (rng.uniform(100.0, 400.0), rng.uniform(100.0, 400.0)),
+                    4 => (rng.uniform(0.0, 3.0), rng.uniform(0.0, 3.0)),
+                    _ => (rng.uniform(5.0, 80.0), rng.uniform(5.0, 80.0)),
                 };
                 let (cx, cy) = if i % 11 == 0 {
                     (cx + 500.0, cy - 500.0) // fully outside
@@ -619,9 +600,9 @@ mod tests {
     fn plan_matches_naive_random() {
         let (levels, total) = levels3();
         let (images, channels) = (2, 5);
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         let features: Vec<f32> = (0..images * total * channels)
-            .map(|_| rng.range(-1.0, 1.0))
+            .map(|_| rng.uniform(-1.0, 1.0))
             .collect();
         let rois = random_rois(&mut rng, 200, images, levels.len());
         let mut checked = 0;

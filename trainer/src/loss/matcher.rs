@@ -368,29 +368,10 @@ pub fn hungarian_match(
 mod tests {
     use super::*;
 
-    /// SplitMix64: tiny, seedable, good enough for test data.
-    struct Rng(u64);
+    use crate::rng::Rng;
 
-    impl Rng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn unit(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-        }
-
-        fn range(&mut self, lo: f64, hi: f64) -> f64 {
-            lo + (hi - lo) * self.unit()
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next_u64() % n
-        }
+    fn range(r: &mut Rng, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * r.f64()
     }
 
     /// Minimum over all injections of the smaller side into the larger.
@@ -467,11 +448,11 @@ mod tests {
 
     #[test]
     fn lsa_matches_brute_force_on_random_matrices() {
-        let mut rng = Rng(0x5EED_0001);
+        let mut rng = Rng::new(0x5EED_0001);
         for rows in 1..=8 {
             for cols in 1..=8 {
                 for _ in 0..4 {
-                    let cost: Vec<f64> = (0..rows * cols).map(|_| rng.unit()).collect();
+                    let cost: Vec<f64> = (0..rows * cols).map(|_| rng.f64()).collect();
                     assert_optimal(&cost, rows, cols);
                 }
             }
@@ -480,7 +461,7 @@ mod tests {
 
     #[test]
     fn lsa_matches_brute_force_with_ties() {
-        let mut rng = Rng(0x5EED_0002);
+        let mut rng = Rng::new(0x5EED_0002);
         for rows in 1..=8 {
             for cols in 1..=8 {
                 for _ in 0..4 {
@@ -493,12 +474,16 @@ mod tests {
 
     #[test]
     fn lsa_handles_large_and_negative_costs() {
-        let mut rng = Rng(0x5EED_0003);
+        let mut rng = Rng::new(0x5EED_0003);
         for (rows, cols) in [(5, 5), (3, 7), (7, 3), (8, 8), (6, 8), (8, 6)] {
             for _ in 0..3 {
-                let big: Vec<f64> = (0..rows * cols).map(|_| rng.range(-1e6, 1e6)).collect();
+                let big: Vec<f64> = (0..rows * cols)
+                    .map(|_| range(&mut rng, -1e6, 1e6))
+                    .collect();
                 assert_optimal(&big, rows, cols);
-                let neg: Vec<f64> = (0..rows * cols).map(|_| rng.range(-10.0, -1.0)).collect();
+                let neg: Vec<f64> = (0..rows * cols)
+                    .map(|_| range(&mut rng, -10.0, -1.0))
+                    .collect();
                 assert_optimal(&neg, rows, cols);
             }
         }
@@ -753,23 +738,23 @@ mod tests {
 
     #[test]
     fn hungarian_matches_brute_force() {
-        let mut rng = Rng(0x5EED_0004);
+        let mut rng = Rng::new(0x5EED_0004);
         let costs = MatchCosts::default();
         let c_n = 3;
         for q_n in 1..=6 {
             for g_n in 0..=6 {
                 for _ in 0..5 {
                     let logits: Vec<f32> = (0..q_n * c_n)
-                        .map(|_| rng.range(-4.0, 4.0) as f32)
+                        .map(|_| range(&mut rng, -4.0, 4.0) as f32)
                         .collect();
                     let mut random_boxes = |n: usize| -> Vec<f32> {
                         (0..n)
                             .flat_map(|_| {
                                 [
-                                    rng.range(0.2, 0.8),
-                                    rng.range(0.2, 0.8),
-                                    rng.range(0.05, 0.4),
-                                    rng.range(0.05, 0.4),
+                                    range(&mut rng, 0.2, 0.8),
+                                    range(&mut rng, 0.2, 0.8),
+                                    range(&mut rng, 0.05, 0.4),
+                                    range(&mut rng, 0.05, 0.4),
                                 ]
                             })
                             .map(|v| v as f32)
@@ -777,8 +762,7 @@ mod tests {
                     };
                     let boxes = random_boxes(q_n);
                     let gt_boxes = random_boxes(g_n);
-                    let labels: Vec<usize> =
-                        (0..g_n).map(|_| rng.below(c_n as u64) as usize).collect();
+                    let labels: Vec<usize> = (0..g_n).map(|_| rng.below(c_n)).collect();
                     let pairs =
                         hungarian_match(&logits, &boxes, q_n, c_n, &labels, &gt_boxes, &costs)
                             .unwrap();
