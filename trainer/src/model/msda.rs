@@ -490,30 +490,55 @@ impl MsDeformAttn {
                 g.node("Add", &[&xy, &o], vec![])
             }
         };
+        let sampling = Sampling {
+            v: &v,
+            loc: &loc,
+            aw: &aw,
+            shapes,
+            h,
+            l,
+            p,
+            d,
+            dh,
+        };
         let o = match lowering {
-            MsdaLowering::GridSample => emit_grid_sample(g, &v, &loc, &aw, shapes, h, l, p, d, dh),
-            MsdaLowering::Gather => emit_gather(g, &v, &loc, &aw, shapes, h, l, p, d, dh),
+            MsdaLowering::GridSample => emit_grid_sample(g, &sampling),
+            MsdaLowering::Gather => emit_gather(g, &sampling),
         };
         linear(g, &self.output_proj, &o)
     }
 }
 
-/// GridSample lowering of the sampling + weighting: `v` `[N, S, H, dh]`, `loc`
-/// `[N, Q, H, L, P, 2]`, `aw` `[N, Q, H, L·P]` → `[N, Q, d]` (before the output projection).
-#[allow(clippy::too_many_arguments)]
-fn emit_grid_sample(
-    g: &mut crate::onnx::GraphBuilder,
-    v: &str,
-    loc: &str,
-    aw: &str,
-    shapes: &[[usize; 2]],
+/// What both MSDA lowerings consume: `v` `[N, S, H, dh]`, `loc` `[N, Q, H, L, P, 2]`,
+/// `aw` `[N, Q, H, L·P]` (graph values) and the static dimensions.
+#[derive(Clone, Copy)]
+struct Sampling<'a> {
+    v: &'a str,
+    loc: &'a str,
+    aw: &'a str,
+    shapes: &'a [[usize; 2]],
     h: i64,
     l: i64,
     p: i64,
     d: i64,
     dh: i64,
-) -> String {
+}
+
+/// GridSample lowering of the sampling + weighting: `v` `[N, S, H, dh]`, `loc`
+/// `[N, Q, H, L, P, 2]`, `aw` `[N, Q, H, L·P]` → `[N, Q, d]` (before the output projection).
+fn emit_grid_sample(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
     use crate::onnx::builder::Attr;
+    let Sampling {
+        v,
+        loc,
+        aw,
+        shapes,
+        h,
+        l,
+        p,
+        d,
+        dh,
+    } = *s;
     // grid coordinates for align_corners = 0: 2·loc − 1
     let two = g.scalar(2.0);
     let one = g.scalar(1.0);
@@ -587,20 +612,19 @@ fn emit_grid_sample(
 /// Gather lowering: bilinear sampling (align_corners = 0, zeros outside) as four corner
 /// lookups with GatherElements and their weights (invalid corners weigh 0). Same inputs and
 /// output as [`emit_grid_sample`].
-#[allow(clippy::too_many_arguments)]
-fn emit_gather(
-    g: &mut crate::onnx::GraphBuilder,
-    v: &str,
-    loc: &str,
-    aw: &str,
-    shapes: &[[usize; 2]],
-    h: i64,
-    l: i64,
-    p: i64,
-    d: i64,
-    dh: i64,
-) -> String {
+fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
     use crate::onnx::builder::Attr;
+    let Sampling {
+        v,
+        loc,
+        aw,
+        shapes,
+        h,
+        l,
+        p,
+        d,
+        dh,
+    } = *s;
     let axis1 = g.ints(&[1]);
     let axis3 = g.ints(&[3]);
     let (x0i, x1i) = (g.ints(&[0]), g.ints(&[1]));
