@@ -33,16 +33,10 @@ fn err(m: impl Into<String>) -> ExportError {
     ExportError::Option(m.into())
 }
 
-/// Where the ONNX Runtime library is: `explicit`, else `ORT_DYLIB_PATH`, else the project's
-/// `.ort/cpu/libonnxruntime.so` (scripts/install-ort.sh).
+/// Where the ONNX Runtime library is ([`codetr_model::find_ort_library`]: `explicit`, else
+/// `ORT_DYLIB_PATH`, else the project's `.ort/cpu/libonnxruntime.so`).
 pub fn find_ort(explicit: Option<&Path>) -> Result<PathBuf> {
-    let candidates: Vec<PathBuf> = explicit
-        .map(Path::to_path_buf)
-        .into_iter()
-        .chain(std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-        .chain(std::iter::once(PathBuf::from(".ort/cpu/libonnxruntime.so")))
-        .collect();
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+    codetr_model::find_ort_library(explicit).ok_or_else(|| {
         err("no ONNX Runtime library: set ORT_DYLIB_PATH or --ort-lib, or run scripts/install-ort.sh")
     })
 }

@@ -1,7 +1,31 @@
-//! codetr-serve: HTTP detection server over ONNX Runtime. Not built yet (tracked in issue 6); the binary exists so the
-//! workspace layout is fixed and says so plainly instead of pretending to work.
+//! `codetr-serve` binary: flags → configuration → [`codetr_serve::serve`].
 
-fn main() {
-    eprintln!("codetr-serve is not implemented yet (see issue 6 in the project tracker)");
-    std::process::exit(2);
+use std::io::IsTerminal;
+
+use clap::Parser;
+use codetr_serve::config::{Cli, LogFormat};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+    let cfg = cli.resolve()?;
+    if cli.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("http")
+        .build()?;
+    rt.block_on(codetr_serve::serve(cfg))?;
+    Ok(())
 }

@@ -489,3 +489,25 @@ fn parse_uint<T: FromStr>(key: &'static str, value: &str) -> Result<T, MetadataE
         )),
     }
 }
+
+/// Where ONNX Runtime's shared library is looked for (DESIGN.md §9), in order: `explicit`,
+/// the `ORT_DYLIB_PATH` environment variable, then `.ort/cpu/libonnxruntime.so` (what
+/// `scripts/install-ort.sh` installs). Both the exporter's check and the server load the
+/// library through this, so they always run the same ONNX Runtime.
+pub fn ort_library_candidates(explicit: Option<&std::path::Path>) -> Vec<std::path::PathBuf> {
+    explicit
+        .map(std::path::Path::to_path_buf)
+        .into_iter()
+        .chain(std::env::var_os("ORT_DYLIB_PATH").map(std::path::PathBuf::from))
+        .chain(std::iter::once(std::path::PathBuf::from(
+            ".ort/cpu/libonnxruntime.so",
+        )))
+        .collect()
+}
+
+/// The first of [`ort_library_candidates`] that is a file.
+pub fn find_ort_library(explicit: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    ort_library_candidates(explicit)
+        .into_iter()
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,360 @@
+//! ONNX Runtime: loading the library, reading and checking the graph against the DESIGN.md §7
+//! contract, choosing an execution provider, and running one padded batch.
+//!
+//! Providers are registered one at a time with `error_on_failure`, each on a fresh session
+//! builder, so the server knows which one took instead of ort silently falling back to CPU.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use codetr_model::ModelMetadata;
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::{Tensor, TensorElementType, ValueType};
+
+use crate::config::{Provider, RuntimeConfig};
+use crate::error::{Result, ServeError};
+
+/// What the server knows about the model it serves.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// Name shown to clients: the file's stem.
+    pub name: String,
+    /// Version shown to clients: the first 12 hex digits of the source checkpoint's SHA-256.
+    pub version: String,
+    /// The graph's metadata (classes, input size, top-k, …).
+    pub meta: ModelMetadata,
+    /// Input height and width the graph takes.
+    pub input_hw: [u32; 2],
+}
+
+/// One session and the provider it runs on.
+pub struct Runner {
+    session: Session,
+    /// The provider that took.
+    pub provider: Provider,
+    input_hw: [u32; 2],
+    k: usize,
+}
+
+/// A provider that was asked for and did not take, with why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProviderFailure {
+    /// The provider.
+    pub provider: Provider,
+    /// ONNX Runtime's (or our) reason.
+    pub error: String,
+}
+
+/// Raw outputs of one batch: `n` images × `k` detections.
+#[derive(Debug, Clone)]
+pub struct BatchOutput {
+    /// `[n, k]` class indices.
+    pub labels: Vec<i64>,
+    /// `[n, k]` scores, descending per image.
+    pub scores: Vec<f32>,
+    /// `[n, k, 4]` xyxy boxes in original pixels.
+    pub boxes: Vec<f32>,
+    /// Detections per image.
+    pub k: usize,
+}
+
+/// The process's one ONNX Runtime environment, from the first library path asked for. A failed
+/// load is kept as text: turning a `LoadDynamicError` into `ort::Error` would call into the
+/// library that failed to load (DESIGN.md §12).
+pub fn environment(lib: Option<&Path>) -> Result<&'static Environment> {
+    static ENV: OnceLock<std::result::Result<(Environment, PathBuf), String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = codetr_model::find_ort_library(lib).ok_or_else(|| {
+            format!(
+                "no ONNX Runtime library found (looked at {}); set ORT_DYLIB_PATH or --ort-lib, \
+                 or run scripts/install-ort.sh",
+                codetr_model::ort_library_candidates(lib)
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        let env = ort::init_from(&path)
+            .map_err(|e| format!("cannot load {}: {e}", path.display()))?
+            .with_name("codetr-serve")
+            .build()
+            .map_err(|e| format!("environment: {e}"))?;
+        tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+        Ok((env, path))
+    })
+    .as_ref()
+    .map(|(e, _)| e)
+    .map_err(|e| ServeError::Runtime(e.clone()))
+}
+
+fn model_err(path: &Path, m: impl std::fmt::Display) -> ServeError {
+    ServeError::Model(format!("{}: {m}", path.display()))
+}
+
+/// Builds a session on the first provider in `cfg.providers` that registers and loads the
+/// graph. Returns it with the failures of the providers tried before it.
+pub fn open(
+    env: &'static Environment,
+    path: &Path,
+    cfg: &RuntimeConfig,
+    batch_sizes: &[usize],
+    input_hw: Option<[u32; 2]>,
+) -> Result<(Session, Provider, Vec<ProviderFailure>)> {
+    if !path.is_file() {
+        return Err(model_err(path, "no such file"));
+    }
+    let mut failures = Vec::new();
+    for &p in &cfg.providers {
+        match try_provider(env, path, cfg, p, batch_sizes, input_hw) {
+            Ok(s) => return Ok((s, p, failures)),
+            Err(ServeError::Model(m)) => return Err(ServeError::Model(m)),
+            Err(e) => {
+                tracing::warn!(provider = p.as_str(), "provider did not take: {e}");
+                failures.push(ProviderFailure {
+                    provider: p,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    Err(ServeError::Runtime(format!(
+        "no provider could run the graph: {}",
+        failures
+            .iter()
+            .map(|f| format!("{}: {}", f.provider.as_str(), f.error))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )))
+}
+
+fn builder(
+    env: &'static Environment,
+    cfg: &RuntimeConfig,
+) -> Result<ort::session::builder::SessionBuilder> {
+    let rt =
+        |e: ort::Error<ort::session::builder::SessionBuilder>| ServeError::Runtime(e.to_string());
+    let mut b = Session::builder(env).map_err(|e| ServeError::Runtime(e.to_string()))?;
+    if cfg.intra_threads > 0 {
+        b = b.with_intra_threads(cfg.intra_threads).map_err(rt)?;
+    }
+    Ok(b)
+}
+
+fn commit(mut b: ort::session::builder::SessionBuilder, path: &Path) -> Result<Session> {
+    let bytes = std::fs::read(path).map_err(|e| model_err(path, e))?;
+    b.commit_from_memory(&bytes)
+        .map_err(|e| model_err(path, format!("ONNX Runtime cannot load it: {e}")))
+}
+
+#[cfg_attr(not(feature = "gpu"), allow(unused_variables))]
+fn try_provider(
+    env: &'static Environment,
+    path: &Path,
+    cfg: &RuntimeConfig,
+    p: Provider,
+    batch_sizes: &[usize],
+    input_hw: Option<[u32; 2]>,
+) -> Result<Session> {
+    let b = builder(env, cfg)?;
+    match p {
+        Provider::Cpu => commit(b, path),
+        #[cfg(feature = "gpu")]
+        Provider::Cuda | Provider::Tensorrt => {
+            use ort::ep;
+            let dispatch = if p == Provider::Cuda {
+                ep::CUDA::default().with_device_id(cfg.device_id).build()
+            } else {
+                std::fs::create_dir_all(&cfg.trt_cache_dir).map_err(|e| {
+                    ServeError::Runtime(format!(
+                        "TensorRT cache dir {}: {e}",
+                        cfg.trt_cache_dir.display()
+                    ))
+                })?;
+                let dir = cfg.trt_cache_dir.display().to_string();
+                let mut trt = ep::TensorRT::default()
+                    .with_device_id(cfg.device_id)
+                    .with_fp16(cfg.trt_fp16)
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(&dir)
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(&dir);
+                // One optimisation profile spanning the batch sizes the batcher uses, so no
+                // request shape triggers an engine rebuild.
+                if let Some([h, w]) = input_hw {
+                    let shapes = |n: usize| format!("images:{n}x{h}x{w}x3,orig_sizes:{n}x2");
+                    let lo = batch_sizes.first().copied().unwrap_or(1);
+                    let hi = batch_sizes.last().copied().unwrap_or(1);
+                    trt = trt
+                        .with_profile_min_shapes(shapes(lo))
+                        .with_profile_opt_shapes(shapes(hi))
+                        .with_profile_max_shapes(shapes(hi));
+                }
+                trt.build()
+            };
+            let b = b
+                .with_execution_providers([dispatch.error_on_failure()])
+                .map_err(|e| ServeError::Runtime(e.to_string()))?;
+            commit(b, path)
+        }
+        #[cfg(not(feature = "gpu"))]
+        Provider::Cuda | Provider::Tensorrt => Err(ServeError::Runtime(format!(
+            "{} needs codetr-serve built with `--features gpu`",
+            p.as_str()
+        ))),
+    }
+}
+
+/// Reads the metadata of a session's graph and checks its inputs and outputs against the
+/// contract.
+pub fn inspect(session: &Session, path: &Path) -> Result<ModelInfo> {
+    let md = session
+        .metadata()
+        .map_err(|e| model_err(path, format!("no metadata: {e}")))?;
+    let keys = md
+        .custom_keys()
+        .map_err(|e| model_err(path, format!("metadata keys: {e}")))?;
+    let props: HashMap<String, String> = keys
+        .into_iter()
+        .filter_map(|k| md.custom(&k).map(|v| (k, v)))
+        .collect();
+    let meta = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| model_err(path, format!("metadata: {e}")))?;
+    let Some(input_hw) = meta.input_size else {
+        return Err(model_err(
+            path,
+            "the graph has a dynamic input size; this server needs a fixed-size export",
+        ));
+    };
+    let check = |outlets: &[ort::value::Outlet],
+                 want: &[(&str, TensorElementType, usize)],
+                 what: &str|
+     -> Result<()> {
+        let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
+        let wanted: Vec<&str> = want.iter().map(|w| w.0).collect();
+        if names != wanted {
+            return Err(model_err(
+                path,
+                format!("{what} are {names:?}, the contract says {wanted:?}"),
+            ));
+        }
+        for (o, &(name, ty, rank)) in outlets.iter().zip(want) {
+            match o.dtype() {
+                ValueType::Tensor { ty: t, shape, .. } if *t == ty && shape.len() == rank => {}
+                other => {
+                    return Err(model_err(
+                        path,
+                        format!(
+                            "{what} `{name}` is {other:?}; the contract says a rank-{rank} {ty:?} tensor"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    };
+    use codetr_model::{
+        INPUT_IMAGES, INPUT_ORIG_SIZES, OUTPUT_BOXES, OUTPUT_LABELS, OUTPUT_SCORES,
+    };
+    check(
+        session.inputs(),
+        &[
+            (INPUT_IMAGES, TensorElementType::Uint8, 4),
+            (INPUT_ORIG_SIZES, TensorElementType::Int64, 2),
+        ],
+        "inputs",
+    )?;
+    check(
+        session.outputs(),
+        &[
+            (OUTPUT_LABELS, TensorElementType::Int64, 2),
+            (OUTPUT_SCORES, TensorElementType::Float32, 2),
+            (OUTPUT_BOXES, TensorElementType::Float32, 3),
+        ],
+        "outputs",
+    )?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| meta.preset.clone());
+    Ok(ModelInfo {
+        path: path.to_path_buf(),
+        name,
+        version: meta.checkpoint_sha256.chars().take(12).collect(),
+        input_hw,
+        meta,
+    })
+}
+
+impl Runner {
+    /// Wraps a session opened by [`open`] for the model `info`.
+    pub fn new(session: Session, provider: Provider, info: &ModelInfo) -> Self {
+        Self {
+            session,
+            provider,
+            input_hw: info.input_hw,
+            k: info.meta.max_detections,
+        }
+    }
+
+    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the graph's input size, `orig` the
+    /// `(height, width)` of each original.
+    pub fn run(&mut self, n: usize, pixels: Vec<u8>, orig: &[[u32; 2]]) -> Result<BatchOutput> {
+        let [h, w] = self.input_hw;
+        let want = n * h as usize * w as usize * 3;
+        if pixels.len() != want || orig.len() != n {
+            return Err(ServeError::Internal(format!(
+                "batch of {n}: {} pixel bytes (want {want}), {} sizes",
+                pixels.len(),
+                orig.len()
+            )));
+        }
+        let ie = |e: ort::Error| ServeError::Internal(format!("inference: {e}"));
+        let images = Tensor::from_array(([n, h as usize, w as usize, 3], pixels)).map_err(ie)?;
+        let sizes: Vec<i64> = orig
+            .iter()
+            .flat_map(|s| [i64::from(s[0]), i64::from(s[1])])
+            .collect();
+        let sizes = Tensor::from_array(([n, 2], sizes)).map_err(ie)?;
+        let out = self
+            .session
+            .run(ort::inputs![
+                codetr_model::INPUT_IMAGES => images,
+                codetr_model::INPUT_ORIG_SIZES => sizes,
+            ])
+            .map_err(ie)?;
+        let k = self.k;
+        let get = |name: &str| {
+            out.get(name)
+                .ok_or_else(|| ServeError::Internal(format!("the graph produced no `{name}`")))
+        };
+        let (_, labels) = get(codetr_model::OUTPUT_LABELS)?
+            .try_extract_tensor::<i64>()
+            .map_err(ie)?;
+        let (_, scores) = get(codetr_model::OUTPUT_SCORES)?
+            .try_extract_tensor::<f32>()
+            .map_err(ie)?;
+        let (_, boxes) = get(codetr_model::OUTPUT_BOXES)?
+            .try_extract_tensor::<f32>()
+            .map_err(ie)?;
+        if labels.len() != n * k || scores.len() != n * k || boxes.len() != n * k * 4 {
+            return Err(ServeError::Internal(format!(
+                "output sizes {}/{}/{} do not match {n} images × {k} detections",
+                labels.len(),
+                scores.len(),
+                boxes.len()
+            )));
+        }
+        Ok(BatchOutput {
+            labels: labels.to_vec(),
+            scores: scores.to_vec(),
+            boxes: boxes.to_vec(),
+            k,
+        })
+    }
+}

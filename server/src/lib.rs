@@ -1,0 +1,235 @@
+//! `codetr-serve`: serves a codetr ONNX graph (DESIGN.md §7 contract) over HTTP.
+//!
+//! Request path: [`api`] (axum handlers) → [`request`] (body forms, parameters) → [`decode`]
+//! (limits, EXIF, resize; blocking pool) → [`batcher`] (bounded queue, dynamic batches) →
+//! [`engine`] (one ONNX Runtime session per worker thread). [`serve`] wires it together with
+//! warm-up, readiness and graceful shutdown.
+
+pub mod api;
+pub mod batcher;
+pub mod config;
+pub mod decode;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod request;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::batcher::BatchPolicy;
+use crate::config::ServeConfig;
+use crate::engine::Runner;
+pub use crate::error::{Result, ServeError};
+
+/// The bearer token: `CODETR_SERVE_AUTH_TOKEN`, else the configured file, else none.
+fn auth_token(cfg: &ServeConfig) -> Result<Option<String>> {
+    let token = match std::env::var("CODETR_SERVE_AUTH_TOKEN") {
+        Ok(t) => Some(t),
+        Err(_) => match &cfg.http.auth_token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| ServeError::Io(format!("auth token file {}: {e}", p.display())))?,
+            ),
+            None => None,
+        },
+    };
+    match token.map(|t| t.trim().to_owned()) {
+        Some(t) if t.is_empty() => Err(ServeError::Config("the auth token is empty".into())),
+        t => Ok(t),
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Loads the model, starts the workers and serves until SIGINT/SIGTERM (then drains) or until
+/// warm-up fails (then returns the error).
+pub async fn serve(cfg: ServeConfig) -> Result<()> {
+    let path = cfg.model.clone().ok_or_else(|| {
+        ServeError::Config("no model: pass --model PATH (or set `model` in the config)".into())
+    })?;
+    let auth_token = auth_token(&cfg)?;
+    let env = engine::environment(cfg.ort_lib.as_deref())?;
+    let sizes = cfg.batching.effective_sizes();
+
+    // The first session validates the file and picks the provider; the other workers use
+    // that provider only, so every worker runs on the same one.
+    let (first, provider, failures) = engine::open(env, &path, &cfg.runtime, &sizes, None)?;
+    let model = engine::inspect(&first, &path)?;
+    if cfg.runtime.require_gpu && !provider.is_gpu() {
+        return Err(ServeError::Runtime(format!(
+            "--require-gpu: no GPU provider took (tried {}); running on {} is refused",
+            failures
+                .iter()
+                .map(|f| format!("{}: {}", f.provider.as_str(), f.error))
+                .collect::<Vec<_>>()
+                .join("; "),
+            provider.as_str()
+        )));
+    }
+    let (first, provider) = if provider == config::Provider::Tensorrt {
+        // Re-open with the optimisation profiles, which need the input size from the metadata.
+        let mut only = cfg.runtime.clone();
+        only.providers = vec![provider];
+        let (s, _, _) = engine::open(env, &path, &only, &sizes, Some(model.input_hw))?;
+        (s, provider)
+    } else {
+        (first, provider)
+    };
+    if !failures.is_empty() {
+        tracing::warn!(
+            "PROVIDER FALLBACK: running on {} because {}",
+            provider.as_str(),
+            failures
+                .iter()
+                .map(|f| format!("{} failed ({})", f.provider.as_str(), f.error))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    tracing::info!(
+        model = %path.display(),
+        name = %model.name,
+        version = %model.version,
+        classes = model.meta.classes.len(),
+        input = ?model.input_hw,
+        top_k = model.meta.max_detections,
+        provider = provider.as_str(),
+        "model loaded"
+    );
+    let mut runners = vec![Runner::new(first, provider, &model)];
+    let mut only = cfg.runtime.clone();
+    only.providers = vec![provider];
+    for _ in 1..cfg.batching.workers {
+        let (s, _, _) = engine::open(env, &path, &only, &sizes, Some(model.input_hw))?;
+        runners.push(Runner::new(s, provider, &model));
+    }
+
+    let prometheus = metrics::install(cfg.batching.max_batch_size)?;
+    let requested = cfg
+        .runtime
+        .providers
+        .iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    ::metrics::gauge!(metrics::PROVIDER_INFO, "provider" => provider.as_str(), "requested" => requested)
+        .set(1.0);
+    ::metrics::gauge!(metrics::READY).set(0.0);
+
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel();
+    let policy = BatchPolicy {
+        sizes: sizes.clone(),
+        max_queue_delay: Duration::from_micros(cfg.batching.max_queue_delay_us),
+        input_hw: model.input_hw,
+    };
+    let (batcher, _workers) =
+        batcher::start(runners, policy, cfg.batching.max_queue_size, warm_tx)?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.bind)
+        .await
+        .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", cfg.bind)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Io(format!("local address: {e}")))?;
+    let drain = Duration::from_secs(cfg.http.drain_timeout_s);
+    let workers = cfg.batching.workers;
+    let state = Arc::new(api::AppState {
+        model,
+        provider,
+        provider_failures: failures,
+        config: cfg,
+        batcher,
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        auth_token,
+        prometheus,
+        seq: AtomicU64::new(0),
+    });
+    tracing::info!("listening on http://{addr}");
+
+    // Readiness: every worker reports once it has run every batch size.
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<ServeError>(1);
+    {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..workers {
+                match warm_rx.recv() {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        let _ = fatal_tx.blocking_send(e);
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = fatal_tx.blocking_send(ServeError::Runtime(
+                            "a worker exited during warm-up".into(),
+                        ));
+                        return;
+                    }
+                }
+            }
+            state.ready.store(true, Ordering::Relaxed);
+            ::metrics::gauge!(metrics::READY).set(1.0);
+            tracing::info!(batch_sizes = ?sizes, "ready: warmed at every batch size");
+        });
+    }
+
+    let app = api::router(state.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut fatal: Option<ServeError> = None;
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = &mut server => {
+            return r.map_err(|e| ServeError::Io(format!("server: {e}")));
+        }
+        () = shutdown_signal() => {
+            tracing::info!(drain_timeout_s = drain.as_secs(), "shutdown requested: draining admitted requests");
+        }
+        Some(e) = fatal_rx.recv() => {
+            tracing::error!("{e}");
+            fatal = Some(e);
+        }
+    }
+    state.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(drain, &mut server).await {
+        Ok(Ok(())) => tracing::info!("drained; exiting"),
+        Ok(Err(e)) => tracing::error!("server error while draining: {e}"),
+        Err(_) => tracing::warn!(
+            queued = state.batcher.depth(),
+            "drain timeout passed with requests still open; exiting anyway"
+        ),
+    }
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
