@@ -207,7 +207,6 @@ fn worker(
             }
         }
         let now = Instant::now();
-        batch.retain(|j| !j.reply.is_closed());
         let (expired, live): (Vec<Job>, Vec<Job>) =
             batch.into_iter().partition(|j| j.deadline <= now);
         for j in expired {
@@ -215,6 +214,12 @@ fn worker(
             let _ = j
                 .reply
                 .send(Err(ServeError::DeadlineExceeded(j.timeout_ms)));
+        }
+        // Clients that went away (their handler timed out or the connection closed).
+        let (gone, live): (Vec<Job>, Vec<Job>) =
+            live.into_iter().partition(|j| j.reply.is_closed());
+        if !gone.is_empty() {
+            metrics::counter!(m::REJECTED, "reason" => "cancelled").increment(gone.len() as u64);
         }
         if live.is_empty() {
             continue;

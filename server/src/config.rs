@@ -220,7 +220,7 @@ impl Default for HttpConfig {
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
-    /// The exported ONNX graph (from `codetr-export`).
+    /// The exported ONNX graph (from `codetr-export`), or a model directory holding model.onnx.
     #[arg(long, env = "CODETR_SERVE_MODEL")]
     pub model: Option<PathBuf>,
     /// TOML configuration file; flags and environment variables override it.
@@ -378,8 +378,12 @@ impl ServeConfig {
         if b.workers == 0 || b.workers > 64 {
             return bad(format!("batching.workers must be 1–64, got {}", b.workers));
         }
-        if b.max_queue_size == 0 {
-            return bad("batching.max_queue_size must be ≥ 1".into());
+        if b.max_queue_size < self.limits.max_images {
+            // Otherwise a request with max_images images could never be admitted.
+            return bad(format!(
+                "batching.max_queue_size ({}) must be ≥ limits.max_images ({})",
+                b.max_queue_size, self.limits.max_images
+            ));
         }
         if b.timeout_ms == 0 {
             return bad("batching.timeout_ms must be ≥ 1".into());

@@ -57,6 +57,13 @@ pub fn sniff(bytes: &[u8]) -> Result<ImageFormat> {
 /// from their header dimensions, before decoding.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded> {
     let format = sniff(bytes)?;
+    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+        // The JPEG decoder fills a truncated scan with grey instead of failing; a cut-off
+        // upload must not be served as if it were the whole picture.
+        return Err(ServeError::InvalidImage(
+            "truncated JPEG (no end-of-image marker after the scan)".into(),
+        ));
+    }
     let invalid = |e: image::ImageError| ServeError::InvalidImage(format!("cannot decode: {e}"));
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     // Belt and braces: the decoder itself also refuses allocations beyond what the pixel limit
@@ -87,6 +94,16 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded> {
         height: rgb.height(),
         rgb: rgb.into_raw(),
     })
+}
+
+/// Whether a JPEG has an end-of-image marker (FF D9) after its first start-of-scan (FF DA).
+/// Inside entropy-coded data every FF byte is followed by 00 or a restart marker, so FF D9
+/// there can only be the real end.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Stretch-resizes a decoded image to `width`×`height` RGB8 (bilinear).

@@ -70,6 +70,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     let path = cfg.model.clone().ok_or_else(|| {
         ServeError::Config("no model: pass --model PATH (or set `model` in the config)".into())
     })?;
+    // A model directory (as shipped under models/) holds its graph as model.onnx.
+    let path = if path.is_dir() {
+        path.join("model.onnx")
+    } else {
+        path
+    };
     let auth_token = auth_token(&cfg)?;
     let env = engine::environment(cfg.ort_lib.as_deref())?;
     let sizes = cfg.batching.effective_sizes();

@@ -37,7 +37,8 @@ pub const INFERENCES: &str = "codetr_inference_count_total";
 pub const EXECUTIONS: &str = "codetr_execution_count_total";
 /// Counter: batches whose run failed.
 pub const INFER_FAILURES: &str = "codetr_inference_failures_total";
-/// Counter: images refused by the batcher, by `reason` (`queue_full` | `deadline`).
+/// Counter: images refused or dropped by the batcher, by `reason` (`queue_full` | `deadline` |
+/// `cancelled`: the client left before its batch ran).
 pub const REJECTED: &str = "codetr_rejected_total";
 /// Gauge: 1 for the provider in use (`provider`), with the requested list (`requested`).
 pub const PROVIDER_INFO: &str = "codetr_provider_info";

@@ -1,0 +1,538 @@
+//! `codetr-serve` end to end on a real exported graph (the committed micro fixture, made by
+//! scripts/make-serve-fixture.sh with the real exporter): every request form, parameters,
+//! every error status, batching, queue full, deadlines, drain on SIGTERM, startup errors.
+//! Needs `CODETR_PYTHON` (for the ONNX Runtime wheel's library) — `make test` sets it.
+
+mod common;
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn encode(img: &image::DynamicImage, f: image::ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, f).unwrap();
+    out.into_inner()
+}
+
+fn detections(j: &Value, image: usize) -> &Vec<Value> {
+    j["images"][image]["detections"].as_array().unwrap()
+}
+
+/// Structure every 200 must have; boxes inside the image, scores sorted and above `thr`.
+fn check_result(j: &Value, n_images: usize, thr: f64) {
+    assert!(j["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(j["model"]["name"], "micro");
+    assert_eq!(j["model"]["provider"], "cpu");
+    assert_eq!(j["images"].as_array().unwrap().len(), n_images);
+    for t in ["queue", "decode", "preprocess", "infer", "total"] {
+        assert!(j["timings_ms"][t].as_f64().unwrap() >= 0.0);
+    }
+    for i in 0..n_images {
+        let (w, h) = (
+            j["images"][i]["width"].as_f64().unwrap(),
+            j["images"][i]["height"].as_f64().unwrap(),
+        );
+        let d = detections(j, i);
+        let mut last = f64::INFINITY;
+        for det in d {
+            let s = det["score"].as_f64().unwrap();
+            assert!(s >= thr && s <= last, "{det}");
+            last = s;
+            let b = &det["box"];
+            let (x1, y1, x2, y2) = (
+                b["x1"].as_f64().unwrap(),
+                b["y1"].as_f64().unwrap(),
+                b["x2"].as_f64().unwrap(),
+                b["y2"].as_f64().unwrap(),
+            );
+            assert!(
+                0.0 <= x1 && x1 <= x2 && x2 <= w && 0.0 <= y1 && y1 <= y2 && y2 <= h,
+                "{det}"
+            );
+            assert!(det["label"].as_str().is_some());
+        }
+    }
+}
+
+#[test]
+fn every_request_form_gives_the_same_detections() {
+    let s = Server::start(&["--score-threshold", "0"]);
+    let jpg = sample_jpeg();
+    let raw = s.post("/v1/detect", "image/jpeg", &jpg);
+    assert_eq!(raw.status, 200, "{}", raw.text());
+    let rj = raw.json();
+    check_result(&rj, 1, 0.0);
+    assert_eq!(
+        (
+            rj["images"][0]["width"].as_u64(),
+            rj["images"][0]["height"].as_u64()
+        ),
+        (Some(256), Some(256))
+    );
+    // The micro graph's top-k is 20; threshold 0 keeps all.
+    assert_eq!(detections(&rj, 0).len(), 20);
+    assert!(raw.header("x-request-id").is_some());
+
+    // Same pixels as PNG and WebP (lossless) → same detections as each other.
+    let img = image::load_from_memory(&jpg).unwrap();
+    let png = s
+        .post(
+            "/v1/detect",
+            "image/png",
+            &encode(&img, image::ImageFormat::Png),
+        )
+        .json();
+    let webp = s
+        .post(
+            "/v1/detect",
+            "image/webp",
+            &encode(&img, image::ImageFormat::WebP),
+        )
+        .json();
+    assert_eq!(png["images"], webp["images"]);
+    check_result(&png, 1, 0.0);
+
+    // JSON: one image, then two; multipart with two parts (`image` and `file`).
+    let one = s.post(
+        "/v1/detect",
+        "application/json",
+        json!({"image": b64(&jpg)}).to_string().as_bytes(),
+    );
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(one.json()["images"], rj["images"]);
+    let two = s
+        .post(
+            "/v1/detect",
+            "application/json",
+            json!({"images": [b64(&jpg), format!("data:image/jpeg;base64,{}", b64(&jpg))]})
+                .to_string()
+                .as_bytes(),
+        )
+        .json();
+    check_result(&two, 2, 0.0);
+    assert_eq!(two["images"][0], rj["images"][0]);
+    assert_eq!(two["images"][1], rj["images"][0]);
+    let (ct, body) = multipart(&[
+        ("image", Some("a.jpg"), &jpg),
+        ("file", Some("b.jpg"), &jpg),
+        ("max_detections", None, b"3"),
+    ]);
+    let mp = s.post("/v1/detect", &ct, &body);
+    assert_eq!(mp.status, 200, "{}", mp.text());
+    let mj = mp.json();
+    check_result(&mj, 2, 0.0);
+    assert_eq!(detections(&mj, 1).len(), 3);
+    assert_eq!(detections(&mj, 0)[..], detections(&rj, 0)[..3]);
+}
+
+#[test]
+fn parameters_filter_the_detections() {
+    let s = Server::start(&[]);
+    let jpg = sample_jpeg();
+    let all = s
+        .post("/v1/detect?score_threshold=0", "image/jpeg", &jpg)
+        .json();
+    let all = detections(&all, 0).clone();
+    // Threshold between two scores keeps exactly those above it.
+    let mid = (all[4]["score"].as_f64().unwrap() + all[5]["score"].as_f64().unwrap()) / 2.0;
+    let r = s
+        .post(
+            &format!("/v1/detect?score_threshold={mid}"),
+            "image/jpeg",
+            &jpg,
+        )
+        .json();
+    check_result(&r, 1, mid);
+    assert_eq!(detections(&r, 0)[..], all[..5]);
+    // max_detections.
+    let r = s
+        .post(
+            "/v1/detect?score_threshold=0&max_detections=2",
+            "image/jpeg",
+            &jpg,
+        )
+        .json();
+    assert_eq!(detections(&r, 0)[..], all[..2]);
+    // classes by name and id, query and JSON.
+    let first = all[0]["label"].as_str().unwrap().to_owned();
+    let first_id = all[0]["class_id"].as_u64().unwrap();
+    let by_name = s
+        .post(
+            &format!("/v1/detect?score_threshold=0&classes={first}"),
+            "image/jpeg",
+            &jpg,
+        )
+        .json();
+    let by_id = s
+        .post(
+            "/v1/detect",
+            "application/json",
+            json!({"image": b64(&jpg), "score_threshold": 0, "classes": [first_id]})
+                .to_string()
+                .as_bytes(),
+        )
+        .json();
+    let want: Vec<&Value> = all.iter().filter(|d| d["class_id"] == first_id).collect();
+    assert!(!want.is_empty());
+    assert_eq!(detections(&by_name, 0).iter().collect::<Vec<_>>(), want);
+    assert_eq!(detections(&by_id, 0).iter().collect::<Vec<_>>(), want);
+    // Default threshold (0.3 from the config) applies when none is given: a random-init
+    // model scores below it.
+    let d = s.post("/v1/detect", "image/jpeg", &jpg).json();
+    let expect = all
+        .iter()
+        .filter(|d| d["score"].as_f64().unwrap() >= 0.3)
+        .count();
+    assert_eq!(detections(&d, 0).len(), expect);
+}
+
+#[test]
+fn bad_input_corpus_gets_clear_4xx_and_the_server_stays_up() {
+    let s = Server::start(&[
+        "--max-body-bytes",
+        "8000000",
+        "--max-images",
+        "2",
+        "--max-queue-size",
+        "8",
+    ]);
+    let jpg = sample_jpeg();
+    let rss0 = s.rss_kib();
+
+    // 422: zero bytes, truncated JPEG, text pretending to be JPEG, 100k×100k PNG header.
+    s.post("/v1/detect", "image/jpeg", b"")
+        .assert_error(422, "invalid_image");
+    s.post("/v1/detect", "image/jpeg", &jpg[..jpg.len() / 2])
+        .assert_error(422, "invalid_image");
+    s.post("/v1/detect", "image/jpeg", b"this is not a JPEG, just text")
+        .assert_error(422, "invalid_image");
+    let mut png = encode(
+        &image::DynamicImage::new_rgb8(1, 1),
+        image::ImageFormat::Png,
+    );
+    png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let r = s.post("/v1/detect", "image/png", &png);
+    assert_eq!(r.status, 422, "{}", r.text());
+    // 415: GIF (by content type and by bytes), text/plain, no content type.
+    s.post("/v1/detect", "image/gif", b"GIF89a\x01\x00\x01\x00")
+        .assert_error(415, "unsupported_media_type");
+    s.post(
+        "/v1/detect",
+        "image/png",
+        b"GIF89a\x01\x00\x01\x00\x00\x00\x00;",
+    )
+    .assert_error(415, "unsupported_media_type");
+    s.post("/v1/detect", "text/plain", b"hello")
+        .assert_error(415, "unsupported_media_type");
+    http(s.addr, "POST", "/v1/detect", &[], &jpg)
+        .unwrap()
+        .assert_error(415, "unsupported_media_type");
+    // 413: a 100 MB body (Content-Length announced, then streamed).
+    let big = vec![0u8; 100 << 20];
+    s.post("/v1/detect", "image/jpeg", &big)
+        .assert_error(413, "payload_too_large");
+    let (ct, body) = multipart(&[("image", Some("big.jpg"), &big[..9_000_000])]);
+    s.post("/v1/detect", &ct, &body)
+        .assert_error(413, "payload_too_large");
+    drop(big);
+    // 400: bad base64, wrong JSON types, unknown field, both forms, no images, too many,
+    // multipart without parts, bad parameters.
+    let bad_json: [Value; 6] = [
+        json!({"image": "!!!not base64!!!"}),
+        json!({"image": 42}),
+        json!({"images": "abc"}),
+        json!({"image": b64(&jpg), "score_threshold": "high"}),
+        json!({"image": b64(&jpg), "colour": "red"}),
+        json!({}),
+    ];
+    for j in bad_json {
+        s.post("/v1/detect", "application/json", j.to_string().as_bytes())
+            .assert_error(400, "bad_request");
+    }
+    s.post("/v1/detect", "application/json", b"{not json")
+        .assert_error(400, "bad_request");
+    s.post(
+        "/v1/detect",
+        "application/json",
+        json!({"images": [b64(&jpg), b64(&jpg), b64(&jpg)]})
+            .to_string()
+            .as_bytes(),
+    )
+    .assert_error(400, "bad_request");
+    let (ct, body) = multipart(&[]);
+    s.post("/v1/detect", &ct, &body)
+        .assert_error(400, "bad_request");
+    s.post("/v1/detect", "multipart/form-data", b"garbage")
+        .assert_error(400, "bad_request");
+    for q in [
+        "score_threshold=1.5",
+        "score_threshold=nan",
+        "score_threshold=-0.1",
+        "max_detections=0",
+        "max_detections=21",
+        "max_detections=abc",
+        "classes=unicorn",
+        "classes=10",
+        "timeout_ms=0",
+        "bogus=1",
+    ] {
+        s.post(&format!("/v1/detect?{q}"), "image/jpeg", &jpg)
+            .assert_error(400, "bad_request");
+    }
+    // 404 / 405.
+    s.get("/nope").unwrap().assert_error(404, "not_found");
+    http(s.addr, "GET", "/v1/detect", &[], &[])
+        .unwrap()
+        .assert_error(405, "method_not_allowed");
+
+    // Still serving, and memory did not balloon (the 100 MB body was never buffered).
+    let ok = s.post("/v1/detect", "image/jpeg", &jpg);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.get("/healthz").unwrap().status, 200);
+    let rss1 = s.rss_kib();
+    assert!(
+        rss1 < rss0 + 60 * 1024,
+        "RSS grew from {rss0} to {rss1} KiB"
+    );
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
+#[test]
+fn probes_models_metrics_openapi_and_page() {
+    let s = Server::start(&["--max-batch-size", "4"]);
+    assert_eq!(s.get("/healthz").unwrap().json()["status"], "ok");
+    assert_eq!(s.get("/readyz").unwrap().json()["status"], "ready");
+    let m = s.get("/v1/models").unwrap().json();
+    assert_eq!(m["name"], "micro");
+    assert_eq!(m["provider"], "cpu");
+    assert_eq!(m["ready"], true);
+    assert_eq!(m["classes"].as_array().unwrap().len(), 10);
+    assert_eq!(m["metadata"]["max_detections"], 20);
+    assert_eq!(m["batching"]["batch_sizes"], json!([1, 2, 4]));
+    let spec = s.get("/openapi.json").unwrap().json();
+    assert_eq!(spec["openapi"], "3.0.3");
+    assert!(spec["paths"]["/v1/detect"]["post"]["responses"]["503"].is_object());
+    let page = s.get("/").unwrap();
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().contains("<canvas"));
+    let metrics = s.get("/metrics").unwrap().text();
+    for name in [
+        "codetr_provider_info{provider=\"cpu\"",
+        "codetr_ready 1",
+        "codetr_http_requests_total{route=\"/v1/models\",method=\"GET\",status=\"200\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from\n{metrics}");
+    }
+    // Warm-up ran every batch size once, and counted nothing as traffic.
+    assert!(s.log().contains("batch_sizes=[1, 2, 4]"), "{}", s.log());
+}
+
+#[test]
+fn concurrent_requests_are_batched_together() {
+    // A long queue delay makes the first image wait for the others.
+    let s = Server::start(&["--max-batch-size", "8", "--max-queue-delay-us", "300000"]);
+    let jpg = sample_jpeg();
+    let before = (
+        s.metric("codetr_inference_count_total"),
+        s.metric("codetr_execution_count_total"),
+    );
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..6)
+            .map(|_| sc.spawn(|| s.post("/v1/detect?score_threshold=0", "image/jpeg", &jpg)))
+            .collect();
+        let outs: Vec<Resp> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        let first = outs[0].json()["images"].clone();
+        for o in &outs {
+            assert_eq!(o.status, 200, "{}", o.text());
+            // Padding and batch-mates do not change an image's detections.
+            assert_eq!(o.json()["images"], first);
+        }
+    });
+    let images = s.metric("codetr_inference_count_total") - before.0;
+    let runs = s.metric("codetr_execution_count_total") - before.1;
+    assert_eq!(images, 6.0);
+    assert!(
+        runs < images,
+        "6 images ran in {runs} batches: no batching happened"
+    );
+    let sum = s.metric("codetr_batch_size_sum");
+    assert_eq!(sum, 6.0);
+}
+
+#[test]
+fn full_queue_answers_503_with_retry_after() {
+    // One worker, batches of 1, room for 16 queued images; requests of 16 images each can
+    // only be admitted into an empty queue, so concurrent ones must be refused.
+    let s = Server::start(&[
+        "--max-batch-size",
+        "1",
+        "--max-queue-size",
+        "16",
+        "--max-images",
+        "16",
+    ]);
+    let jpg = sample_jpeg();
+    let body = json!({"images": vec![b64(&jpg); 16], "score_threshold": 0}).to_string();
+    let outs: Vec<Resp> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| sc.spawn(|| s.post("/v1/detect", "application/json", body.as_bytes())))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let full: Vec<&Resp> = outs.iter().filter(|r| r.status == 503).collect();
+    assert!(!full.is_empty(), "no request was refused");
+    for r in &full {
+        r.assert_error(503, "queue_full");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    for r in outs.iter().filter(|r| r.status != 503) {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(s.metric("codetr_rejected_total") >= 1.0);
+}
+
+#[test]
+fn passed_deadline_answers_504_and_the_job_is_dropped() {
+    // The first image of a batch waits up to 500 ms for company; a 20 ms deadline expires first.
+    let s = Server::start(&["--max-batch-size", "8", "--max-queue-delay-us", "500000"]);
+    let r = s.post("/v1/detect?timeout_ms=20", "image/jpeg", &sample_jpeg());
+    r.assert_error(504, "deadline_exceeded");
+    // The worker drops the expired job instead of running it.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(s.metric("codetr_inference_count_total"), 0.0);
+    assert!(s.metric("codetr_rejected_total") >= 1.0);
+}
+
+#[test]
+fn sigterm_drains_admitted_requests() {
+    let mut s = Server::start(&[
+        "--max-batch-size",
+        "8",
+        "--max-queue-delay-us",
+        "800000",
+        "--drain-timeout-s",
+        "20",
+    ]);
+    let jpg = sample_jpeg();
+    let addr = s.addr;
+    let outs: Vec<Resp> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| {
+                sc.spawn(|| {
+                    http(
+                        addr,
+                        "POST",
+                        "/v1/detect",
+                        &[("Content-Type", "image/jpeg")],
+                        &jpg,
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        // The requests are admitted and waiting for batch-mates when SIGTERM arrives.
+        std::thread::sleep(Duration::from_millis(300));
+        s.signal("TERM");
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &outs {
+        assert_eq!(o.status, 200, "{}", o.text());
+    }
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}\n{}", s.log());
+    assert!(s.log().contains("drained"), "{}", s.log());
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after drain"
+    );
+}
+
+#[test]
+fn bearer_token_guards_v1_only() {
+    let s = Server::start_with(&[], &[("CODETR_SERVE_AUTH_TOKEN", "s3cret-token")]);
+    let r = s.get("/v1/models").unwrap();
+    r.assert_error(401, "unauthorized");
+    assert!(r.header("www-authenticate").is_some());
+    let wrong = http(
+        s.addr,
+        "GET",
+        "/v1/models",
+        &[("Authorization", "Bearer s3cret-tokeN")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    let ok = http(
+        s.addr,
+        "GET",
+        "/v1/models",
+        &[("Authorization", "Bearer s3cret-token")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.status, 200);
+    let d = http(
+        s.addr,
+        "POST",
+        "/v1/detect",
+        &[
+            ("Authorization", "Bearer s3cret-token"),
+            ("Content-Type", "image/jpeg"),
+        ],
+        &sample_jpeg(),
+    )
+    .unwrap();
+    assert_eq!(d.status, 200, "{}", d.text());
+    for open in ["/healthz", "/readyz", "/metrics", "/", "/openapi.json"] {
+        assert_eq!(s.get(open).unwrap().status, 200, "{open}");
+    }
+}
+
+#[test]
+fn startup_errors_are_clear_and_do_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.onnx");
+    let corrupt = dir.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"\x08\x07this is not a protobuf of a graph").unwrap();
+    let truncated = dir.path().join("truncated.onnx");
+    let bytes = std::fs::read(micro_model()).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let micro = micro_model();
+    let micro = micro.to_str().unwrap();
+    let bad_toml = dir.path().join("serve.toml");
+    std::fs::write(&bad_toml, "[batching]\nmax_batch = 3\n").unwrap();
+    let cases: [(Vec<&str>, &str); 6] = [
+        (vec!["--model", missing.to_str().unwrap()], "no such file"),
+        (vec!["--model", corrupt.to_str().unwrap()], "model:"),
+        (vec!["--model", truncated.to_str().unwrap()], "model:"),
+        (vec![], "no model"),
+        (
+            vec!["--model", micro, "--config", bad_toml.to_str().unwrap()],
+            "max_batch",
+        ),
+        (
+            vec!["--model", micro, "--require-gpu", "--bind", "127.0.0.1:0"],
+            "require-gpu",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run_to_exit(&args);
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "{args:?} exited {code:?}\n{err}"
+        );
+        assert!(err.contains(want), "{args:?}: {want:?} not in\n{err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    }
+    // An unknown flag is a usage error (clap: exit 2).
+    let (code, _) = run_to_exit(&["--model", "x.onnx", "--no-such-flag"]);
+    assert_eq!(code, Some(2));
+}
