@@ -14,7 +14,7 @@ Environment:
                         always written on failure and its path printed.
   CHROMIUM_BIN, CHROMEDRIVER   override /usr/bin/chromium and /usr/bin/chromedriver.
 
-Needs Debian's `chromium` and `chromium-driver` and `pip install -r tests/e2e/requirements.txt`.
+Needs Debian's `chromium` and `chromium-driver` and `make venv (tests/python/requirements.txt)`.
 Selenium is pointed at /usr/bin/chromedriver explicitly, so Selenium Manager never downloads.
 
 What it checks: the upload reaches data-state=done; at threshold 0 some boxes are drawn and the
@@ -91,7 +91,7 @@ def browser_problem() -> str | None:
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "the Python package selenium is not installed (pip install -r tests/e2e/requirements.txt)"
+        return "the Python package selenium is not installed (make venv (tests/python/requirements.txt))"
     return None
 
 
