@@ -48,10 +48,14 @@ struct Cli {
     /// Open-loop levels: arrival rates (requests/s), comma-separated; replaces --concurrency.
     #[arg(long, value_delimiter = ',')]
     rate: Option<Vec<f64>>,
-    /// Measured seconds per level.
+    /// Measured seconds per window (a level runs --rounds windows per target).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Unmeasured warm-up seconds before each level.
+    /// Rounds per level: the targets alternate (a b, b a, …) round by round and each level's
+    /// result merges its rounds, so slow drift of a noisy machine favours neither target.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Unmeasured warm-up seconds before each window.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
     /// Closed loop: stop a level after this many measured requests (else --duration bounds it).
@@ -147,33 +151,49 @@ async fn main() -> anyhow::Result<()> {
         uris.push((detect, metrics));
     }
     eprintln!(
-        "{} images, {} levels × {} target(s), {:.0}+{:.0} s each",
+        "{} images, {} levels × {} target(s) × {} round(s), {:.0}+{:.0} s each",
         payloads.len(),
         levels.len(),
         targets.len(),
+        cli.rounds,
         cli.warmup,
         cli.duration
     );
+    if cli.rounds == 0 {
+        anyhow::bail!("--rounds must be ≥ 1");
+    }
     let mut results = Vec::new();
-    for (li, level) in levels.iter().enumerate() {
-        // Alternate which target goes first so slow drift of the machine favours neither.
-        let mut order: Vec<usize> = (0..targets.len()).collect();
-        if li % 2 == 1 {
-            order.reverse();
+    let mut turn = 0usize;
+    for level in &levels {
+        let n = targets.len();
+        let mut tallies: Vec<run::Tally> = (0..n).map(|_| run::Tally::new()).collect();
+        let mut seconds = vec![0.0f64; n];
+        let mut before: Vec<Option<scrape::Snapshot>> = Vec::with_capacity(n);
+        for (_, m) in &uris {
+            before.push(http.get_text(m).await.map(|t| scrape::Snapshot::parse(&t)));
         }
-        for ti in order {
+        for _ in 0..cli.rounds {
+            // Alternate which target goes first.
+            let mut order: Vec<usize> = (0..n).collect();
+            if turn % 2 == 1 {
+                order.reverse();
+            }
+            turn += 1;
+            for ti in order {
+                let (t, s) =
+                    run::run_window(&http, &uris[ti].0, payloads.clone(), *level, bounds).await;
+                tallies[ti].merge(t);
+                seconds[ti] += s;
+            }
+        }
+        for (ti, tally) in tallies.into_iter().enumerate() {
             let (tag, name, _) = &targets[ti];
-            let (detect, metrics) = &uris[ti];
-            let before = http
-                .get_text(metrics)
-                .await
-                .map(|t| scrape::Snapshot::parse(&t));
-            let mut r = run::run_level(&http, detect, payloads.clone(), tag, *level, bounds).await;
+            let mut r = tally.finish(tag, *level, seconds[ti]);
             let after = http
-                .get_text(metrics)
+                .get_text(&uris[ti].1)
                 .await
                 .map(|t| scrape::Snapshot::parse(&t));
-            if let (Some(b), Some(a)) = (&before, &after) {
+            if let (Some(b), Some(a)) = (&before[ti], &after) {
                 r.server = scrape::split(b, a);
             }
             eprintln!(
@@ -193,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
             "path": cli.path,
             "duration_s": cli.duration,
             "warmup_s": cli.warmup,
+            "rounds": cli.rounds,
         });
         let body = serde_json::to_vec_pretty(&report::json(&settings, &results))?;
         codetr_loadtest::write_atomic(p, &body)

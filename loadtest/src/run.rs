@@ -88,14 +88,16 @@ pub struct LevelResult {
     pub server: Option<ServerSplit>,
 }
 
-struct Tally {
+/// Outcomes of one or more measured windows; merge rounds, then [`Tally::finish`].
+pub struct Tally {
     hist: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
 }
 
 impl Tally {
-    fn new() -> Self {
+    /// Empty.
+    pub fn new() -> Self {
         Self {
             // 1 µs .. 10 min, 3 significant digits.
             hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
@@ -117,7 +119,8 @@ impl Tally {
         }
     }
 
-    fn merge(&mut self, other: Tally) {
+    /// Adds another window's outcomes.
+    pub fn merge(&mut self, other: Tally) {
         let _ = self.hist.add(&other.hist);
         self.ok += other.ok;
         for (k, v) in other.errors {
@@ -125,7 +128,8 @@ impl Tally {
         }
     }
 
-    fn finish(self, target: &str, level: Level, seconds: f64) -> LevelResult {
+    /// Percentiles and throughput over `seconds` of measured time.
+    pub fn finish(self, target: &str, level: Level, seconds: f64) -> LevelResult {
         let q = |p: f64| self.hist.value_at_quantile(p) as f64 / 1e3;
         let latency = if self.ok == 0 {
             Latency::default()
@@ -152,20 +156,24 @@ impl Tally {
     }
 }
 
-/// Runs one level against `uri`, cycling through `payloads`.
-pub async fn run_level(
+impl Default for Tally {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs one measured window of `level` against `uri`, cycling through `payloads`; returns
+/// its outcomes and the measured seconds.
+pub async fn run_window(
     http: &Http,
     uri: &Uri,
     payloads: Arc<Vec<Payload>>,
-    target: &str,
     level: Level,
     bounds: Bounds,
-) -> LevelResult {
+) -> (Tally, f64) {
     match level {
-        Level::Closed { concurrency } => {
-            closed(http, uri, payloads, target, concurrency, bounds).await
-        }
-        Level::Open { rate } => open(http, uri, payloads, target, rate, bounds).await,
+        Level::Closed { concurrency } => closed(http, uri, payloads, concurrency, bounds).await,
+        Level::Open { rate } => open(http, uri, payloads, rate, bounds).await,
     }
 }
 
@@ -173,10 +181,9 @@ async fn closed(
     http: &Http,
     uri: &Uri,
     payloads: Arc<Vec<Payload>>,
-    target: &str,
     concurrency: usize,
     b: Bounds,
-) -> LevelResult {
+) -> (Tally, f64) {
     let start = Instant::now() + b.warmup;
     let end = start + b.duration;
     let next = Arc::new(AtomicUsize::new(0));
@@ -216,8 +223,7 @@ async fn closed(
             total.merge(t);
         }
     }
-    let seconds = (Instant::now().min(end) - start).as_secs_f64();
-    total.finish(target, Level::Closed { concurrency }, seconds)
+    (total, (Instant::now().min(end) - start).as_secs_f64())
 }
 
 /// Most requests in flight in open loop; beyond it the generator itself is the bottleneck
@@ -228,10 +234,9 @@ async fn open(
     http: &Http,
     uri: &Uri,
     payloads: Arc<Vec<Payload>>,
-    target: &str,
     rate: f64,
     b: Bounds,
-) -> LevelResult {
+) -> (Tally, f64) {
     let t0 = Instant::now();
     let start = t0 + b.warmup;
     let end = start + b.duration;
@@ -274,5 +279,5 @@ async fn open(
     if overload > 0 {
         total.errors.insert("client_overload".into(), overload);
     }
-    total.finish(target, Level::Open { rate }, b.duration.as_secs_f64())
+    (total, b.duration.as_secs_f64())
 }

@@ -536,3 +536,46 @@ fn startup_errors_are_clear_and_do_not_panic() {
     let (code, _) = run_to_exit(&["--model", "x.onnx", "--no-such-flag"]);
     assert_eq!(code, Some(2));
 }
+
+#[test]
+fn cors_preflight_and_headers_follow_the_allowed_origins() {
+    let s = Server::start(&["--cors-origins", "http://app.example"]);
+    let pre = http(
+        s.addr,
+        "OPTIONS",
+        "/v1/detect",
+        &[
+            ("Origin", "http://app.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(pre.status < 300, "{pre:?}");
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    let other = http(
+        s.addr,
+        "GET",
+        "/healthz",
+        &[("Origin", "http://evil.example")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    // Without --cors-origins no CORS header is ever sent.
+    let plain = Server::start(&[]);
+    let r = http(
+        plain.addr,
+        "GET",
+        "/healthz",
+        &[("Origin", "http://app.example")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
