@@ -3,8 +3,8 @@
 //! answer.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -26,18 +26,25 @@ use crate::error::{Result, ServeError};
 use crate::metrics as m;
 use crate::request::{self, ClassRef, RawParams};
 
-/// Shared by every handler.
-pub struct AppState {
+/// The loaded model and the queue to its workers; set once loading has finished.
+pub struct Engine {
     /// The served model.
     pub model: ModelInfo,
     /// The provider the sessions run on.
     pub provider: Provider,
     /// Providers asked for that did not take.
     pub provider_failures: Vec<ProviderFailure>,
-    /// The effective configuration.
-    pub config: ServeConfig,
     /// The queue to the inference workers.
     pub batcher: Batcher,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    /// Set once the sessions are built (the server listens before that, so probes and
+    /// metrics answer while TensorRT engines build).
+    pub engine: OnceLock<Engine>,
+    /// The effective configuration.
+    pub config: ServeConfig,
     /// Set once every worker has warmed up at every batch size.
     pub ready: AtomicBool,
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending.
@@ -48,6 +55,15 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     /// For request ids.
     pub seq: AtomicU64,
+}
+
+impl AppState {
+    /// The engine, or 503 while it is still loading.
+    pub fn engine(&self) -> Result<&Engine> {
+        self.engine
+            .get()
+            .ok_or_else(|| ServeError::Unavailable("the model is still loading".into()))
+    }
 }
 
 /// The demo page.
@@ -140,6 +156,7 @@ async fn readyz(State(s): State<Arc<AppState>>) -> Result<Json<serde_json::Value
     if s.draining.load(Ordering::Relaxed) {
         return Err(ServeError::Unavailable("shutting down".into()));
     }
+    s.engine()?;
     if !s.ready.load(Ordering::Relaxed) {
         return Err(ServeError::Unavailable(
             "the model is still warming up".into(),
@@ -188,12 +205,13 @@ pub struct ModelsResponse {
     pub score_threshold: f32,
 }
 
-async fn models(State(s): State<Arc<AppState>>) -> Json<ModelsResponse> {
+async fn models(State(s): State<Arc<AppState>>) -> Result<Json<ModelsResponse>> {
     let b = &s.config.batching;
-    Json(ModelsResponse {
-        name: s.model.name.clone(),
-        version: s.model.version.clone(),
-        provider: s.provider.as_str(),
+    let e = s.engine()?;
+    Ok(Json(ModelsResponse {
+        name: e.model.name.clone(),
+        version: e.model.version.clone(),
+        provider: e.provider.as_str(),
         requested_providers: s
             .config
             .runtime
@@ -201,10 +219,10 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<ModelsResponse> {
             .iter()
             .map(|p| p.as_str())
             .collect(),
-        provider_failures: s.provider_failures.clone(),
+        provider_failures: e.provider_failures.clone(),
         ready: s.ready.load(Ordering::Relaxed),
-        classes: s.model.meta.classes.clone(),
-        metadata: s.model.meta.clone(),
+        classes: e.model.meta.classes.clone(),
+        metadata: e.model.meta.clone(),
         batching: serde_json::json!({
             "max_batch_size": b.max_batch_size,
             "batch_sizes": b.effective_sizes(),
@@ -214,7 +232,7 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<ModelsResponse> {
             "workers": b.workers,
         }),
         score_threshold: s.config.detect.score_threshold,
-    })
+    }))
 }
 
 /// Detection parameters checked against the model.
@@ -422,6 +440,7 @@ async fn detect_inner(
     if s.draining.load(Ordering::Relaxed) {
         return Err(ServeError::Unavailable("shutting down".into()));
     }
+    let e = s.engine()?;
     if !s.ready.load(Ordering::Relaxed) {
         return Err(ServeError::Unavailable(
             "the model is still warming up".into(),
@@ -430,7 +449,7 @@ async fn detect_inner(
     let limits = &s.config.limits;
     let parsed = request::parse(req, limits.max_body_bytes).await?;
     metrics::counter!(m::BYTES_IN).increment(parsed.body_bytes as u64);
-    let params = resolve_params(parsed.params, &s.model, &s.config)?;
+    let params = resolve_params(parsed.params, &e.model, &s.config)?;
     let n = parsed.images.len();
     if n == 0 {
         return Err(ServeError::BadRequest("the request holds no image".into()));
@@ -444,7 +463,7 @@ async fn detect_inner(
     let deadline = t0 + Duration::from_millis(params.timeout_ms);
 
     // Decode + resize each image on the blocking pool, concurrently.
-    let [h, w] = s.model.input_hw;
+    let [h, w] = e.model.input_hw;
     let max_pixels = limits.max_pixels;
     let tasks: Vec<_> = parsed
         .images
@@ -502,7 +521,7 @@ async fn detect_inner(
         });
         replies.push(rx);
     }
-    s.batcher.submit(jobs)?;
+    e.batcher.submit(jobs)?;
     let mut outs: Vec<JobOutput> = Vec::with_capacity(n);
     for rx in replies {
         let out = tokio::time::timeout_at(deadline.into(), rx)
@@ -514,7 +533,7 @@ async fn detect_inner(
         outs.push(out);
     }
 
-    let names = &s.model.meta.classes;
+    let names = &e.model.meta.classes;
     let images = outs
         .iter()
         .zip(&prepared)
@@ -555,9 +574,9 @@ async fn detect_inner(
     Ok(DetectResponse {
         request_id,
         model: ModelRef {
-            name: s.model.name.clone(),
-            version: s.model.version.clone(),
-            provider: s.provider.as_str(),
+            name: e.model.name.clone(),
+            version: e.model.version.clone(),
+            provider: e.provider.as_str(),
         },
         images,
         timings_ms: Timings {

@@ -64,26 +64,19 @@ async fn shutdown_signal() {
     }
 }
 
-/// Loads the model, starts the workers and serves until SIGINT/SIGTERM (then drains) or until
-/// warm-up fails (then returns the error).
-pub async fn serve(cfg: ServeConfig) -> Result<()> {
-    let path = cfg.model.clone().ok_or_else(|| {
-        ServeError::Config("no model: pass --model PATH (or set `model` in the config)".into())
-    })?;
-    // A model directory (as shipped under models/) holds its graph as model.onnx.
-    let path = if path.is_dir() {
-        path.join("model.onnx")
-    } else {
-        path
-    };
-    let auth_token = auth_token(&cfg)?;
-    let env = engine::environment(cfg.ort_lib.as_deref())?;
+/// Builds the sessions (provider selection), starts the workers, publishes the engine, and
+/// blocks until every worker has warmed up at every batch size; then marks the server ready.
+fn load(
+    state: &api::AppState,
+    env: &'static ort::environment::Environment,
+    path: &std::path::Path,
+) -> Result<()> {
+    let cfg = &state.config;
     let sizes = cfg.batching.effective_sizes();
-
     // The first session validates the file and picks the provider; the other workers use
     // that provider only, so every worker runs on the same one.
-    let (first, provider, failures) = engine::open(env, &path, &cfg.runtime, &sizes, None)?;
-    let model = engine::inspect(&first, &path)?;
+    let (first, provider, failures) = engine::open(env, path, &cfg.runtime, &sizes, None)?;
+    let model = engine::inspect(&first, path)?;
     if cfg.runtime.require_gpu && !provider.is_gpu() {
         return Err(ServeError::Runtime(format!(
             "--require-gpu: no GPU provider took (tried {}); running on {} is refused",
@@ -95,14 +88,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
             provider.as_str()
         )));
     }
-    let (first, provider) = if provider == config::Provider::Tensorrt {
-        // Re-open with the optimisation profiles, which need the input size from the metadata.
-        let mut only = cfg.runtime.clone();
-        only.providers = vec![provider];
-        let (s, _, _) = engine::open(env, &path, &only, &sizes, Some(model.input_hw))?;
-        (s, provider)
+    let mut only = cfg.runtime.clone();
+    only.providers = vec![provider];
+    // TensorRT's optimisation profiles need the input size from the metadata: re-open.
+    let first = if provider == config::Provider::Tensorrt {
+        engine::open(env, path, &only, &sizes, Some(model.input_hw))?.0
     } else {
-        (first, provider)
+        first
     };
     if !failures.is_empty() {
         tracing::warn!(
@@ -126,14 +118,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         "model loaded"
     );
     let mut runners = vec![Runner::new(first, provider, &model)];
-    let mut only = cfg.runtime.clone();
-    only.providers = vec![provider];
     for _ in 1..cfg.batching.workers {
-        let (s, _, _) = engine::open(env, &path, &only, &sizes, Some(model.input_hw))?;
+        let (s, _, _) = engine::open(env, path, &only, &sizes, Some(model.input_hw))?;
         runners.push(Runner::new(s, provider, &model));
     }
-
-    let prometheus = metrics::install(cfg.batching.max_batch_size)?;
     let requested = cfg
         .runtime
         .providers
@@ -143,7 +131,6 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         .join(",");
     ::metrics::gauge!(metrics::PROVIDER_INFO, "provider" => provider.as_str(), "requested" => requested)
         .set(1.0);
-    ::metrics::gauge!(metrics::READY).set(0.0);
 
     let (warm_tx, warm_rx) = std::sync::mpsc::channel();
     let policy = BatchPolicy {
@@ -151,8 +138,52 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         max_queue_delay: Duration::from_micros(cfg.batching.max_queue_delay_us),
         input_hw: model.input_hw,
     };
+    // The worker threads live as long as the process; they stop once the queue closes.
     let (batcher, _workers) =
         batcher::start(runners, policy, cfg.batching.max_queue_size, warm_tx)?;
+    let _ = state.engine.set(api::Engine {
+        model,
+        provider,
+        provider_failures: failures,
+        batcher,
+    });
+    for _ in 0..cfg.batching.workers {
+        match warm_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ServeError::Runtime("a worker exited during warm-up".into())),
+        }
+    }
+    state.ready.store(true, Ordering::Relaxed);
+    ::metrics::gauge!(metrics::READY).set(1.0);
+    tracing::info!(batch_sizes = ?sizes, "ready: warmed at every batch size");
+    Ok(())
+}
+
+/// Listens at once (so `/healthz` and `/metrics` answer while sessions build — TensorRT engine
+/// builds take minutes), loads the model and warms it up in the background (`/readyz` says
+/// 200 only after that), and serves until SIGINT/SIGTERM (then drains) or until loading fails
+/// (then returns the error).
+pub async fn serve(cfg: ServeConfig) -> Result<()> {
+    let path = cfg.model.clone().ok_or_else(|| {
+        ServeError::Config("no model: pass --model PATH (or set `model` in the config)".into())
+    })?;
+    // A model directory (as shipped under models/) holds its graph as model.onnx.
+    let path = if path.is_dir() {
+        path.join("model.onnx")
+    } else {
+        path
+    };
+    if !path.is_file() {
+        return Err(ServeError::Model(format!(
+            "{}: no such file",
+            path.display()
+        )));
+    }
+    let auth_token = auth_token(&cfg)?;
+    let env = engine::environment(cfg.ort_lib.as_deref())?;
+    let prometheus = metrics::install(cfg.batching.max_batch_size)?;
+    ::metrics::gauge!(metrics::READY).set(0.0);
 
     let listener = tokio::net::TcpListener::bind(cfg.bind)
         .await
@@ -161,13 +192,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         .local_addr()
         .map_err(|e| ServeError::Io(format!("local address: {e}")))?;
     let drain = Duration::from_secs(cfg.http.drain_timeout_s);
-    let workers = cfg.batching.workers;
     let state = Arc::new(api::AppState {
-        model,
-        provider,
-        provider_failures: failures,
+        engine: std::sync::OnceLock::new(),
         config: cfg,
-        batcher,
         ready: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         auth_token,
@@ -176,29 +203,13 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     });
     tracing::info!("listening on http://{addr}");
 
-    // Readiness: every worker reports once it has run every batch size.
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<ServeError>(1);
     {
         let state = state.clone();
         tokio::task::spawn_blocking(move || {
-            for _ in 0..workers {
-                match warm_rx.recv() {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        let _ = fatal_tx.blocking_send(e);
-                        return;
-                    }
-                    Err(_) => {
-                        let _ = fatal_tx.blocking_send(ServeError::Runtime(
-                            "a worker exited during warm-up".into(),
-                        ));
-                        return;
-                    }
-                }
+            if let Err(e) = load(&state, env, &path) {
+                let _ = fatal_tx.blocking_send(e);
             }
-            state.ready.store(true, Ordering::Relaxed);
-            ::metrics::gauge!(metrics::READY).set(1.0);
-            tracing::info!(batch_sizes = ?sizes, "ready: warmed at every batch size");
         });
     }
 
@@ -230,7 +241,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
         Ok(Ok(())) => tracing::info!("drained; exiting"),
         Ok(Err(e)) => tracing::error!("server error while draining: {e}"),
         Err(_) => tracing::warn!(
-            queued = state.batcher.depth(),
+            queued = state.engine.get().map_or(0, |e| e.batcher.depth()),
             "drain timeout passed with requests still open; exiting anyway"
         ),
     }

@@ -94,7 +94,8 @@ pub fn spec() -> Value {
                 "operationId": "models",
                 "summary": "The served model: metadata, provider, batching.",
                 "responses": v1_common(json!({"200": {"description": "The model.",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Models"}}}}}))
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Models"}}}},
+                    "503": unavailable("The model is still loading.")}))
             }},
             "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness.",
                 "responses": {"200": {"description": "The process is up.",
