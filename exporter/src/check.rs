@@ -148,3 +148,136 @@ pub fn check(
         ort_library: ort_lib.to_path_buf(),
     })
 }
+
+/// COCO AP of the exported graph (ONNX Runtime) and of the Burn model (fp32) on the first
+/// `limit` images of `data` (0 = all): what an fp16 export costs in accuracy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MapReport {
+    pub images: usize,
+    pub ap_burn: f64,
+    pub ap_onnx: f64,
+    pub ap50_burn: f64,
+    pub ap50_onnx: f64,
+    /// `ap_onnx - ap_burn`.
+    pub delta_ap: f64,
+}
+
+pub fn map_compare(
+    onnx: &Path,
+    ckpt: &Path,
+    data: &Path,
+    limit: usize,
+    ort_lib: &Path,
+) -> Result<MapReport> {
+    use codetr_train::data::coco::CocoFile;
+    use codetr_train::eval::{Detection, evaluate};
+    let device = Device::flex();
+    let (model, _) = checkpoint::load(ckpt, &device)?;
+    let size = model.config().input_size;
+    let mut ds = CocoDataset::load_split(data, LoadOptions::default())?;
+    if limit > 0 && ds.images.len() > limit {
+        ds.images.truncate(limit);
+    }
+    let ids: std::collections::HashSet<u64> = ds.images.iter().map(|i| i.id).collect();
+    let ds = Arc::new(ds);
+    let loader = Loader::new(ds.clone(), LoaderConfig::eval(4, size, 1))?;
+    let env = environment(ort_lib)?;
+    let mut session = ort::session::Session::builder(env)
+        .and_then(|mut b| b.commit_from_file(onnx))
+        .map_err(|e| err(format!("ONNX Runtime cannot load {}: {e}", onnx.display())))?;
+    let s = size as usize;
+    let (mut d_burn, mut d_onnx) = (Vec::new(), Vec::new());
+    let push =
+        |out: &mut Vec<Detection>, image_id: u64, labels: &[i64], scores: &[f32], boxes: &[f32]| {
+            for (j, (&l, &sc)) in labels.iter().zip(scores).enumerate() {
+                let Some(cat) = usize::try_from(l).ok().and_then(|l| ds.categories.get(l)) else {
+                    continue;
+                };
+                let b = &boxes[j * 4..j * 4 + 4];
+                out.push(Detection {
+                    image_id,
+                    category_id: cat.id,
+                    bbox: [
+                        f64::from(b[0]),
+                        f64::from(b[1]),
+                        f64::from(b[2] - b[0]),
+                        f64::from(b[3] - b[1]),
+                    ],
+                    score: f64::from(sc),
+                });
+            }
+        };
+    for batch in loader.epoch(0, 0) {
+        let batch = batch?;
+        let n = batch.len();
+        let sizes: Vec<[u32; 2]> = batch.targets.iter().map(|t| t.orig_size).collect();
+        let x = pixels_to_tensor(&batch.pixels, n, s, s, &device)?;
+        let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
+        let images = ort::value::Tensor::from_array(([n, s, s, 3], batch.pixels.clone()))
+            .map_err(|e| err(format!("input tensor: {e}")))?;
+        let flat: Vec<i64> = sizes
+            .iter()
+            .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
+            .collect();
+        let orig = ort::value::Tensor::from_array(([n, 2], flat))
+            .map_err(|e| err(format!("input tensor: {e}")))?;
+        let out = session
+            .run(ort::inputs![
+                codetr_model::INPUT_IMAGES => images,
+                codetr_model::INPUT_ORIG_SIZES => orig,
+            ])
+            .map_err(|e| err(format!("ONNX Runtime run failed: {e}")))?;
+        let f = |name: &str| -> Result<Vec<f32>> {
+            let v = out
+                .get(name)
+                .ok_or_else(|| err(format!("no output `{name}`")))?;
+            Ok(v.try_extract_tensor::<f32>()
+                .map_err(|e| err(format!("output `{name}`: {e}")))?
+                .1
+                .to_vec())
+        };
+        let (o_scores, o_boxes) = (
+            f(codetr_model::OUTPUT_SCORES)?,
+            f(codetr_model::OUTPUT_BOXES)?,
+        );
+        let lv = out
+            .get(codetr_model::OUTPUT_LABELS)
+            .ok_or_else(|| err("no output `labels`"))?;
+        let o_labels = lv
+            .try_extract_tensor::<i64>()
+            .map_err(|e| err(format!("output `labels`: {e}")))?
+            .1
+            .to_vec();
+        let k = scores.len() / n.max(1);
+        let ko = o_scores.len() / n.max(1);
+        for (i, t) in batch.targets.iter().enumerate() {
+            push(
+                &mut d_burn,
+                t.image_id,
+                &labels[i * k..(i + 1) * k],
+                &scores[i * k..(i + 1) * k],
+                &boxes[i * k * 4..(i + 1) * k * 4],
+            );
+            push(
+                &mut d_onnx,
+                t.image_id,
+                &o_labels[i * ko..(i + 1) * ko],
+                &o_scores[i * ko..(i + 1) * ko],
+                &o_boxes[i * ko * 4..(i + 1) * ko * 4],
+            );
+        }
+    }
+    let mut gt = CocoFile::read(&ds.json_path)?;
+    gt.images.retain(|i| ids.contains(&i.id));
+    gt.annotations.retain(|a| ids.contains(&a.image_id));
+    let a = evaluate(&gt, &ds.json_path, &d_burn)?;
+    let b = evaluate(&gt, &ds.json_path, &d_onnx)?;
+    Ok(MapReport {
+        images: ids.len(),
+        ap_burn: a.ap,
+        ap_onnx: b.ap,
+        ap50_burn: a.ap50,
+        ap50_onnx: b.ap50,
+        delta_ap: b.ap - a.ap,
+    })
+}

@@ -5,6 +5,7 @@
 //! positive-query projections of a training checkpoint are dropped (and counted).
 
 pub mod check;
+pub mod fp16;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,8 @@ pub struct ExportOptions {
     pub opset: i64,
     /// How MSDA samples its value maps in the graph.
     pub msda: MsdaLowering,
+    /// Weights and compute in fp16 (MSDA sampling/softmax and the postprocess stay fp32).
+    pub fp16: bool,
 }
 
 /// What the export did.
@@ -52,6 +55,8 @@ pub struct ExportReport {
     pub bytes: usize,
     pub input_size: [usize; 2],
     pub max_detections: usize,
+    /// What the fp16 pass did (`--fp16`).
+    pub fp16: Option<fp16::Fp16Report>,
 }
 
 /// Exports `opts.checkpoint` to `opts.out` (written atomically: no partial file on error).
@@ -101,10 +106,20 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             MsdaLowering::GridSample => Msda::GridSample,
             MsdaLowering::Gather => Msda::Gather,
         }),
-        precision: Some(Precision::Fp32),
+        precision: Some(if opts.fp16 {
+            Precision::Fp16
+        } else {
+            Precision::Fp32
+        }),
     };
     let props = meta.try_to_props()?;
-    let proto = g.finish(opts.opset, "codetr-export", props);
+    let mut proto = g.finish(opts.opset, "codetr-export", props);
+    let fp16 = if opts.fp16 {
+        Some(fp16::convert(&mut proto)?)
+    } else {
+        None
+    };
+    let nodes = proto.graph.as_ref().map_or(nodes, |g| g.node.len());
     let bytes = codetr_train::onnx::builder::encode(&proto);
     codetr_train::fsutil::write_atomic(&opts.out, &bytes)?;
     Ok(ExportReport {
@@ -115,6 +130,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         bytes: bytes.len(),
         input_size: [side, side],
         max_detections: k,
+        fp16,
     })
 }
 

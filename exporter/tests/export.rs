@@ -69,6 +69,7 @@ fn export_and_compare(ckpt: &Path, out: &Path, msda: MsdaLowering) -> (f32, f32)
         max_detections: None,
         opset: 17,
         msda,
+        fp16: false,
     })
     .unwrap();
     let (model, _) = checkpoint::load(ckpt, &Device::flex()).unwrap();
@@ -142,6 +143,7 @@ fn tiny_export_matches_burn_and_is_deterministic() {
         max_detections: None,
         opset: 17,
         msda: MsdaLowering::GridSample,
+        fp16: false,
     })
     .unwrap();
     assert!(
@@ -176,6 +178,7 @@ fn bad_inputs_are_clear_errors_without_output() {
         max_detections: k,
         opset,
         msda: MsdaLowering::GridSample,
+        fp16: false,
     };
     // missing and corrupt checkpoints
     let e = export(&opts(dir.path().join("none.ckpt"), out.clone(), None, 17)).unwrap_err();
@@ -239,6 +242,7 @@ fn training_checkpoint_exports_without_its_aux_heads() {
         max_detections: None,
         opset: 17,
         msda: MsdaLowering::GridSample,
+        fp16: false,
     })
     .unwrap();
     assert!(r.dropped_params > 10_000, "{}", r.dropped_params);
@@ -298,6 +302,7 @@ fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
         max_detections: None,
         opset: 17,
         msda: MsdaLowering::GridSample,
+        fp16: false,
     };
     export(&opts).unwrap();
     let lib = ort_library();
@@ -322,4 +327,75 @@ fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+/// `--fp16`: the graph passes the full checker with strict type inference, runs in ONNX
+/// Runtime with unchanged I/O types, keeps the marked regions fp32, and its sorted scores stay
+/// within fp16 rounding of the fp32 Burn model's (both MSDA lowerings); same bytes twice.
+#[test]
+fn fp16_export_is_typed_valid_and_close_to_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("tiny.ckpt");
+    init_checkpoint(&DetectorConfig::tiny(), &ckpt, 5);
+    let (model, _) = checkpoint::load(&ckpt, &Device::flex()).unwrap();
+    let s = model.config().input_size as usize;
+    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+        let out = dir.path().join(format!("tiny16-{msda:?}.onnx"));
+        let opts = ExportOptions {
+            checkpoint: ckpt.clone(),
+            out: out.clone(),
+            max_detections: None,
+            opset: 17,
+            msda,
+            fp16: true,
+        };
+        let report = export(&opts).unwrap();
+        let f = report.fp16.clone().expect("fp16 report");
+        assert!(
+            f.fp16_nodes > 0 && f.fp32_nodes > 0 && f.casts > 0,
+            "{f:?}"
+        );
+        assert!(f.fp16_initializers > f.fp32_initializers, "{f:?}");
+        let n = 2;
+        let px: Vec<u8> = (0..n * s * s * 3)
+            .map(|i| ((i * 13 + 7) % 256) as u8)
+            .collect();
+        let sizes: Vec<[u32; 2]> = vec![[300, 400], [256, 256]];
+        let flat: Vec<i64> = sizes
+            .iter()
+            .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
+            .collect();
+        let x = pixels_to_tensor(&px, n, s, s, &Device::flex()).unwrap();
+        let (scores, _, _) = model.detect(x, &sizes).unwrap().to_host().unwrap();
+        let res = run_onnx(&out, n, s, &px, &flat);
+        assert_eq!(res["metadata"]["codetr.precision"], "fp16");
+        let o = &res["outputs"];
+        let got = floats(&o["scores"]);
+        assert_eq!(got.len(), scores.len());
+        // Scores are sorted per image, so the k-th largest can be compared whatever fp16 does
+        // to the order of near-equal ones.
+        let worst = got
+            .iter()
+            .zip(&scores)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 2e-2, "{msda:?}: sorted scores differ by {worst}");
+        let boxes = floats(&o["boxes"]);
+        assert!(
+            boxes
+                .iter()
+                .all(|b| b.is_finite() && *b >= 0.0 && *b <= 400.0)
+        );
+        eprintln!("fp16 {msda:?}: {f:?}; sorted scores within {worst:.2e} of fp32 Burn");
+        let again = dir.path().join("again16.onnx");
+        export(&ExportOptions {
+            out: again.clone(),
+            ..opts
+        })
+        .unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(&again).unwrap(),
+            "fp16 export is not deterministic"
+        );
+    }
 }

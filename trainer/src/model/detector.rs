@@ -392,6 +392,8 @@ impl Detector {
             .config
             .max_detections
             .min(self.config.transformer.num_queries * self.config.num_classes);
+        // Scores, top-k and pixel boxes stay fp32 in an fp16 export.
+        g.begin_fp32();
         let (labels, scores, px) = super::postprocess::emit_postprocess(
             &mut g,
             &logits,
@@ -400,6 +402,7 @@ impl Detector {
             self.config.num_classes,
             k,
         );
+        g.end_fp32();
         let kd = Dim::Fixed(k as i64);
         g.output(&labels, "labels", ElemType::I64, &[n(), kd.clone()])?;
         g.output(&scores, "scores", ElemType::F32, &[n(), kd.clone()])?;

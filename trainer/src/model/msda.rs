@@ -459,6 +459,9 @@ impl MsDeformAttn {
         let aw = linear(g, &self.attention_weights, query)?;
         let s_aw = g.ints(&[0, -1, h, l * p]);
         let aw = g.node("Reshape", &[&aw, &s_aw], vec![]);
+        // Sampling positions, the attention softmax and the bilinear sampling stay fp32 in an
+        // fp16 export: a position off by fp16's 1/2048 moves samples by pixels on big maps.
+        g.begin_fp32();
         let aw = g.node("Softmax", &[&aw], vec![("axis", Attr::Int(-1))]); // [N, Q, H, L·P]
         let loc = match reference {
             EmitReference::Points(r) => {
@@ -505,6 +508,7 @@ impl MsDeformAttn {
             MsdaLowering::GridSample => emit_grid_sample(g, &sampling),
             MsdaLowering::Gather => emit_gather(g, &sampling),
         };
+        g.end_fp32();
         linear(g, &self.output_proj, &o)
     }
 }

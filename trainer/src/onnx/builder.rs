@@ -144,7 +144,13 @@ pub struct GraphBuilder {
     outputs: Vec<ValueInfoProto>,
     counter: usize,
     taken: BTreeSet<String>,
+    /// Nesting depth of [`GraphBuilder::begin_fp32`] regions.
+    fp32_depth: usize,
 }
+
+/// `doc_string` of nodes that an fp16 export must keep in fp32 (MSDA sampling positions,
+/// attention softmax and sampling; the postprocess): see `codetr-export --fp16`.
+pub const KEEP_FP32: &str = "codetr:keep-fp32";
 
 impl GraphBuilder {
     pub fn new(name: &str) -> Self {
@@ -152,6 +158,16 @@ impl GraphBuilder {
             name: name.to_string(),
             ..Default::default()
         }
+    }
+
+    /// Nodes added until the matching [`GraphBuilder::end_fp32`] are marked [`KEEP_FP32`].
+    pub fn begin_fp32(&mut self) {
+        self.fp32_depth += 1;
+    }
+
+    /// Ends the innermost [`GraphBuilder::begin_fp32`] region.
+    pub fn end_fp32(&mut self) {
+        self.fp32_depth = self.fp32_depth.saturating_sub(1);
     }
 
     /// A fresh value name.
@@ -240,7 +256,11 @@ impl GraphBuilder {
             op_type: op.to_string(),
             domain: String::new(),
             attribute: attrs.into_iter().map(|(k, v)| attribute(k, v)).collect(),
-            doc_string: String::new(),
+            doc_string: if self.fp32_depth > 0 {
+                KEEP_FP32.to_string()
+            } else {
+                String::new()
+            },
         });
         outs
     }
