@@ -351,10 +351,7 @@ fn fp16_export_is_typed_valid_and_close_to_fp32() {
         };
         let report = export(&opts).unwrap();
         let f = report.fp16.clone().expect("fp16 report");
-        assert!(
-            f.fp16_nodes > 0 && f.fp32_nodes > 0 && f.casts > 0,
-            "{f:?}"
-        );
+        assert!(f.fp16_nodes > 0 && f.fp32_nodes > 0 && f.casts > 0, "{f:?}");
         assert!(f.fp16_initializers > f.fp32_initializers, "{f:?}");
         let n = 2;
         let px: Vec<u8> = (0..n * s * s * 3)
