@@ -59,6 +59,60 @@ fn environment(lib: &Path) -> Result<&'static ort::environment::Environment> {
     .map_err(|e| err(e.clone()))
 }
 
+/// Opens `onnx` in ONNX Runtime (CPU) through the process environment.
+fn open_session(onnx: &Path, ort_lib: &Path) -> Result<ort::session::Session> {
+    let env = environment(ort_lib)?;
+    ort::session::Session::builder(env)
+        .and_then(|mut b| b.commit_from_file(onnx))
+        .map_err(|e| err(format!("ONNX Runtime cannot load {}: {e}", onnx.display())))
+}
+
+/// One run of the contract graph: `n` images `[n, s, s, 3]` with original sizes → (labels,
+/// scores, boxes), flat.
+fn run_graph(
+    session: &mut ort::session::Session,
+    pixels: Vec<u8>,
+    sizes: &[[u32; 2]],
+    s: usize,
+) -> Result<(Vec<i64>, Vec<f32>, Vec<f32>)> {
+    let n = sizes.len();
+    let images = ort::value::Tensor::from_array(([n, s, s, 3], pixels))
+        .map_err(|e| err(format!("input tensor: {e}")))?;
+    let flat: Vec<i64> = sizes
+        .iter()
+        .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
+        .collect();
+    let orig = ort::value::Tensor::from_array(([n, 2], flat))
+        .map_err(|e| err(format!("input tensor: {e}")))?;
+    let out = session
+        .run(ort::inputs![
+            codetr_model::INPUT_IMAGES => images,
+            codetr_model::INPUT_ORIG_SIZES => orig,
+        ])
+        .map_err(|e| err(format!("ONNX Runtime run failed: {e}")))?;
+    let get = |name: &str| {
+        out.get(name)
+            .ok_or_else(|| err(format!("no output `{name}`")))
+    };
+    let f = |name: &str| -> Result<Vec<f32>> {
+        Ok(get(name)?
+            .try_extract_tensor::<f32>()
+            .map_err(|e| err(format!("output `{name}`: {e}")))?
+            .1
+            .to_vec())
+    };
+    let labels = get(codetr_model::OUTPUT_LABELS)?
+        .try_extract_tensor::<i64>()
+        .map_err(|e| err(format!("output `labels`: {e}")))?
+        .1
+        .to_vec();
+    Ok((
+        labels,
+        f(codetr_model::OUTPUT_SCORES)?,
+        f(codetr_model::OUTPUT_BOXES)?,
+    ))
+}
+
 /// Runs the check on the first images of the COCO split `data` (DIR/instances.json + images/).
 pub fn check(
     onnx: &Path,
@@ -82,10 +136,7 @@ pub fn check(
     ds.images.truncate(most);
     let loader = Loader::new(Arc::new(ds), LoaderConfig::eval(most, size, 1))?;
     let batch = loader.epoch(0, 0).next().ok_or_else(|| err("no batch"))??;
-    let env = environment(ort_lib)?;
-    let mut session = ort::session::Session::builder(env)
-        .and_then(|mut b| b.commit_from_file(onnx))
-        .map_err(|e| err(format!("ONNX Runtime cannot load {}: {e}", onnx.display())))?;
+    let mut session = open_session(onnx, ort_lib)?;
     let s = size as usize;
     let per = s * s * 3;
     let (mut max_s, mut max_b, mut labels_ok) = (0f32, 0f32, true);
@@ -95,41 +146,11 @@ pub fn check(
         let side = sizes.iter().flatten().copied().max().unwrap_or(1) as f32;
         let x = pixels_to_tensor(&px, n, s, s, &device)?;
         let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
-        let images = ort::value::Tensor::from_array(([n, s, s, 3], px))
-            .map_err(|e| err(format!("input tensor: {e}")))?;
-        let flat: Vec<i64> = sizes
-            .iter()
-            .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
-            .collect();
-        let orig = ort::value::Tensor::from_array(([n, 2], flat))
-            .map_err(|e| err(format!("input tensor: {e}")))?;
-        let out = session
-            .run(ort::inputs![
-                codetr_model::INPUT_IMAGES => images,
-                codetr_model::INPUT_ORIG_SIZES => orig,
-            ])
-            .map_err(|e| err(format!("ONNX Runtime run failed: {e}")))?;
-        let get_f = |name: &str| -> Result<Vec<f32>> {
-            let v = out
-                .get(name)
-                .ok_or_else(|| err(format!("no output `{name}`")))?;
-            let (_, d) = v
-                .try_extract_tensor::<f32>()
-                .map_err(|e| err(format!("output `{name}`: {e}")))?;
-            Ok(d.to_vec())
-        };
-        let o_scores = get_f(codetr_model::OUTPUT_SCORES)?;
-        let o_boxes = get_f(codetr_model::OUTPUT_BOXES)?;
-        let lv = out
-            .get(codetr_model::OUTPUT_LABELS)
-            .ok_or_else(|| err("no output `labels`"))?;
-        let (_, o_labels) = lv
-            .try_extract_tensor::<i64>()
-            .map_err(|e| err(format!("output `labels`: {e}")))?;
+        let (o_labels, o_scores, o_boxes) = run_graph(&mut session, px, &sizes, s)?;
         if o_scores.len() != scores.len() || o_boxes.len() != boxes.len() {
             return Err(err("output shapes differ from the Burn model's"));
         }
-        labels_ok &= o_labels == labels.as_slice();
+        labels_ok &= o_labels == labels;
         for (a, b) in o_scores.iter().zip(&scores) {
             max_s = max_s.max((a - b).abs());
         }
@@ -181,10 +202,7 @@ pub fn map_compare(
     let ids: std::collections::HashSet<u64> = ds.images.iter().map(|i| i.id).collect();
     let ds = Arc::new(ds);
     let loader = Loader::new(ds.clone(), LoaderConfig::eval(4, size, 1))?;
-    let env = environment(ort_lib)?;
-    let mut session = ort::session::Session::builder(env)
-        .and_then(|mut b| b.commit_from_file(onnx))
-        .map_err(|e| err(format!("ONNX Runtime cannot load {}: {e}", onnx.display())))?;
+    let mut session = open_session(onnx, ort_lib)?;
     let s = size as usize;
     let (mut d_burn, mut d_onnx) = (Vec::new(), Vec::new());
     let push =
@@ -213,41 +231,8 @@ pub fn map_compare(
         let sizes: Vec<[u32; 2]> = batch.targets.iter().map(|t| t.orig_size).collect();
         let x = pixels_to_tensor(&batch.pixels, n, s, s, &device)?;
         let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
-        let images = ort::value::Tensor::from_array(([n, s, s, 3], batch.pixels.clone()))
-            .map_err(|e| err(format!("input tensor: {e}")))?;
-        let flat: Vec<i64> = sizes
-            .iter()
-            .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
-            .collect();
-        let orig = ort::value::Tensor::from_array(([n, 2], flat))
-            .map_err(|e| err(format!("input tensor: {e}")))?;
-        let out = session
-            .run(ort::inputs![
-                codetr_model::INPUT_IMAGES => images,
-                codetr_model::INPUT_ORIG_SIZES => orig,
-            ])
-            .map_err(|e| err(format!("ONNX Runtime run failed: {e}")))?;
-        let f = |name: &str| -> Result<Vec<f32>> {
-            let v = out
-                .get(name)
-                .ok_or_else(|| err(format!("no output `{name}`")))?;
-            Ok(v.try_extract_tensor::<f32>()
-                .map_err(|e| err(format!("output `{name}`: {e}")))?
-                .1
-                .to_vec())
-        };
-        let (o_scores, o_boxes) = (
-            f(codetr_model::OUTPUT_SCORES)?,
-            f(codetr_model::OUTPUT_BOXES)?,
-        );
-        let lv = out
-            .get(codetr_model::OUTPUT_LABELS)
-            .ok_or_else(|| err("no output `labels`"))?;
-        let o_labels = lv
-            .try_extract_tensor::<i64>()
-            .map_err(|e| err(format!("output `labels`: {e}")))?
-            .1
-            .to_vec();
+        let (o_labels, o_scores, o_boxes) =
+            run_graph(&mut session, batch.pixels.clone(), &sizes, s)?;
         let k = scores.len() / n.max(1);
         let ko = o_scores.len() / n.max(1);
         for (i, t) in batch.targets.iter().enumerate() {
