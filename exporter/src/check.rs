@@ -20,6 +20,8 @@ pub const TOLERANCE: f32 = 1e-4;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckReport {
     pub batches: Vec<usize>,
+    /// Input sizes `[h, w]` run (several for a `--dynamic-size` graph).
+    pub sizes: Vec<[usize; 2]>,
     pub images: usize,
     pub max_score_diff: f32,
     /// Box difference divided by the largest original image side.
@@ -67,16 +69,16 @@ fn open_session(onnx: &Path, ort_lib: &Path) -> Result<ort::session::Session> {
         .map_err(|e| err(format!("ONNX Runtime cannot load {}: {e}", onnx.display())))
 }
 
-/// One run of the contract graph: `n` images `[n, s, s, 3]` with original sizes → (labels,
+/// One run of the contract graph: `n` images `[n, h, w, 3]` with original sizes → (labels,
 /// scores, boxes), flat.
 fn run_graph(
     session: &mut ort::session::Session,
     pixels: Vec<u8>,
     sizes: &[[u32; 2]],
-    s: usize,
+    [h, w]: [usize; 2],
 ) -> Result<(Vec<i64>, Vec<f32>, Vec<f32>)> {
     let n = sizes.len();
-    let images = ort::value::Tensor::from_array(([n, s, s, 3], pixels))
+    let images = ort::value::Tensor::from_array(([n, h, w, 3], pixels))
         .map_err(|e| err(format!("input tensor: {e}")))?;
     let flat: Vec<i64> = sizes
         .iter()
@@ -113,12 +115,42 @@ fn run_graph(
     ))
 }
 
-/// Runs the check on the first images of the COCO split `data` (DIR/instances.json + images/).
+/// Nearest-neighbour resample of `n` RGB images `[n, h, w, 3]` to `[n, th, tw, 3]`: the same
+/// real pixels at another input size, for the dynamic-size check.
+fn resample(px: &[u8], n: usize, [h, w]: [usize; 2], [th, tw]: [usize; 2]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * th * tw * 3);
+    for i in 0..n {
+        for y in 0..th {
+            let sy = (y * h) / th;
+            for x in 0..tw {
+                let sx = (x * w) / tw;
+                let at = ((i * h + sy) * w + sx) * 3;
+                out.extend_from_slice(&px[at..at + 3]);
+            }
+        }
+    }
+    out
+}
+
+/// The input sizes a check runs: the preset's; for a dynamic-size graph also a landscape and
+/// a portrait size that are not multiples of the coarsest stride.
+pub fn check_sizes(side: usize, dynamic: bool) -> Vec<[usize; 2]> {
+    let mut v = vec![[side, side]];
+    if dynamic {
+        v.push([side * 3 / 4 + 8, side + side / 4]);
+        v.push([side + side / 8 + 8, side * 5 / 8]);
+    }
+    v
+}
+
+/// Runs the check on the first images of the COCO split `data` (DIR/instances.json + images/)
+/// at every size of [`check_sizes`].
 pub fn check(
     onnx: &Path,
     ckpt: &Path,
     data: &Path,
     batches: &[usize],
+    dynamic: bool,
     ort_lib: &Path,
 ) -> Result<CheckReport> {
     let device = Device::flex();
@@ -138,29 +170,34 @@ pub fn check(
     let batch = loader.epoch(0, 0).next().ok_or_else(|| err("no batch"))??;
     let mut session = open_session(onnx, ort_lib)?;
     let s = size as usize;
-    let per = s * s * 3;
+    let sizes_run = check_sizes(s, dynamic);
     let (mut max_s, mut max_b, mut labels_ok) = (0f32, 0f32, true);
-    for &n in batches {
-        let px = batch.pixels[..n * per].to_vec();
-        let sizes: Vec<[u32; 2]> = batch.targets[..n].iter().map(|t| t.orig_size).collect();
-        let side = sizes.iter().flatten().copied().max().unwrap_or(1) as f32;
-        let x = pixels_to_tensor(&px, n, s, s, &device)?;
-        let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
-        let (o_labels, o_scores, o_boxes) = run_graph(&mut session, px, &sizes, s)?;
-        if o_scores.len() != scores.len() || o_boxes.len() != boxes.len() {
-            return Err(err("output shapes differ from the Burn model's"));
-        }
-        labels_ok &= o_labels == labels;
-        for (a, b) in o_scores.iter().zip(&scores) {
-            max_s = max_s.max((a - b).abs());
-        }
-        for (a, b) in o_boxes.iter().zip(&boxes) {
-            max_b = max_b.max((a - b).abs() / side);
+    for &hw in &sizes_run {
+        let all = resample(&batch.pixels, most, [s, s], hw);
+        let per = hw[0] * hw[1] * 3;
+        for &n in batches {
+            let px = all[..n * per].to_vec();
+            let sizes: Vec<[u32; 2]> = batch.targets[..n].iter().map(|t| t.orig_size).collect();
+            let side = sizes.iter().flatten().copied().max().unwrap_or(1) as f32;
+            let x = pixels_to_tensor(&px, n, hw[0], hw[1], &device)?;
+            let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
+            let (o_labels, o_scores, o_boxes) = run_graph(&mut session, px, &sizes, hw)?;
+            if o_scores.len() != scores.len() || o_boxes.len() != boxes.len() {
+                return Err(err("output shapes differ from the Burn model's"));
+            }
+            labels_ok &= o_labels == labels;
+            for (a, b) in o_scores.iter().zip(&scores) {
+                max_s = max_s.max((a - b).abs());
+            }
+            for (a, b) in o_boxes.iter().zip(&boxes) {
+                max_b = max_b.max((a - b).abs() / side);
+            }
         }
     }
     let passed = labels_ok && max_s <= TOLERANCE && max_b <= TOLERANCE;
     Ok(CheckReport {
         batches: batches.to_vec(),
+        sizes: sizes_run,
         images: most,
         max_score_diff: max_s,
         max_box_diff: max_b,
@@ -232,7 +269,7 @@ pub fn map_compare(
         let x = pixels_to_tensor(&batch.pixels, n, s, s, &device)?;
         let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
         let (o_labels, o_scores, o_boxes) =
-            run_graph(&mut session, batch.pixels.clone(), &sizes, s)?;
+            run_graph(&mut session, batch.pixels.clone(), &sizes, [s, s])?;
         let k = scores.len() / n.max(1);
         let ko = o_scores.len() / n.max(1);
         for (i, t) in batch.targets.iter().enumerate() {

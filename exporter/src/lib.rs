@@ -42,6 +42,8 @@ pub struct ExportOptions {
     pub msda: MsdaLowering,
     /// Weights and compute in fp16 (MSDA sampling/softmax and the postprocess stay fp32).
     pub fp16: bool,
+    /// Symbolic input height and width (every shape from `Shape` ops).
+    pub dynamic_size: bool,
 }
 
 /// What the export did.
@@ -53,7 +55,8 @@ pub struct ExportReport {
     /// Parameters of the checkpoint that are not in the graph (training-only heads).
     pub dropped_params: usize,
     pub bytes: usize,
-    pub input_size: [usize; 2],
+    /// `None` for a `--dynamic-size` export.
+    pub input_size: Option<[usize; 2]>,
     pub max_detections: usize,
     /// What the fp16 pass did (`--fp16`).
     pub fp16: Option<fp16::Fp16Report>,
@@ -83,13 +86,14 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     exported_cfg.max_detections = k;
     model.config = exported_cfg;
     let side = cfg.input_size as usize;
-    let g = model.emit(side, side, opts.msda)?;
+    let size = (!opts.dynamic_size).then_some([side, side]);
+    let g = model.emit(size, opts.msda)?;
     let nodes = g.num_nodes();
     let weights = g.num_weights();
     let meta = ModelMetadata {
         format_version: codetr_model::FORMAT_VERSION,
         classes: header.class_names.clone(),
-        input_size: Some([cfg.input_size, cfg.input_size]),
+        input_size: size.map(|_| [cfg.input_size, cfg.input_size]),
         resize: Resize::Stretch,
         mean: cfg.pixel_mean,
         std: cfg.pixel_std,
@@ -128,7 +132,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         weights,
         dropped_params,
         bytes: bytes.len(),
-        input_size: [side, side],
+        input_size: size,
         max_detections: k,
         fp16,
     })

@@ -28,6 +28,12 @@ struct Cli {
     /// missing or wrong, e.g. TensorRT 10.13–11.1).
     #[arg(long, value_enum, default_value_t = MsdaArg::GridSample)]
     msda: MsdaArg,
+    /// Leave the input height and width symbolic (`images` `[N, H, W, 3]`): every shape in the
+    /// graph is then derived from `Shape` ops (no ScatterND into shapes, which TensorRT
+    /// refuses), and position tables, reference points and proposals are computed in the graph.
+    /// The metadata's `codetr.input_size` is null. `--check` then also runs two other sizes.
+    #[arg(long)]
+    dynamic_size: bool,
     /// After writing, run the graph in ONNX Runtime (CPU) and the Burn model on the same real
     /// images at several batch sizes; exit 1 if scores or boxes (÷ image side) differ by more
     /// than 1e-4 or any label differs.
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
             MsdaArg::Gather => codetr_train::model::msda::MsdaLowering::Gather,
         },
         fp16: cli.fp16,
+        dynamic_size: cli.dynamic_size,
     };
     let report = match export(&opts) {
         Ok(r) => r,
@@ -98,13 +105,14 @@ fn main() -> ExitCode {
         );
     } else {
         println!(
-            "{}: {} nodes, {} weights ({} bytes), input {}x{}, top-{}; {} training-only parameters dropped",
+            "{}: {} nodes, {} weights ({} bytes), input {}, top-{}; {} training-only parameters dropped",
             report.out.display(),
             report.nodes,
             report.weights,
             report.bytes,
-            report.input_size[0],
-            report.input_size[1],
+            report
+                .input_size
+                .map_or("HxW (dynamic)".to_string(), |[h, w]| format!("{h}x{w}")),
             report.max_detections,
             report.dropped_params
         );
@@ -118,6 +126,7 @@ fn main() -> ExitCode {
             &opts.checkpoint,
             &cli.check_data,
             &cli.check_batches,
+            cli.dynamic_size,
             &lib,
         )
     });
@@ -148,10 +157,12 @@ fn main() -> ExitCode {
     match result {
         Ok(c) => {
             // fp16 rounding reorders near-equal scores, so element-wise parity is reported but
-            // the verdict is the AP difference.
+            // the verdict is the AP difference. In fp32 the verdict is the 1e-4 parity; a
+            // 1e-6 score difference can still swap two near-equal detections and move AP in
+            // the 6th digit, so the AP bound there is only a gross-error guard.
             let passed = match (&map, cli.fp16) {
                 (Some(m), true) => m.delta_ap.abs() <= 0.005,
-                (Some(m), false) => c.passed && m.delta_ap.abs() <= 1e-6,
+                (Some(m), false) => c.passed && m.delta_ap.abs() <= 1e-3,
                 (None, _) => c.passed,
             };
             if cli.json {
@@ -164,12 +175,17 @@ fn main() -> ExitCode {
                 );
             } else {
                 println!(
-                    "check (ONNX Runtime vs Burn, batches {:?}, {} images): scores {:.2e}, boxes/side {:.2e}, labels identical: {}",
-                    c.batches, c.images, c.max_score_diff, c.max_box_diff, c.labels_identical,
+                    "check (ONNX Runtime vs Burn, batches {:?}, sizes {:?}, {} images): scores {:.2e}, boxes/side {:.2e}, labels identical: {}",
+                    c.batches,
+                    c.sizes,
+                    c.images,
+                    c.max_score_diff,
+                    c.max_box_diff,
+                    c.labels_identical,
                 );
                 if let Some(m) = &map {
                     println!(
-                        "check COCO AP on {} images: Burn fp32 {:.4} (AP50 {:.4}), graph {:.4} (AP50 {:.4}), delta {:+.4}",
+                        "check COCO AP on {} images: Burn fp32 {:.4} (AP50 {:.4}), graph {:.4} (AP50 {:.4}), delta {:+.2e}",
                         m.images, m.ap_burn, m.ap50_burn, m.ap_onnx, m.ap50_onnx, m.delta_ap
                     );
                 }

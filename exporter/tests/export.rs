@@ -29,8 +29,20 @@ fn init_checkpoint(cfg: &DetectorConfig, path: &Path, seed: u64) {
 }
 
 fn run_onnx(model: &Path, n: usize, s: usize, px: &[u8], sizes: &[i64]) -> serde_json::Value {
+    run_onnx_hw(model, n, s, s, px, sizes)
+}
+
+/// `onnx_run.py` (full checker, strict inference, ORT CPU) on `n` images of `h × w`.
+fn run_onnx_hw(
+    model: &Path,
+    n: usize,
+    h: usize,
+    w: usize,
+    px: &[u8],
+    sizes: &[i64],
+) -> serde_json::Value {
     let inputs = serde_json::json!({
-        "images": {"dtype": "uint8", "shape": [n, s, s, 3], "data": px},
+        "images": {"dtype": "uint8", "shape": [n, h, w, 3], "data": px},
         "orig_sizes": {"dtype": "int64", "shape": [n, 2], "data": sizes},
     });
     let ip = model.with_extension("in.json");
@@ -70,6 +82,7 @@ fn export_and_compare(ckpt: &Path, out: &Path, msda: MsdaLowering) -> (f32, f32)
         opset: 17,
         msda,
         fp16: false,
+        dynamic_size: false,
     })
     .unwrap();
     let (model, _) = checkpoint::load(ckpt, &Device::flex()).unwrap();
@@ -144,6 +157,7 @@ fn tiny_export_matches_burn_and_is_deterministic() {
         opset: 17,
         msda: MsdaLowering::GridSample,
         fp16: false,
+        dynamic_size: false,
     })
     .unwrap();
     assert!(
@@ -179,6 +193,7 @@ fn bad_inputs_are_clear_errors_without_output() {
         opset,
         msda: MsdaLowering::GridSample,
         fp16: false,
+        dynamic_size: false,
     };
     // missing and corrupt checkpoints
     let e = export(&opts(dir.path().join("none.ckpt"), out.clone(), None, 17)).unwrap_err();
@@ -243,6 +258,7 @@ fn training_checkpoint_exports_without_its_aux_heads() {
         opset: 17,
         msda: MsdaLowering::GridSample,
         fp16: false,
+        dynamic_size: false,
     })
     .unwrap();
     assert!(r.dropped_params > 10_000, "{}", r.dropped_params);
@@ -303,15 +319,16 @@ fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
         opset: 17,
         msda: MsdaLowering::GridSample,
         fp16: false,
+        dynamic_size: false,
     };
     export(&opts).unwrap();
     let lib = ort_library();
     let val = data.join("val");
-    let ok = codetr_export::check::check(&out, &a, &val, &[1, 3], &lib).unwrap();
+    let ok = codetr_export::check::check(&out, &a, &val, &[1, 3], false, &lib).unwrap();
     eprintln!("{ok:?}");
     assert!(ok.passed && ok.labels_identical && ok.max_score_diff <= 1e-4);
     // the graph of checkpoint a checked against checkpoint b must fail
-    let bad = codetr_export::check::check(&out, &b, &val, &[1], &lib).unwrap();
+    let bad = codetr_export::check::check(&out, &b, &val, &[1], false, &lib).unwrap();
     assert!(!bad.passed, "{bad:?}");
     // and the binary: --check exits 0 on a good export
     let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
@@ -348,6 +365,7 @@ fn fp16_export_is_typed_valid_and_close_to_fp32() {
             opset: 17,
             msda,
             fp16: true,
+            dynamic_size: false,
         };
         let report = export(&opts).unwrap();
         let f = report.fp16.clone().expect("fp16 report");
@@ -394,5 +412,87 @@ fn fp16_export_is_typed_valid_and_close_to_fp32() {
             std::fs::read(&out).unwrap() == std::fs::read(&again).unwrap(),
             "fp16 export is not deterministic"
         );
+    }
+}
+
+/// `--dynamic-size`: symbolic H and W, no ScatterND, metadata input_size null; `--check`
+/// passes at the preset size and two others on real val images, with both MSDA lowerings, and
+/// the bytes are deterministic. The fp16 pass types it (runs in ORT at a non-preset size).
+#[test]
+fn dynamic_size_export_checks_at_three_sizes_with_both_lowerings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("synth");
+    use codetr_train::data::synth::{self, SynthConfig};
+    synth::generate(
+        &data,
+        &SynthConfig {
+            train: 1,
+            val: 2,
+            seed: 4,
+            width: 160,
+            height: 120,
+        },
+        false,
+    )
+    .unwrap();
+    let mut cfg = DetectorConfig::tiny();
+    cfg.input_size = 128;
+    cfg.transformer.num_queries = 50;
+    cfg.max_detections = 50;
+    let ckpt = dir.path().join("d.ckpt");
+    init_checkpoint(&cfg, &ckpt, 3);
+    let lib = ort_library();
+    let val = data.join("val");
+    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+        let out = dir.path().join(format!("dyn-{msda:?}.onnx"));
+        let opts = ExportOptions {
+            checkpoint: ckpt.clone(),
+            out: out.clone(),
+            max_detections: None,
+            opset: 17,
+            msda,
+            fp16: false,
+            dynamic_size: true,
+        };
+        let report = export(&opts).unwrap();
+        assert_eq!(report.input_size, None);
+        let bytes = std::fs::read(&out).unwrap();
+        // full checker + strict shape inference with symbolic H, W, and a run at 72×200
+        let px: Vec<u8> = (0..72 * 200 * 3)
+            .map(|i| ((i * 5 + 3) % 256) as u8)
+            .collect();
+        let res = run_onnx_hw(&out, 1, 72, 200, &px, &[72, 200]);
+        assert_eq!(res["metadata"]["codetr.input_size"], "null");
+        let ops: Vec<&str> = res["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(!ops.contains(&"ScatterND"), "{ops:?}");
+        let c = codetr_export::check::check(&out, &ckpt, &val, &[1, 2], true, &lib).unwrap();
+        eprintln!("dynamic {msda:?}: {c:?}");
+        assert_eq!(c.sizes.len(), 3);
+        assert!(c.passed, "{c:?}");
+        export(&ExportOptions {
+            out: dir.path().join("again.onnx"),
+            ..opts.clone()
+        })
+        .unwrap();
+        assert!(bytes == std::fs::read(dir.path().join("again.onnx")).unwrap());
+        // fp16 + dynamic: typed (strict checker in run_onnx) and runs at a non-preset size
+        let out16 = dir.path().join(format!("dyn16-{msda:?}.onnx"));
+        export(&ExportOptions {
+            out: out16.clone(),
+            fp16: true,
+            ..opts
+        })
+        .unwrap();
+        let (h, w) = (104, 152);
+        let px: Vec<u8> = (0..h * w * 3).map(|i| ((i * 7 + 1) % 256) as u8).collect();
+        let res = run_onnx_hw(&out16, 1, h, w, &px, &[300, 400]);
+        let scores = floats(&res["outputs"]["scores"]);
+        assert_eq!(scores.len(), 50);
+        assert!(scores.iter().all(|s| s.is_finite()));
     }
 }

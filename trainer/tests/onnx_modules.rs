@@ -65,9 +65,9 @@ fn preprocess_backbone_and_neck_match_burn() {
     }
 }
 
-#[test]
-fn encoder_with_grid_sample_msda_matches_burn() {
-    use codetr_train::model::msda::MsdaLowering;
+/// Encoder memory of the graph against Burn; `dynamic` leaves H, W symbolic so positions,
+/// reference points and MSDA's level splits come from `Shape` ops.
+fn encoder_parity(dynamic: bool, lowering: codetr_train::model::msda::MsdaLowering) {
     let dev = Device::flex();
     for name in ["ddetr_r50", "ddetr_r18"] {
         let model = common::load_hf_model(name, &dev);
@@ -85,22 +85,27 @@ fn encoder_with_grid_sample_msda_matches_burn() {
         let memory = model.encoder.forward(src, pos, &shapes);
 
         let mut g = GraphBuilder::new("encoder");
-        let dims = [
-            Dim::Named("N".into()),
-            Dim::Fixed(h as i64),
-            Dim::Fixed(w as i64),
-            Dim::Fixed(3),
-        ];
+        let (dh, dw, size) = if dynamic {
+            (Dim::Named("H".into()), Dim::Named("W".into()), None)
+        } else {
+            (Dim::Fixed(h as i64), Dim::Fixed(w as i64), Some([h, w]))
+        };
+        let dims = [Dim::Named("N".into()), dh, dw, Dim::Fixed(3)];
         let images = g.input("images", ElemType::U8, &dims).unwrap();
-        let (src, pos) = model.emit_features(&mut g, &images, &shapes).unwrap();
+        let (src, pos, levels) = model.emit_features(&mut g, &images, size).unwrap();
+        assert_eq!(levels.fixed.is_none(), dynamic);
         let mem = model
             .encoder
-            .emit(&mut g, &src, &pos, &shapes, MsdaLowering::GridSample)
+            .emit(&mut g, &src, &pos, &levels, lowering)
             .unwrap();
         let [_, s, d] = memory.dims();
         let od = [
             Dim::Named("N".into()),
-            Dim::Fixed(s as i64),
+            if dynamic {
+                Dim::Named("S".into())
+            } else {
+                Dim::Fixed(s as i64)
+            },
             Dim::Fixed(d as i64),
         ];
         g.output(&mem, "memory", ElemType::F32, &od).unwrap();
@@ -113,9 +118,23 @@ fn encoder_with_grid_sample_msda_matches_burn() {
         );
         let want: Vec<f32> = memory.clone().into_data().try_to_vec().unwrap();
         let diff = common::max_diff(&res["outputs"]["memory"], &memory.dims(), &want);
-        eprintln!("{name} encoder memory: max |onnx − burn| = {diff:.2e}");
+        eprintln!(
+            "{name} encoder memory ({lowering:?}, dynamic {dynamic}): max |onnx − burn| = {diff:.2e}"
+        );
         assert!(diff <= 1e-4, "{name}: {diff}");
     }
+}
+
+#[test]
+fn encoder_with_grid_sample_msda_matches_burn() {
+    encoder_parity(false, codetr_train::model::msda::MsdaLowering::GridSample);
+}
+
+#[test]
+fn encoder_with_dynamic_size_matches_burn_with_both_lowerings() {
+    use codetr_train::model::msda::MsdaLowering;
+    encoder_parity(true, MsdaLowering::GridSample);
+    encoder_parity(true, MsdaLowering::Gather);
 }
 
 /// The whole exported graph (pixels → labels, scores, boxes) against `Detector::detect`.
@@ -126,7 +145,27 @@ fn full_graph_parity(
     n: usize,
     tag: &str,
 ) {
-    use codetr_train::model::msda::MsdaLowering;
+    let g = model
+        .emit(
+            Some([h, w]),
+            codetr_train::model::msda::MsdaLowering::GridSample,
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.onnx");
+    write(&g.finish(17, "codetr-test", vec![]), &path).unwrap();
+    graph_parity(model, &path, h, w, n, tag);
+}
+
+/// The graph at `path` run on `n` images of `h × w` against `Detector::detect`.
+fn graph_parity(
+    model: &codetr_train::model::Detector,
+    path: &std::path::Path,
+    h: usize,
+    w: usize,
+    n: usize,
+    tag: &str,
+) {
     let dev = Device::flex();
     let px: Vec<u8> = (0..n * h * w * 3)
         .map(|i| ((i * 29 + 3) % 256) as u8)
@@ -137,16 +176,12 @@ fn full_graph_parity(
     let x = pixels_to_tensor(&px, n, h, w, &dev).unwrap();
     let det = model.detect(x, &sizes).unwrap();
     let (scores, labels, boxes) = det.to_host().unwrap();
-    let g = model.emit(h, w, MsdaLowering::GridSample).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.onnx");
-    write(&g.finish(17, "codetr-test", vec![]), &path).unwrap();
     let flat_sizes: Vec<i64> = sizes
         .iter()
         .flat_map(|s| [i64::from(s[0]), i64::from(s[1])])
         .collect();
     let res = common::onnx_run(
-        &path,
+        path,
         &serde_json::json!({
             "images": {"dtype": "uint8", "shape": [n, h, w, 3], "data": px},
             "orig_sizes": {"dtype": "int64", "shape": [n, 2], "data": flat_sizes},
@@ -210,4 +245,35 @@ fn group_norm_backbone_exports_and_matches_burn() {
     cfg.input_size = 128;
     let m = cfg.init(&dev).unwrap();
     full_graph_parity(&m, 128, 128, 2, "tiny group_norm backbone");
+}
+
+#[test]
+fn dynamic_size_graph_matches_burn_at_several_sizes_with_both_lowerings() {
+    use codetr_train::model::msda::MsdaLowering;
+    let dev = Device::flex();
+    dev.seed(11);
+    let mut cfg = codetr_train::model::DetectorConfig::tiny();
+    cfg.input_size = 128;
+    let m = cfg.init(&dev).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for lowering in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+        let g = m.emit(None, lowering).unwrap();
+        let path = dir.path().join(format!("dyn-{lowering:?}.onnx"));
+        let proto = g.finish(17, "codetr-test", vec![]);
+        let graph = proto.graph.as_ref().unwrap();
+        // TensorRT refuses ScatterND into shape tensors; a dynamic graph must not need one.
+        assert!(!graph.node.iter().any(|n| n.op_type == "ScatterND"));
+        write(&proto, &path).unwrap();
+        // one graph, three input sizes (square, landscape, portrait; not multiples of 32)
+        for (h, w, n) in [(128, 128, 2), (96, 160, 1), (200, 136, 2)] {
+            graph_parity(
+                &m,
+                &path,
+                h,
+                w,
+                n,
+                &format!("tiny dynamic {lowering:?} {h}x{w}"),
+            );
+        }
+    }
 }

@@ -352,7 +352,7 @@ impl Decoder {
         x: &str,
         reference: &str,
         memory: &str,
-        shapes: &[[usize; 2]],
+        levels: &crate::onnx::Levels,
         box_heads: &[BoxHead],
         lowering: super::msda::MsdaLowering,
     ) -> Result<(String, String)> {
@@ -377,7 +377,7 @@ impl Decoder {
                 &q,
                 EmitReference::Boxes(&reference),
                 memory,
-                shapes,
+                levels,
                 lowering,
             )?;
             let s = g.node("Add", &[&h, &ca], vec![]);

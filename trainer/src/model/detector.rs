@@ -226,14 +226,16 @@ impl Detector {
         (Tensor::cat(tokens, 1), pos.expand([b, s, d]), shapes)
     }
 
-    /// ONNX emitter of [`Detector::features`] for maps of known `shapes`: tokens `[N, S, d]`
-    /// and the position table (an initializer `[1, S, d]`, broadcast by the adds).
+    /// ONNX emitter of [`Detector::features`]: tokens `[N, S, d]`, positions `[1, S, d]`
+    /// (broadcast by the adds) and the levels. At a fixed input size (`size`) the positions are
+    /// the training table as an initializer; without one (`--dynamic-size`) they are computed in
+    /// the graph from the maps' `Shape`s.
     pub fn emit_features(
         &self,
         g: &mut crate::onnx::GraphBuilder,
         images: &str,
-        shapes: &[[usize; 2]],
-    ) -> Result<(String, String)> {
+        size: Option<[usize; 2]>,
+    ) -> Result<(String, String, crate::onnx::Levels)> {
         use crate::onnx::builder::Attr;
         let z = self.emit_normalize(g, images);
         let feats = self.backbone.emit(g, &z)?;
@@ -253,10 +255,50 @@ impl Detector {
             .collect();
         let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
         let src = g.node("Concat", &refs, vec![("axis", Attr::Int(1))]);
-        let pos = self.positions(shapes, &self.level_embed.val().device());
-        let dims = pos.dims();
-        let pos = g.init_f32("pos", &dims, &crate::onnx::emit::host(pos)?);
-        Ok((src, pos))
+        let (pos, levels) = match size {
+            Some([h, w]) => {
+                let shapes = super::config::level_shapes_for(&self.config, h, w);
+                let pos = self.positions(&shapes, &self.level_embed.val().device());
+                let dims = pos.dims();
+                let pos = g.init_f32("pos", &dims, &crate::onnx::emit::host(pos)?);
+                (pos, crate::onnx::Levels::fixed(g, &shapes))
+            }
+            None => {
+                let levels = crate::onnx::Levels::from_maps(g, &maps);
+                (self.emit_positions(g, &levels)?, levels)
+            }
+        };
+        Ok((src, pos, levels))
+    }
+
+    /// ONNX emitter of [`Detector::positions`] from run-time level sizes: `[1, S, d]`, kept
+    /// fp32 in an fp16 export (sines of large arguments).
+    fn emit_positions(
+        &self,
+        g: &mut crate::onnx::GraphBuilder,
+        levels: &crate::onnx::Levels,
+    ) -> Result<String> {
+        use crate::onnx::builder::Attr;
+        let d = self.config.transformer.d_model;
+        let pe = SinePositionConfig {
+            temperature: self.config.transformer.pe_temperature,
+            offset: self.config.transformer.pe_offset,
+            ..SinePositionConfig::co_dino(d)
+        };
+        g.begin_fp32();
+        let mut per_level = Vec::with_capacity(levels.len());
+        for (l, lvl) in levels.levels.iter().enumerate() {
+            let table = pe.emit(g, lvl); // [h·w, d]
+            let row = self.level_embed.val().narrow(0, l, 1); // [1, d]
+            let row = g.init_f32("level_embed", &[1, d], &crate::onnx::emit::host(row)?);
+            per_level.push(g.node("Add", &[&table, &row], vec![]));
+        }
+        let refs: Vec<&str> = per_level.iter().map(String::as_str).collect();
+        let all = g.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
+        let ax0 = g.ints(&[0]);
+        let pos = g.node("Unsqueeze", &[&all, &ax0], vec![]);
+        g.end_fp32();
+        Ok(pos)
     }
 
     /// Full forward pass. `images`: `[B, H, W, 3]` RGB pixels on the 0–255 scale.
@@ -336,37 +378,31 @@ impl Detector {
         (logits, boxes)
     }
 
-    /// The whole inference graph (DESIGN §7 contract): `images` uint8 `[N, H, W, 3]` at the
-    /// fixed `h × w`, `orig_sizes` int64 `[N, 2]` → `labels`, `scores`, `boxes` (top
-    /// `max_detections`). Returns the builder for the caller to add metadata and write.
+    /// The whole inference graph (DESIGN §7 contract): `images` uint8 `[N, H, W, 3]`,
+    /// `orig_sizes` int64 `[N, 2]` → `labels`, `scores`, `boxes` (top `max_detections`).
+    /// `size` fixes `H × W`; `None` exports them dynamic, every shape then derived from
+    /// `Shape` ops. Returns the builder for the caller to add metadata and write.
     pub fn emit(
         &self,
-        h: usize,
-        w: usize,
+        size: Option<[usize; 2]>,
         lowering: super::msda::MsdaLowering,
     ) -> Result<crate::onnx::GraphBuilder> {
         use crate::onnx::{Dim, ElemType, GraphBuilder};
         let mut g = GraphBuilder::new("codino");
         let n = || Dim::Named("N".into());
-        let images = g.input(
-            "images",
-            ElemType::U8,
-            &[
-                n(),
-                Dim::Fixed(h as i64),
-                Dim::Fixed(w as i64),
-                Dim::Fixed(3),
-            ],
-        )?;
+        let (dh, dw) = match size {
+            Some([h, w]) => (Dim::Fixed(h as i64), Dim::Fixed(w as i64)),
+            None => (Dim::Named("H".into()), Dim::Named("W".into())),
+        };
+        let images = g.input("images", ElemType::U8, &[n(), dh, dw, Dim::Fixed(3)])?;
         let sizes = g.input("orig_sizes", ElemType::I64, &[n(), Dim::Fixed(2)])?;
-        let shapes = super::config::level_shapes_for(&self.config, h, w);
-        let (src, pos) = self.emit_features(&mut g, &images, &shapes)?;
-        let memory = self.encoder.emit(&mut g, &src, &pos, &shapes, lowering)?;
+        let (src, pos, levels) = self.emit_features(&mut g, &images, size)?;
+        let memory = self.encoder.emit(&mut g, &src, &pos, &levels, lowering)?;
         let nl = self.decoder.layers.len();
         let (content, reference) = self.selection.emit(
             &mut g,
             &memory,
-            &shapes,
+            &levels,
             &self.class_heads[nl],
             &self.box_heads[nl],
         )?;
@@ -375,7 +411,7 @@ impl Detector {
             &content,
             &reference,
             &memory,
-            &shapes,
+            &levels,
             &self.box_heads[..nl],
             lowering,
         )?;

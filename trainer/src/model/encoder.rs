@@ -132,13 +132,11 @@ impl Encoder {
         g: &mut crate::onnx::GraphBuilder,
         src: &str,
         pos: &str,
-        shapes: &[[usize; 2]],
+        levels: &crate::onnx::Levels,
         lowering: super::msda::MsdaLowering,
     ) -> Result<String> {
         use super::msda::EmitReference;
-        let centres = token_centres(shapes, &burn::tensor::Device::flex());
-        let dims = centres.dims();
-        let centres = g.init_f32("centres", &dims, &crate::onnx::emit::host(centres)?);
+        let centres = emit_token_centres(g, levels)?;
         let mut x = src.to_string();
         for layer in &self.layers {
             let q = g.node("Add", &[&x, pos], vec![]);
@@ -147,7 +145,7 @@ impl Encoder {
                 &q,
                 EmitReference::Points(&centres),
                 &x,
-                shapes,
+                levels,
                 lowering,
             )?;
             let s = g.node("Add", &[&x, &attn], vec![]);
@@ -156,6 +154,28 @@ impl Encoder {
         }
         Ok(x)
     }
+}
+
+/// ONNX emitter of [`token_centres`]: a constant at a fixed input size, else computed from
+/// the run-time level sizes (kept fp32 in an fp16 export).
+pub fn emit_token_centres(
+    g: &mut crate::onnx::GraphBuilder,
+    levels: &crate::onnx::Levels,
+) -> Result<String> {
+    use crate::onnx::builder::Attr;
+    if let Some(shapes) = &levels.fixed {
+        let centres = token_centres(shapes, &burn::tensor::Device::flex());
+        let dims = centres.dims();
+        return Ok(g.init_f32("centres", &dims, &crate::onnx::emit::host(centres)?));
+    }
+    g.begin_fp32();
+    let per: Vec<String> = levels.levels.iter().map(|l| l.centres(g)).collect();
+    let refs: Vec<&str> = per.iter().map(String::as_str).collect();
+    let all = g.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
+    let ax0 = g.ints(&[0]);
+    let out = g.node("Unsqueeze", &[&all, &ax0], vec![]);
+    g.end_fp32();
+    Ok(out)
 }
 
 /// Centre `((x + 0.5)/w, (y + 0.5)/h)` of every token of every level, `[1, S, 2]`.

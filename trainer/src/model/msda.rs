@@ -431,14 +431,14 @@ pub enum EmitReference<'a> {
 
 impl MsDeformAttn {
     /// ONNX emitter of [`MsDeformAttn::forward`]: `query` `[N, Q, d]`, `value` `[N, S, d]`
-    /// over levels `shapes` → `[N, Q, d]`.
+    /// over `levels` → `[N, Q, d]`.
     pub fn emit(
         &self,
         g: &mut crate::onnx::GraphBuilder,
         query: &str,
         reference: EmitReference<'_>,
         value: &str,
-        shapes: &[[usize; 2]],
+        levels: &crate::onnx::Levels,
         lowering: MsdaLowering,
     ) -> crate::Result<String> {
         use crate::onnx::builder::Attr;
@@ -465,11 +465,25 @@ impl MsDeformAttn {
         let aw = g.node("Softmax", &[&aw], vec![("axis", Attr::Int(-1))]); // [N, Q, H, L·P]
         let loc = match reference {
             EmitReference::Points(r) => {
-                let norm: Vec<f32> = shapes
-                    .iter()
-                    .flat_map(|[hl, wl]| [*wl as f32, *hl as f32])
-                    .collect();
-                let norm = g.init_f32("msda_norm", &[1, 1, 1, l as usize, 1, 2], &norm);
+                let norm = match &levels.fixed {
+                    Some(shapes) => {
+                        let norm: Vec<f32> = shapes
+                            .iter()
+                            .flat_map(|[hl, wl]| [*wl as f32, *hl as f32])
+                            .collect();
+                        g.init_f32("msda_norm", &[1, 1, 1, l as usize, 1, 2], &norm)
+                    }
+                    None => {
+                        let wh: Vec<&str> = levels
+                            .levels
+                            .iter()
+                            .flat_map(|lv| [lv.wf.as_str(), lv.hf.as_str()])
+                            .collect();
+                        let all = g.node("Concat", &wh, vec![("axis", Attr::Int(0))]);
+                        let s_n = g.ints(&[1, 1, 1, l, 1, 2]);
+                        g.node("Reshape", &[&all, &s_n], vec![])
+                    }
+                };
                 let s_r = g.ints(&[0, -1, 1, 1, 1, 2]);
                 let r = g.node("Reshape", &[r, &s_r], vec![]);
                 let o = g.node("Div", &[&off, &norm], vec![]);
@@ -497,7 +511,7 @@ impl MsDeformAttn {
             v: &v,
             loc: &loc,
             aw: &aw,
-            shapes,
+            levels,
             h,
             l,
             p,
@@ -520,7 +534,7 @@ struct Sampling<'a> {
     v: &'a str,
     loc: &'a str,
     aw: &'a str,
-    shapes: &'a [[usize; 2]],
+    levels: &'a crate::onnx::Levels,
     h: i64,
     l: i64,
     p: i64,
@@ -531,12 +545,13 @@ struct Sampling<'a> {
 /// GridSample lowering of the sampling + weighting: `v` `[N, S, H, dh]`, `loc`
 /// `[N, Q, H, L, P, 2]`, `aw` `[N, Q, H, L·P]` → `[N, Q, d]` (before the output projection).
 fn emit_grid_sample(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
+    use crate::onnx::LevelDim;
     use crate::onnx::builder::Attr;
     let Sampling {
         v,
         loc,
         aw,
-        shapes,
+        levels,
         h,
         l,
         p,
@@ -548,20 +563,17 @@ fn emit_grid_sample(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> Stri
     let one = g.scalar(1.0);
     let grid = g.node("Mul", &[loc, &two], vec![]);
     let grid = g.node("Sub", &[&grid, &one], vec![]); // [N, Q, H, L, P, 2]
-    let mut sampled = Vec::with_capacity(shapes.len());
-    let mut start = 0i64;
+    let mut sampled = Vec::with_capacity(levels.len());
     let axis1 = g.ints(&[1]);
     let axis3 = g.ints(&[3]);
-    for (lvl, &[hl, wl]) in shapes.iter().enumerate() {
-        let (b0, b1) = (g.ints(&[start]), g.ints(&[start + (hl * wl) as i64]));
-        start += (hl * wl) as i64;
-        let vl = g.node("Slice", &[v, &b0, &b1, &axis1], vec![]); // [N, hw, H, dh]
+    for (lvl, lv) in levels.levels.iter().enumerate() {
+        let vl = g.node("Slice", &[v, &lv.start, &lv.end, &axis1], vec![]); // [N, hw, H, dh]
         let vl = g.node(
             "Transpose",
             &[&vl],
             vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))],
         );
-        let s_vl = g.ints(&[-1, dh, hl as i64, wl as i64]);
+        let s_vl = lv.shape(g, &[-1, dh], &[LevelDim::H, LevelDim::W], &[]);
         let vl = g.node("Reshape", &[&vl, &s_vl], vec![]); // [N·H, dh, h, w]
         let (l0, l1) = (g.ints(&[lvl as i64]), g.ints(&[lvl as i64 + 1]));
         let gl = g.node("Slice", &[&grid, &l0, &l1, &axis3], vec![]); // [N, Q, H, 1, P, 2]
@@ -617,12 +629,13 @@ fn emit_grid_sample(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> Stri
 /// lookups with GatherElements and their weights (invalid corners weigh 0). Same inputs and
 /// output as [`emit_grid_sample`].
 fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
+    use crate::onnx::LevelDim;
     use crate::onnx::builder::Attr;
     let Sampling {
         v,
         loc,
         aw,
-        shapes,
+        levels,
         h,
         l,
         p,
@@ -636,19 +649,15 @@ fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
     let half = g.scalar(0.5);
     let one = g.scalar(1.0);
     let zero = g.scalar(0.0);
-    let mut per_level = Vec::with_capacity(shapes.len());
-    let mut start = 0i64;
-    for (lvl, &[hl, wl]) in shapes.iter().enumerate() {
-        let hw = (hl * wl) as i64;
-        let (b0, b1) = (g.ints(&[start]), g.ints(&[start + hw]));
-        start += hw;
-        let vl = g.node("Slice", &[v, &b0, &b1, &axis1], vec![]); // [N, hw, H, dh]
+    let mut per_level = Vec::with_capacity(levels.len());
+    for (lvl, lv) in levels.levels.iter().enumerate() {
+        let vl = g.node("Slice", &[v, &lv.start, &lv.end, &axis1], vec![]); // [N, hw, H, dh]
         let vl = g.node(
             "Transpose",
             &[&vl],
             vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
         );
-        let s_vl = g.ints(&[-1, hw, dh]);
+        let s_vl = lv.shape(g, &[-1], &[LevelDim::Hw], &[dh]);
         let vl = g.node("Reshape", &[&vl, &s_vl], vec![]); // [N·H, hw, dh]
         let (l0, l1) = (g.ints(&[lvl as i64]), g.ints(&[lvl as i64 + 1]));
         let ll = g.node("Slice", &[loc, &l0, &l1, &axis3], vec![]); // [N, Q, H, 1, P, 2]
@@ -665,7 +674,7 @@ fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
         let two_ax = g.ints(&[2]);
         let x = g.node("Slice", &[&ll, &x0i, &x1i, &two_ax], vec![]); // [N·H, Q·P, 1]
         let y = g.node("Slice", &[&ll, &y0i, &y1i, &two_ax], vec![]);
-        let (wf, hf) = (g.scalar(wl as f32), g.scalar(hl as f32));
+        let (wf, hf) = (lv.wf.clone(), lv.hf.clone());
         let px = g.node("Mul", &[&x, &wf], vec![]);
         let px = g.node("Sub", &[&px, &half], vec![]);
         let py = g.node("Mul", &[&y, &hf], vec![]);
@@ -678,8 +687,14 @@ fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
         let hy = g.node("Sub", &[&one, &ly], vec![]);
         let fx1 = g.node("Add", &[&fx, &one], vec![]);
         let fy1 = g.node("Add", &[&fy, &one], vec![]);
-        let (wmax, hmax) = (g.scalar(wl as f32 - 1.0), g.scalar(hl as f32 - 1.0));
-        let wl_i = g.init_i64("w", &[], &[wl as i64]);
+        let (wmax, hmax) = match lv.fixed {
+            Some([hl, wl]) => (g.scalar(wl as f32 - 1.0), g.scalar(hl as f32 - 1.0)),
+            None => (
+                g.node("Sub", &[&wf, &one], vec![]),
+                g.node("Sub", &[&hf, &one], vec![]),
+            ),
+        };
+        let wl_i = lv.w.clone();
         let mut idxs = Vec::with_capacity(4);
         let mut wts = Vec::with_capacity(4);
         for (cx, cy, wx, wy) in [

@@ -58,6 +58,47 @@ impl SinePositionConfig {
         }
         Tensor::from_data(TensorData::new(out, [2 * nf, h, w]), device)
     }
+
+    /// ONNX emitter of [`SinePositionConfig::embedding`] for a level whose size the graph
+    /// reads at run time: `[h·w, 2·num_feats]`, token-major like the flattened tokens.
+    pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, lvl: &crate::onnx::Level) -> String {
+        let nf = self.num_feats;
+        let dim_t: Vec<f32> = (0..nf)
+            .map(|i| self.temperature.powf(2.0 * (i / 2) as f64 / nf as f64) as f32)
+            .collect();
+        let even: Vec<f32> = (0..nf).map(|i| f32::from(u8::from(i % 2 == 0))).collect();
+        let odd: Vec<f32> = even.iter().map(|e| 1.0 - e).collect();
+        let dim_t = g.init_f32("pe_dim_t", &[1, nf], &dim_t);
+        let even = g.init_f32("pe_even", &[1, nf], &even);
+        let odd = g.init_f32("pe_odd", &[1, nf], &odd);
+        let eps = g.scalar(1e-6);
+        let scale = g.scalar(self.scale as f32);
+        let ax1 = g.ints(&[1]);
+        let offset = (1.0 + self.offset) as f32;
+        let axis = |g: &mut crate::onnx::GraphBuilder, n: &str, nf_: &str| {
+            let div = g.node("Add", &[nf_, &eps], vec![]);
+            let c = crate::onnx::Level::axis_coords(g, n, offset, &div);
+            let c = g.node("Mul", &[&c, &scale], vec![]);
+            let c = g.node("Unsqueeze", &[&c, &ax1], vec![]); // [n, 1]
+            let p = g.node("Div", &[&c, &dim_t], vec![]); // [n, nf]
+            let sin = g.node("Sin", &[&p], vec![]);
+            let cos = g.node("Cos", &[&p], vec![]);
+            let sin = g.node("Mul", &[&sin, &even], vec![]);
+            let cos = g.node("Mul", &[&cos, &odd], vec![]);
+            g.node("Add", &[&sin, &cos], vec![])
+        };
+        let py = axis(g, &lvl.h_scalar, &lvl.hf);
+        let px = axis(g, &lvl.w_scalar, &lvl.wf);
+        let y = lvl.broadcast_rows(g, &py, nf as i64);
+        let x = lvl.broadcast_cols(g, &px, nf as i64);
+        let yx = g.node(
+            "Concat",
+            &[&y, &x],
+            vec![("axis", crate::onnx::builder::Attr::Int(2))],
+        );
+        let flat = g.ints(&[-1, 2 * nf as i64]);
+        g.node("Reshape", &[&yx, &flat], vec![])
+    }
 }
 
 #[cfg(test)]

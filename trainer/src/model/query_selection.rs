@@ -43,6 +43,60 @@ pub fn token_proposals(shapes: &[[usize; 2]], device: &Device) -> (Tensor<3>, Te
     )
 }
 
+/// ONNX emitter of [`token_proposals`]: (proposals `[1, S, 4]`, validity `[1, S, 1]`),
+/// constants at a fixed input size, else computed from the run-time level sizes with the same
+/// f32 operations (kept fp32 in an fp16 export).
+pub fn emit_token_proposals(
+    g: &mut crate::onnx::GraphBuilder,
+    levels: &crate::onnx::Levels,
+) -> crate::Result<(String, String)> {
+    use crate::onnx::LevelDim;
+    use crate::onnx::builder::Attr;
+    use crate::onnx::emit::host;
+    if let Some(shapes) = &levels.fixed {
+        let (props, valid) = token_proposals(shapes, &Device::flex());
+        let (pd, vd) = (props.dims(), valid.dims());
+        return Ok((
+            g.init_f32("proposals", &pd, &host(props)?),
+            g.init_f32("valid", &vd, &host(valid)?),
+        ));
+    }
+    g.begin_fp32();
+    let mut per = Vec::with_capacity(levels.len());
+    for (lvl, l) in levels.levels.iter().enumerate() {
+        let xy = l.centres(g); // [hw, 2]
+        let wh = 0.05f32 * (1u32 << lvl) as f32;
+        let wh = g.init_f32("prop_wh", &[1, 2], &[wh, wh]);
+        let to = l.shape(g, &[], &[LevelDim::Hw], &[2]);
+        let wh = g.node("Expand", &[&wh, &to], vec![]);
+        per.push(g.node("Concat", &[&xy, &wh], vec![("axis", Attr::Int(1))]));
+    }
+    let refs: Vec<&str> = per.iter().map(String::as_str).collect();
+    let p = g.node("Concat", &refs, vec![("axis", Attr::Int(0))]); // [S, 4]
+    let (lo, hi, one) = (g.scalar(0.01), g.scalar(0.99), g.scalar(1.0));
+    let above = g.node("Greater", &[&p, &lo], vec![]);
+    let below = g.node("Less", &[&p, &hi], vec![]);
+    let ok = g.node("And", &[&above, &below], vec![]);
+    let okf = g.node("Cast", &[&ok], vec![("to", Attr::Int(1))]);
+    // valid when all four are inside: the minimum over the box of 1.0/0.0
+    let valid = g.node(
+        "ReduceMin",
+        &[&okf],
+        vec![("axes", Attr::Ints(vec![1])), ("keepdims", Attr::Int(1))],
+    ); // [S, 1]
+    let okrow = g.node("Cast", &[&valid], vec![("to", Attr::Int(9))]);
+    let q = g.node("Sub", &[&one, &p], vec![]);
+    let r = g.node("Div", &[&p, &q], vec![]);
+    let logit = g.node("Log", &[&r], vec![]);
+    let inf = g.scalar(f32::INFINITY);
+    let props = g.node("Where", &[&okrow, &logit, &inf], vec![]);
+    let ax0 = g.ints(&[0]);
+    let props = g.node("Unsqueeze", &[&props, &ax0], vec![]);
+    let valid = g.node("Unsqueeze", &[&valid, &ax0], vec![]);
+    g.end_fp32();
+    Ok((props, valid))
+}
+
 /// The encoder-output projection and the learned content queries.
 #[derive(Module, Debug)]
 pub struct QuerySelection {
@@ -120,18 +174,13 @@ impl QuerySelection {
         &self,
         g: &mut crate::onnx::GraphBuilder,
         memory: &str,
-        shapes: &[[usize; 2]],
+        levels: &crate::onnx::Levels,
         score: &Linear,
         regress: &super::decoder::BoxHead,
     ) -> crate::Result<(String, String)> {
         use crate::onnx::builder::Attr;
         use crate::onnx::emit::{host, layer_norm, linear};
-        let device = self.query_embed.val().device();
-        let (props, valid) = token_proposals(shapes, &device);
-        let pd = props.dims();
-        let vd = valid.dims();
-        let props = g.init_f32("proposals", &pd, &host(props)?);
-        let valid = g.init_f32("valid", &vd, &host(valid)?);
+        let (props, valid) = emit_token_proposals(g, levels)?;
         let m = g.node("Mul", &[memory, &valid], vec![]);
         let o = linear(g, &self.enc_output, &m)?;
         let o = layer_norm(g, &self.enc_output_norm, &o)?;

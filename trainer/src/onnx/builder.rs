@@ -283,7 +283,19 @@ impl GraphBuilder {
     }
 
     /// The model: opset `opset` of the default domain only (no custom ops), IR version 8.
+    /// Initializers no node reads (a fixed-size export's unused level constants) are dropped.
     pub fn finish(self, opset: i64, producer: &str, metadata: Vec<(String, String)>) -> ModelProto {
+        let used: BTreeSet<String> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.input.iter().cloned())
+            .chain(self.outputs.iter().map(|o| o.name.clone()))
+            .collect();
+        let initializers: Vec<TensorProto> = self
+            .initializers
+            .into_iter()
+            .filter(|t| used.contains(&t.name))
+            .collect();
         ModelProto {
             ir_version: 8,
             opset_import: vec![OperatorSetIdProto {
@@ -298,7 +310,7 @@ impl GraphBuilder {
             graph: Some(GraphProto {
                 node: self.nodes,
                 name: self.name,
-                initializer: self.initializers,
+                initializer: initializers,
                 doc_string: String::new(),
                 input: self.inputs,
                 output: self.outputs,

@@ -3,6 +3,8 @@
 
 pub mod builder;
 pub mod emit;
+pub mod levels;
 pub mod proto;
 
 pub use builder::{Dim, ElemType, GraphBuilder};
+pub use levels::{Level, LevelDim, Levels};
