@@ -72,6 +72,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a checkpoint over a COCO split (the evaluation resize), print its COCO mAP and
+    /// optionally write the detections (COCO results json, e.g. for pycocotools).
+    Validate {
+        /// Checkpoint (a step or best/ checkpoint, or `init`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Split folder holding instances.json and images/.
+        #[arg(long)]
+        data: PathBuf,
+        /// Evaluate only the first N images (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Write the detections here (written atomically).
+        #[arg(long)]
+        out_detections: Option<PathBuf>,
+        /// Decode/resize worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Print one JSON object (AP, AP50, ..., ARl as fractions) instead of the 12 lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a model's dimensions and parameter counts per module (from a preset, a TOML
     /// config or a checkpoint).
     Info {
@@ -434,6 +456,28 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Eval { gt, dt, json } => {
             let text = eval::run_eval_cli(&gt, &dt, json)?;
             println!("{text}");
+        }
+        Command::Validate {
+            checkpoint: ckpt,
+            data,
+            limit,
+            out_detections,
+            workers,
+            json,
+        } => {
+            let device = burn::tensor::Device::flex();
+            let (m, _) = checkpoint::load(&ckpt, &device)?;
+            let ds = Arc::new(CocoDataset::load_split(&data, LoadOptions::default())?);
+            let (gt, dts) = codetr_train::train::fit::detect_split(&m, &ds, limit, workers)?;
+            if let Some(out) = &out_detections {
+                codetr_train::fsutil::write_atomic(out, &serde_json::to_vec(&dts)?)?;
+            }
+            let summary = eval::evaluate(&gt, &ds.json_path, &dts)?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("{summary}");
+            }
         }
         Command::Info {
             model,

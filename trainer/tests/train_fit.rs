@@ -342,3 +342,81 @@ fn kill_9_then_resume_matches_an_uninterrupted_run() {
         assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
     }
 }
+
+/// `codetr-train validate`: a checkpoint over a split; the detections it writes are the ones it
+/// evaluated (pycocotools on the written file gives the printed numbers); a bad checkpoint is a
+/// clear error and writes nothing.
+#[test]
+fn validate_writes_the_detections_it_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    let bin = env!("CARGO_BIN_EXE_codetr-train");
+    let ckpt = tmp.path().join("m.ckpt");
+    let st = std::process::Command::new(bin)
+        .args(["init", "--preset", "tiny", "--seed", "3", "--out"])
+        .arg(&ckpt)
+        .arg("--classes-from")
+        .arg(tmp.path().join("val/instances.json"))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let dt = tmp.path().join("dt.json");
+    let val = tmp.path().join("val");
+    let out = std::process::Command::new(bin)
+        .arg("validate")
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .arg("--data")
+        .arg(&val)
+        .arg("--out-detections")
+        .arg(&dt)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dets: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&dt).unwrap()).unwrap();
+    assert_eq!(dets.len(), 4 * 100, "4 images × top-100");
+    let python = std::env::var("CODETR_PYTHON").expect("CODETR_PYTHON (make test sets it)");
+    let refout = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/python/coco_eval_ref.py"
+        ))
+        .arg(val.join("instances.json"))
+        .arg(&dt)
+        .output()
+        .unwrap();
+    assert!(refout.status.success());
+    let reference: serde_json::Value = serde_json::from_slice(&refout.stdout).unwrap();
+    for k in ["AP", "AP50", "AR1", "AR10", "AR100"] {
+        let (a, b) = (ours[k].as_f64().unwrap(), reference[k].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-4, "{k}: ours {a} pycocotools {b}");
+    }
+    // a truncated checkpoint: exit ≠ 0, a message naming the file, no detections file
+    let bad = tmp.path().join("bad.ckpt");
+    std::fs::write(&bad, &std::fs::read(&ckpt).unwrap()[..1000]).unwrap();
+    let dt2 = tmp.path().join("dt2.json");
+    let out = std::process::Command::new(bin)
+        .arg("validate")
+        .arg("--checkpoint")
+        .arg(&bad)
+        .arg("--data")
+        .arg(&val)
+        .arg("--out-detections")
+        .arg(&dt2)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.ckpt"));
+    assert!(!dt2.exists());
+}

@@ -156,6 +156,18 @@ pub fn validate(
     limit: usize,
     workers: usize,
 ) -> Result<EvalSummary> {
+    let (gt, dts) = detect_split(detector, ds, limit, workers)?;
+    evaluate(&gt, &ds.json_path, &dts)
+}
+
+/// Runs `detector` over (up to `limit`) images of `ds` (the evaluation resize) and returns the
+/// ground truth of those images and every detection, in the COCO results format.
+pub fn detect_split(
+    detector: &Detector,
+    ds: &Arc<CocoDataset>,
+    limit: usize,
+    workers: usize,
+) -> Result<(CocoFile, Vec<Detection>)> {
     let size = detector.config().input_size;
     let mut subset = (**ds).clone();
     if limit > 0 && subset.images.len() > limit {
@@ -199,7 +211,7 @@ pub fn validate(
     let mut gt = CocoFile::read(&ds.json_path)?;
     gt.images.retain(|i| ids.contains(&i.id));
     gt.annotations.retain(|a| ids.contains(&a.image_id));
-    evaluate(&gt, &ds.json_path, &dts)
+    Ok((gt, dts))
 }
 
 /// Keeps the newest `keep` `step-*.ckpt` files in `dir`.
