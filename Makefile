@@ -22,7 +22,7 @@ ort:
 
 run: ort
 	@if [ ! -f "$(MODEL)" ] && [ ! -f "$(MODEL)/model.onnx" ]; then \
-	  echo "make run: $(MODEL) holds no model.onnx (the shipped model arrives with the training issue)."; \
+	  echo "make run: $(MODEL) holds no model.onnx."; \
 	  echo "          Serve any exported graph: make run MODEL=path/to/model.onnx"; \
 	  echo "          e.g. the tests' random-weight graph: make run MODEL=server/tests/fixtures/micro.onnx"; \
 	  exit 1; \

@@ -496,3 +496,50 @@ fn dynamic_size_export_checks_at_three_sizes_with_both_lowerings() {
         assert!(scores.iter().all(|s| s.is_finite()));
     }
 }
+
+/// The shipped model (models/codino-tiny-synth, a trained checkpoint): its committed graph
+/// matches its checkpoint (≤1e-4 on the committed sample images, batch 1 and 3) and carries
+/// that checkpoint's identity; the trained checkpoint also exports and checks with the gather
+/// lowering and with a dynamic input size.
+#[test]
+fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/codino-tiny-synth");
+    let (onnx, ckpt, samples) = (
+        dir.join("model.onnx"),
+        dir.join("model.ckpt"),
+        dir.join("samples"),
+    );
+    let lib = ort_library();
+    let c = codetr_export::check::check(&onnx, &ckpt, &samples, &[1, 3], false, &lib).unwrap();
+    eprintln!("shipped graph vs its checkpoint: {c:?}");
+    assert!(c.passed, "{c:?}");
+    let (header, _) = checkpoint::read(&ckpt).unwrap();
+    assert!(header.step > 0, "the shipped checkpoint is a trained one");
+    let s = header.config.input_size as usize;
+    let res = run_onnx(&onnx, 1, s, &vec![0u8; s * s * 3], &[256, 256]);
+    assert_eq!(
+        res["metadata"]["codetr.checkpoint_sha256"].as_str(),
+        header.model_sha256()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    for (msda, dynamic_size) in [
+        (MsdaLowering::Gather, false),
+        (MsdaLowering::GridSample, true),
+    ] {
+        let out = tmp.path().join("re.onnx");
+        export(&ExportOptions {
+            checkpoint: ckpt.clone(),
+            out: out.clone(),
+            max_detections: None,
+            opset: 17,
+            msda,
+            fp16: false,
+            dynamic_size,
+        })
+        .unwrap();
+        let c = codetr_export::check::check(&out, &ckpt, &samples, &[1, 3], dynamic_size, &lib)
+            .unwrap();
+        eprintln!("shipped checkpoint, {msda:?}, dynamic {dynamic_size}: {c:?}");
+        assert!(c.passed, "{c:?}");
+    }
+}

@@ -277,11 +277,21 @@ pub fn inspect(session: &Session, path: &Path) -> Result<ModelInfo> {
         ],
         "outputs",
     )?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| meta.preset.clone());
+    // A shipped model directory holds `model.onnx`: the directory's name is the model's.
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let name = match stem(path) {
+        Some(s) if s == "model" => path.parent().and_then(|d| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| !n.is_empty())
+        }),
+        other => other,
+    }
+    .unwrap_or_else(|| meta.preset.clone());
     Ok(ModelInfo {
         path: path.to_path_buf(),
         name,

@@ -62,7 +62,11 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let model = micro_model();
+        Self::start_model(&micro_model(), args, env)
+    }
+
+    /// Starts the server on `model` with `args` and waits until /readyz says 200.
+    pub fn start_model(model: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut all = vec!["--model", model.to_str().unwrap(), "--bind", "127.0.0.1:0"];
         all.extend_from_slice(args);
         let (child, addr, log) =

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Ships a trained run as models/NAME/ (issue 9): the best checkpoint, its ONNX export
+# (checked against Burn in ONNX Runtime), the run config, the curves, metrics from our
+# evaluator AND pycocotools on the whole val split, and a few val images with their ground
+# truth under samples/ (a COCO split: samples/instances.json + samples/images/) and what the
+# Burn model detects on them (samples/expected_detections.json). The model
+# card (models/NAME/README.md) is written by hand from metrics.json.
+#
+# Usage: scripts/ship-model.sh RUN_DIR [NAME] [DATA_VAL]
+#   NAME defaults to codino-tiny-synth, DATA_VAL to data/synth/val.
+# Env: BIN_DIR (target/release), SAMPLES (3), ORT_DYLIB_PATH (else the venv's wheel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run=${1:?usage: scripts/ship-model.sh RUN_DIR [NAME] [DATA_VAL]}
+name=${2:-codino-tiny-synth}
+val=${3:-data/synth/val}
+bin=${BIN_DIR:-target/release}
+samples=${SAMPLES:-3}
+py=.venv/bin/python
+ckpt=$run/best/model.ckpt
+[ -f "$ckpt" ] || { echo "no $ckpt (a finished run has best/model.ckpt)" >&2; exit 1; }
+[ -f "$val/instances.json" ] || { echo "no $val/instances.json" >&2; exit 1; }
+[ -x "$py" ] || scripts/setup-python.sh
+if [ -z "${ORT_DYLIB_PATH:-}" ]; then
+  ORT_DYLIB_PATH=$("$py" -c 'import onnxruntime, os, glob; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[-1])')
+  export ORT_DYLIB_PATH
+fi
+out=models/$name
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/ship/samples/images"
+
+# Samples: the first val images by id, with their annotations, as a COCO split.
+"$py" - "$val" "$tmp/ship/samples" "$samples" <<'PY'
+import json, shutil, sys
+from pathlib import Path
+val, out, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+gt = json.loads((val / "instances.json").read_text())
+images = sorted(gt["images"], key=lambda i: i["id"])[:n]
+ids = {i["id"] for i in images}
+for i in images:
+    shutil.copy(val / "images" / i["file_name"], out / "images" / Path(i["file_name"]).name)
+    i["file_name"] = Path(i["file_name"]).name
+sub = {"images": images, "categories": gt["categories"],
+       "annotations": [a for a in gt["annotations"] if a["image_id"] in ids]}
+(out / "instances.json").write_text(json.dumps(sub, indent=1) + "\n")
+PY
+
+cp "$ckpt" "$tmp/ship/model.ckpt"
+# The run config, re-runnable from the repository root: data paths relative, a fresh run dir.
+"$py" - "$run/config.toml" "$tmp/ship/config.toml" "$PWD" "$name" <<'PY'
+import re, sys
+src, dst, root, name = sys.argv[1:5]
+text = open(src).read().replace(root.rstrip("/") + "/", "")
+text = re.sub(r'(?m)^out = ".*"$', f'out = "runs/{name}"', text)
+open(dst, "w").write(text)
+PY
+"$bin/codetr-export" --checkpoint "$tmp/ship/model.ckpt" --out "$tmp/ship/model.onnx" \
+  --check --check-data "$val" --check-batches 1,3 | tee "$tmp/export.txt"
+"$bin/codetr-train" plot "$run" --out "$tmp/ship/curves.png" >/dev/null
+"$bin/codetr-train" validate --checkpoint "$tmp/ship/model.ckpt" --data "$val" \
+  --out-detections "$tmp/dt.json" --json > "$tmp/ours.json"
+"$py" tests/python/coco_eval_ref.py "$val/instances.json" "$tmp/dt.json" > "$tmp/ref.json" 2>/dev/null
+"$py" - "$tmp" "$run" "$val" <<'PY'
+import json, sys
+from pathlib import Path
+tmp, run, val = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+evals = [json.loads(l) for l in (run / "eval.jsonl").read_text().splitlines() if l.strip()]
+log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()]
+n_val = len(json.loads((val / "instances.json").read_text())["images"])
+m = {"val_images": n_val,
+     "steps": max(l["step"] for l in log),
+     "train_seconds": round(sum(l.get("seconds", 0) for l in log), 1),
+     "ours": json.loads((tmp / "ours.json").read_text()),
+     "pycocotools": json.loads((tmp / "ref.json").read_text()),
+     "eval_during_training": evals}
+(tmp / "ship" / "metrics.json").write_text(json.dumps(m, indent=1) + "\n")
+print(json.dumps({k: m[k] for k in ("steps", "train_seconds")}), "AP ours",
+      m["ours"]["AP"], "pycocotools", m["pycocotools"]["AP"])
+PY
+# What the Burn model detects on the samples: the server's end-to-end test compares with it.
+"$bin/codetr-train" validate --checkpoint "$tmp/ship/model.ckpt" --data "$tmp/ship/samples" \
+  --out-detections "$tmp/ship/samples/expected_detections.json" --json > /dev/null
+mkdir -p "$out"
+# README.md (the hand-written model card) is kept; everything else is replaced.
+find "$out" -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+cp -r "$tmp/ship/." "$out/"
+echo "shipped $run → $out"; ls -la "$out"
