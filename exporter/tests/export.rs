@@ -45,7 +45,9 @@ fn run_onnx_hw(
         "images": {"dtype": "uint8", "shape": [n, h, w, 3], "data": px},
         "orig_sizes": {"dtype": "int64", "shape": [n, 2], "data": sizes},
     });
-    let ip = model.with_extension("in.json");
+    // The inputs go to a temp dir: the model may be a committed file (models/).
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = tmp.path().join("in.json");
     std::fs::write(&ip, inputs.to_string()).unwrap();
     let out = Command::new(python())
         .arg(concat!(
