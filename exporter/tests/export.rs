@@ -66,6 +66,30 @@ fn run_onnx_hw(
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A synthetic dataset under `dir/data` with `val` 160×120 val images, and a `tiny` config at
+/// 128² with 50 queries: what the `--check` tests export and compare on.
+fn small_val_set_and_model(dir: &Path, val: usize, seed: u64) -> (PathBuf, DetectorConfig) {
+    use codetr_train::data::synth::{self, SynthConfig};
+    let data = dir.join("data");
+    synth::generate(
+        &data,
+        &SynthConfig {
+            train: 1,
+            val,
+            seed,
+            width: 160,
+            height: 120,
+        },
+        false,
+    )
+    .unwrap();
+    let mut cfg = DetectorConfig::tiny();
+    cfg.input_size = 128;
+    cfg.transformer.num_queries = 50;
+    cfg.max_detections = 50;
+    (data, cfg)
+}
+
 fn floats(v: &serde_json::Value) -> Vec<f32> {
     v["data"]
         .as_array()
@@ -291,25 +315,8 @@ fn ort_library() -> PathBuf {
 
 #[test]
 fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
-    use codetr_train::data::synth::{self, SynthConfig};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    synth::generate(
-        &data,
-        &SynthConfig {
-            train: 1,
-            val: 3,
-            seed: 2,
-            width: 160,
-            height: 120,
-        },
-        false,
-    )
-    .unwrap();
-    let mut cfg = DetectorConfig::tiny();
-    cfg.input_size = 128;
-    cfg.transformer.num_queries = 50;
-    cfg.max_detections = 50;
+    let (data, cfg) = small_val_set_and_model(dir.path(), 3, 2);
     let (a, b) = (dir.path().join("a.ckpt"), dir.path().join("b.ckpt"));
     init_checkpoint(&cfg, &a, 1);
     init_checkpoint(&cfg, &b, 2);
@@ -423,24 +430,7 @@ fn fp16_export_is_typed_valid_and_close_to_fp32() {
 #[test]
 fn dynamic_size_export_checks_at_three_sizes_with_both_lowerings() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("synth");
-    use codetr_train::data::synth::{self, SynthConfig};
-    synth::generate(
-        &data,
-        &SynthConfig {
-            train: 1,
-            val: 2,
-            seed: 4,
-            width: 160,
-            height: 120,
-        },
-        false,
-    )
-    .unwrap();
-    let mut cfg = DetectorConfig::tiny();
-    cfg.input_size = 128;
-    cfg.transformer.num_queries = 50;
-    cfg.max_detections = 50;
+    let (data, cfg) = small_val_set_and_model(dir.path(), 2, 4);
     let ckpt = dir.path().join("d.ckpt");
     init_checkpoint(&cfg, &ckpt, 3);
     let lib = ort_library();

@@ -278,7 +278,6 @@ impl Detector {
         g: &mut crate::onnx::GraphBuilder,
         levels: &crate::onnx::Levels,
     ) -> Result<String> {
-        use crate::onnx::builder::Attr;
         let d = self.config.transformer.d_model;
         let pe = SinePositionConfig {
             temperature: self.config.transformer.pe_temperature,
@@ -293,10 +292,7 @@ impl Detector {
             let row = g.init_f32("level_embed", &[1, d], &crate::onnx::emit::host(row)?);
             per_level.push(g.node("Add", &[&table, &row], vec![]));
         }
-        let refs: Vec<&str> = per_level.iter().map(String::as_str).collect();
-        let all = g.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
-        let ax0 = g.ints(&[0]);
-        let pos = g.node("Unsqueeze", &[&all, &ax0], vec![]);
+        let pos = crate::onnx::Levels::concat_tokens(g, &per_level);
         g.end_fp32();
         Ok(pos)
     }

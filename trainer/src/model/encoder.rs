@@ -162,7 +162,6 @@ pub fn emit_token_centres(
     g: &mut crate::onnx::GraphBuilder,
     levels: &crate::onnx::Levels,
 ) -> Result<String> {
-    use crate::onnx::builder::Attr;
     if let Some(shapes) = &levels.fixed {
         let centres = token_centres(shapes, &burn::tensor::Device::flex());
         let dims = centres.dims();
@@ -170,10 +169,7 @@ pub fn emit_token_centres(
     }
     g.begin_fp32();
     let per: Vec<String> = levels.levels.iter().map(|l| l.centres(g)).collect();
-    let refs: Vec<&str> = per.iter().map(String::as_str).collect();
-    let all = g.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
-    let ax0 = g.ints(&[0]);
-    let out = g.node("Unsqueeze", &[&all, &ax0], vec![]);
+    let out = crate::onnx::Levels::concat_tokens(g, &per);
     g.end_fp32();
     Ok(out)
 }

@@ -199,6 +199,14 @@ impl Levels {
         }
     }
 
+    /// Per-level token tables `[h_l·w_l, k]` → one `[1, S, k]` in token order.
+    pub fn concat_tokens(g: &mut GraphBuilder, per_level: &[String]) -> String {
+        let refs: Vec<&str> = per_level.iter().map(String::as_str).collect();
+        let all = g.node("Concat", &refs, vec![("axis", Attr::Int(0))]);
+        let ax0 = g.ints(&[0]);
+        g.node("Unsqueeze", &[&all, &ax0], vec![])
+    }
+
     pub fn len(&self) -> usize {
         self.levels.len()
     }
