@@ -2,7 +2,8 @@
 # Regenerates server/tests/fixtures/micro.{ckpt,onnx}: a randomly initialised, very small
 # Co-DINO (ResNet-18 at 1/8 width, d_model 32, 64×64 input, the synthetic dataset's 10 classes)
 # exported with the real exporter. The server's tests serve it; it is small enough to commit
-# (the server crate must not build Burn to get a graph). Deterministic: same bytes every run.
+# (the server crate must not build Burn to get a graph). Exports are deterministic: the same
+# checkpoint gives the same graph bytes. Also writes micro-dynamic.onnx (--dynamic-size).
 # Usage: scripts/make-serve-fixture.sh [target profile dir, default target/debug]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,13 @@ names=(disc rectangle triangle star ring cross hexagon arrow heart crescent)
   done
   printf ']}\n'
 } > "$tmp/classes.json"
-"$bin/codetr-train" init --config "$tmp/micro.toml" --classes-from "$tmp/classes.json" \
-  --seed 7 --out "$out/micro.ckpt"
+# The checkpoint is made once (FORCE=1 remakes it): its bytes differ between inits (Burn's
+# parameter ids are random), and the graphs carry its sha256.
+if [ ! -f "$out/micro.ckpt" ] || [ -n "${FORCE:-}" ]; then
+  "$bin/codetr-train" init --config "$tmp/micro.toml" --classes-from "$tmp/classes.json" \
+    --seed 7 --out "$out/micro.ckpt"
+fi
 "$bin/codetr-export" --checkpoint "$out/micro.ckpt" --out "$out/micro.onnx"
+# The same model exported with symbolic H×W (served with --input-size).
+"$bin/codetr-export" --checkpoint "$out/micro.ckpt" --out "$out/micro-dynamic.onnx" --dynamic-size
 ls -l "$out"

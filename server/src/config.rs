@@ -45,6 +45,10 @@ impl Provider {
 pub struct ServeConfig {
     /// The exported ONNX graph (DESIGN.md §7 contract).
     pub model: Option<PathBuf>,
+    /// `[height, width]` images are resized to. Required for a graph exported with
+    /// `--dynamic-size` (its metadata has no size); for a fixed-size graph it must be absent
+    /// or equal to the graph's size.
+    pub input_size: Option<[u32; 2]>,
     /// Address to listen on.
     pub bind: SocketAddr,
     /// ONNX Runtime shared library (else `ORT_DYLIB_PATH`, else `.ort/cpu/libonnxruntime.so`).
@@ -60,6 +64,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             model: None,
+            input_size: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ort_lib: None,
             batching: BatchingConfig::default(),
@@ -223,6 +228,10 @@ pub struct Cli {
     /// The exported ONNX graph (from `codetr-export`), or a model directory holding model.onnx.
     #[arg(long, env = "CODETR_SERVE_MODEL")]
     pub model: Option<PathBuf>,
+    /// Input size HxW images are resized to: required for a graph exported with
+    /// --dynamic-size; for a fixed-size graph it must match the graph [default: the graph's].
+    #[arg(long, env = "CODETR_SERVE_INPUT_SIZE", value_parser = parse_hw)]
+    pub input_size: Option<[u32; 2]>,
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "CODETR_SERVE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -321,6 +330,9 @@ impl Cli {
             };
         }
         set!(model => c.model);
+        if let Some(hw) = self.input_size {
+            c.input_size = Some(hw);
+        }
         set!(bind => c.bind);
         set!(ort_lib => c.ort_lib);
         set!(providers => c.runtime.providers);
@@ -346,6 +358,19 @@ impl Cli {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// `HxW` (e.g. `800x1333`) → `[h, w]`.
+fn parse_hw(s: &str) -> std::result::Result<[u32; 2], String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not HxW (e.g. 640x800)"))?;
+    let side = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("{s:?} is not HxW (e.g. 640x800): {e}"))
+    };
+    Ok([side(h)?, side(w)?])
 }
 
 fn load_toml(path: &Path) -> Result<ServeConfig> {
@@ -387,6 +412,16 @@ impl ServeConfig {
         }
         if b.timeout_ms == 0 {
             return bad("batching.timeout_ms must be ≥ 1".into());
+        }
+        if let Some([h, w]) = self.input_size {
+            let range = codetr_model::MIN_INPUT_SIDE..=codetr_model::MAX_INPUT_SIDE;
+            if !range.contains(&h) || !range.contains(&w) {
+                return bad(format!(
+                    "input_size {h}x{w}: each side must be in {}..={}",
+                    range.start(),
+                    range.end()
+                ));
+            }
         }
         if self.runtime.providers.is_empty() {
             return bad("runtime.providers must name at least one provider".into());

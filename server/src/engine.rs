@@ -210,8 +210,9 @@ fn try_provider(
 }
 
 /// Reads the metadata of a session's graph and checks its inputs and outputs against the
-/// contract.
-pub fn inspect(session: &Session, path: &Path) -> Result<ModelInfo> {
+/// contract. `input_size` is the configured size: required for a dynamic-size graph, and
+/// must equal a fixed graph's.
+pub fn inspect(session: &Session, path: &Path, input_size: Option<[u32; 2]>) -> Result<ModelInfo> {
     let md = session
         .metadata()
         .map_err(|e| model_err(path, format!("no metadata: {e}")))?;
@@ -224,11 +225,23 @@ pub fn inspect(session: &Session, path: &Path) -> Result<ModelInfo> {
         .collect();
     let meta = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| model_err(path, format!("metadata: {e}")))?;
-    let Some(input_hw) = meta.input_size else {
-        return Err(model_err(
-            path,
-            "the graph has a dynamic input size; this server needs a fixed-size export",
-        ));
+    let input_hw = match (meta.input_size, input_size) {
+        (Some(fixed), None) => fixed,
+        (Some(fixed), Some(asked)) if fixed == asked => fixed,
+        (Some([h, w]), Some([ah, aw])) => {
+            return Err(model_err(
+                path,
+                format!("the graph's input is fixed at {h}x{w}; input_size {ah}x{aw} differs"),
+            ));
+        }
+        (None, Some(asked)) => asked,
+        (None, None) => {
+            return Err(model_err(
+                path,
+                "the graph has a dynamic input size (--dynamic-size): give the size to resize \
+                 to with --input-size HxW (or input_size = [h, w] in the TOML)",
+            ));
+        }
     };
     let check = |outlets: &[ort::value::Outlet],
                  want: &[(&str, TensorElementType, usize)],

@@ -76,7 +76,7 @@ fn load(
     // The first session validates the file and picks the provider; the other workers use
     // that provider only, so every worker runs on the same one.
     let (first, provider, failures) = engine::open(env, path, &cfg.runtime, &sizes, None)?;
-    let model = engine::inspect(&first, path)?;
+    let model = engine::inspect(&first, path, cfg.input_size)?;
     if cfg.runtime.require_gpu && !provider.is_gpu() {
         return Err(ServeError::Runtime(format!(
             "--require-gpu: no GPU provider took (tried {}); running on {} is refused",

@@ -579,3 +579,78 @@ fn cors_preflight_and_headers_follow_the_allowed_origins() {
     .unwrap();
     assert_eq!(r.header("access-control-allow-origin"), None);
 }
+
+/// A graph exported with `--dynamic-size` is served at the `--input-size` given: at the
+/// fixed graph's size it answers exactly what the fixed graph answers; at another size it
+/// serves too. Without `--input-size`, or with one that contradicts a fixed graph, or a bad
+/// one, startup fails with a clear message.
+#[test]
+fn dynamic_size_graph_is_served_at_the_configured_input_size() {
+    let dynamic = fixtures().join("micro-dynamic.onnx");
+    let d = dynamic.to_str().unwrap();
+    let micro = micro_model();
+    let m = micro.to_str().unwrap();
+    let cases: [(Vec<&str>, &str); 4] = [
+        (vec!["--model", d, "--bind", "127.0.0.1:0"], "--input-size"),
+        (
+            vec![
+                "--model",
+                m,
+                "--input-size",
+                "32x32",
+                "--bind",
+                "127.0.0.1:0",
+            ],
+            "fixed at 64x64",
+        ),
+        (vec!["--model", d, "--input-size", "8x8"], "input_size 8x8"),
+        (vec!["--model", d, "--input-size", "64"], "HxW"),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run_to_exit(&args);
+        assert!(code.is_some_and(|c| c != 0), "{args:?} exited {code:?}");
+        assert!(err.contains(want), "{args:?}: {want:?} not in\n{err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    }
+    let img = sample_jpeg();
+    let fixed = Server::start(&["--score-threshold", "0"]);
+    let want = fixed.post("/v1/detect", "image/jpeg", &img).json();
+    let dyn64 = Server::start_model(
+        &dynamic,
+        &["--score-threshold", "0", "--input-size", "64x64"],
+        &[],
+    );
+    let got = dyn64.post("/v1/detect", "image/jpeg", &img).json();
+    let (a, b) = (detections(&got, 0), detections(&want, 0));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["class_id"], y["class_id"]);
+        let (sx, sy) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
+        assert!((sx - sy).abs() <= 1e-4, "{sx} vs {sy}");
+    }
+    let dyn_other = Server::start_model(
+        &dynamic,
+        &["--score-threshold", "0", "--input-size", "96x80"],
+        &[],
+    );
+    let r = dyn_other.post("/v1/detect", "image/jpeg", &img);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["model"]["name"], "micro-dynamic");
+    let (w, h) = (
+        j["images"][0]["width"].as_f64().unwrap(),
+        j["images"][0]["height"].as_f64().unwrap(),
+    );
+    let dets = detections(&j, 0);
+    assert!(!dets.is_empty());
+    let mut last = f64::INFINITY;
+    for det in dets {
+        let s = det["score"].as_f64().unwrap();
+        assert!(s <= last, "scores not sorted");
+        last = s;
+        let b = &det["box"];
+        let (x1, y1) = (b["x1"].as_f64().unwrap(), b["y1"].as_f64().unwrap());
+        let (x2, y2) = (b["x2"].as_f64().unwrap(), b["y2"].as_f64().unwrap());
+        assert!(0.0 <= x1 && x1 <= x2 && x2 <= w && 0.0 <= y1 && y1 <= y2 && y2 <= h);
+    }
+}
