@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     let mut provider = None;
     for _ in 0..sessions.max(1) {
         let (session, p, _) = engine::open(env, &path, &rt, &batches, None)?;
-        let i = engine::inspect(&session, &path)?;
+        let i = engine::inspect(&session, &path, None)?;
         runners.push(Runner::new(session, p, &i));
         provider = Some(p);
         info = Some(i);
