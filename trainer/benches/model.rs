@@ -76,6 +76,14 @@ fn sync<const D: usize>(t: Tensor<D>) {
     let _ = t.into_data();
 }
 
+/// Runs `f` inside `pool` when given, else on the caller's (global) pool.
+fn in_pool(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() + Send) {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
 fn bench_msda() {
     let tiny_shapes = DetectorConfig::tiny().level_shapes();
     let paper_shapes = DetectorConfig::paper_r50().level_shapes();
@@ -127,27 +135,39 @@ fn bench_msda() {
     for d in &all {
         let mut row = serde_json::json!({"bench": "msda", "case": d.name});
         let reps = 3;
-        for (name, imp) in [
-            ("host", MsdaImpl::Host),
-            ("gather", MsdaImpl::Gather),
-            ("grid_sample", MsdaImpl::GridSample),
+        // `host_1thread`: the host kernel confined to a one-thread rayon pool, the peer of its
+        // multi-threaded run in the same process.
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a one-thread pool");
+        for (name, imp, single) in [
+            ("host", MsdaImpl::Host, false),
+            ("host_1thread", MsdaImpl::Host, true),
+            ("gather", MsdaImpl::Gather, false),
+            ("grid_sample", MsdaImpl::GridSample, false),
         ] {
+            let pool = single.then_some(&one);
             let (v, l, w) = msda_inputs(d, &host);
             let fwd = time(reps, || {
-                sync(msda_core(v.clone(), &d.shapes, l.clone(), w.clone(), imp))
+                in_pool(pool, || {
+                    sync(msda_core(v.clone(), &d.shapes, l.clone(), w.clone(), imp))
+                })
             });
             let (v, l, w) = msda_inputs(d, &ad);
             let fb = time(reps, || {
-                let (v, l, w) = (
-                    v.clone().require_grad(),
-                    l.clone().require_grad(),
-                    w.clone().require_grad(),
-                );
-                let g = msda_core(v.clone(), &d.shapes, l.clone(), w.clone(), imp)
-                    .sum()
-                    .backward();
-                sync(v.grad(&g).unwrap());
-                sync(l.grad(&g).unwrap());
+                in_pool(pool, || {
+                    let (v, l, w) = (
+                        v.clone().require_grad(),
+                        l.clone().require_grad(),
+                        w.clone().require_grad(),
+                    );
+                    let g = msda_core(v.clone(), &d.shapes, l.clone(), w.clone(), imp)
+                        .sum()
+                        .backward();
+                    sync(v.grad(&g).unwrap());
+                    sync(l.grad(&g).unwrap());
+                })
             });
             row[format!("{name}_fwd_s")] = fwd.into();
             row[format!("{name}_fwd_bwd_s")] = fb.into();
@@ -170,6 +190,14 @@ fn bench_msda() {
             (
                 "grid_sample_over_gather_fwd_bwd",
                 r("grid_sample_fwd_bwd_s", "gather_fwd_bwd_s"),
+            ),
+            (
+                "host_1thread_over_host_fwd",
+                r("host_1thread_fwd_s", "host_fwd_s"),
+            ),
+            (
+                "host_1thread_over_host_fwd_bwd",
+                r("host_1thread_fwd_bwd_s", "host_fwd_bwd_s"),
             ),
             ("gather_over_host_fwd", r("gather_fwd_s", "host_fwd_s")),
             (

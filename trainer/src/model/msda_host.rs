@@ -14,6 +14,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
 
 use super::msda::level_starts;
 
@@ -68,17 +69,20 @@ fn corners(x: f32, y: f32, hl: usize, wl: usize) -> [(Option<usize>, f32, f32, f
     ]
 }
 
+/// Output `[B, Q, H·Ch]`; rows `(b, q)` are independent, so they are spread over the rayon
+/// pool (the other core idled while this ran single-threaded).
 fn forward(d: &Dims, v: &[f32], loc: &[f32], att: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; d.b * d.q * d.h * d.ch];
-    for bi in 0..d.b {
-        for qi in 0..d.q {
+    out.par_chunks_mut(d.h * d.ch)
+        .enumerate()
+        .for_each(|(bq, row)| {
+            let bi = bq / d.q;
             for hi in 0..d.h {
-                let o = ((bi * d.q + qi) * d.h + hi) * d.ch;
-                let acc = &mut out[o..o + d.ch];
+                let acc = &mut row[hi * d.ch..(hi + 1) * d.ch];
                 for li in 0..d.l {
                     let [hl, wl] = d.shapes[li];
                     for pi in 0..d.p {
-                        let k = (((bi * d.q + qi) * d.h + hi) * d.l + li) * d.p + pi;
+                        let k = ((bq * d.h + hi) * d.l + li) * d.p + pi;
                         let a = att[k];
                         let x = loc[2 * k] * wl as f32 - 0.5;
                         let y = loc[2 * k + 1] * hl as f32 - 0.5;
@@ -94,12 +98,13 @@ fn forward(d: &Dims, v: &[f32], loc: &[f32], att: &[f32]) -> Vec<f32> {
                     }
                 }
             }
-        }
-    }
+        });
     out
 }
 
-/// Gradients w.r.t. (value, locations, weights) given dL/d(output).
+/// Gradients w.r.t. (value, locations, weights) given dL/d(output). Every gradient of batch
+/// element `b` lives in its own slice (the value scatter-add never crosses images), so the
+/// images are spread over the rayon pool without atomics.
 fn backward(
     d: &Dims,
     v: &[f32],
@@ -107,47 +112,54 @@ fn backward(
     att: &[f32],
     g: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let per_k = d.q * d.h * d.l * d.p;
     let mut gv = vec![0f32; v.len()];
     let mut gl = vec![0f32; loc.len()];
     let mut ga = vec![0f32; att.len()];
-    for bi in 0..d.b {
-        for qi in 0..d.q {
-            for hi in 0..d.h {
-                let o = ((bi * d.q + qi) * d.h + hi) * d.ch;
-                let gout = &g[o..o + d.ch];
-                for li in 0..d.l {
-                    let [hl, wl] = d.shapes[li];
-                    for pi in 0..d.p {
-                        let k = (((bi * d.q + qi) * d.h + hi) * d.l + li) * d.p + pi;
-                        let a = att[k];
-                        let x = loc[2 * k] * wl as f32 - 0.5;
-                        let y = loc[2 * k + 1] * hl as f32 - 0.5;
-                        let (mut g_att, mut g_fx, mut g_fy) = (0f32, 0f32, 0f32);
-                        for (tok, w, dwx, dwy) in corners(x, y, hl, wl) {
-                            let Some(t) = tok else { continue };
-                            let base = ((bi * d.s + d.starts[li] + t) * d.h + hi) * d.ch;
-                            // <g, v_corner>
-                            let dot: f32 = gout
-                                .iter()
-                                .zip(&v[base..base + d.ch])
-                                .map(|(a, b)| a * b)
-                                .sum();
-                            g_att += w * dot;
-                            g_fx += dwx * dot;
-                            g_fy += dwy * dot;
-                            let aw = a * w;
-                            for (gvv, gg) in gv[base..base + d.ch].iter_mut().zip(gout) {
-                                *gvv += aw * gg;
+    gv.par_chunks_mut(d.s * d.h * d.ch)
+        .zip(gl.par_chunks_mut(2 * per_k))
+        .zip(ga.par_chunks_mut(per_k))
+        .enumerate()
+        .for_each(|(bi, ((gv, gl), ga))| {
+            for qi in 0..d.q {
+                for hi in 0..d.h {
+                    let o = ((bi * d.q + qi) * d.h + hi) * d.ch;
+                    let gout = &g[o..o + d.ch];
+                    for li in 0..d.l {
+                        let [hl, wl] = d.shapes[li];
+                        for pi in 0..d.p {
+                            let kl = ((qi * d.h + hi) * d.l + li) * d.p + pi; // in image bi
+                            let k = bi * per_k + kl;
+                            let a = att[k];
+                            let x = loc[2 * k] * wl as f32 - 0.5;
+                            let y = loc[2 * k + 1] * hl as f32 - 0.5;
+                            let (mut g_att, mut g_fx, mut g_fy) = (0f32, 0f32, 0f32);
+                            for (tok, w, dwx, dwy) in corners(x, y, hl, wl) {
+                                let Some(t) = tok else { continue };
+                                let local = ((d.starts[li] + t) * d.h + hi) * d.ch;
+                                let base = bi * d.s * d.h * d.ch + local;
+                                // <g, v_corner>
+                                let dot: f32 = gout
+                                    .iter()
+                                    .zip(&v[base..base + d.ch])
+                                    .map(|(a, b)| a * b)
+                                    .sum();
+                                g_att += w * dot;
+                                g_fx += dwx * dot;
+                                g_fy += dwy * dot;
+                                let aw = a * w;
+                                for (gvv, gg) in gv[local..local + d.ch].iter_mut().zip(gout) {
+                                    *gvv += aw * gg;
+                                }
                             }
+                            ga[kl] += g_att;
+                            gl[2 * kl] += a * g_fx * wl as f32;
+                            gl[2 * kl + 1] += a * g_fy * hl as f32;
                         }
-                        ga[k] += g_att;
-                        gl[2 * k] += a * g_fx * wl as f32;
-                        gl[2 * k + 1] += a * g_fy * hl as f32;
                     }
                 }
             }
-        }
-    }
+        });
     (gv, gl, ga)
 }
 
