@@ -228,7 +228,8 @@ pub fn map_compare(
     ort_lib: &Path,
 ) -> Result<MapReport> {
     use codetr_train::data::coco::CocoFile;
-    use codetr_train::eval::{Detection, evaluate};
+    use codetr_train::eval::evaluate;
+    use codetr_train::train::fit::coco_detections;
     let device = Device::flex();
     let (model, _) = checkpoint::load(ckpt, &device)?;
     let size = model.config().input_size;
@@ -242,26 +243,6 @@ pub fn map_compare(
     let mut session = open_session(onnx, ort_lib)?;
     let s = size as usize;
     let (mut d_burn, mut d_onnx) = (Vec::new(), Vec::new());
-    let push =
-        |out: &mut Vec<Detection>, image_id: u64, labels: &[i64], scores: &[f32], boxes: &[f32]| {
-            for (j, (&l, &sc)) in labels.iter().zip(scores).enumerate() {
-                let Some(cat) = usize::try_from(l).ok().and_then(|l| ds.categories.get(l)) else {
-                    continue;
-                };
-                let b = &boxes[j * 4..j * 4 + 4];
-                out.push(Detection {
-                    image_id,
-                    category_id: cat.id,
-                    bbox: [
-                        f64::from(b[0]),
-                        f64::from(b[1]),
-                        f64::from(b[2] - b[0]),
-                        f64::from(b[3] - b[1]),
-                    ],
-                    score: f64::from(sc),
-                });
-            }
-        };
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let n = batch.len();
@@ -273,20 +254,20 @@ pub fn map_compare(
         let k = scores.len() / n.max(1);
         let ko = o_scores.len() / n.max(1);
         for (i, t) in batch.targets.iter().enumerate() {
-            push(
-                &mut d_burn,
+            d_burn.extend(coco_detections(
                 t.image_id,
                 &labels[i * k..(i + 1) * k],
                 &scores[i * k..(i + 1) * k],
                 &boxes[i * k * 4..(i + 1) * k * 4],
-            );
-            push(
-                &mut d_onnx,
+                &ds.categories,
+            ));
+            d_onnx.extend(coco_detections(
                 t.image_id,
                 &o_labels[i * ko..(i + 1) * ko],
                 &o_scores[i * ko..(i + 1) * ko],
                 &o_boxes[i * ko * 4..(i + 1) * ko * 4],
-            );
+                &ds.categories,
+            ));
         }
     }
     let mut gt = CocoFile::read(&ds.json_path)?;

@@ -186,32 +186,50 @@ pub fn detect_split(
         let (scores, labels, boxes) = det.to_host()?;
         let k = scores.len() / batch.len().max(1);
         for (i, t) in batch.targets.iter().enumerate() {
-            for j in i * k..(i + 1) * k {
-                let Some(cat) = usize::try_from(labels[j])
-                    .ok()
-                    .and_then(|l| ds.categories.get(l))
-                else {
-                    continue;
-                };
-                let b = &boxes[j * 4..j * 4 + 4];
-                dts.push(Detection {
-                    image_id: t.image_id,
-                    category_id: cat.id,
-                    bbox: [
-                        f64::from(b[0]),
-                        f64::from(b[1]),
-                        f64::from(b[2] - b[0]),
-                        f64::from(b[3] - b[1]),
-                    ],
-                    score: f64::from(scores[j]),
-                });
-            }
+            let r = i * k..(i + 1) * k;
+            dts.extend(coco_detections(
+                t.image_id,
+                &labels[r.clone()],
+                &scores[r.clone()],
+                &boxes[r.start * 4..r.end * 4],
+                &ds.categories,
+            ));
         }
     }
     let mut gt = CocoFile::read(&ds.json_path)?;
     gt.images.retain(|i| ids.contains(&i.id));
     gt.annotations.retain(|a| ids.contains(&a.image_id));
     Ok((gt, dts))
+}
+
+/// One image's top-k output (`labels` `[k]`, `scores` `[k]`, xyxy pixel `boxes` `[k·4]`) as COCO
+/// results (xywh, the dataset's category ids); labels outside the categories are skipped.
+pub fn coco_detections(
+    image_id: u64,
+    labels: &[i64],
+    scores: &[f32],
+    boxes: &[f32],
+    categories: &[crate::data::coco::Category],
+) -> Vec<Detection> {
+    labels
+        .iter()
+        .zip(scores)
+        .zip(boxes.chunks_exact(4))
+        .filter_map(|((&l, &score), b)| {
+            let cat = usize::try_from(l).ok().and_then(|l| categories.get(l))?;
+            Some(Detection {
+                image_id,
+                category_id: cat.id,
+                bbox: [
+                    f64::from(b[0]),
+                    f64::from(b[1]),
+                    f64::from(b[2] - b[0]),
+                    f64::from(b[3] - b[1]),
+                ],
+                score: f64::from(score),
+            })
+        })
+        .collect()
 }
 
 /// Keeps the newest `keep` `step-*.ckpt` files in `dir`.
