@@ -8,7 +8,8 @@
 #
 # Usage: bench/paper_claim.sh [RUNS_DIR]      (default runs/paper-claim)
 # Env:   STEPS (500), EVAL_EVERY (250), BATCH (8), LR (2e-4), DATA (data/synth),
-#        ONLY="k0-s0 k1-s0" to run a subset. Needs `codetr-train synth --out $DATA` first.
+#        ONLY="k0-s0 k1-s0" to run a subset, BIN (target/release/codetr-train; built if
+#        missing). Needs `codetr-train synth --out $DATA` first.
 # Recipe (measured, stop 13): GroupNorm backbone with backbone lr ×1 (training from scratch;
 # frozen identity BN leaves a random backbone unnormalised), lr 2e-4 (1e-3 was worse), one
 # ×0.1 drop at 80 %; K = 2 uses 128 sampled RoIs and a 256-wide RoI head (the official 512 /
@@ -21,8 +22,8 @@ EVAL_EVERY=${EVAL_EVERY:-250}
 BATCH=${BATCH:-8}
 LR=${LR:-2e-4}
 DATA=$(realpath -m "${DATA:-data/synth}")
-bin=target/release/codetr-train
-[ -x $bin ] || cargo build --release -q -p codetr-train
+bin=${BIN:-target/release/codetr-train}
+[ -x "$bin" ] || cargo build --release -q -p codetr-train
 [ -f "$DATA/val/instances.json" ] || { echo "no $DATA: run codetr-train synth --out $DATA first" >&2; exit 1; }
 mkdir -p "$runs"
 
