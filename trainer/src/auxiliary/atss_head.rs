@@ -261,12 +261,58 @@ pub fn atss_loss(
     let ctr_t = Tensor::<1>::from_data(TensorData::new(ctr_t, [p]), &device);
     let pred = decode_deltas(anc, deltas, &DeltaCoder::default());
     let (_, giou) = iou_giou_aligned(pred, gt);
-    // GIoU weighted by the centerness target, averaged by its sum (mmdet ATSSHead).
-    let bbox = ((giou.neg() + 1.0) * ctr_t.clone()).sum() / f64::from(ctr_sum.max(1e-6));
+    // GIoU weighted by the centerness target, divided by its sum clamped at 1 (mmdet
+    // ATSSHead's `bbox_avg_factor.clamp_(min=1)`): a batch whose few positives sit near gt
+    // edges is down-weighted instead of renormalised to a full-weight average.
+    let bbox = ((giou.neg() + 1.0) * ctr_t.clone()).sum() / f64::from(ctr_sum.max(1.0));
     let centerness = bce_with_logits(ctr_logit, ctr_t).sum() / num_pos;
     AtssLoss {
         cls,
         bbox,
         centerness,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One positive whose centerness target is below 1: the GIoU term is divided by the
+    /// centerness sum clamped at 1 (mmdet), so it is (1 − GIoU) × centerness, not (1 − GIoU).
+    #[test]
+    fn bbox_term_is_divided_by_the_centerness_sum_clamped_at_one() {
+        let device = Device::flex();
+        let (a, c) = (2, 3);
+        let out = AtssOutput {
+            cls: Tensor::<3>::zeros([1, a, c], &device),
+            // zero deltas: the prediction is the anchor itself
+            reg: Tensor::<3>::zeros([1, a, 4], &device),
+            ctr: Tensor::<2>::zeros([1, a], &device),
+        };
+        let anchors = [[0.0, 0.0, 40.0, 40.0], [40.0, 40.0, 80.0, 80.0]];
+        // gt [4, 4, 36, 22] in pixels of a 100-px image; the anchor centre (20, 20) is near its
+        // bottom edge, so the centerness target is well below 1
+        let t = Target {
+            image_id: 1,
+            orig_size: [100, 100],
+            labels: vec![2],
+            boxes: vec![[0.20, 0.13, 0.32, 0.18]],
+        };
+        let pos = AtssPositives {
+            pairs: vec![vec![(0, 0)]],
+        };
+        let loss = atss_loss(&out, &anchors, &pos, std::slice::from_ref(&t), 100.0);
+        let gt = gt_pixels(&t, 100.0)[0];
+        let ctr = centerness_target(anchors[0], gt);
+        assert!(
+            ctr < 0.5,
+            "the case needs a small centerness target, got {ctr}"
+        );
+        // GIoU by hand: the gt lies inside the anchor, so the enclosing box is the anchor
+        let inter = (gt[2] - gt[0]) * (gt[3] - gt[1]);
+        let giou = inter / (40.0 * 40.0);
+        let want = (1.0 - giou) * ctr;
+        let got: f32 = loss.bbox.into_scalar();
+        assert!((got - want).abs() < 1e-5, "bbox {got}, want {want}");
     }
 }
