@@ -32,11 +32,9 @@ fn batch(size: u32) -> Batch {
     }
 }
 
-#[test]
-fn aux_loss_reaches_encoder_and_backbone_only_through_shared_parts() {
-    let dev = Device::flex().autodiff();
-    dev.seed(1);
-    let cfg = FitConfig::from_toml(
+/// A small K = 2 run config; `co_extra` adds keys to its `[co]` table.
+fn small_k2_config(co_extra: &str) -> FitConfig {
+    FitConfig::from_toml(&format!(
         r#"
 [model]
 preset = "tiny"
@@ -51,6 +49,7 @@ decoder_layers = 2
 num_queries = 20
 [co]
 k = 2
+{co_extra}
 max_positive_queries = 30
 [co.rpn]
 pre_nms = 200
@@ -58,9 +57,16 @@ post_nms = 100
 [co.roi]
 samples = 64
 fc_dim = 64
-"#,
-    )
-    .unwrap();
+"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn aux_loss_reaches_encoder_and_backbone_only_through_shared_parts() {
+    let dev = Device::flex().autodiff();
+    dev.seed(1);
+    let cfg = small_k2_config("");
     let det = cfg.detector().unwrap();
     let model = CoDetr::new(&det, cfg.co.k, &cfg.co, &dev).unwrap();
     let mut rng = Rng::new(0);
@@ -102,16 +108,10 @@ fc_dim = 64
             .val()
             .grad(&grads)
     ));
-    assert!(nonzero(
-        heads
-            .atss_queries
-            .as_ref()
-            .unwrap()
-            .pos_trans
-            .weight
-            .val()
-            .grad(&grads)
-    ));
+    let q = heads.atss_queries.as_ref().unwrap();
+    assert!(nonzero(q.pos_trans.weight.val().grad(&grads)));
+    // paper eq. 4: the pyramid feature at the anchor is part of the content
+    assert!(nonzero(q.feat_trans.weight.val().grad(&grads)));
     // one-to-one only: learned content queries, proposal scoring, encoder head, dn labels
     let none2 = |g: Option<burn::tensor::Tensor<2>>| !nonzero(g);
     assert!(none2(d.selection.query_embed.val().grad(&grads)));
@@ -213,4 +213,33 @@ fn attention_mask_isolates_query_groups() {
         part(&m, 0, size),
         "dn queries see the matching ones"
     );
+}
+
+/// `co.query_features = false` (official Co-DINO's `with_coord_feat=False`): the positive
+/// queries' content is the box embedding alone, so the feature projections get no gradient
+/// while the box projections still do.
+#[test]
+fn positive_queries_without_features_use_the_box_embedding_only() {
+    let dev = Device::flex().autodiff();
+    dev.seed(1);
+    let cfg = small_k2_config("query_features = false");
+    let det = cfg.detector().unwrap();
+    let model = CoDetr::new(&det, cfg.co.k, &cfg.co, &dev).unwrap();
+    let mut rng = Rng::new(0);
+    let grads = model
+        .loss(&batch(128), &cfg, &mut rng)
+        .unwrap()
+        .total
+        .backward();
+    let nonzero = |g: Option<burn::tensor::Tensor<2>>| {
+        g.map(|t| t.abs().sum().into_scalar::<f32>() > 0.0)
+            .unwrap_or(false)
+    };
+    for (name, q) in [
+        ("atss", model.heads.atss_queries.as_ref().unwrap()),
+        ("rcnn", model.heads.rcnn_queries.as_ref().unwrap()),
+    ] {
+        assert!(nonzero(q.pos_trans.weight.val().grad(&grads)), "{name}");
+        assert!(!nonzero(q.feat_trans.weight.val().grad(&grads)), "{name}");
+    }
 }

@@ -42,14 +42,18 @@ impl PositiveQueryProj {
         }
     }
 
-    /// `boxes` `[B, N, 4]` normalised cxcywh, `feats` `[B, N, d]` → content `[B, N, d]`.
-    pub fn forward(&self, boxes: Tensor<3>, feats: Tensor<3>) -> Tensor<3> {
+    /// `boxes` `[B, N, 4]` normalised cxcywh, `feats` `[B, N, d]` (None: box embedding only,
+    /// `co.query_features = false`) → content `[B, N, d]`.
+    pub fn forward(&self, boxes: Tensor<3>, feats: Option<Tensor<3>>) -> Tensor<3> {
         let d = self.feat_trans.weight.dims()[0];
         let pos = self.pos_norm.forward(
             self.pos_trans
                 .forward(proposal_sine_embedding(boxes, d / 2)),
         );
-        pos + self.feat_norm.forward(self.feat_trans.forward(feats))
+        match feats {
+            Some(f) => pos + self.feat_norm.forward(self.feat_trans.forward(f)),
+            None => pos,
+        }
     }
 }
 

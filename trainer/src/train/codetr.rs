@@ -113,13 +113,13 @@ impl CoDetr {
         memory: Tensor<3>,
         shapes: &[[usize; 2]],
         name: &str,
-        lambda1: f64,
+        co: &crate::train::config::CoConfig,
         w: &crate::loss::criterion::LossWeights,
         terms: &mut Vec<(String, f32)>,
     ) -> Tensor<1> {
         let layers = self.detector.decoder.layers.len();
         let (boxes, feats) = group_inputs(group, feats, offsets);
-        let content = proj.forward(boxes.clone(), feats);
+        let content = proj.forward(boxes.clone(), co.query_features.then_some(feats));
         let dec = self.detector.decoder.forward(
             content,
             boxes,
@@ -141,7 +141,7 @@ impl CoDetr {
             terms.push((format!("{name}.{prefix}loss_cls"), c));
             terms.push((format!("{name}.{prefix}loss_bbox"), b));
             terms.push((format!("{name}.{prefix}loss_iou"), g));
-            let v = t.weighted(w) * lambda1;
+            let v = t.weighted(w) * co.lambda1;
             total = Some(match total {
                 Some(acc) => acc + v,
                 None => v,
@@ -326,7 +326,7 @@ impl CoDetr {
                         out.memory.clone(),
                         &out.shapes,
                         "pos0",
-                        cfg.co.lambda1,
+                        &cfg.co,
                         w,
                         &mut terms,
                     );
@@ -405,7 +405,7 @@ impl CoDetr {
                             out.memory.clone(),
                             &out.shapes,
                             "pos1",
-                            cfg.co.lambda1,
+                            &cfg.co,
                             w,
                             &mut terms,
                         );

@@ -104,6 +104,10 @@ pub struct CoConfig {
     pub lambda2: f64,
     /// Cap on positive queries per image and head (the official max_pos_coords: 300).
     pub max_positive_queries: usize,
+    /// A positive query's content adds the projected pyramid feature at its anchor/RoI to the
+    /// projected box embedding (paper eq. 4, Co-Deformable-DETR). `false` keeps the box
+    /// embedding only, as the official Co-DINO configs do (`with_coord_feat=False`).
+    pub query_features: bool,
     pub atss: crate::auxiliary::atss_head::AtssConfig,
     pub rpn: crate::auxiliary::rpn_head::RpnConfig,
     pub roi: crate::auxiliary::roi_head::RoiConfig,
@@ -118,6 +122,7 @@ impl Default for CoConfig {
             lambda1: 1.0,
             lambda2: 2.0,
             max_positive_queries: 300,
+            query_features: true,
             atss: Default::default(),
             rpn: Default::default(),
             roi: Default::default(),
