@@ -62,14 +62,19 @@ fc_dim = 64
     .unwrap()
 }
 
-#[test]
-fn aux_loss_reaches_encoder_and_backbone_only_through_shared_parts() {
+/// That config's model on an autodiff Flex device (seed 1), and the loss's rng.
+fn small_k2_model(co_extra: &str) -> (FitConfig, CoDetr, Rng) {
     let dev = Device::flex().autodiff();
     dev.seed(1);
-    let cfg = small_k2_config("");
+    let cfg = small_k2_config(co_extra);
     let det = cfg.detector().unwrap();
     let model = CoDetr::new(&det, cfg.co.k, &cfg.co, &dev).unwrap();
-    let mut rng = Rng::new(0);
+    (cfg, model, Rng::new(0))
+}
+
+#[test]
+fn aux_loss_reaches_encoder_and_backbone_only_through_shared_parts() {
+    let (cfg, model, mut rng) = small_k2_model("");
     let loss = model.loss(&batch(128), &cfg, &mut rng).unwrap();
     let grads = loss.aux.expect("k = 1 has an aux loss").backward();
     let d = &model.detector;
@@ -220,12 +225,7 @@ fn attention_mask_isolates_query_groups() {
 /// while the box projections still do.
 #[test]
 fn positive_queries_without_features_use_the_box_embedding_only() {
-    let dev = Device::flex().autodiff();
-    dev.seed(1);
-    let cfg = small_k2_config("query_features = false");
-    let det = cfg.detector().unwrap();
-    let model = CoDetr::new(&det, cfg.co.k, &cfg.co, &dev).unwrap();
-    let mut rng = Rng::new(0);
+    let (cfg, model, mut rng) = small_k2_model("query_features = false");
     let grads = model
         .loss(&batch(128), &cfg, &mut rng)
         .unwrap()
