@@ -9,7 +9,10 @@
 # Usage: scripts/train-shipped.sh [RUN_DIR]        (default runs/codino-tiny-synth)
 # Env:   STEPS (8000), EVAL_EVERY (500), CHECKPOINT_EVERY (100), BATCH (8), LR (2e-4), K (1),
 #        DATA (data/synth; made with `codetr-train synth --out data/synth` if missing),
-#        BIN (target/release/codetr-train; built if missing).
+#        BIN (target/release/codetr-train; built if missing),
+#        INIT (a checkpoint to warm-start from, e.g. the shipped models/codino-tiny-synth/
+#        model.ckpt: copied to RUN_DIR/init.ckpt so the run stays reproducible after the
+#        package is replaced; optimizer, step count and lr schedule start fresh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=$(realpath -m "${1:-runs/codino-tiny-synth}")
@@ -28,7 +31,12 @@ if ls "$run"/checkpoints/step-*.ckpt >/dev/null 2>&1; then
   echo "== $run: resuming"
   "$bin" fit --resume "$run" --quiet
 else
-  mkdir -p "$(dirname "$run")"
+  mkdir -p "$run"
+  init_line=
+  if [ -n "${INIT:-}" ]; then
+    cp "$INIT" "$run/init.ckpt"
+    init_line="init = \"$run/init.ckpt\""
+  fi
   cfg=$(mktemp --suffix=.toml)
   trap 'rm -f "$cfg"' EXIT
   cat > "$cfg" <<EOF
@@ -39,6 +47,7 @@ workers = 1
 checkpoint_every = $CHECKPOINT_EVERY
 keep_last = 2
 eval_every = $EVAL_EVERY
+$init_line
 
 [data]
 train = "$DATA/train"
@@ -65,7 +74,7 @@ k = $K
 samples = 128
 fc_dim = 256
 EOF
-  echo "== $run: starting ($STEPS steps, K = $K)"
+  echo "== $run: starting ($STEPS steps, K = $K${INIT:+, from $INIT})"
   "$bin" fit --config "$cfg" --quiet
 fi
 "$bin" plot "$run"

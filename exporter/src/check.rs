@@ -224,7 +224,9 @@ struct RankedDiff {
 /// tie group, and inside a group the graph may list them in any order: a trained model has
 /// near-duplicate detections whose order flips on a 1e-7 score difference, which is not a
 /// disagreement. Each Burn entry is matched to the unused graph entry of its group with the
-/// same label and the closest box; an entry without one counts as a label mismatch.
+/// same label and the closest box; an entry without one counts as a label mismatch, except in
+/// the group at the cut-off, where entries tied with the k-th score may trade places with
+/// ones just past rank k.
 fn compare_ranked(
     k: usize,
     side: f32,
@@ -251,22 +253,38 @@ fn compare_ranked(
                 end += 1;
             }
             let mut used = vec![false; end - start];
+            let mut unmatched = Vec::new();
             for i in base + start..base + end {
                 let best = (base + start..base + end)
                     .filter(|&j| !used[j - base - start] && gl[j] == bl[i])
                     .min_by(|&a, &b| box_diff(i, a).total_cmp(&box_diff(i, b)));
-                let j = match best {
+                match best {
                     Some(j) => {
                         used[j - base - start] = true;
-                        j
+                        d.max_score_diff = d.max_score_diff.max((gs[j] - bs[i]).abs());
+                        d.max_box_diff = d.max_box_diff.max(box_diff(i, j));
                     }
-                    None => {
-                        d.labels_identical = false;
-                        i
-                    }
-                };
-                d.max_score_diff = d.max_score_diff.max((gs[j] - bs[i]).abs());
-                d.max_box_diff = d.max_box_diff.max(box_diff(i, j));
+                    None => unmatched.push(i),
+                }
+            }
+            // The group that reaches the cut-off may continue past rank k: there, an entry
+            // tied with the k-th score may be pushed out by another one tied with it (in the
+            // graph's list, not in Burn's). Elsewhere, or away from the cut-off score, an entry
+            // without its twin is a real disagreement.
+            let cut = bs[base + k - 1];
+            let at_cut = |score: f32| (score - cut).abs() <= TOLERANCE;
+            let leftover: Vec<usize> = (base + start..base + end)
+                .filter(|&j| !used[j - base - start])
+                .collect();
+            let displaced = end == k
+                && unmatched.iter().all(|&i| at_cut(bs[i]))
+                && leftover.iter().all(|&j| at_cut(gs[j]));
+            if !unmatched.is_empty() && !displaced {
+                d.labels_identical = false;
+                for &i in &unmatched {
+                    d.max_score_diff = d.max_score_diff.max((gs[i] - bs[i]).abs());
+                    d.max_box_diff = d.max_box_diff.max(box_diff(i, i));
+                }
             }
             start = end;
         }
@@ -400,5 +418,29 @@ mod tests {
             d.labels_identical && (d.max_box_diff - 0.03).abs() < 1e-6,
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn a_tie_at_the_cut_off_may_swap_in_an_entry_from_past_rank_k() {
+        let cmp = |b: ([f32; 3], [i64; 3]), g: ([f32; 3], [i64; 3])| {
+            compare_ranked(3, 100.0, (&b.0, &b.1, &B), (&g.0, &g.1, &B))
+        };
+        // Burn's 3rd entry (label 3) and the graph's (label 4) are two detections tied at the
+        // cut-off score: each list's k-th is the other's (k+1)-th.
+        let d = cmp(
+            ([0.9, 0.5, 0.3], [1, 2, 3]),
+            ([0.9, 0.5, 0.3000005], [1, 2, 4]),
+        );
+        assert!(d.labels_identical, "{d:?}");
+        assert!(d.max_score_diff < 1e-6, "{d:?}");
+        // the same swap above the cut-off is a disagreement
+        let d = cmp(
+            ([0.9, 0.3, 0.1], [1, 3, 5]),
+            ([0.9, 0.3000002, 0.1], [1, 4, 5]),
+        );
+        assert!(!d.labels_identical, "{d:?}");
+        // and so is a cut-off entry replaced by one with a clearly different score
+        let d = cmp(([0.9, 0.5, 0.3], [1, 2, 3]), ([0.9, 0.5, 0.35], [1, 2, 4]));
+        assert!(!d.labels_identical, "{d:?}");
     }
 }

@@ -146,7 +146,7 @@ enum Command {
         config: Option<PathBuf>,
         /// Continue the run in this dir from its newest checkpoint (its saved config is used;
         /// other flags are ignored).
-        #[arg(long, conflicts_with_all = ["config", "data", "preset", "k", "steps", "batch_size", "checkpoint_every", "seed", "out"])]
+        #[arg(long, conflicts_with_all = ["config", "data", "preset", "k", "steps", "batch_size", "checkpoint_every", "seed", "out", "init"])]
         resume: Option<PathBuf>,
         /// A dataset root as written by `synth` (uses DIR/train and DIR/val).
         #[arg(long)]
@@ -172,6 +172,11 @@ enum Command {
         /// Run directory (config.toml, log.jsonl, eval.jsonl, checkpoints/, best/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Warm start from this checkpoint's detector weights (same model config and classes;
+        /// training heads too if it is a step checkpoint). Optimizer, step and lr schedule
+        /// start fresh. Overrides the config's [run] init.
+        #[arg(long)]
+        init: Option<PathBuf>,
         /// cpu, cuda or cuda:N (cuda needs a build with --features cuda).
         #[arg(long)]
         device: Option<String>,
@@ -329,6 +334,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             checkpoint_every,
             seed,
             out,
+            init,
             device,
             quiet,
         } => {
@@ -377,6 +383,9 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 }
                 if let Some(o) = out {
                     cfg.run.out = o;
+                }
+                if let Some(i) = init {
+                    cfg.run.init = Some(i);
                 }
                 if let Some(d) = device {
                     cfg.run.device = d;

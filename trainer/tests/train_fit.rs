@@ -171,6 +171,49 @@ fn resume_continues_exactly() {
     }
 }
 
+/// `[run] init`: a new run that starts from another run's weights (a step checkpoint with its
+/// training heads, or an inference checkpoint without them). Same seed and data, so a run
+/// that ignored `init` would log exactly the first loss of the run it started from.
+#[test]
+fn warm_start_takes_the_checkpoints_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    let a = tmp.path().join("a");
+    fit(config(tmp.path(), a.clone(), 16), false, false).unwrap();
+    let first_loss = |run: &Path| log_lines(run)[0]["loss"].as_f64().unwrap();
+    let fresh = first_loss(&a);
+    for (name, ckpt) in [
+        ("b", a.join("checkpoints/step-00000016.ckpt")),
+        ("c", a.join("best/model.ckpt")),
+    ] {
+        let run = tmp.path().join(name);
+        let mut cfg = config(tmp.path(), run.clone(), 2);
+        cfg.run.init = Some(ckpt.clone());
+        fit(cfg, false, false).unwrap();
+        let warm = first_loss(&run);
+        assert!(
+            warm < fresh,
+            "{}: first loss {warm} is not below a fresh start's {fresh}",
+            ckpt.display()
+        );
+        let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(saved.contains("init = "), "the run's config records init");
+    }
+    // a checkpoint of another model config is refused, naming the file
+    let mut other = config(tmp.path(), tmp.path().join("d"), 2);
+    let mut t = other.model["transformer"].as_table().unwrap().clone();
+    t.insert("num_queries".into(), toml::Value::Integer(10));
+    other
+        .model
+        .insert("transformer".into(), toml::Value::Table(t));
+    other.run.init = Some(a.join("best/model.ckpt"));
+    let e = fit(other, false, false).unwrap_err().to_string();
+    assert!(
+        e.contains("model.ckpt") && e.contains("different config"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_runs_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();

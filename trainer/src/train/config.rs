@@ -144,6 +144,11 @@ pub struct RunConfig {
     pub eval_every: u64,
     /// "cpu" or "cuda[:N]".
     pub device: String,
+    /// Warm start: the detector weights of this checkpoint (a shipped `model.ckpt`, a run's
+    /// `best/model.ckpt` or a step checkpoint), made for the same model config and classes.
+    /// Training heads come from it too when it holds them (step checkpoints); the optimizer,
+    /// the step count and the lr schedule start fresh. Ignored on `--resume`.
+    pub init: Option<PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -156,6 +161,7 @@ impl Default for RunConfig {
             keep_last: 3,
             eval_every: 0,
             device: "cpu".into(),
+            init: None,
         }
     }
 }

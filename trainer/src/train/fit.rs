@@ -149,6 +149,57 @@ fn load_train(path: &Path, device: &Device) -> Result<Loaded> {
     Ok((CoDetr { detector, heads }, ema, optim, state))
 }
 
+/// The model of a warm-started run (`[run] init`): the detector from `path`, which must have
+/// been made for `det` and `class_names`; the training heads from it as well when it is a step
+/// checkpoint of a run with the same heads, else freshly initialised (inference checkpoints
+/// hold no heads: the aux heads and the dn label embedding are dropped from them).
+fn warm_start(
+    path: &Path,
+    det: &crate::model::DetectorConfig,
+    class_names: &[String],
+    co: &super::config::CoConfig,
+    device: &Device,
+) -> Result<CoDetr> {
+    let detector = checkpoint::load_expecting(path, det, device)?;
+    let (header, sections) = checkpoint::read(path)?;
+    if header.class_names != class_names {
+        return Err(ck_err(
+            path,
+            format!(
+                "made for classes {:?}, but the training data has {:?}",
+                header.class_names, class_names
+            ),
+        ));
+    }
+    let fresh = TrainHeads::new(det, co.k, co, device)?;
+    let heads = match sections.into_iter().find(|(n, _)| n == "train_heads") {
+        None => {
+            tracing::info!(path = %path.display(), step = header.step,
+                "warm start: detector weights loaded, training heads start fresh");
+            fresh
+        }
+        Some((_, bytes)) => {
+            let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+                .map_err(|e| ck_err(path, format!("train_heads: {e}")))?;
+            // A step checkpoint of a run with other heads (another K) is still a valid start
+            // for the detector; its heads are not.
+            match TrainHeads::new(det, co.k, co, device)?.try_load_record(record) {
+                Ok(h) => {
+                    tracing::info!(path = %path.display(), step = header.step,
+                        "warm start: detector and training heads loaded");
+                    h
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "warm start: the checkpoint's training heads do not fit this run's; they start fresh");
+                    fresh
+                }
+            }
+        }
+    };
+    Ok(CoDetr { detector, heads })
+}
+
 /// Runs `detector` over (up to `limit`) images of `ds` and returns COCO mAP against its json.
 pub fn validate(
     detector: &Detector,
@@ -324,7 +375,10 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
         let mut det = cfg.detector()?;
         det.num_classes = train.num_classes();
         device.seed(cfg.run.seed);
-        let model = CoDetr::new(&det, cfg.co.k, &cfg.co, &device)?;
+        let model = match &cfg.run.init {
+            None => CoDetr::new(&det, cfg.co.k, &cfg.co, &device)?,
+            Some(p) => warm_start(p, &det, &train.class_names(), &cfg.co, &device)?,
+        };
         let state = TrainState {
             step: 0,
             best_ap: None,
