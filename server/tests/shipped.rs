@@ -124,7 +124,7 @@ fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
 
 /// The score threshold of the README's quick start and of the model card's operating point.
 /// The model's scores are low (quality focal loss: the target is the IoU), and at the
-/// server's default of 0.3 it finds fewer (9 of the 24 sample objects, model card).
+/// server's default of 0.3 it finds fewer (11 of the 24 sample objects, model card).
 const QUICK_START_THRESHOLD: &str = "0.2";
 
 /// Issue 9: the server, asked as the README's quick start asks, finds most of the
