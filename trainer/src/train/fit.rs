@@ -183,7 +183,7 @@ fn warm_start(
                 .map_err(|e| ck_err(path, format!("train_heads: {e}")))?;
             // A step checkpoint of a run with other heads (another K) is still a valid start
             // for the detector; its heads are not.
-            match TrainHeads::new(det, co.k, co, device)?.try_load_record(record) {
+            match fresh.clone().try_load_record(record) {
                 Ok(h) => {
                     tracing::info!(path = %path.display(), step = header.step,
                         "warm start: detector and training heads loaded");
