@@ -12,7 +12,11 @@
 #        BIN (target/release/codetr-train; built if missing),
 #        INIT (a checkpoint to warm-start from, e.g. the shipped models/codino-tiny-synth/
 #        model.ckpt: copied to RUN_DIR/init.ckpt so the run stays reproducible after the
-#        package is replaced; optimizer, step count and lr schedule start fresh).
+#        package is replaced; optimizer, step count and lr schedule start fresh; a step
+#        checkpoint of a K = 1 run also brings its training heads),
+#        DROPS (0.8: fractions of STEPS after which the lr is ×0.1; "" = constant lr),
+#        WARMUP (50), EMA ("" = off; "MOMENTUM,GAMMA", e.g. "0.003,100": validation and
+#        best/ then use the weights' exponential moving average, see trainer/src/train/ema.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=$(realpath -m "${1:-runs/codino-tiny-synth}")
@@ -22,6 +26,9 @@ CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-100}
 BATCH=${BATCH:-8}
 LR=${LR:-2e-4}
 K=${K:-1}
+DROPS=${DROPS-0.8}
+WARMUP=${WARMUP:-50}
+EMA=${EMA:-}
 DATA=$(realpath -m "${DATA:-data/synth}")
 bin=${BIN:-target/release/codetr-train}
 [ -x "$bin" ] || cargo build --release -q -p codetr-train
@@ -36,6 +43,10 @@ else
   if [ -n "${INIT:-}" ]; then
     cp "$INIT" "$run/init.ckpt"
     init_line="init = \"$run/init.ckpt\""
+  fi
+  ema_section=
+  if [ -n "$EMA" ]; then
+    ema_section=$(printf '[schedule.ema]\nmomentum = %s\ngamma = %s\n' "${EMA%%,*}" "${EMA#*,}")
   fi
   cfg=$(mktemp --suffix=.toml)
   trap 'rm -f "$cfg"' EXIT
@@ -65,8 +76,9 @@ batch_size = $BATCH
 sizes = [256]
 lr = $LR
 backbone_lr_mult = 1.0
-warmup_steps = 50
-lr_drops = [0.8]
+warmup_steps = $WARMUP
+lr_drops = [$DROPS]
+$ema_section
 
 [co]
 k = $K
