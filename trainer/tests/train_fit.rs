@@ -214,6 +214,68 @@ fn warm_start_takes_the_checkpoints_weights() {
     );
 }
 
+/// The warm start's other two paths. A step checkpoint of a run with other training heads
+/// (K = 0, so no ATSS head) still starts a K = 1 run: the detector comes from it and the heads
+/// start fresh. A checkpoint made for other classes is refused, naming the file.
+#[test]
+fn warm_start_from_other_heads_or_other_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    let a = tmp.path().join("a");
+    fit(config(tmp.path(), a.clone(), 16), false, false).unwrap();
+    let k0_step = a.join("checkpoints/step-00000016.ckpt");
+    // the one-to-one terms of the last decoder layer: the detector's own loss, which a fresh
+    // ATSS head does not enter
+    let detector_loss = |run: &Path| {
+        let l = &log_lines(run)[0];
+        ["loss_cls", "loss_bbox", "loss_iou"]
+            .iter()
+            .map(|k| l[*k].as_f64().unwrap())
+            .sum::<f64>()
+    };
+    let k1_run = |name: &str, init: Option<PathBuf>| {
+        let run = tmp.path().join(name);
+        let mut cfg = config(tmp.path(), run.clone(), 1);
+        cfg.co.k = 1;
+        cfg.run.init = init;
+        fit(cfg, false, false).map(|_| run)
+    };
+    let fresh = detector_loss(&k1_run("fresh", None).unwrap());
+    let warm = k1_run("warm", Some(k0_step.clone())).expect("a K = 0 checkpoint starts K = 1");
+    let log = &log_lines(&warm)[0];
+    assert!(
+        log["atss.loss_cls"].as_f64().is_some(),
+        "the ATSS head trains: {log}"
+    );
+    let warm = detector_loss(&warm);
+    assert!(
+        warm < fresh,
+        "detector loss {warm} from the K = 0 checkpoint is not below a fresh start's {fresh}"
+    );
+
+    // the same data with one class renamed: the checkpoint's classes no longer match
+    let renamed = tmp.path().join("renamed");
+    for split in ["train", "val"] {
+        let (src, dst) = (tmp.path().join(split), renamed.join(split));
+        std::fs::create_dir_all(&dst).unwrap();
+        let mut gt: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("instances.json")).unwrap())
+                .unwrap();
+        gt["categories"][0]["name"] = "not-a-shape".into();
+        std::fs::write(dst.join("instances.json"), gt.to_string()).unwrap();
+        std::os::unix::fs::symlink(src.join("images"), dst.join("images")).unwrap();
+    }
+    let mut cfg = config(&renamed, tmp.path().join("classes"), 1);
+    cfg.run.init = Some(k0_step);
+    let e = fit(cfg, false, false).unwrap_err().to_string();
+    assert!(
+        e.contains("step-00000016.ckpt")
+            && e.contains("made for classes")
+            && e.contains("not-a-shape"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_runs_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
