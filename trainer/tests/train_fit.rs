@@ -171,15 +171,21 @@ fn resume_continues_exactly() {
     }
 }
 
+/// A dataset and a finished 16-step K = 0 run in `tmp/a` to warm-start from.
+fn warm_start_source() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    let a = tmp.path().join("a");
+    fit(config(tmp.path(), a.clone(), 16), false, false).unwrap();
+    (tmp, a)
+}
+
 /// `[run] init`: a new run that starts from another run's weights (a step checkpoint with its
 /// training heads, or an inference checkpoint without them). Same seed and data, so a run
 /// that ignored `init` would log exactly the first loss of the run it started from.
 #[test]
 fn warm_start_takes_the_checkpoints_weights() {
-    let tmp = tempfile::tempdir().unwrap();
-    dataset(tmp.path());
-    let a = tmp.path().join("a");
-    fit(config(tmp.path(), a.clone(), 16), false, false).unwrap();
+    let (tmp, a) = warm_start_source();
     let first_loss = |run: &Path| log_lines(run)[0]["loss"].as_f64().unwrap();
     let fresh = first_loss(&a);
     for (name, ckpt) in [
@@ -219,10 +225,7 @@ fn warm_start_takes_the_checkpoints_weights() {
 /// start fresh. A checkpoint made for other classes is refused, naming the file.
 #[test]
 fn warm_start_from_other_heads_or_other_classes() {
-    let tmp = tempfile::tempdir().unwrap();
-    dataset(tmp.path());
-    let a = tmp.path().join("a");
-    fit(config(tmp.path(), a.clone(), 16), false, false).unwrap();
+    let (tmp, a) = warm_start_source();
     let k0_step = a.join("checkpoints/step-00000016.ckpt");
     // the one-to-one terms of the last decoder layer: the detector's own loss, which a fresh
     // ATSS head does not enter
