@@ -47,11 +47,14 @@ sub = {"images": images, "categories": gt["categories"],
 PY
 
 cp "$ckpt" "$tmp/ship/model.ckpt"
-# The run config, re-runnable from the repository root: data paths relative, a fresh run dir.
-"$py" - "$run/config.toml" "$tmp/ship/config.toml" "$PWD" "$name" <<'PY'
+# The run config, re-runnable from the repository root: data paths relative, a fresh run dir
+# (files the run kept in its own dir, such as a warm start's init.ckpt, move with it, also
+# when the run lived outside the repository).
+"$py" - "$run/config.toml" "$tmp/ship/config.toml" "$PWD" "$name" "$(realpath "$run")" <<'PY'
 import re, sys
-src, dst, root, name = sys.argv[1:5]
-text = open(src).read().replace(root.rstrip("/") + "/", "")
+src, dst, root, name, run = sys.argv[1:6]
+text = open(src).read().replace(run.rstrip("/") + "/", f"runs/{name}/")
+text = text.replace(root.rstrip("/") + "/", "")
 text = re.sub(r'(?m)^out = ".*"$', f'out = "runs/{name}"', text)
 open(dst, "w").write(text)
 PY
