@@ -416,7 +416,7 @@ impl MsDeformAttn {
 pub enum MsdaLowering {
     /// ONNX GridSample (opset 16 semantics: bilinear, zeros padding, align_corners = 0).
     GridSample,
-    /// Bilinear sampling spelled out with Floor / GatherElements / weights, for runtimes
+    /// Bilinear sampling spelled out with Floor / GatherND / weights, for runtimes
     /// whose GridSample is missing or wrong (TensorRT 10.13–11.1).
     Gather,
 }
@@ -544,6 +544,11 @@ struct Sampling<'a> {
 
 /// GridSample lowering of the sampling + weighting: `v` `[N, S, H, dh]`, `loc`
 /// `[N, Q, H, L, P, 2]`, `aw` `[N, Q, H, L·P]` → `[N, Q, d]` (before the output projection).
+///
+/// Each level is sampled, weighted and reduced over its points before the next is sampled,
+/// and the levels are summed as they come: the largest intermediate is one level's samples,
+/// `[N·H, dh, Q, P]`, not all levels' `[N·H, dh, Q, L·P]` (2.2e9 elements for `paper-r50`'s
+/// encoder at batch 8 and 800², past what CUDA kernels index with 32 bits).
 fn emit_grid_sample(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
     use crate::onnx::LevelDim;
     use crate::onnx::builder::Attr;
@@ -563,9 +568,22 @@ fn emit_grid_sample(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> Stri
     let one = g.scalar(1.0);
     let grid = g.node("Mul", &[loc, &two], vec![]);
     let grid = g.node("Sub", &[&grid, &one], vec![]); // [N, Q, H, L, P, 2]
-    let mut sampled = Vec::with_capacity(levels.len());
+    let aw = g.node(
+        "Transpose",
+        &[aw],
+        vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+    );
+    let s_aw2 = g.ints(&[-1, 1, 0, l * p]);
+    // [N, H, Q, L·P] → [N·H, 1, Q, L·P] (0 keeps Q)
+    let aw = g.node("Reshape", &[&aw, &s_aw2], vec![]);
     let axis1 = g.ints(&[1]);
     let axis3 = g.ints(&[3]);
+    let last = g.ints(&[-1]);
+    // The sum over a level's P points is a MatMul with a ones column, not a ReduceSum: ONNX
+    // Runtime's CUDA ReduceSum over a short innermost axis ran at ~25 GB/s (2.2 ms of every
+    // 168 ms of paper-r50 at batch 1 per level, bench/results/gpu_profile.json).
+    let ones = g.init_f32("msda_sum_points", &[p as usize, 1], &vec![1.0; p as usize]);
+    let mut acc: Option<String> = None;
     for (lvl, lv) in levels.levels.iter().enumerate() {
         let vl = g.node("Slice", &[v, &lv.start, &lv.end, &axis1], vec![]); // [N, hw, H, dh]
         let vl = g.node(
@@ -597,27 +615,18 @@ fn emit_grid_sample(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> Stri
                 ("padding_mode", Attr::Str("zeros".into())),
             ],
         ); // [N·H, dh, Q, P]
-        sampled.push(sl);
+        let (p0, p1) = (g.ints(&[lvl as i64 * p]), g.ints(&[(lvl as i64 + 1) * p]));
+        let awl = g.node("Slice", &[&aw, &p0, &p1, &last], vec![]); // [N·H, 1, Q, P]
+        let prod = g.node("Mul", &[&sl, &awl], vec![]);
+        let summed = g.node("MatMul", &[&prod, &ones], vec![]); // [N·H, dh, Q, 1]
+        acc = Some(match acc {
+            None => summed,
+            Some(a) => g.node("Add", &[&a, &summed], vec![]),
+        });
     }
-    let refs: Vec<&str> = sampled.iter().map(String::as_str).collect();
-    let all = g.node("Concat", &refs, vec![("axis", Attr::Int(-1))]); // [N·H, dh, Q, L·P]
-    let aw = g.node(
-        "Transpose",
-        &[aw],
-        vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-    );
-    let s_aw2 = g.ints(&[-1, 1, 0, l * p]);
-    // [N, H, Q, L·P] → [N·H, 1, Q, L·P] (0 keeps Q)
-    let aw = g.node("Reshape", &[&aw, &s_aw2], vec![]);
-    let prod = g.node("Mul", &[&all, &aw], vec![]);
-    let last = g.ints(&[-1]);
-    let summed = g.node(
-        "ReduceSum",
-        &[&prod, &last],
-        vec![("keepdims", Attr::Int(0))],
-    );
+    let summed = acc.unwrap_or_default();
     let s_o = g.ints(&[-1, d, 0]);
-    let o = g.node("Reshape", &[&summed, &s_o], vec![]); // [N, d, Q]
+    let o = g.node("Reshape", &[&summed, &s_o], vec![]); // [N·H, dh, Q, 1] → [N, d, Q]
     g.node(
         "Transpose",
         &[&o],
@@ -626,8 +635,11 @@ fn emit_grid_sample(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> Stri
 }
 
 /// Gather lowering: bilinear sampling (align_corners = 0, zeros outside) as four corner
-/// lookups with GatherElements and their weights (invalid corners weigh 0). Same inputs and
-/// output as [`emit_grid_sample`].
+/// lookups of whole value rows (`GatherND` with one batch dimension, so the index tensor is
+/// `[N·H, P·Q, 1]`, never expanded over channels) and their weights (invalid corners weigh
+/// 0, the attention weight folded in). Like [`emit_grid_sample`], each level is reduced over
+/// its corners and points before the next is sampled: the largest intermediate is one
+/// corner's rows, `[N·H, P·Q, dh]`. Same inputs and output as [`emit_grid_sample`].
 fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
     use crate::onnx::LevelDim;
     use crate::onnx::builder::Attr;
@@ -643,13 +655,32 @@ fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
         dh,
     } = *s;
     let axis1 = g.ints(&[1]);
+    let axis2 = g.ints(&[2]);
     let axis3 = g.ints(&[3]);
     let (x0i, x1i) = (g.ints(&[0]), g.ints(&[1]));
     let (y0i, y1i) = (g.ints(&[1]), g.ints(&[2]));
     let half = g.scalar(0.5);
     let one = g.scalar(1.0);
     let zero = g.scalar(0.0);
-    let mut per_level = Vec::with_capacity(levels.len());
+    // Samples are laid out point-major ([N·H, P·Q, ·]) so that the sum over points is one
+    // batched MatMul with a ones row over `[N·H, P, Q·dh]` (ONNX Runtime's CUDA ReduceSum over
+    // a short axis is slow, see emit_grid_sample).
+    // Attention weights [N, Q, H, L·P] → [N, Q, H, L, P] → [N, H, L, P, Q] → [N·H, L, P·Q, 1].
+    let s_5 = g.ints(&[0, -1, h, l, p]);
+    let awt = g.node("Reshape", &[aw, &s_5], vec![]);
+    let awt = g.node(
+        "Transpose",
+        &[&awt],
+        vec![("perm", Attr::Ints(vec![0, 2, 3, 4, 1]))],
+    );
+    let awt = g.node("Flatten", &[&awt], vec![("axis", Attr::Int(2))]);
+    let s_q = g.ints(&[0, l, -1, 1]);
+    let awt = g.node("Reshape", &[&awt, &s_q], vec![]);
+    let s_col = g.ints(&[0, -1, 1]);
+    let s_pts = g.ints(&[0, p, -1]);
+    let s_rows = g.ints(&[0, -1, dh]);
+    let ones = g.init_f32("msda_sum_points", &[1, p as usize], &vec![1.0; p as usize]);
+    let mut acc: Option<String> = None;
     for (lvl, lv) in levels.levels.iter().enumerate() {
         let vl = g.node("Slice", &[v, &lv.start, &lv.end, &axis1], vec![]); // [N, hw, H, dh]
         let vl = g.node(
@@ -666,14 +697,15 @@ fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
         let ll = g.node(
             "Transpose",
             &[&ll],
-            vec![("perm", Attr::Ints(vec![0, 2, 1, 3, 4]))],
-        );
-        let ll = g.node("Flatten", &[&ll], vec![("axis", Attr::Int(2))]); // [N·H, Q·P·2]
+            vec![("perm", Attr::Ints(vec![0, 2, 3, 1, 4]))],
+        ); // [N, H, P, Q, 2]
+        let ll = g.node("Flatten", &[&ll], vec![("axis", Attr::Int(2))]); // [N·H, P·Q·2]
         let s_xy = g.ints(&[0, -1, 2]);
-        let ll = g.node("Reshape", &[&ll, &s_xy], vec![]); // [N·H, Q·P, 2]
-        let two_ax = g.ints(&[2]);
-        let x = g.node("Slice", &[&ll, &x0i, &x1i, &two_ax], vec![]); // [N·H, Q·P, 1]
-        let y = g.node("Slice", &[&ll, &y0i, &y1i, &two_ax], vec![]);
+        let ll = g.node("Reshape", &[&ll, &s_xy], vec![]); // [N·H, P·Q, 2]
+        let x = g.node("Slice", &[&ll, &x0i, &x1i, &axis2], vec![]); // [N·H, P·Q, 1]
+        let y = g.node("Slice", &[&ll, &y0i, &y1i, &axis2], vec![]);
+        let awl = g.node("Slice", &[&awt, &l0, &l1, &axis1], vec![]); // [N·H, 1, P·Q, 1]
+        let awl = g.node("Reshape", &[&awl, &s_col], vec![]); // [N·H, P·Q, 1]
         let (wf, hf) = (lv.wf.clone(), lv.hf.clone());
         let px = g.node("Mul", &[&x, &wf], vec![]);
         let px = g.node("Sub", &[&px, &half], vec![]);
@@ -695,8 +727,7 @@ fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
             ),
         };
         let wl_i = lv.w.clone();
-        let mut idxs = Vec::with_capacity(4);
-        let mut wts = Vec::with_capacity(4);
+        let mut level_acc: Option<String> = None;
         for (cx, cy, wx, wy) in [
             (&fx, &fy, &hx, &hy),
             (&fx1, &fy, &lx, &hy),
@@ -713,49 +744,31 @@ fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
             let ok = g.node("And", &[&ok, &oky1], vec![]);
             let okf = g.node("Cast", &[&ok], vec![("to", Attr::Int(1))]);
             let wgt = g.node("Mul", &[wx, wy], vec![]);
-            wts.push(g.node("Mul", &[&wgt, &okf], vec![]));
+            let wgt = g.node("Mul", &[&wgt, &okf], vec![]);
+            let wgt = g.node("Mul", &[&wgt, &awl], vec![]); // [N·H, P·Q, 1]
             let cxc = g.node("Clip", &[cx, &zero, &wmax], vec![]);
             let cyc = g.node("Clip", &[cy, &zero, &hmax], vec![]);
             let cxi = g.node("Cast", &[&cxc], vec![("to", Attr::Int(7))]);
             let cyi = g.node("Cast", &[&cyc], vec![("to", Attr::Int(7))]);
             let row = g.node("Mul", &[&cyi, &wl_i], vec![]);
-            idxs.push(g.node("Add", &[&row, &cxi], vec![])); // [N·H, Q·P, 1]
+            let idx = g.node("Add", &[&row, &cxi], vec![]); // [N·H, P·Q, 1]
+            let vals = g.node("GatherND", &[&vl, &idx], vec![("batch_dims", Attr::Int(1))]);
+            let vals = g.node("Mul", &[&vals, &wgt], vec![]); // [N·H, P·Q, dh]
+            level_acc = Some(match level_acc {
+                None => vals,
+                Some(a) => g.node("Add", &[&a, &vals], vec![]),
+            });
         }
-        let ir: Vec<&str> = idxs.iter().map(String::as_str).collect();
-        let idx = g.node("Concat", &ir, vec![("axis", Attr::Int(1))]); // [N·H, 4·Q·P, 1]
-        let wr: Vec<&str> = wts.iter().map(String::as_str).collect();
-        let wgt = g.node("Concat", &wr, vec![("axis", Attr::Int(1))]); // [N·H, 4·Q·P, 1]
-        let shape_dh = g.ints(&[1, 1, dh]);
-        let idx = g.node("Expand", &[&idx, &shape_dh], vec![]);
-        let vals = g.node("GatherElements", &[&vl, &idx], vec![("axis", Attr::Int(1))]);
-        let vals = g.node("Mul", &[&vals, &wgt], vec![]); // [N·H, 4·Q·P, dh]
-        let s4 = g.ints(&[0, 4, -1, p, dh]);
-        let vals = g.node("Reshape", &[&vals, &s4], vec![]); // [N·H, 4, Q, P, dh]
-        let ax1 = g.ints(&[1]);
-        per_level.push(g.node(
-            "ReduceSum",
-            &[&vals, &ax1],
-            vec![("keepdims", Attr::Int(0))],
-        ));
+        let vals = level_acc.unwrap_or_default(); // [N·H, P·Q, dh]
+        let vals = g.node("Reshape", &[&vals, &s_pts], vec![]); // [N·H, P, Q·dh]
+        let summed = g.node("MatMul", &[&ones, &vals], vec![]); // [N·H, 1, Q·dh]
+        let summed = g.node("Reshape", &[&summed, &s_rows], vec![]); // [N·H, Q, dh]
+        acc = Some(match acc {
+            None => summed,
+            Some(a) => g.node("Add", &[&a, &summed], vec![]),
+        });
     }
-    let refs: Vec<&str> = per_level.iter().map(String::as_str).collect();
-    let all = g.node("Concat", &refs, vec![("axis", Attr::Int(2))]); // [N·H, Q, L·P, dh]
-    let awt = g.node(
-        "Transpose",
-        &[aw],
-        vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-    );
-    // [N, H, Q, L·P] → [N·H, Q·L·P] → [N·H, Q, L·P, 1]
-    let awt = g.node("Flatten", &[&awt], vec![("axis", Attr::Int(2))]);
-    let s_q = g.ints(&[0, -1, l * p, 1]);
-    let awt = g.node("Reshape", &[&awt, &s_q], vec![]);
-    let prod = g.node("Mul", &[&all, &awt], vec![]);
-    let two = g.ints(&[2]);
-    let summed = g.node(
-        "ReduceSum",
-        &[&prod, &two],
-        vec![("keepdims", Attr::Int(0))],
-    ); // [N·H, Q, dh]
+    let summed = acc.unwrap_or_default();
     // [N·H, Q, dh] → [N·H, dh, Q] → [N, H·dh, Q] (0 keeps Q) → [N, Q, d]
     let t = g.node(
         "Transpose",
