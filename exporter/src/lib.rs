@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod fp16;
+pub mod shapes;
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,9 @@ pub struct ExportOptions {
     pub fp16: bool,
     /// Symbolic input height and width (every shape from `Shape` ops).
     pub dynamic_size: bool,
+    /// The batch the graph is meant to be served at: the export warns when a tensor of the
+    /// graph reaches 2^31 elements at that batch (see [`shapes`]).
+    pub serve_batch: u64,
 }
 
 /// What the export did.
@@ -60,6 +64,9 @@ pub struct ExportReport {
     pub max_detections: usize,
     /// What the fp16 pass did (`--fp16`).
     pub fp16: Option<fp16::Fp16Report>,
+    /// The largest intermediate tensor at the model's input size and the largest batch whose
+    /// every tensor stays under 2^31 elements.
+    pub intermediate: shapes::Bound,
 }
 
 /// Exports `opts.checkpoint` to `opts.out` (written atomically: no partial file on error).
@@ -90,7 +97,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let g = model.emit(size, opts.msda)?;
     let nodes = g.num_nodes();
     let weights = g.num_weights();
-    let meta = ModelMetadata {
+    let mut meta = ModelMetadata {
         format_version: codetr_model::FORMAT_VERSION,
         classes: header.class_names.clone(),
         input_size: size.map(|_| [cfg.input_size, cfg.input_size]),
@@ -115,6 +122,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         } else {
             Precision::Fp32
         }),
+        max_batch: None,
     };
     let props = meta.try_to_props()?;
     let mut proto = g.finish(opts.opset, "codetr-export", props);
@@ -124,6 +132,25 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         None
     };
     let nodes = proto.graph.as_ref().map_or(nodes, |g| g.node.len());
+    let intermediate = shapes::bound(&proto, [side, side])?;
+    if !intermediate.fits(opts.serve_batch) {
+        tracing::warn!(
+            "at batch {} a tensor of this graph reaches 2^31 elements (CUDA kernels fail on it); \
+             the largest batch that stays within is {} (largest tensor at batch 1: {} {:?} of {})",
+            opts.serve_batch,
+            intermediate.max_batch,
+            intermediate.at_batch_1.op,
+            intermediate.at_batch_1.shape,
+            intermediate.at_batch_1.node,
+        );
+    }
+    // The bound travels in the metadata: the server never runs a batch above it.
+    meta.max_batch = Some(intermediate.max_batch);
+    proto.metadata_props = meta
+        .try_to_props()?
+        .into_iter()
+        .map(|(key, value)| codetr_train::onnx::proto::StringStringEntryProto { key, value })
+        .collect();
     let bytes = codetr_train::onnx::builder::encode(&proto);
     codetr_train::fsutil::write_atomic(&opts.out, &bytes)?;
     Ok(ExportReport {
@@ -135,6 +162,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         input_size: size,
         max_detections: k,
         fp16,
+        intermediate,
     })
 }
 

@@ -24,7 +24,7 @@ struct Cli {
     #[arg(long, default_value_t = 17)]
     opset: i64,
     /// MSDA sampling in the graph: `grid-sample` (ONNX GridSample, opset-16 semantics) or
-    /// `gather` (bilinear spelled out with GatherElements, for runtimes whose GridSample is
+    /// `gather` (bilinear spelled out with GatherND row lookups, for runtimes whose GridSample is
     /// missing or wrong, e.g. TensorRT 10.13–11.1).
     #[arg(long, value_enum, default_value_t = MsdaArg::GridSample)]
     msda: MsdaArg,
@@ -59,6 +59,11 @@ struct Cli {
     /// .ort/cpu/libonnxruntime.so from scripts/install-ort.sh).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
+    /// The batch size the graph will be served at (codetr-serve's --max-batch-size): the
+    /// export infers every tensor's shape at it and warns, naming the largest batch that
+    /// fits, when a tensor reaches 2^31 elements (CUDA kernels index with 32 bits and fail).
+    #[arg(long, default_value_t = 8)]
+    serve_batch: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
         },
         fp16: cli.fp16,
         dynamic_size: cli.dynamic_size,
+        serve_batch: cli.serve_batch,
     };
     let report = match export(&opts) {
         Ok(r) => r,
@@ -115,6 +121,16 @@ fn main() -> ExitCode {
                 .map_or("HxW (dynamic)".to_string(), |[h, w]| format!("{h}x{w}")),
             report.max_detections,
             report.dropped_params
+        );
+        let b = &report.intermediate;
+        println!(
+            "largest intermediate at {}x{}: {} elements per image ({} {:?}); batches up to {} keep every tensor under 2^31 elements",
+            b.input_size[0],
+            b.input_size[1],
+            b.at_batch_1.elements,
+            b.at_batch_1.op,
+            b.at_batch_1.shape,
+            b.max_batch
         );
     }
     if !cli.check {

@@ -12,21 +12,8 @@ use codetr_train::model::detector::pixels_to_tensor;
 use codetr_train::model::msda::MsdaLowering;
 use codetr_train::model::{DetectorConfig, checkpoint};
 
-fn python() -> String {
-    std::env::var("CODETR_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "CODETR_PYTHON is not set: run `make test` (it creates .venv with onnx + onnxruntime)"
-        )
-    })
-}
-
-fn init_checkpoint(cfg: &DetectorConfig, path: &Path, seed: u64) {
-    let dev = Device::flex();
-    dev.seed(seed);
-    let model = cfg.init(&dev).unwrap();
-    let names: Vec<String> = (0..cfg.num_classes).map(|i| format!("class{i}")).collect();
-    checkpoint::save(path, &model, &names, 0, serde_json::Value::Null, vec![]).unwrap();
-}
+mod common;
+use common::{init_checkpoint, python};
 
 fn run_onnx(model: &Path, n: usize, s: usize, px: &[u8], sizes: &[i64]) -> serde_json::Value {
     run_onnx_hw(model, n, s, s, px, sizes)
@@ -109,6 +96,7 @@ fn export_and_compare(ckpt: &Path, out: &Path, msda: MsdaLowering) -> (f32, f32)
         msda,
         fp16: false,
         dynamic_size: false,
+        serve_batch: 8,
     })
     .unwrap();
     let (model, _) = checkpoint::load(ckpt, &Device::flex()).unwrap();
@@ -184,6 +172,7 @@ fn tiny_export_matches_burn_and_is_deterministic() {
         msda: MsdaLowering::GridSample,
         fp16: false,
         dynamic_size: false,
+        serve_batch: 8,
     })
     .unwrap();
     assert!(
@@ -220,6 +209,7 @@ fn bad_inputs_are_clear_errors_without_output() {
         msda: MsdaLowering::GridSample,
         fp16: false,
         dynamic_size: false,
+        serve_batch: 8,
     };
     // missing and corrupt checkpoints
     let e = export(&opts(dir.path().join("none.ckpt"), out.clone(), None, 17)).unwrap_err();
@@ -285,6 +275,7 @@ fn training_checkpoint_exports_without_its_aux_heads() {
         msda: MsdaLowering::GridSample,
         fp16: false,
         dynamic_size: false,
+        serve_batch: 8,
     })
     .unwrap();
     assert!(r.dropped_params > 10_000, "{}", r.dropped_params);
@@ -329,6 +320,7 @@ fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
         msda: MsdaLowering::GridSample,
         fp16: false,
         dynamic_size: false,
+        serve_batch: 8,
     };
     export(&opts).unwrap();
     let lib = ort_library();
@@ -375,6 +367,7 @@ fn fp16_export_is_typed_valid_and_close_to_fp32() {
             msda,
             fp16: true,
             dynamic_size: false,
+            serve_batch: 8,
         };
         let report = export(&opts).unwrap();
         let f = report.fp16.clone().expect("fp16 report");
@@ -445,6 +438,7 @@ fn dynamic_size_export_checks_at_three_sizes_with_both_lowerings() {
             msda,
             fp16: false,
             dynamic_size: true,
+            serve_batch: 8,
         };
         let report = export(&opts).unwrap();
         assert_eq!(report.input_size, None);
@@ -527,6 +521,7 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
             msda,
             fp16: false,
             dynamic_size,
+            serve_batch: 8,
         })
         .unwrap();
         let c = codetr_export::check::check(&out, &ckpt, &samples, &[1, 3], dynamic_size, &lib)

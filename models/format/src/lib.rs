@@ -82,6 +82,8 @@ pub const META_METRICS: &str = "codetr.metrics";
 pub const META_MSDA: &str = "codetr.msda";
 /// Optional metadata key: [`ModelMetadata::precision`], plain string (`fp32` | `fp16`).
 pub const META_PRECISION: &str = "codetr.precision";
+/// Optional metadata key: [`ModelMetadata::max_batch`], decimal integer.
+pub const META_MAX_BATCH: &str = "codetr.max_batch";
 
 /// The required metadata keys, in the order [`ModelMetadata::to_props`] writes them.
 pub const METADATA_KEYS: &[&str] = &[
@@ -99,7 +101,7 @@ pub const METADATA_KEYS: &[&str] = &[
 
 /// The optional metadata keys, in the order [`ModelMetadata::to_props`] writes them
 /// (after all of [`METADATA_KEYS`]).
-pub const OPTIONAL_METADATA_KEYS: &[&str] = &[META_MSDA, META_PRECISION];
+pub const OPTIONAL_METADATA_KEYS: &[&str] = &[META_MSDA, META_PRECISION, META_MAX_BATCH];
 
 /// Smallest accepted side of [`ModelMetadata::input_size`].
 pub const MIN_INPUT_SIDE: u32 = 16;
@@ -209,6 +211,12 @@ pub struct ModelMetadata {
     pub msda: Option<Msda>,
     /// The graph's compute precision, if recorded.
     pub precision: Option<Precision>,
+    /// The largest batch at which every tensor of the graph stays under 2^31 elements, at
+    /// `input_size` (for a dynamic-size graph: at the size it was exported for), as the
+    /// exporter's shape inference found it. CUDA kernels index with 32 bits: a larger batch
+    /// fails with a kernel error that leaves the GPU context unusable, so the server never
+    /// runs one.
+    pub max_batch: Option<u64>,
 }
 
 /// Why metadata could not be encoded or decoded.
@@ -379,6 +387,9 @@ impl ModelMetadata {
         if let Some(precision) = self.precision {
             props.push((META_PRECISION, precision.as_str().to_owned()));
         }
+        if let Some(n) = self.max_batch {
+            props.push((META_MAX_BATCH, n.to_string()));
+        }
         props
             .into_iter()
             .map(|(key, value)| (key.to_owned(), value))
@@ -452,6 +463,10 @@ impl ModelMetadata {
             precision: ours
                 .get(META_PRECISION)
                 .map(|v| parse_plain(META_PRECISION, v))
+                .transpose()?,
+            max_batch: ours
+                .get(META_MAX_BATCH)
+                .map(|v| parse_uint(META_MAX_BATCH, v))
                 .transpose()?,
         };
         meta.validate()?;

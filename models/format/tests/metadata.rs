@@ -22,6 +22,7 @@ fn sample() -> ModelMetadata {
         metrics,
         msda: Some(Msda::GridSample),
         precision: Some(Precision::Fp16),
+        max_batch: Some(19),
     }
 }
 
@@ -74,6 +75,7 @@ fn encoding_is_exact_and_in_fixed_order() {
         ),
         ("codetr.msda", "grid-sample"),
         ("codetr.precision", "fp16"),
+        ("codetr.max_batch", "19"),
     ];
     let got: Vec<(&str, &str)> = props
         .iter()
@@ -111,6 +113,7 @@ fn round_trip_without_optionals_and_dynamic_size() {
         input_size: None,
         msda: None,
         precision: None,
+        max_batch: None,
         metrics: Map::new(),
         ..sample()
     };
@@ -129,6 +132,7 @@ fn every_enum_value_round_trips() {
             let meta = ModelMetadata {
                 msda: Some(msda),
                 precision: Some(precision),
+                max_batch: None,
                 ..sample()
             };
             assert_eq!(decode(&meta.to_props()).unwrap(), meta);
@@ -338,6 +342,7 @@ fn bad_strings_and_enums() {
     }
     for bad in ["bf16", "FP32", ""] {
         assert_invalid(decode(&with(META_PRECISION, bad)), META_PRECISION);
+        assert_invalid(decode(&with(META_MAX_BATCH, bad)), META_MAX_BATCH);
     }
     assert_invalid(decode(&with(META_PRESET, "")), META_PRESET);
 }

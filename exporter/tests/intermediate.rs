@@ -1,0 +1,142 @@
+//! The intermediate-size bound (issue: paper-r50 at 800² crashed ONNX Runtime's CUDA provider
+//! at batch 8 with a 2.2e9-element MSDA tensor): every tensor of the exported `paper-r50`
+//! graph stays under 2^31 elements at batch 8 and 800², with both MSDA lowerings, proven from
+//! the graph's inferred shapes; and those shapes equal onnx's own shape inference (with data
+//! propagation), the independent reference. Needs `CODETR_PYTHON`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use codetr_export::shapes::{self, ELEMENT_LIMIT};
+use codetr_export::{ExportOptions, export};
+use codetr_train::model::DetectorConfig;
+use codetr_train::model::msda::MsdaLowering;
+use codetr_train::onnx::proto::ModelProto;
+use prost::Message;
+
+mod common;
+use common::{init_checkpoint, python};
+
+/// onnx.shape_inference's shapes of `model` at `batch` (values it could resolve).
+fn onnx_shapes(model: &Path, batch: u64) -> HashMap<String, Vec<i64>> {
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/python/onnx_shapes.py"
+        ))
+        .arg(model)
+        .arg(batch.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Ours equal onnx's on every value onnx resolved, and onnx resolved most of them (a
+/// comparison over nothing proves nothing).
+fn same_as_onnx(path: &Path, batch: u64, hw: [usize; 2]) {
+    let proto = ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let ours = shapes::infer(&proto, batch, hw).unwrap();
+    let theirs = onnx_shapes(path, batch);
+    let mut compared = 0;
+    for (name, shape) in &ours {
+        if let Some(t) = theirs.get(name) {
+            assert_eq!(shape, t, "{}: value {name}", path.display());
+            compared += 1;
+        }
+    }
+    assert!(
+        compared * 10 >= ours.len() * 9,
+        "onnx resolved only {compared} of {} values",
+        ours.len()
+    );
+}
+
+#[test]
+fn paper_r50_at_800_keeps_every_tensor_under_2_31_at_batch_8() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DetectorConfig::paper_r50();
+    assert_eq!(cfg.input_size, 800);
+    let ckpt = dir.path().join("paper.ckpt");
+    init_checkpoint(&cfg, &ckpt, 3);
+    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+        let out = dir.path().join(format!("paper-{msda:?}.onnx"));
+        let report = export(&ExportOptions {
+            checkpoint: ckpt.clone(),
+            out: out.clone(),
+            max_detections: None,
+            opset: 17,
+            msda,
+            fp16: false,
+            dynamic_size: false,
+            serve_batch: 8,
+        })
+        .unwrap();
+        let b = &report.intermediate;
+        eprintln!("paper-r50 {msda:?}: {b:?}");
+        assert_eq!(b.input_size, [800, 800]);
+        assert!(b.fits(8), "{msda:?}: {b:?}");
+        let proto = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+        let at8 = shapes::largest(&proto, 8, [800, 800]).unwrap();
+        assert!(at8.elements < ELEMENT_LIMIT, "{msda:?} at batch 8: {at8:?}");
+        // The bound is tight: one more image than max_batch crosses it.
+        let over = shapes::largest(&proto, b.max_batch + 1, [800, 800]).unwrap();
+        assert!(over.elements >= ELEMENT_LIMIT, "{over:?}");
+        same_as_onnx(&out, 2, [800, 800]);
+    }
+}
+
+#[test]
+fn tiny_shapes_equal_onnx_shape_inference_fixed_fp16_and_dynamic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DetectorConfig::tiny();
+    let ckpt = dir.path().join("tiny.ckpt");
+    init_checkpoint(&cfg, &ckpt, 5);
+    let side = cfg.input_size as usize;
+    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+        for (fp16, dynamic_size) in [(false, false), (true, false), (false, true)] {
+            let out = dir
+                .path()
+                .join(format!("t-{msda:?}-{fp16}-{dynamic_size}.onnx"));
+            let r = export(&ExportOptions {
+                checkpoint: ckpt.clone(),
+                out: out.clone(),
+                max_detections: None,
+                opset: 17,
+                msda,
+                fp16,
+                dynamic_size,
+                serve_batch: 8,
+            })
+            .unwrap();
+            assert!(r.intermediate.max_batch > 64, "{:?}", r.intermediate);
+            if dynamic_size {
+                // onnx's inference needs the size fixed in the input; ours substitutes it.
+                let proto = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+                let ours = shapes::infer(&proto, 3, [side, side]).unwrap();
+                let fixed = dir.path().join(format!("t-{msda:?}-fixed.onnx"));
+                let fixed_proto =
+                    ModelProto::decode(std::fs::read(&fixed).unwrap().as_slice()).unwrap();
+                let theirs = shapes::infer(&fixed_proto, 3, [side, side]).unwrap();
+                // Same outputs and the same largest tensor as the fixed-size graph.
+                let last = |v: &[(String, Vec<i64>)]| {
+                    v.iter()
+                        .rev()
+                        .take(3)
+                        .map(|x| x.1.clone())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(last(&ours), last(&theirs));
+            } else {
+                let name = if fp16 { "fp16" } else { "fixed" };
+                std::fs::copy(&out, dir.path().join(format!("t-{msda:?}-{name}.onnx"))).unwrap();
+                same_as_onnx(&out, 3, [side, side]);
+            }
+        }
+    }
+}
