@@ -36,6 +36,19 @@ pub struct Engine {
     pub provider_failures: Vec<ProviderFailure>,
     /// The queue to the inference workers.
     pub batcher: Batcher,
+    /// Batch sizes served and those dropped at warm-up (set once warm-up ends).
+    pub warmup: OnceLock<Warmup>,
+}
+
+/// What warm-up left: the batch sizes every worker runs, and the sizes that failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Warmup {
+    /// Batch sizes every worker runs at (ascending); the last is the largest batch.
+    pub batch_sizes: Vec<usize>,
+    /// Sizes that failed (per worker) and were dropped with every larger one.
+    pub failures: Vec<crate::batcher::WarmupFailure>,
+    /// Configured sizes above the graph's 32-bit bound (`codetr.max_batch`), never run.
+    pub over_limit: Vec<usize>,
 }
 
 /// Shared by every handler.
@@ -224,8 +237,12 @@ async fn models(State(s): State<Arc<AppState>>) -> Result<Json<ModelsResponse>> 
         classes: e.model.meta.classes.clone(),
         metadata: e.model.meta.clone(),
         batching: serde_json::json!({
-            "max_batch_size": b.max_batch_size,
-            "batch_sizes": b.effective_sizes(),
+            "max_batch_size": e.warmup.get().and_then(|w| w.batch_sizes.last().copied()).unwrap_or(b.max_batch_size),
+            "batch_sizes": e.warmup.get().map_or_else(|| b.effective_sizes(), |w| w.batch_sizes.clone()),
+            "configured_max_batch_size": b.max_batch_size,
+            "warmup_failures": e.warmup.get().map(|w| w.failures.clone()).unwrap_or_default(),
+            "over_graph_bound": e.warmup.get().map(|w| w.over_limit.clone()).unwrap_or_default(),
+            "graph_max_batch": e.model.meta.max_batch,
             "max_queue_delay_us": b.max_queue_delay_us,
             "max_queue_size": b.max_queue_size,
             "timeout_ms": b.timeout_ms,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
-use crate::engine::Runner;
+use crate::engine::Infer;
 use crate::error::{Result, ServeError};
 use crate::metrics as m;
 
@@ -95,13 +95,36 @@ impl Workers {
     }
 }
 
-/// Starts one worker thread per runner. Each first warms up at every batch size and reports
-/// the outcome on `warmed` (the server is ready once all have).
-pub fn start(
-    runners: Vec<Runner>,
+/// A batch size that failed at warm-up.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WarmupFailure {
+    /// The worker.
+    pub worker: usize,
+    /// The batch size.
+    pub batch: usize,
+    /// ONNX Runtime's error.
+    pub error: String,
+}
+
+/// How a worker's warm-up went: the batch sizes it serves, and the size that failed if any.
+#[derive(Debug, Clone)]
+pub struct Warmed {
+    /// The worker.
+    pub worker: usize,
+    /// Batch sizes it runs at: the configured ones below the first that failed.
+    pub sizes: Vec<usize>,
+    /// The first size that failed (out of memory, a kernel error); larger ones are not tried.
+    pub failure: Option<WarmupFailure>,
+}
+
+/// Starts one worker thread per runner. Each first warms up at every batch size, keeping the
+/// sizes below the first that fails, and reports the outcome on `warmed` (the server is ready
+/// once all have).
+pub fn start<R: Infer>(
+    runners: Vec<R>,
     policy: BatchPolicy,
     capacity: usize,
-    warmed: std::sync::mpsc::Sender<Result<usize>>,
+    warmed: std::sync::mpsc::Sender<Result<Warmed>>,
 ) -> Result<(Batcher, Workers)> {
     let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
     let mut handles = Vec::new();
@@ -152,33 +175,85 @@ impl Batcher {
     }
 }
 
-fn worker(
+/// Runs every batch size of `policy` once, ascending, so that the first real request at any
+/// size pays for no kernel selection (CPU/CUDA) or engine build (TensorRT). A size that fails
+/// (a GPU out of memory, a kernel's launch limits) ends the warm-up: the worker serves the
+/// sizes below it, once a re-run of the largest of them shows the session still works. Only a
+/// failure at the smallest size is fatal.
+pub fn warm_up<R: Infer>(index: usize, runner: &mut R, policy: &mut BatchPolicy) -> Result<Warmed> {
+    let [h, w] = policy.input_hw;
+    let per = h as usize * w as usize * 3;
+    let sizes = policy.sizes.clone();
+    for (i, &n) in sizes.iter().enumerate() {
+        let t = Instant::now();
+        let e = match runner.infer(n, vec![0; n * per], &vec![[h, w]; n]) {
+            Ok(_) => {
+                tracing::info!(
+                    worker = index,
+                    batch = n,
+                    ms = t.elapsed().as_millis() as u64,
+                    "warmed up"
+                );
+                continue;
+            }
+            Err(e) => e,
+        };
+        if i == 0 {
+            return Err(ServeError::Runtime(format!(
+                "warm-up of worker {index} at batch {n} failed: {e}"
+            )));
+        }
+        let largest = sizes[i - 1];
+        tracing::error!(
+            worker = index,
+            batch = n,
+            "BATCH SIZE DROPPED: warm-up at batch {n} failed ({e}); serving batches up to {largest}"
+        );
+        runner
+            .infer(largest, vec![0; largest * per], &vec![[h, w]; largest])
+            .map_err(|e2| {
+                ServeError::Runtime(format!(
+                    "warm-up of worker {index}: batch {n} failed ({e}) and batch {largest}, \
+                     which had run, fails after it: {e2}"
+                ))
+            })?;
+        policy.sizes.truncate(i);
+        metrics::counter!(m::WARMUP_FAILURES, "batch" => n.to_string()).increment(1);
+        return Ok(Warmed {
+            worker: index,
+            sizes: policy.sizes.clone(),
+            failure: Some(WarmupFailure {
+                worker: index,
+                batch: n,
+                error: e.to_string(),
+            }),
+        });
+    }
+    Ok(Warmed {
+        worker: index,
+        sizes,
+        failure: None,
+    })
+}
+
+fn worker<R: Infer>(
     index: usize,
-    mut runner: Runner,
+    mut runner: R,
     rx: Receiver<Job>,
-    policy: BatchPolicy,
-    warmed: std::sync::mpsc::Sender<Result<usize>>,
+    mut policy: BatchPolicy,
+    warmed: std::sync::mpsc::Sender<Result<Warmed>>,
 ) {
     let [h, w] = policy.input_hw;
     let per = h as usize * w as usize * 3;
-    // Warm-up: every batch size once, so the first real request at any size does not pay for
-    // kernel selection (CPU/CUDA) or an engine build (TensorRT).
-    for &n in &policy.sizes {
-        let t = Instant::now();
-        if let Err(e) = runner.run(n, vec![0; n * per], &vec![[h, w]; n]) {
-            let _ = warmed.send(Err(ServeError::Runtime(format!(
-                "warm-up of worker {index} at batch {n} failed: {e}"
-            ))));
+    match warm_up(index, &mut runner, &mut policy) {
+        Ok(report) => {
+            let _ = warmed.send(Ok(report));
+        }
+        Err(e) => {
+            let _ = warmed.send(Err(e));
             return;
         }
-        tracing::info!(
-            worker = index,
-            batch = n,
-            ms = t.elapsed().as_millis() as u64,
-            "warmed up"
-        );
     }
-    let _ = warmed.send(Ok(index));
     drop(warmed);
 
     let take = |job: Job| {
@@ -229,7 +304,13 @@ fn worker(
     tracing::info!(worker = index, "inference worker stopped");
 }
 
-fn run_batch(runner: &mut Runner, policy: &BatchPolicy, per: usize, jobs: Vec<Job>, now: Instant) {
+fn run_batch<R: Infer>(
+    runner: &mut R,
+    policy: &BatchPolicy,
+    per: usize,
+    jobs: Vec<Job>,
+    now: Instant,
+) {
     let n = jobs.len();
     let padded = policy.padded(n);
     let mut pixels = Vec::with_capacity(padded * per);
@@ -243,7 +324,7 @@ fn run_batch(runner: &mut Runner, policy: &BatchPolicy, per: usize, jobs: Vec<Jo
     pixels.resize(padded * per, 0);
     orig.resize(padded, policy.input_hw);
     let t = Instant::now();
-    let result = runner.run(padded, pixels, &orig);
+    let result = runner.infer(padded, pixels, &orig);
     let infer = t.elapsed();
     metrics::histogram!(m::INFER_DURATION).record(infer.as_secs_f64());
     metrics::histogram!(m::BATCH_SIZE).record(n as f64);
@@ -280,6 +361,115 @@ fn run_batch(runner: &mut Runner, policy: &BatchPolicy, per: usize, jobs: Vec<Jo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::BatchOutput;
+
+    /// A session that fails above `fail_above` images (like CUDA out of memory), and, with
+    /// `broken_after_failure`, at every size once it has failed (a sticky GPU error).
+    struct Faulty {
+        fail_above: usize,
+        broken_after_failure: bool,
+        failed: bool,
+        runs: Vec<usize>,
+    }
+
+    impl Infer for Faulty {
+        fn infer(&mut self, n: usize, _: Vec<u8>, _: &[[u32; 2]]) -> Result<BatchOutput> {
+            self.runs.push(n);
+            if n > self.fail_above || (self.failed && self.broken_after_failure) {
+                self.failed = true;
+                return Err(ServeError::Internal(format!(
+                    "inference: CUDA failure 2: out of memory at batch {n}"
+                )));
+            }
+            Ok(BatchOutput {
+                labels: vec![0; n],
+                scores: vec![0.5; n],
+                boxes: vec![0.0; n * 4],
+                k: 1,
+            })
+        }
+    }
+
+    fn policy(sizes: &[usize]) -> BatchPolicy {
+        BatchPolicy {
+            sizes: sizes.to_vec(),
+            max_queue_delay: Duration::ZERO,
+            input_hw: [2, 2],
+        }
+    }
+
+    fn faulty(fail_above: usize, broken_after_failure: bool) -> Faulty {
+        Faulty {
+            fail_above,
+            broken_after_failure,
+            failed: false,
+            runs: vec![],
+        }
+    }
+
+    #[test]
+    fn a_batch_size_that_fails_at_warm_up_is_dropped_with_the_larger_ones() {
+        let mut p = policy(&[1, 2, 4, 8, 16]);
+        let mut r = faulty(5, false);
+        let w = warm_up(0, &mut r, &mut p).unwrap();
+        assert_eq!(w.sizes, vec![1, 2, 4]);
+        assert_eq!(p.sizes, vec![1, 2, 4]);
+        assert_eq!(p.max_batch(), 4);
+        let f = w.failure.unwrap();
+        assert_eq!(f.batch, 8);
+        assert!(f.error.contains("out of memory"), "{}", f.error);
+        // 16 is never tried; 4 is re-run after the failure to prove the session still works.
+        assert_eq!(r.runs, vec![1, 2, 4, 8, 4]);
+        // Batches are now padded within what works.
+        assert_eq!(p.padded(3), 4);
+        assert_eq!(p.padded(4), 4);
+    }
+
+    #[test]
+    fn warm_up_fails_when_the_smallest_size_or_the_session_fails() {
+        let e = warm_up(1, &mut faulty(0, false), &mut policy(&[1, 2])).unwrap_err();
+        assert!(e.to_string().contains("worker 1 at batch 1"), "{e}");
+        let e = warm_up(0, &mut faulty(2, true), &mut policy(&[1, 2, 4])).unwrap_err();
+        assert!(
+            e.to_string().contains("batch 4 failed") && e.to_string().contains("batch 2"),
+            "{e}"
+        );
+        let w = warm_up(0, &mut faulty(100, false), &mut policy(&[1, 2, 4])).unwrap();
+        assert!(w.failure.is_none() && w.sizes == vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn workers_report_their_warm_up_and_serve_within_it() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (batcher, workers) = start(vec![faulty(2, false)], policy(&[1, 2, 4]), 16, tx).unwrap();
+        let w = rx.recv().unwrap().unwrap();
+        assert_eq!(w.sizes, vec![1, 2]);
+        // Three images queued at once run as batches of at most 2.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut waits = Vec::new();
+        let mut jobs = Vec::new();
+        for _ in 0..3 {
+            let (reply, wait) = oneshot::channel();
+            waits.push(wait);
+            jobs.push(Job {
+                pixels: vec![0; 12],
+                orig: [2, 2],
+                enqueued: Instant::now(),
+                deadline: Instant::now() + Duration::from_secs(10),
+                timeout_ms: 10_000,
+                reply,
+            });
+        }
+        batcher.submit(jobs).unwrap();
+        for wait in waits {
+            let out = rt.block_on(wait).unwrap().unwrap();
+            assert!(out.batch_size <= 2);
+        }
+        drop(batcher);
+        workers.join();
+    }
 
     #[test]
     fn padding_goes_to_the_next_configured_size() {

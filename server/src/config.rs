@@ -143,6 +143,47 @@ pub struct RuntimeConfig {
     pub trt_fp16: bool,
     /// TensorRT: engine + timing cache directory (persist it: engine builds take minutes).
     pub trt_cache_dir: PathBuf,
+    /// CUDA: let MatMul and Conv use TensorFloat-32 (10-bit mantissa) on Ampere and later.
+    /// Faster, but outputs drift from the CPU's by ~1e-2 in score after 12 transformer layers;
+    /// off keeps CPU↔CUDA scores within 1e-3 (bench/results/gpu_serve.json).
+    pub cuda_tf32: bool,
+    /// CUDA: how cuDNN picks each Conv's algorithm. Searches run once per input shape at
+    /// warm-up (every configured batch size), never on the hot path.
+    pub cuda_conv_algo: ConvAlgo,
+    /// CUDA: how the device memory arena grows. `same-as-requested` avoids rounding a large
+    /// batch's request up to the next power of two (GBs at paper size).
+    pub cuda_arena: ArenaGrowth,
+    /// CUDA: prefer NHWC convolution kernels: `paper-r50` at batch 1 ran in 95 ms instead of
+    /// 138 (fp32) and 71 instead of 115 (fp16) on an H200 (bench/results/gpu_profile.json).
+    pub cuda_prefer_nhwc: bool,
+    /// CUDA: cap on the device memory arena, in MiB (0 = no cap). A batch size whose warm-up
+    /// runs out of it is dropped (see `batching`); for sharing a GPU between processes.
+    pub cuda_memory_limit_mb: u64,
+    /// Write ONNX Runtime's per-node profile (Chrome trace JSON) with this path prefix, one
+    /// file per session. For diagnosis only: every run is recorded in memory until exit.
+    pub profile: Option<PathBuf>,
+}
+
+/// cuDNN's convolution algorithm choice (ONNX Runtime's `cudnn_conv_algo_search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvAlgo {
+    /// Benchmark every algorithm for each shape (once, at warm-up); the fastest.
+    Exhaustive,
+    /// cuDNN's heuristics: no benchmarking, usually as fast.
+    Heuristic,
+    /// cuDNN's default algorithm.
+    Default,
+}
+
+/// How ONNX Runtime's CUDA memory arena grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArenaGrowth {
+    /// ONNX Runtime's default: each extension doubles.
+    NextPowerOfTwo,
+    /// Extend by exactly what is asked.
+    SameAsRequested,
 }
 
 impl Default for RuntimeConfig {
@@ -154,6 +195,12 @@ impl Default for RuntimeConfig {
             device_id: 0,
             trt_fp16: true,
             trt_cache_dir: PathBuf::from("trt-cache"),
+            cuda_tf32: false,
+            cuda_conv_algo: ConvAlgo::Exhaustive,
+            cuda_arena: ArenaGrowth::SameAsRequested,
+            cuda_prefer_nhwc: true,
+            cuda_memory_limit_mb: 0,
+            profile: None,
         }
     }
 }
@@ -256,6 +303,28 @@ pub struct Cli {
     /// TensorRT engine and timing cache directory [default: trt-cache].
     #[arg(long, env = "CODETR_SERVE_TRT_CACHE_DIR")]
     pub trt_cache_dir: Option<PathBuf>,
+    /// CUDA: allow TensorFloat-32 in MatMul/Conv (faster; scores drift ~1e-2 from the CPU's)
+    /// [default: false].
+    #[arg(long, env = "CODETR_SERVE_CUDA_TF32")]
+    pub cuda_tf32: Option<bool>,
+    /// CUDA: cuDNN convolution algorithm search, run once per batch size at warm-up
+    /// [default: exhaustive].
+    #[arg(long, env = "CODETR_SERVE_CUDA_CONV_ALGO")]
+    pub cuda_conv_algo: Option<ConvAlgo>,
+    /// CUDA: memory arena growth [default: same-as-requested].
+    #[arg(long, env = "CODETR_SERVE_CUDA_ARENA")]
+    pub cuda_arena: Option<ArenaGrowth>,
+    /// CUDA: prefer NHWC convolution kernels (faster on tensor cores) [default: true].
+    #[arg(long, env = "CODETR_SERVE_CUDA_PREFER_NHWC")]
+    pub cuda_prefer_nhwc: Option<bool>,
+    /// CUDA: cap on the device memory arena in MiB, 0 = none; a batch size that runs out of it
+    /// at warm-up is dropped [default: 0].
+    #[arg(long, env = "CODETR_SERVE_CUDA_MEMORY_LIMIT_MB")]
+    pub cuda_memory_limit_mb: Option<u64>,
+    /// Write ONNX Runtime's per-node profile (Chrome trace JSON) with this path prefix; for
+    /// diagnosis only (every run is kept in memory until exit) [default: off].
+    #[arg(long, env = "CODETR_SERVE_PROFILE")]
+    pub profile: Option<PathBuf>,
     /// Inference workers, each with its own ONNX Runtime session [default: 1].
     #[arg(long, env = "CODETR_SERVE_WORKERS")]
     pub workers: Option<usize>,
@@ -339,6 +408,14 @@ impl Cli {
         set!(intra_threads => c.runtime.intra_threads);
         set!(device_id => c.runtime.device_id);
         set!(trt_cache_dir => c.runtime.trt_cache_dir);
+        set!(cuda_tf32 => c.runtime.cuda_tf32);
+        set!(cuda_conv_algo => c.runtime.cuda_conv_algo);
+        set!(cuda_arena => c.runtime.cuda_arena);
+        set!(cuda_prefer_nhwc => c.runtime.cuda_prefer_nhwc);
+        set!(cuda_memory_limit_mb => c.runtime.cuda_memory_limit_mb);
+        if let Some(p) = &self.profile {
+            c.runtime.profile = Some(p.clone());
+        }
         set!(workers => c.batching.workers);
         set!(max_batch_size => c.batching.max_batch_size);
         set!(batch_sizes => c.batching.batch_sizes);
@@ -487,6 +564,42 @@ mod tests {
         // The printed config parses back to the same thing.
         let again: ServeConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(again.batching.workers, 3);
+    }
+
+    #[test]
+    fn cuda_settings_from_toml_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("serve.toml");
+        std::fs::write(
+            &p,
+            "[runtime]\ncuda_tf32 = true\ncuda_conv_algo = \"heuristic\"\ncuda_arena = \"next-power-of-two\"\n",
+        )
+        .unwrap();
+        let c = Cli::parse_from(["x", "--config", p.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert!(c.runtime.cuda_tf32);
+        assert_eq!(c.runtime.cuda_conv_algo, ConvAlgo::Heuristic);
+        assert_eq!(c.runtime.cuda_arena, ArenaGrowth::NextPowerOfTwo);
+        let c = Cli::parse_from([
+            "x",
+            "--config",
+            p.to_str().unwrap(),
+            "--cuda-tf32",
+            "false",
+            "--cuda-prefer-nhwc",
+            "false",
+        ])
+        .resolve()
+        .unwrap();
+        assert!(!c.runtime.cuda_tf32 && !c.runtime.cuda_prefer_nhwc);
+        // Defaults: TF32 off (CPU↔CUDA parity), NHWC, exhaustive search, exact arena growth.
+        let d = RuntimeConfig::default();
+        assert!(!d.cuda_tf32 && d.cuda_prefer_nhwc);
+        assert_eq!(d.cuda_conv_algo, ConvAlgo::Exhaustive);
+        assert_eq!(d.cuda_arena, ArenaGrowth::SameAsRequested);
+        let e = Cli::try_parse_from(["x", "--cuda-conv-algo", "fast"]).unwrap_err();
+        assert!(e.to_string().contains("heuristic"), "{e}");
     }
 
     #[test]

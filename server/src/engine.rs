@@ -142,6 +142,9 @@ fn builder(
     if cfg.intra_threads > 0 {
         b = b.with_intra_threads(cfg.intra_threads).map_err(rt)?;
     }
+    if let Some(prefix) = &cfg.profile {
+        b = b.with_profiling(prefix).map_err(rt)?;
+    }
     Ok(b)
 }
 
@@ -167,7 +170,25 @@ fn try_provider(
         Provider::Cuda | Provider::Tensorrt => {
             use ort::ep;
             let dispatch = if p == Provider::Cuda {
-                ep::CUDA::default().with_device_id(cfg.device_id).build()
+                use crate::config::{ArenaGrowth, ConvAlgo};
+                use ep::cuda::ConvAlgorithmSearch as Search;
+                let mut cuda = ep::CUDA::default();
+                if cfg.cuda_memory_limit_mb > 0 {
+                    cuda = cuda.with_memory_limit((cfg.cuda_memory_limit_mb as usize) << 20);
+                }
+                cuda.with_device_id(cfg.device_id)
+                    .with_tf32(cfg.cuda_tf32)
+                    .with_conv_algorithm_search(match cfg.cuda_conv_algo {
+                        ConvAlgo::Exhaustive => Search::Exhaustive,
+                        ConvAlgo::Heuristic => Search::Heuristic,
+                        ConvAlgo::Default => Search::Default,
+                    })
+                    .with_arena_extend_strategy(match cfg.cuda_arena {
+                        ArenaGrowth::NextPowerOfTwo => ep::ArenaExtendStrategy::NextPowerOfTwo,
+                        ArenaGrowth::SameAsRequested => ep::ArenaExtendStrategy::SameAsRequested,
+                    })
+                    .with_prefer_nhwc(cfg.cuda_prefer_nhwc)
+                    .build()
             } else {
                 std::fs::create_dir_all(&cfg.trt_cache_dir).map_err(|e| {
                     ServeError::Runtime(format!(
@@ -314,7 +335,29 @@ pub fn inspect(session: &Session, path: &Path, input_size: Option<[u32; 2]>) -> 
     })
 }
 
+/// What the batcher needs of a session: run one padded batch. [`Runner`] is the real one;
+/// tests inject failures with their own.
+pub trait Infer: Send + 'static {
+    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the graph's input size, `orig` the
+    /// `(height, width)` of each original.
+    fn infer(&mut self, n: usize, pixels: Vec<u8>, orig: &[[u32; 2]]) -> Result<BatchOutput>;
+}
+
+impl Infer for Runner {
+    fn infer(&mut self, n: usize, pixels: Vec<u8>, orig: &[[u32; 2]]) -> Result<BatchOutput> {
+        self.run(n, pixels, orig)
+    }
+}
+
 impl Runner {
+    /// Ends ONNX Runtime profiling (sessions built with `runtime.profile`) and returns the
+    /// trace file's path.
+    pub fn end_profiling(&mut self) -> Result<String> {
+        self.session
+            .end_profiling()
+            .map_err(|e| ServeError::Runtime(format!("end profiling: {e}")))
+    }
+
     /// Wraps a session opened by [`open`] for the model `info`.
     pub fn new(session: Session, provider: Provider, info: &ModelInfo) -> Self {
         Self {

@@ -72,7 +72,7 @@ fn load(
     path: &std::path::Path,
 ) -> Result<()> {
     let cfg = &state.config;
-    let sizes = cfg.batching.effective_sizes();
+    let mut sizes = cfg.batching.effective_sizes();
     // The first session validates the file and picks the provider; the other workers use
     // that provider only, so every worker runs on the same one.
     let (first, provider, failures) = engine::open(env, path, &cfg.runtime, &sizes, None)?;
@@ -88,6 +88,7 @@ fn load(
             provider.as_str()
         )));
     }
+    let over_limit = batch_bound(&model, &mut sizes)?;
     let mut only = cfg.runtime.clone();
     only.providers = vec![provider];
     // TensorRT's optimisation profiles need the input size from the metadata: re-open.
@@ -146,18 +147,84 @@ fn load(
         provider,
         provider_failures: failures,
         batcher,
+        warmup: std::sync::OnceLock::new(),
     });
+    // The sizes every worker runs: each keeps those below its first failure.
+    let mut served = sizes.clone();
+    let mut dropped = Vec::new();
     for _ in 0..cfg.batching.workers {
         match warm_rx.recv() {
-            Ok(Ok(_)) => {}
+            Ok(Ok(w)) => {
+                served.retain(|s| w.sizes.contains(s));
+                dropped.extend(w.failure);
+            }
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(ServeError::Runtime("a worker exited during warm-up".into())),
         }
     }
+    let largest = served.last().copied().unwrap_or(1);
+    ::metrics::gauge!(metrics::MAX_BATCH).set(largest as f64);
+    if let Some(e) = state.engine.get() {
+        let _ = e.warmup.set(api::Warmup {
+            batch_sizes: served.clone(),
+            failures: dropped.clone(),
+            over_limit: over_limit.clone(),
+        });
+    }
     state.ready.store(true, Ordering::Relaxed);
     ::metrics::gauge!(metrics::READY).set(1.0);
-    tracing::info!(batch_sizes = ?sizes, "ready: warmed at every batch size");
+    if dropped.is_empty() && over_limit.is_empty() {
+        tracing::info!(batch_sizes = ?served, "ready: warmed at every batch size");
+    } else {
+        tracing::warn!(
+            batch_sizes = ?served,
+            "ready with the largest batch lowered to {largest} (configured {}); above the \
+             graph's bound: {over_limit:?}; failed at warm-up: [{}]",
+            cfg.batching.max_batch_size,
+            dropped
+                .iter()
+                .map(|f| format!("worker {} batch {}: {}", f.worker, f.batch, f.error))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     Ok(())
+}
+
+/// Drops the batch sizes above the graph's 32-bit bound (`codetr.max_batch`, written by the
+/// exporter from the graph's shapes) before any of them runs: on CUDA such a batch fails with
+/// an illegal memory access that leaves the process's GPU context unusable, so it cannot be
+/// tried and recovered from like an out-of-memory. The bound holds at the graph's fixed input
+/// size; a dynamic-size graph served at another size relies on the warm-up fallback alone.
+/// Returns the sizes dropped; an error when none is left.
+fn batch_bound(model: &engine::ModelInfo, sizes: &mut Vec<usize>) -> Result<Vec<usize>> {
+    let (Some(bound), Some(_)) = (model.meta.max_batch, model.meta.input_size) else {
+        return Ok(Vec::new());
+    };
+    let over: Vec<usize> = sizes
+        .iter()
+        .copied()
+        .filter(|&n| n as u64 > bound)
+        .collect();
+    if over.is_empty() {
+        return Ok(over);
+    }
+    sizes.retain(|&n| n as u64 <= bound);
+    if sizes.is_empty() {
+        return Err(ServeError::Model(format!(
+            "{}: every configured batch size ({over:?}) is above the graph's bound of {bound} \
+             (codetr.max_batch: a tensor reaches 2^31 elements above it); configure \
+             --batch-sizes / --max-batch-size within it",
+            model.path.display()
+        )));
+    }
+    tracing::error!(
+        "BATCH SIZE DROPPED: {over:?} above the graph's bound of {bound} images (codetr.max_batch: \
+         a tensor reaches 2^31 elements, which CUDA kernels cannot index); serving batches up \
+         to {}",
+        sizes.last().copied().unwrap_or(1)
+    );
+    Ok(over)
 }
 
 /// Listens at once (so `/healthz` and `/metrics` answer while sessions build — TensorRT engine
@@ -248,5 +315,59 @@ pub async fn serve(cfg: ServeConfig) -> Result<()> {
     match fatal {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codetr_model::{ModelMetadata, Resize};
+
+    fn model(max_batch: Option<u64>, fixed: bool) -> engine::ModelInfo {
+        let meta = ModelMetadata {
+            format_version: codetr_model::FORMAT_VERSION,
+            classes: vec!["a".into()],
+            input_size: fixed.then_some([800, 800]),
+            resize: Resize::Stretch,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            max_detections: 10,
+            preset: "paper-r50".into(),
+            checkpoint_sha256: "0".repeat(64),
+            metrics: Default::default(),
+            msda: None,
+            precision: None,
+            max_batch,
+        };
+        engine::ModelInfo {
+            path: "m.onnx".into(),
+            name: "m".into(),
+            version: "0".into(),
+            meta,
+            input_hw: [800, 800],
+        }
+    }
+
+    #[test]
+    fn batch_sizes_above_the_graph_bound_are_dropped_before_they_run() {
+        let mut sizes = vec![1, 8, 16, 64];
+        let over = batch_bound(&model(Some(19), true), &mut sizes).unwrap();
+        assert_eq!(sizes, vec![1, 8, 16]);
+        assert_eq!(over, vec![64]);
+        // No bound recorded (an older export), or a dynamic-size graph: nothing dropped here
+        // (the warm-up fallback still applies).
+        for m in [model(None, true), model(Some(19), false)] {
+            let mut sizes = vec![1, 8, 64];
+            assert!(batch_bound(&m, &mut sizes).unwrap().is_empty());
+            assert_eq!(sizes, vec![1, 8, 64]);
+        }
+        // Nothing left: a clear error naming the bound and the flags.
+        let mut sizes = vec![32, 64];
+        let e = batch_bound(&model(Some(19), true), &mut sizes).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("bound of 19") && m.contains("--batch-sizes"),
+            "{m}"
+        );
     }
 }

@@ -44,6 +44,11 @@ pub const REJECTED: &str = "codetr_rejected_total";
 pub const PROVIDER_INFO: &str = "codetr_provider_info";
 /// Gauge: 1 once the model is loaded and warmed at every batch size.
 pub const READY: &str = "codetr_ready";
+/// Gauge: the largest batch the workers run (the configured one unless a larger size failed
+/// at warm-up).
+pub const MAX_BATCH: &str = "codetr_max_batch_size";
+/// Counter: batch sizes that failed at warm-up and were dropped, by `batch`.
+pub const WARMUP_FAILURES: &str = "codetr_warmup_failures_total";
 
 /// Installs the process-wide recorder and returns the handle `/metrics` renders.
 pub fn install(max_batch: usize) -> Result<PrometheusHandle> {

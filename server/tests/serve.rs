@@ -654,3 +654,42 @@ fn dynamic_size_graph_is_served_at_the_configured_input_size() {
         assert!(0.0 <= x1 && x1 <= x2 && x2 <= w && 0.0 <= y1 && y1 <= y2 && y2 <= h);
     }
 }
+
+/// A graph whose metadata says batches above 2 reach 2^31 elements (`codetr.max_batch`, written
+/// by the exporter from the graph's shapes): the server never runs batch 4, serves 1 and 2, and
+/// says so in /v1/models, the metrics and the log.
+#[test]
+fn batch_sizes_above_the_graph_bound_are_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounded = dir.path().join("bounded.onnx");
+    let out = std::process::Command::new(common::python())
+        .args([
+            "-c",
+            "import onnx, sys\n\
+             m = onnx.load(sys.argv[1])\n\
+             p = m.metadata_props.add(); p.key = 'codetr.max_batch'; p.value = '2'\n\
+             onnx.save(m, sys.argv[2])",
+        ])
+        .arg(common::micro_model())
+        .arg(&bounded)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Server::start_model(&bounded, &["--max-batch-size", "4"], &[]);
+    let m = s.get("/v1/models").unwrap().json();
+    assert_eq!(m["batching"]["batch_sizes"], json!([1, 2]));
+    assert_eq!(m["batching"]["max_batch_size"], 2);
+    assert_eq!(m["batching"]["configured_max_batch_size"], 4);
+    assert_eq!(m["batching"]["over_graph_bound"], json!([4]));
+    assert_eq!(m["batching"]["graph_max_batch"], 2);
+    assert_eq!(s.metric("codetr_max_batch_size"), 2.0);
+    assert!(s.log().contains("BATCH SIZE DROPPED"), "{}", s.log());
+    assert!(!s.log().contains("batch=4"), "batch 4 ran:\n{}", s.log());
+    // Requests are served, in batches of at most 2.
+    let r = s.post("/v1/detect", "image/jpeg", &sample_jpeg());
+    assert_eq!(r.status, 200, "{}", r.text());
+}
