@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Runs a COCO split through a running codetr-serve (the real serving path: JPEG bytes in,
+decode, resize, batcher, ONNX Runtime on the server's provider) and writes its detections as a
+COCO results file; `compare` then puts two such runs side by side (e.g. CPU and CUDA).
+
+Standard library only (it runs on the GPU machine's bare Python too).
+
+  gpu_parity.py detect --url http://127.0.0.1:18200 --data DIR/val --out run.json [--clients 8]
+  gpu_parity.py compare A.json B.json [--top 20]
+
+`detect` asks for every detection (score_threshold 0, the graph's top-k) so that AP is the
+graph's, then writes {"results": [COCO detections], "per_image": {id: [[score, cls, x1, y1,
+x2, y2], ...]}}. `compare` prints JSON: the largest score difference by rank over all images,
+and how many of each image's top detections in A have a same-class box in B with IoU ≥ 0.99.
+"""
+
+import argparse
+import concurrent.futures as cf
+import json
+import sys
+import urllib.request
+
+
+def detect(args: argparse.Namespace) -> None:
+    gt = json.load(open(f"{args.data}/instances.json"))
+    cats = sorted(c["id"] for c in gt["categories"])  # contiguous labels in ascending id order
+    url = f"{args.url}/v1/detect?score_threshold=0"
+
+    def one(img):
+        body = open(f"{args.data}/images/{img['file_name']}", "rb").read()
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            res = json.load(r)
+        return img["id"], res["images"][0]["detections"]
+
+    results, per_image = [], {}
+    with cf.ThreadPoolExecutor(args.clients) as pool:
+        for image_id, dets in pool.map(one, gt["images"]):
+            rows = []
+            for d in dets:
+                b = d["box"]
+                x1, y1, x2, y2 = b["x1"], b["y1"], b["x2"], b["y2"]
+                cat = cats[d["class_id"]] if d["class_id"] < len(cats) else -1  # a model of other classes
+                results.append({"image_id": image_id, "category_id": cat,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": d["score"]})
+                rows.append([d["score"], d["class_id"], x1, y1, x2, y2])
+            per_image[str(image_id)] = rows
+    json.dump({"results": results, "per_image": per_image}, open(args.out, "w"))
+    json.dump(results, open(args.out.replace(".json", ".coco.json"), "w"))
+    print(f"{len(per_image)} images, {len(results)} detections -> {args.out}", file=sys.stderr)
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def compare(args: argparse.Namespace) -> None:
+    a = json.load(open(args.a))["per_image"]
+    b = json.load(open(args.b))["per_image"]
+    worst, worst_box, matched, total = 0.0, 0.0, 0, 0
+    for k, ra in a.items():
+        rb = b.get(k, [])
+        for x, y in zip(ra, rb):  # scores by rank: sorted in both, whatever the order of ties
+            worst = max(worst, abs(x[0] - y[0]))
+        for x in ra[: args.top]:
+            total += 1
+            best = max((iou(x[2:], y[2:]) for y in rb[: args.top * 2] if y[1] == x[1]), default=0.0)
+            if best >= 0.99:
+                matched += 1
+        for x, y in zip(ra[: args.top], rb[: args.top]):
+            if x[1] == y[1]:
+                worst_box = max(worst_box, max(abs(p - q) for p, q in zip(x[2:], y[2:])))
+    print(json.dumps({"images": len(a), "max_score_diff_by_rank": worst,
+                      f"top{args.top}_matched_iou99": matched, f"top{args.top}_total": total,
+                      "max_box_diff_px_same_rank_same_class": worst_box}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("detect")
+    d.add_argument("--url", required=True)
+    d.add_argument("--data", required=True, help="COCO split: DIR/instances.json + DIR/images/")
+    d.add_argument("--out", required=True)
+    d.add_argument("--clients", type=int, default=8)
+    c = sub.add_parser("compare")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--top", type=int, default=20)
+    args = p.parse_args()
+    detect(args) if args.cmd == "detect" else compare(args)
+
+
+if __name__ == "__main__":
+    main()
