@@ -13,7 +13,7 @@ use codetr_train::model::msda::MsdaLowering;
 use codetr_train::model::{DetectorConfig, checkpoint};
 
 mod common;
-use common::{init_checkpoint, python};
+use common::{init_checkpoint, python, python_json};
 
 fn run_onnx(model: &Path, n: usize, s: usize, px: &[u8], sizes: &[i64]) -> serde_json::Value {
     run_onnx_hw(model, n, s, s, px, sizes)
@@ -36,21 +36,7 @@ fn run_onnx_hw(
     let tmp = tempfile::tempdir().unwrap();
     let ip = tmp.path().join("in.json");
     std::fs::write(&ip, inputs.to_string()).unwrap();
-    let out = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/python/onnx_run.py"
-        ))
-        .arg(model)
-        .arg(&ip)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    python_json("onnx_run.py", &[model.as_os_str(), ip.as_os_str()])
 }
 
 /// A synthetic dataset under `dir/data` with `val` 160×120 val images, and a `tiny` config at

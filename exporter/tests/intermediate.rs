@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use codetr_export::shapes::{self, ELEMENT_LIMIT};
 use codetr_export::{ExportOptions, export};
@@ -16,25 +15,12 @@ use codetr_train::onnx::proto::ModelProto;
 use prost::Message;
 
 mod common;
-use common::{init_checkpoint, python};
+use common::{init_checkpoint, python_json};
 
 /// onnx.shape_inference's shapes of `model` at `batch` (values it could resolve).
 fn onnx_shapes(model: &Path, batch: u64) -> HashMap<String, Vec<i64>> {
-    let out = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/python/onnx_shapes.py"
-        ))
-        .arg(model)
-        .arg(batch.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let batch = batch.to_string();
+    python_json("onnx_shapes.py", &[model.as_os_str(), batch.as_ref()])
 }
 
 /// Ours equal onnx's on every value onnx resolved, and onnx resolved most of them (a
