@@ -50,6 +50,23 @@ pub struct ExportOptions {
     pub serve_batch: u64,
 }
 
+impl ExportOptions {
+    /// The defaults of `codetr-export`: the checkpoint's top-k, opset 17, GridSample MSDA,
+    /// fp32, fixed input size, served at batch 8.
+    pub fn new(checkpoint: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        Self {
+            checkpoint: checkpoint.into(),
+            out: out.into(),
+            max_detections: None,
+            opset: 17,
+            msda: MsdaLowering::GridSample,
+            fp16: false,
+            dynamic_size: false,
+            serve_batch: 8,
+        }
+    }
+}
+
 /// What the export did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ExportReport {

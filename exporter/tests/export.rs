@@ -75,14 +75,8 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 /// Exports `ckpt`, then compares ORT and Burn at batch 1 and 3; returns the max diffs.
 fn export_and_compare(ckpt: &Path, out: &Path, msda: MsdaLowering) -> (f32, f32) {
     let report = export(&ExportOptions {
-        checkpoint: ckpt.to_path_buf(),
-        out: out.to_path_buf(),
-        max_detections: None,
-        opset: 17,
         msda,
-        fp16: false,
-        dynamic_size: false,
-        serve_batch: 8,
+        ..ExportOptions::new(ckpt, out)
     })
     .unwrap();
     let (model, _) = checkpoint::load(ckpt, &Device::flex()).unwrap();

@@ -53,14 +53,8 @@ fn paper_r50_at_800_keeps_every_tensor_under_2_31_at_batch_8() {
     for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
         let out = dir.path().join(format!("paper-{msda:?}.onnx"));
         let report = export(&ExportOptions {
-            checkpoint: ckpt.clone(),
-            out: out.clone(),
-            max_detections: None,
-            opset: 17,
             msda,
-            fp16: false,
-            dynamic_size: false,
-            serve_batch: 8,
+            ..ExportOptions::new(&ckpt, &out)
         })
         .unwrap();
         let b = &report.intermediate;
@@ -90,14 +84,10 @@ fn tiny_shapes_equal_onnx_shape_inference_fixed_fp16_and_dynamic() {
                 .path()
                 .join(format!("t-{msda:?}-{fp16}-{dynamic_size}.onnx"));
             let r = export(&ExportOptions {
-                checkpoint: ckpt.clone(),
-                out: out.clone(),
-                max_detections: None,
-                opset: 17,
                 msda,
                 fp16,
                 dynamic_size,
-                serve_batch: 8,
+                ..ExportOptions::new(&ckpt, &out)
             })
             .unwrap();
             assert!(r.intermediate.max_batch > 64, "{:?}", r.intermediate);
