@@ -144,17 +144,7 @@ fn tiny_export_matches_burn_and_is_deterministic() {
     assert!(ds <= 1e-4 && db <= 1e-4, "gather lowering: {ds} {db}");
     let first = std::fs::read(&out).unwrap();
     let again = dir.path().join("again.onnx");
-    export(&ExportOptions {
-        checkpoint: ckpt,
-        out: again.clone(),
-        max_detections: None,
-        opset: 17,
-        msda: MsdaLowering::GridSample,
-        fp16: false,
-        dynamic_size: false,
-        serve_batch: 8,
-    })
-    .unwrap();
+    export(&ExportOptions::new(&ckpt, &again)).unwrap();
     assert!(
         first == std::fs::read(&again).unwrap(),
         "export is not byte-identical"
@@ -182,14 +172,9 @@ fn bad_inputs_are_clear_errors_without_output() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.onnx");
     let opts = |ckpt: PathBuf, out: PathBuf, k: Option<usize>, opset: i64| ExportOptions {
-        checkpoint: ckpt,
-        out,
         max_detections: k,
         opset,
-        msda: MsdaLowering::GridSample,
-        fp16: false,
-        dynamic_size: false,
-        serve_batch: 8,
+        ..ExportOptions::new(&ckpt, &out)
     };
     // missing and corrupt checkpoints
     let e = export(&opts(dir.path().join("none.ckpt"), out.clone(), None, 17)).unwrap_err();
@@ -247,17 +232,7 @@ fn training_checkpoint_exports_without_its_aux_heads() {
     codetr_train::train::fit::fit(cfg, false, false).unwrap();
     let ckpt = dir.path().join("run/checkpoints/step-00000001.ckpt");
     let out = dir.path().join("m.onnx");
-    let r = export(&ExportOptions {
-        checkpoint: ckpt.clone(),
-        out: out.clone(),
-        max_detections: None,
-        opset: 17,
-        msda: MsdaLowering::GridSample,
-        fp16: false,
-        dynamic_size: false,
-        serve_batch: 8,
-    })
-    .unwrap();
+    let r = export(&ExportOptions::new(&ckpt, &out)).unwrap();
     assert!(r.dropped_params > 10_000, "{}", r.dropped_params);
     let (ds, db) = export_and_compare(&ckpt, &out, MsdaLowering::GridSample);
     assert!(ds <= 1e-4 && db <= 1e-4);
@@ -292,16 +267,7 @@ fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
     init_checkpoint(&cfg, &a, 1);
     init_checkpoint(&cfg, &b, 2);
     let out = dir.path().join("a.onnx");
-    let opts = ExportOptions {
-        checkpoint: a.clone(),
-        out: out.clone(),
-        max_detections: None,
-        opset: 17,
-        msda: MsdaLowering::GridSample,
-        fp16: false,
-        dynamic_size: false,
-        serve_batch: 8,
-    };
+    let opts = ExportOptions::new(&a, &out);
     export(&opts).unwrap();
     let lib = ort_library();
     let val = data.join("val");
@@ -340,14 +306,9 @@ fn fp16_export_is_typed_valid_and_close_to_fp32() {
     for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
         let out = dir.path().join(format!("tiny16-{msda:?}.onnx"));
         let opts = ExportOptions {
-            checkpoint: ckpt.clone(),
-            out: out.clone(),
-            max_detections: None,
-            opset: 17,
             msda,
             fp16: true,
-            dynamic_size: false,
-            serve_batch: 8,
+            ..ExportOptions::new(&ckpt, &out)
         };
         let report = export(&opts).unwrap();
         let f = report.fp16.clone().expect("fp16 report");
@@ -411,14 +372,9 @@ fn dynamic_size_export_checks_at_three_sizes_with_both_lowerings() {
     for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
         let out = dir.path().join(format!("dyn-{msda:?}.onnx"));
         let opts = ExportOptions {
-            checkpoint: ckpt.clone(),
-            out: out.clone(),
-            max_detections: None,
-            opset: 17,
             msda,
-            fp16: false,
             dynamic_size: true,
-            serve_batch: 8,
+            ..ExportOptions::new(&ckpt, &out)
         };
         let report = export(&opts).unwrap();
         assert_eq!(report.input_size, None);
@@ -494,14 +450,9 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
     ] {
         let out = tmp.path().join("re.onnx");
         export(&ExportOptions {
-            checkpoint: ckpt.clone(),
-            out: out.clone(),
-            max_detections: None,
-            opset: 17,
             msda,
-            fp16: false,
             dynamic_size,
-            serve_batch: 8,
+            ..ExportOptions::new(&ckpt, &out)
         })
         .unwrap();
         let c = codetr_export::check::check(&out, &ckpt, &samples, &[1, 3], dynamic_size, &lib)
