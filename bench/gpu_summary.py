@@ -79,11 +79,11 @@ def main() -> None:
 
     # parity + AP
     par = {}
-    for name in ["cpu", "gpu", "gpu-tf32", "gpu-fp16"]:
+    for name in ["cpu", "gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16"]:
         ap = load(w(f"ap-{name}.json"))
         p = load(w(f"parity-{name}.json"))
         par[name] = {"AP": ap.get("AP") if ap else None, "AP50": ap.get("AP50") if ap else None, "vs_cpu": p}
-    for name in ["gpu", "gpu-tf32", "gpu-fp16"]:
+    for name in ["gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16"]:
         if par[name]["AP"] is not None and par["cpu"]["AP"] is not None:
             par[name]["delta_AP_vs_cpu"] = par[name]["AP"] - par["cpu"]["AP"]
     if par["gpu-fp16"]["AP"] is not None and par["gpu"]["AP"] is not None:
