@@ -893,7 +893,7 @@ pub fn bound(model: &ModelProto, hw: [usize; 2]) -> Result<Bound> {
     }
     let at_batch_1 = largest(model, 1, hw)?;
     let check = |n: u64| largest(model, n, hw).map(|l| l.elements < ELEMENT_LIMIT);
-    if (max_batch > 0 && !check(max_batch)?) || check(max_batch + 1)? && max_batch < 1 << 20 {
+    if (max_batch > 0 && !check(max_batch)?) || (max_batch < 1 << 20 && check(max_batch + 1)?) {
         return Err(ExportError::Option(format!(
             "shape inference: tensor sizes are not linear in the batch (bound {max_batch})"
         )));

@@ -174,7 +174,12 @@ fn try_provider(
                 use ep::cuda::ConvAlgorithmSearch as Search;
                 let mut cuda = ep::CUDA::default();
                 if cfg.cuda_memory_limit_mb > 0 {
-                    cuda = cuda.with_memory_limit((cfg.cuda_memory_limit_mb as usize) << 20);
+                    // MiB → bytes; a cap past what usize holds is no cap at all.
+                    let bytes = usize::try_from(cfg.cuda_memory_limit_mb)
+                        .ok()
+                        .and_then(|mb| mb.checked_mul(1 << 20))
+                        .unwrap_or(usize::MAX);
+                    cuda = cuda.with_memory_limit(bytes);
                 }
                 cuda.with_device_id(cfg.device_id)
                     .with_tf32(cfg.cuda_tf32)
