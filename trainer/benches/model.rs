@@ -1,5 +1,5 @@
 //! Model benchmarks on the CPU (Flex) device, printed as one JSON object per line:
-//! - MSDA: gather (ours) vs grid_sample vs the naive loop, forward and forward+backward, at
+//! - MSDA: host, gather, chunked (ours) vs grid_sample vs the naive loop, forward and forward+backward, at
 //!   tiny and paper-r50 dimensions;
 //! - detector forward time per image: tiny at 256², paper-r50 at 800².
 //!
@@ -146,6 +146,7 @@ fn bench_msda() {
             ("host_1thread", MsdaImpl::Host, true),
             ("gather", MsdaImpl::Gather, false),
             ("grid_sample", MsdaImpl::GridSample, false),
+            ("chunked", MsdaImpl::Chunked, false),
         ] {
             let pool = single.then_some(&one);
             let (v, l, w) = msda_inputs(d, &host);
@@ -200,6 +201,14 @@ fn bench_msda() {
                 r("host_1thread_fwd_bwd_s", "host_fwd_bwd_s"),
             ),
             ("gather_over_host_fwd", r("gather_fwd_s", "host_fwd_s")),
+            (
+                "chunked_over_gather_fwd",
+                r("chunked_fwd_s", "gather_fwd_s"),
+            ),
+            (
+                "chunked_over_gather_fwd_bwd",
+                r("chunked_fwd_bwd_s", "gather_fwd_bwd_s"),
+            ),
             (
                 "gather_over_host_fwd_bwd",
                 r("gather_fwd_bwd_s", "host_fwd_bwd_s"),

@@ -1,8 +1,9 @@
-//! MSDA: the fast (gather) and grid_sample implementations against the naive loop, forward
-//! and backward, including sampling points outside the maps.
+//! MSDA: the host, gather, grid_sample and chunked implementations against the naive loop,
+//! forward and backward, including sampling points outside the maps.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use codetr_train::model::msda::{MsdaImpl, msda_core, msda_naive};
+use codetr_train::model::msda_chunked::msda_chunked;
 use codetr_train::rng::Rng;
 
 struct Case {
@@ -79,7 +80,12 @@ fn forward_matches_naive_within_1e_5() {
         let (v, loc, w) = inputs(c, 100 + k as u64, &dev);
         let want = msda_naive(v.clone(), &c.shapes, loc.clone(), w.clone());
         assert_eq!(want.dims(), [c.b, c.q, c.h * c.ch]);
-        for imp in [MsdaImpl::Host, MsdaImpl::Gather, MsdaImpl::GridSample] {
+        for imp in [
+            MsdaImpl::Host,
+            MsdaImpl::Gather,
+            MsdaImpl::GridSample,
+            MsdaImpl::Chunked,
+        ] {
             let got = msda_core(v.clone(), &c.shapes, loc.clone(), w.clone(), imp);
             let d = max_abs_diff(got, want.clone());
             assert!(d <= 1e-5, "case {k} {imp:?}: max abs diff {d}");
@@ -101,7 +107,12 @@ fn points_far_outside_sample_zero_and_exact_pixel_centres_sample_the_pixel() {
         &dev,
     );
     let w = Tensor::<5>::ones([1, 3, 1, 1, 1], &dev);
-    for imp in [MsdaImpl::Host, MsdaImpl::Gather, MsdaImpl::GridSample] {
+    for imp in [
+        MsdaImpl::Host,
+        MsdaImpl::Gather,
+        MsdaImpl::GridSample,
+        MsdaImpl::Chunked,
+    ] {
         let out: Vec<f32> = msda_core(v.clone(), &shapes, loc.clone(), w.clone(), imp)
             .into_data()
             .try_to_vec()
@@ -135,7 +146,7 @@ fn backward_agrees_between_implementations_and_with_finite_differences() {
         )
     };
     let (gv, gl, gw) = grads(MsdaImpl::Gather);
-    for other in [MsdaImpl::GridSample, MsdaImpl::Host] {
+    for other in [MsdaImpl::GridSample, MsdaImpl::Host, MsdaImpl::Chunked] {
         let (sv, sl, sw) = grads(other);
         let (dv, dl, dw) = (
             max_abs_diff(gv.clone(), sv),
@@ -195,4 +206,72 @@ fn backward_agrees_between_implementations_and_with_finite_differences() {
         checked += 1;
     }
     assert!(checked > 10, "only {checked} coordinates checked");
+}
+
+/// The chunked op with budgets that force one, two and all points per round: forward equal to
+/// the naive loop, gradients (its own backward, which recomputes each chunk) equal to the
+/// gather implementation's autodiff gradients.
+#[test]
+fn chunked_with_any_budget_matches_naive_forward_and_gather_backward() {
+    let c = &cases()[1]; // 4 levels, 4 points
+    let per_point = c.b * c.q * c.h * 4 * c.ch;
+    let host = Device::flex();
+    let (v, loc, w) = inputs(c, 21, &host);
+    let want = msda_naive(v.clone(), &c.shapes, loc.clone(), w.clone());
+    for budget in [1, 2 * per_point, usize::MAX] {
+        let got = msda_chunked(v.clone(), &c.shapes, loc.clone(), w.clone(), budget);
+        let d = max_abs_diff(got, want.clone());
+        assert!(d <= 1e-5, "budget {budget}: forward max abs diff {d}");
+    }
+
+    let dev = Device::flex().autodiff();
+    let mut rng = Rng::new(5);
+    let r = rand_vec(&mut rng, c.b * c.q * c.h * c.ch, -1.0, 1.0);
+    let r = Tensor::<3>::from_data(TensorData::new(r, [c.b, c.q, c.h * c.ch]), &dev);
+    let grads = |budget: Option<usize>| {
+        let (v, loc, w) = inputs(c, 21, &dev);
+        let (v, loc, w) = (v.require_grad(), loc.require_grad(), w.require_grad());
+        let out = match budget {
+            Some(budget) => msda_chunked(v.clone(), &c.shapes, loc.clone(), w.clone(), budget),
+            None => msda_core(
+                v.clone(),
+                &c.shapes,
+                loc.clone(),
+                w.clone(),
+                MsdaImpl::Gather,
+            ),
+        };
+        let g = (out * r.clone()).sum().backward();
+        (
+            v.grad(&g).unwrap(),
+            loc.grad(&g).unwrap(),
+            w.grad(&g).unwrap(),
+        )
+    };
+    let (gv, gl, gw) = grads(None);
+    for budget in [1, 2 * per_point, usize::MAX] {
+        let (sv, sl, sw) = grads(Some(budget));
+        let (dv, dl, dw) = (
+            max_abs_diff(gv.clone(), sv),
+            max_abs_diff(gl.clone(), sl),
+            max_abs_diff(gw.clone(), sw),
+        );
+        assert!(
+            dv <= 1e-5 && dl <= 1e-5 && dw <= 1e-5,
+            "budget {budget} vs gather: value {dv}, loc {dl}, weights {dw}"
+        );
+    }
+}
+
+/// Only the inputs that require a gradient get one, and a detached input is a constant.
+#[test]
+fn chunked_backward_registers_only_the_inputs_that_require_grad() {
+    let c = &cases()[0];
+    let dev = Device::flex().autodiff();
+    let (v, loc, w) = inputs(c, 3, &dev);
+    let v = v.require_grad();
+    let out = msda_chunked(v.clone(), &c.shapes, loc.clone(), w.clone(), 1);
+    let g = out.sum().backward();
+    assert!(v.grad(&g).is_some());
+    assert!(loc.grad(&g).is_none() && w.grad(&g).is_none());
 }

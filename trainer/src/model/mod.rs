@@ -8,6 +8,7 @@ pub mod denoising;
 pub mod detector;
 pub mod encoder;
 pub mod msda;
+pub mod msda_chunked;
 pub mod msda_host;
 pub mod neck;
 pub mod position_encoding;

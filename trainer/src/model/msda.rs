@@ -4,6 +4,8 @@
 //! zero padding, `align_corners = false`: a location `u ∈ [0, 1]` on a level of width `W`
 //! samples pixel coordinate `u·W − 0.5`):
 //! - [`MsdaImpl::Host`] (default on CPU): host loops with a hand-written backward (msda_host.rs).
+//! - [`MsdaImpl::Chunked`] (what `Host` means on other devices): tensor ops over chunks of
+//!   points with a hand-written backward, memory bounded by a budget (msda_chunked.rs).
 //! - [`MsdaImpl::Gather`]: one `select` over all levels' values at once, with
 //!   the four bilinear corners' weights computed as tensors. Its backward is a scatter-add,
 //!   which is what makes training on CPU affordable; it is also what `--msda gather` exports.
@@ -20,12 +22,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MsdaImpl {
-    /// Host loops with a hand-written backward (Flex device only; other devices fall back to
-    /// `Gather`). The fastest on CPU: 2–7× `Gather` forward+backward (bench/model.sh msda).
+    /// Host loops with a hand-written backward (Flex device only; other devices use
+    /// `Chunked`). The fastest on CPU: 2–7× `Gather` forward+backward (bench/model.sh msda).
     #[default]
     Host,
+    /// All samples at once (`[B·Q·H·L·P·4, Ch]`), backward by autodiff.
     Gather,
+    /// Burn's `grid_sample_2d` per level, backward by autodiff.
     GridSample,
+    /// Chunks of points with a recomputing backward: any device, memory bounded.
+    Chunked,
 }
 
 /// Offsets of each level's tokens in the flattened value sequence.
@@ -62,7 +68,14 @@ pub fn msda_core(
         MsdaImpl::Host if super::msda_host::supported(&value.device()) => {
             super::msda_host::msda_host(value, shapes, locations, weights)
         }
-        MsdaImpl::Host | MsdaImpl::Gather => msda_gather(value, shapes, locations, weights),
+        MsdaImpl::Host | MsdaImpl::Chunked => super::msda_chunked::msda_chunked(
+            value,
+            shapes,
+            locations,
+            weights,
+            super::msda_chunked::DEFAULT_BUDGET,
+        ),
+        MsdaImpl::Gather => msda_gather(value, shapes, locations, weights),
         MsdaImpl::GridSample => msda_grid_sample(value, shapes, locations, weights),
     }
 }

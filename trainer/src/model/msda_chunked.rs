@@ -1,0 +1,381 @@
+//! MSDA on any device with memory bounded by a budget: Burn tensor ops over chunks of
+//! (level, points), and a hand-written backward that recomputes each chunk's samples instead of
+//! keeping them.
+//!
+//! Why: the `Gather` formulation materialises all `[B·Q·H·L·P·4, Ch]` samples at once and
+//! autodiff keeps them for the backward (several GB per image at 800²); `Host` is fast but runs
+//! on host memory only. Here the largest intermediate is one chunk's samples, `[B·Q·H, k·4, Ch]`
+//! with `k ≤ P` points of one level chosen so that it stays under the budget; nothing of size
+//! `L·P × value` is ever alive. The cost is `L·⌈P/k⌉` rounds of a few ops forward, and twice
+//! that backward (gather again, then scatter-add).
+//!
+//! Semantics are exactly [`super::msda::msda_naive`]'s (bilinear, zero padding,
+//! `align_corners = false`); gradients are those of [`super::msda_host`] (the integer corner is
+//! a constant, the bilinear weights carry the location gradient).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+
+use super::msda::level_starts;
+
+/// Default budget: elements of one chunk's sampled values (2^26 f32 = 256 MiB).
+pub const DEFAULT_BUDGET: usize = 1 << 26;
+
+/// One round: points `p0 .. p0 + k` of level `level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub level: usize,
+    pub p0: usize,
+    pub k: usize,
+}
+
+/// Dimensions of one call and its chunks.
+#[derive(Debug, Clone)]
+struct Plan {
+    b: usize,
+    s: usize,
+    h: usize,
+    ch: usize,
+    q: usize,
+    l: usize,
+    shapes: Vec<[usize; 2]>,
+    starts: Vec<usize>,
+    chunks: Vec<Chunk>,
+}
+
+/// The chunks for `l` levels of `p` points when one point's samples of all queries and heads
+/// take `per_point` elements (`B·Q·H·4·Ch`): as many points of one level per round as fit in
+/// `budget`, at least one.
+pub fn chunks(l: usize, p: usize, per_point: usize, budget: usize) -> Vec<Chunk> {
+    let k = (budget / per_point.max(1)).clamp(1, p.max(1));
+    (0..l)
+        .flat_map(|level| {
+            (0..p).step_by(k).map(move |p0| Chunk {
+                level,
+                p0,
+                k: k.min(p - p0),
+            })
+        })
+        .collect()
+}
+
+/// A chunk's bilinear corners: the value row of each corner and its weights.
+struct Corners {
+    /// `[B·Q·H·k·4]` rows of `[B·H·S, Ch]` (0 where the corner is outside; its weights are 0).
+    index: Tensor<1, Int>,
+    /// `[B, Q, H, k, 4]` bilinear weights (0 outside the map).
+    bilinear: Tensor<5>,
+    /// `[B, Q, H, k, 4]` d bilinear / d x and d / d y in pixels (0 outside the map).
+    d_x: Tensor<5>,
+    d_y: Tensor<5>,
+}
+
+fn corners(plan: &Plan, c: Chunk, locations: &Tensor<6>) -> Corners {
+    let device = locations.device();
+    let (b, q, h, k) = (plan.b, plan.q, plan.h, c.k);
+    let [hl, wl] = plan.shapes[c.level];
+    let dims = [b, q, h, k];
+    let loc = locations
+        .clone()
+        .narrow(3, c.level, 1)
+        .narrow(4, c.p0, k)
+        .reshape([b, q, h, k, 2]);
+    let x = loc.clone().narrow(4, 0, 1).reshape(dims) * wl as f64 - 0.5;
+    let y = loc.narrow(4, 1, 1).reshape(dims) * hl as f64 - 0.5;
+    let x0 = x.clone().floor();
+    let y0 = y.clone().floor();
+    let fx = x - x0.clone();
+    let fy = y - y0.clone();
+    let (x0, y0) = (x0.int(), y0.int());
+    // Row of (batch, head, first token of the level) in `[B·H·S, Ch]`.
+    let base = (Tensor::<1, Int>::arange(0..b as i64, &device).reshape([b, 1, 1, 1]) * h as i64
+        + Tensor::<1, Int>::arange(0..h as i64, &device).reshape([1, 1, h, 1]))
+        * plan.s as i64
+        + plan.starts[c.level] as i64;
+    let base = base.expand(dims);
+    let (ones_x, ones_y) = (fx.ones_like(), fy.ones_like());
+    let mut index = Vec::with_capacity(4);
+    let mut bilinear = Vec::with_capacity(4);
+    let mut d_x = Vec::with_capacity(4);
+    let mut d_y = Vec::with_capacity(4);
+    for (dx, dy) in [(0i64, 0i64), (1, 0), (0, 1), (1, 1)] {
+        let xi = x0.clone() + dx;
+        let yi = y0.clone() + dy;
+        let valid = xi
+            .clone()
+            .greater_equal_elem(0)
+            .bool_and(xi.clone().lower_elem(wl as i64))
+            .bool_and(yi.clone().greater_equal_elem(0))
+            .bool_and(yi.clone().lower_elem(hl as i64));
+        let row = (yi * wl as i64 + xi + base.clone()).mask_fill(valid.clone().bool_not(), 0);
+        let valid = valid.float();
+        // wx = 1 − fx or fx, dwx/dfx = −1 or +1; likewise in y.
+        let (wx, sx) = if dx == 0 {
+            (ones_x.clone() - fx.clone(), -1.0)
+        } else {
+            (fx.clone(), 1.0)
+        };
+        let (wy, sy) = if dy == 0 {
+            (ones_y.clone() - fy.clone(), -1.0)
+        } else {
+            (fy.clone(), 1.0)
+        };
+        index.push(row);
+        bilinear.push(wx.clone() * wy.clone() * valid.clone());
+        d_x.push(wy * valid.clone() * sx);
+        d_y.push(wx * valid * sy);
+    }
+    let n = b * q * h * k * 4;
+    Corners {
+        index: Tensor::stack::<5>(index, 4).reshape([n]),
+        bilinear: Tensor::stack(bilinear, 4),
+        d_x: Tensor::stack(d_x, 4),
+        d_y: Tensor::stack(d_y, 4),
+    }
+}
+
+/// `[B, S, H, Ch]` → `[B·H·S, Ch]`: rows of (batch, head, token).
+fn rows(plan: &Plan, value: Tensor<4>) -> Tensor<2> {
+    value
+        .permute([0, 2, 1, 3])
+        .reshape([plan.b * plan.h * plan.s, plan.ch])
+}
+
+/// A chunk's attention weights, `[B, Q, H, k]`.
+fn attention(plan: &Plan, c: Chunk, weights: &Tensor<5>) -> Tensor<4> {
+    weights
+        .clone()
+        .narrow(3, c.level, 1)
+        .narrow(4, c.p0, c.k)
+        .reshape([plan.b, plan.q, plan.h, c.k])
+}
+
+fn forward(plan: &Plan, value: Tensor<4>, locations: Tensor<6>, weights: Tensor<5>) -> Tensor<3> {
+    let bqh = plan.b * plan.q * plan.h;
+    let rows = rows(plan, value);
+    let mut out: Option<Tensor<3>> = None;
+    for &c in &plan.chunks {
+        let k4 = c.k * 4;
+        let cs = corners(plan, c, &locations);
+        let coef = cs.bilinear * attention(plan, c, &weights).unsqueeze_dim::<5>(4);
+        let sampled = rows.clone().select(0, cs.index).reshape([bqh, k4, plan.ch]);
+        let part = coef.reshape([bqh, 1, k4]).matmul(sampled); // [B·Q·H, 1, Ch]
+        out = Some(match out {
+            Some(acc) => acc + part,
+            None => part,
+        });
+    }
+    let out = out.unwrap_or_else(|| Tensor::zeros([bqh, 1, plan.ch], &locations.device()));
+    out.reshape([plan.b, plan.q, plan.h * plan.ch])
+}
+
+/// Gradients w.r.t. (value, locations, weights) given `grad`, `[B, Q, H·Ch]`.
+fn backward(
+    plan: &Plan,
+    value: Tensor<4>,
+    locations: Tensor<6>,
+    weights: Tensor<5>,
+    grad: Tensor<3>,
+) -> (Tensor<4>, Tensor<6>, Tensor<5>) {
+    let (b, q, h, ch) = (plan.b, plan.q, plan.h, plan.ch);
+    let bqh = b * q * h;
+    let rows = rows(plan, value);
+    let mut grad_rows = rows.zeros_like();
+    let g = grad.reshape([bqh, ch, 1]);
+    let g_row = g.clone().reshape([bqh, 1, ch]);
+    let mut grad_loc: Vec<Vec<Tensor<5>>> = vec![Vec::new(); plan.l];
+    let mut grad_att: Vec<Vec<Tensor<4>>> = vec![Vec::new(); plan.l];
+    for &c in &plan.chunks {
+        let (k, k4) = (c.k, c.k * 4);
+        let [hl, wl] = plan.shapes[c.level];
+        let cs = corners(plan, c, &locations);
+        let att = attention(plan, c, &weights);
+        let sampled = rows
+            .clone()
+            .select(0, cs.index.clone())
+            .reshape([bqh, k4, ch]);
+        // <g, v_corner> per corner: [B, Q, H, k, 4]
+        let dot = sampled.matmul(g.clone()).reshape([b, q, h, k, 4]);
+        grad_att[c.level].push(
+            (cs.bilinear.clone() * dot.clone())
+                .sum_dim(4)
+                .reshape([b, q, h, k]),
+        );
+        let gx = (cs.d_x * dot.clone()).sum_dim(4).reshape([b, q, h, k]) * att.clone() * wl as f64;
+        let gy = (cs.d_y * dot).sum_dim(4).reshape([b, q, h, k]) * att.clone() * hl as f64;
+        grad_loc[c.level].push(Tensor::stack(vec![gx, gy], 4));
+        // Scatter-add a·w·g into the corners' rows (outside corners add 0 to row 0).
+        let coef = (cs.bilinear * att.unsqueeze_dim::<5>(4)).reshape([bqh, k4, 1]);
+        let contrib = (coef * g_row.clone()).reshape([bqh * k4, ch]);
+        grad_rows = grad_rows.select_assign(0, cs.index, contrib, IndexingUpdateOp::Add);
+    }
+    let grad_value = grad_rows.reshape([b, h, plan.s, ch]).permute([0, 2, 1, 3]);
+    // Per level: points along dim 3, then levels along a new dim 3.
+    let grad_loc = Tensor::stack::<6>(grad_loc.into_iter().map(|v| Tensor::cat(v, 3)).collect(), 3);
+    let grad_att = Tensor::stack::<5>(grad_att.into_iter().map(|v| Tensor::cat(v, 3)).collect(), 3);
+    (grad_value, grad_loc, grad_att)
+}
+
+#[derive(Debug)]
+struct ChunkedBackward;
+
+impl<B: Backend> Backward<B, 3> for ChunkedBackward
+where
+    DispatchTensor: DispatchKindConversion<B>,
+{
+    type State = (
+        B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
+        Plan,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [nv, nl, na] = ops.parents;
+        let g = Tensor::<3>::from_primitive::<B>(grads.consume::<B>(&ops.node));
+        let (v, l, a, plan) = ops.state;
+        let (gv, gl, ga) = backward(
+            &plan,
+            Tensor::from_primitive::<B>(v),
+            Tensor::from_primitive::<B>(l),
+            Tensor::from_primitive::<B>(a),
+            g,
+        );
+        // These tensors were made from B primitives on B's device just above.
+        if let (Some(n), Ok(t)) = (nv, gv.try_into_primitive::<B>()) {
+            grads.register::<B>(n.id, t);
+        }
+        if let (Some(n), Ok(t)) = (nl, gl.try_into_primitive::<B>()) {
+            grads.register::<B>(n.id, t);
+        }
+        if let (Some(n), Ok(t)) = (na, ga.try_into_primitive::<B>()) {
+            grads.register::<B>(n.id, t);
+        }
+    }
+}
+
+/// The tracked op on backend `B`, or `None` when the inputs do not live on `Autodiff<B>`.
+/// (Tensor clones share their buffers: trying a backend copies nothing.)
+fn tracked<B: Backend>(
+    plan: &Plan,
+    value: &Tensor<4>,
+    locations: &Tensor<6>,
+    weights: &Tensor<5>,
+) -> Option<Tensor<3>>
+where
+    DispatchTensor: DispatchKindConversion<B> + DispatchKindConversion<Autodiff<B>>,
+{
+    let v = value.clone().autodiff().try_into_primitive::<Autodiff<B>>();
+    let l = locations
+        .clone()
+        .autodiff()
+        .try_into_primitive::<Autodiff<B>>();
+    let a = weights
+        .clone()
+        .autodiff()
+        .try_into_primitive::<Autodiff<B>>();
+    let (Ok(v), Ok(l), Ok(a)) = (v, l, a) else {
+        return None;
+    };
+    let ((vp, vg), (lp, lg), (ap, ag)) = (v.into_parts(), l.into_parts(), a.into_parts());
+    let y = forward(
+        plan,
+        Tensor::from_primitive::<B>(vp.clone()),
+        Tensor::from_primitive::<B>(lp.clone()),
+        Tensor::from_primitive::<B>(ap.clone()),
+    )
+    .try_into_primitive::<B>()
+    .ok()?;
+    let out = match ChunkedBackward
+        .prepare::<NoCheckpointing>([vg, lg, ag])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((vp, lp, ap, plan.clone()), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Some(Tensor::from_primitive::<Autodiff<B>>(out))
+}
+
+/// Same contract as [`super::msda::msda_core`], with the chunks sized by `budget` (elements of
+/// one chunk's samples; [`DEFAULT_BUDGET`] in the model).
+///
+/// Under autodiff on a backend without the tracked op (none today: Flex, and CUDA in a `cuda`
+/// build, have it) this falls back to plain autodiff through the same ops, which is correct but
+/// keeps every chunk's samples for the backward.
+pub fn msda_chunked(
+    value: Tensor<4>,
+    shapes: &[[usize; 2]],
+    locations: Tensor<6>,
+    weights: Tensor<5>,
+    budget: usize,
+) -> Tensor<3> {
+    let [b, s, h, ch] = value.dims();
+    let [_, q, _, l, p, _] = locations.dims();
+    let plan = Plan {
+        b,
+        s,
+        h,
+        ch,
+        q,
+        l,
+        shapes: shapes.to_vec(),
+        starts: level_starts(shapes),
+        chunks: chunks(l, p, b * q * h * 4 * ch, budget),
+    };
+    if !(value.is_autodiff() || locations.is_autodiff() || weights.is_autodiff()) {
+        return forward(&plan, value, locations, weights);
+    }
+    if let Some(out) = tracked::<Flex>(&plan, &value, &locations, &weights) {
+        return out;
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(out) = tracked::<burn::backend::Cuda>(&plan, &value, &locations, &weights) {
+        return out;
+    }
+    forward(&plan, value, locations, weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Chunk, chunks};
+
+    #[test]
+    fn chunks_cover_every_point_once_and_respect_the_budget() {
+        // 3 points per round fit: 3 + 2 points per level.
+        let c = chunks(2, 5, 10, 35);
+        assert_eq!(
+            c,
+            vec![
+                Chunk {
+                    level: 0,
+                    p0: 0,
+                    k: 3
+                },
+                Chunk {
+                    level: 0,
+                    p0: 3,
+                    k: 2
+                },
+                Chunk {
+                    level: 1,
+                    p0: 0,
+                    k: 3
+                },
+                Chunk {
+                    level: 1,
+                    p0: 3,
+                    k: 2
+                },
+            ]
+        );
+        // A point larger than the budget still runs, alone; a huge budget takes a level at once.
+        assert!(chunks(3, 4, 100, 1).iter().all(|c| c.k == 1));
+        assert_eq!(chunks(3, 4, 100, 1).len(), 12);
+        assert!(chunks(3, 4, 1, usize::MAX).iter().all(|c| c.k == 4));
+    }
+}
