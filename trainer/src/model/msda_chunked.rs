@@ -304,8 +304,8 @@ where
 /// Same contract as [`super::msda::msda_core`], with the chunks sized by `budget` (elements of
 /// one chunk's samples; [`DEFAULT_BUDGET`] in the model).
 ///
-/// Under autodiff on a backend without the tracked op (none today: Flex, and CUDA in a `cuda`
-/// build, have it) this falls back to plain autodiff through the same ops, which is correct but
+/// Under autodiff on a backend without the tracked op (none today: Flex has it, and CubeCL's
+/// CUDA and Vulkan in builds with those features) this falls back to plain autodiff through the same ops, which is correct but
 /// keeps every chunk's samples for the backward.
 pub fn msda_chunked(
     value: Tensor<4>,
@@ -333,8 +333,9 @@ pub fn msda_chunked(
     if let Some(out) = tracked::<Flex>(&plan, &value, &locations, &weights) {
         return out;
     }
-    #[cfg(feature = "cuda")]
-    if let Some(out) = tracked::<burn::backend::Cuda>(&plan, &value, &locations, &weights) {
+    // CubeCL's runtimes (CUDA, Vulkan) are one dispatch backend.
+    #[cfg(any(feature = "cuda", feature = "vulkan"))]
+    if let Some(out) = tracked::<burn::backend::Cube>(&plan, &value, &locations, &weights) {
         return out;
     }
     forward(&plan, value, locations, weights)
