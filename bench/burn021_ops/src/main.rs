@@ -1,0 +1,229 @@
+//! Training ops at detector sizes on Burn 0.21, forward + backward, one JSON object per line:
+//! the same ops, sizes and order as `trainer/benches/gpu_ops.rs` (Burn 0.22) and
+//! `bench/gpu_ops_torch.py` (PyTorch), so that the three are read side by side.
+//!
+//! MSDA here is the chunked formulation of `trainer/src/model/msda_chunked.rs` (gather the four
+//! corners of a few points of one level at a time, weight, sum) with Burn's own autodiff for the
+//! backward: Burn 0.21 cannot run the trainer, so this measures what its backend does with the
+//! same tensor program, not our hand-written backward.
+//!
+//! Usage: burn021-ops [--device cuda|cpu] [--small] [--reps N]
+
+use std::time::Instant;
+
+use burn::module::Param;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2dConfig;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::backend::AutodiffBackend;
+
+const PAPER_SHAPES: [[usize; 2]; 5] = [[200, 200], [100, 100], [50, 50], [25, 25], [13, 13]];
+const SMALL_SHAPES: [[usize; 2]; 4] = [[32, 32], [16, 16], [8, 8], [4, 4]];
+
+fn usage() -> ! {
+    eprintln!("usage: burn021-ops [--device cuda|cpu] [--small] [--reps N]");
+    std::process::exit(2)
+}
+
+fn sync<B: Backend, const D: usize>(t: Tensor<B, D>) {
+    let _ = t.sum().into_data();
+}
+
+fn timed(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// MSDA over chunks of one level's points: value `[B, S, H, C]`, locations
+/// `[B, Q, H, L, P, 2]` in [0, 1], weights `[B, Q, H, L, P]` → `[B, Q, H·C]`.
+fn msda<B: Backend>(
+    value: Tensor<B, 4>,
+    shapes: &[[usize; 2]],
+    loc: Tensor<B, 6>,
+    att: Tensor<B, 5>,
+    points_per_chunk: usize,
+) -> Tensor<B, 3> {
+    let device = value.device();
+    let [b, s, h, c] = value.dims();
+    let [_, q, _, _, p, _] = loc.dims();
+    let rows = value.permute([0, 2, 1, 3]).reshape([b * h * s, c]);
+    let bqh = b * q * h;
+    let mut out = Tensor::<B, 3>::zeros([bqh, 1, c], &device);
+    let mut start = 0usize;
+    for (lvl, &[hl, wl]) in shapes.iter().enumerate() {
+        let base = (Tensor::<B, 1, Int>::arange(0..b as i64, &device).reshape([b, 1, 1, 1])
+            * h as i64
+            + Tensor::<B, 1, Int>::arange(0..h as i64, &device).reshape([1, 1, h, 1]))
+            * s as i64
+            + start as i64;
+        let mut p0 = 0;
+        while p0 < p {
+            let k = points_per_chunk.min(p - p0);
+            let dims = [b, q, h, k];
+            let base = base.clone().expand(dims);
+            let l5 = loc
+                .clone()
+                .narrow(3, lvl, 1)
+                .narrow(4, p0, k)
+                .reshape([b, q, h, k, 2]);
+            let x = l5.clone().narrow(4, 0, 1).reshape(dims) * wl as f64 - 0.5;
+            let y = l5.narrow(4, 1, 1).reshape(dims) * hl as f64 - 0.5;
+            let (x0, y0) = (x.clone().floor().detach(), y.clone().floor().detach());
+            let (fx, fy) = (x - x0.clone(), y - y0.clone());
+            let (x0, y0) = (x0.int(), y0.int());
+            let a = att
+                .clone()
+                .narrow(3, lvl, 1)
+                .narrow(4, p0, k)
+                .reshape(dims);
+            let mut idx = Vec::with_capacity(4);
+            let mut wgt = Vec::with_capacity(4);
+            for (dx, dy) in [(0i64, 0i64), (1, 0), (0, 1), (1, 1)] {
+                let xi = x0.clone() + dx;
+                let yi = y0.clone() + dy;
+                let valid = xi
+                    .clone()
+                    .greater_equal_elem(0)
+                    .bool_and(xi.clone().lower_elem(wl as i64))
+                    .bool_and(yi.clone().greater_equal_elem(0))
+                    .bool_and(yi.clone().lower_elem(hl as i64));
+                let row = (yi * wl as i64 + xi + base.clone()).mask_fill(valid.clone().bool_not(), 0);
+                let wx = if dx == 0 { fx.clone().neg() + 1.0 } else { fx.clone() };
+                let wy = if dy == 0 { fy.clone().neg() + 1.0 } else { fy.clone() };
+                idx.push(row);
+                wgt.push(wx * wy * valid.float() * a.clone());
+            }
+            let n = bqh * k * 4;
+            let idx: Tensor<B, 5, Int> = Tensor::stack(idx, 4);
+            let wgt: Tensor<B, 5> = Tensor::stack(wgt, 4);
+            let sampled = rows.clone().select(0, idx.reshape([n])).reshape([bqh, k * 4, c]);
+            out = out + wgt.reshape([bqh, 1, k * 4]).matmul(sampled);
+            p0 += k;
+        }
+        start += hl * wl;
+    }
+    out.reshape([b, q, h * c])
+}
+
+fn run<B: AutodiffBackend>(device: &B::Device, label: &str, small: bool, reps: usize) {
+    let shapes: Vec<[usize; 2]> = if small {
+        SMALL_SHAPES.to_vec()
+    } else {
+        PAPER_SHAPES.to_vec()
+    };
+    let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
+    let b = 2;
+    let emit = |mut row: serde_json::Value| {
+        row["impl"] = label.into();
+        println!("{row}");
+    };
+    let uniform = Distribution::Uniform(-1.0, 1.0);
+    for (name, cin, hw) in [
+        ("conv_stem", 64, if small { 40 } else { 200 }),
+        ("conv_neck", 256, if small { 12 } else { 50 }),
+    ] {
+        let conv = Conv2dConfig::new([cin, cin], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_bias(false)
+            .init::<B>(device);
+        let x = Tensor::<B, 4>::random([b, cin, hw, hw], uniform, device);
+        let t = timed(reps, || {
+            let x = x.clone().require_grad();
+            let g = conv.forward(x.clone()).sum().backward();
+            sync(x.grad(&g).expect("input gradient"));
+            sync(conv.weight.grad(&g).expect("weight gradient"));
+        });
+        emit(serde_json::json!({"op": name, "shape": [b, cin, hw, hw], "fwd_bwd_s": t}));
+    }
+    let m = b * s;
+    let x = Tensor::<B, 2>::random([m, 256], uniform, device);
+    let w = Param::from_tensor(Tensor::<B, 2>::random([256, 2048], uniform, device));
+    let t = timed(reps, || {
+        let x = x.clone().require_grad();
+        let g = x.clone().matmul(w.val()).sum().backward();
+        sync(x.grad(&g).expect("input gradient"));
+        sync(w.grad(&g).expect("weight gradient"));
+    });
+    emit(serde_json::json!({"op": "ffn_matmul", "shape": [m, 256, 2048], "fwd_bwd_s": t}));
+
+    let (h, c, l, p) = (8, 32, shapes.len(), 4);
+    let value = Tensor::<B, 4>::random([b, s, h, c], uniform, device);
+    let unit = Distribution::Uniform(0.0, 1.0);
+    for (name, q) in [("msda_encoder", s), ("msda_decoder", 900)] {
+        // One point per chunk at the encoder's size (the trainer's 2^26 budget), all four at
+        // the decoder's.
+        let k = if q * b * h * 4 * c > 1 << 26 { 1 } else { p };
+        let loc = Tensor::<B, 6>::random([b, q, h, l, p, 2], unit, device);
+        let att = Tensor::<B, 5>::random([b, q, h, l, p], unit, device);
+        let fwd = timed(reps, || {
+            sync(msda(
+                value.clone().inner(),
+                &shapes,
+                loc.clone().inner(),
+                att.clone().inner(),
+                k,
+            ))
+        });
+        let fwd_bwd = timed(reps, || {
+            let (v, lo, a) = (
+                value.clone().require_grad(),
+                loc.clone().require_grad(),
+                att.clone().require_grad(),
+            );
+            let g = msda(v.clone(), &shapes, lo.clone(), a.clone(), k)
+                .sum()
+                .backward();
+            sync(v.grad(&g).expect("value gradient"));
+            sync(lo.grad(&g).expect("location gradient"));
+            sync(a.grad(&g).expect("weight gradient"));
+        });
+        emit(serde_json::json!({
+            "op": name, "shape": [b, s, h, c, q, l, p], "fwd_s": fwd, "fwd_bwd_s": fwd_bwd,
+        }));
+    }
+}
+
+fn main() {
+    let mut device = "cpu".to_string();
+    let (mut small, mut reps) = (false, 5usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--device" => device = args.next().unwrap_or_else(|| usage()),
+            "--small" => small = true,
+            "--reps" => {
+                reps = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            _ => usage(),
+        }
+    }
+    match device.as_str() {
+        "cpu" => {
+            type Cpu = burn::backend::Autodiff<burn::backend::NdArray>;
+            run::<Cpu>(&Default::default(), "burn-0.21.0 ndarray", small, reps)
+        }
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            type Gpu = burn::backend::Autodiff<burn::backend::Cuda>;
+            let d = burn::backend::cuda::CudaDevice::new(0);
+            run::<Gpu>(&d, "burn-0.21.0 cuda", small, reps)
+        }
+        other => {
+            eprintln!("burn021-ops: device {other:?} not in this build (cpu; cuda with --features cuda)");
+            std::process::exit(2)
+        }
+    }
+}

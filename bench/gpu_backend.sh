@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Issue 25's GPU backend decision in one device call: the same training ops at detector sizes,
+# forward + backward, on
+#   - Burn 0.22.1 wgpu/Vulkan (trainer/benches/gpu_ops.rs, the trainer's own MSDA op),
+#   - Burn 0.21.0 CUDA (bench/burn021_ops, same tensor program, Burn's autodiff),
+#   - PyTorch on CUDA (bench/gpu_ops_torch.py, the GPU machine's own torch),
+# and the ratios to PyTorch (bench/gpu_backend_summary.py) in $OUT/gpu_backend.json.
+#
+# Device (from the project root, after building the binaries and the kit; see README "GPU
+# training"):
+#   carry [".gpukit", ".gl"]; command:
+#   source .gpukit/device-env.sh && OUT=$OUT bash bench/gpu_backend.sh
+# CPU rehearsal (small shapes; the 0.22 side on Flex, since Mesa's lavapipe crashes compiling
+# cubecl's SPIR-V (Mesa 22.3 and 25.0, checked); NdArray for 0.21; torch on CPU):
+#   REHEARSAL=1 PYTHON=/path/to/python-with-torch bash bench/gpu_backend.sh
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT=${OUT:-$ROOT/bench/results/gpu_backend}
+mkdir -p "$OUT"
+REHEARSAL=${REHEARSAL:-0}
+PY=${PYTHON:-python3}
+log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
+
+if [ "$REHEARSAL" = 1 ]; then
+  size=(--small); reps=2; torch_dev=cpu; vk=${VK_DEVICE:-cpu}; b021=cpu
+else
+  size=(); reps=5; torch_dev=cuda; vk=${VK_DEVICE:-vulkan}; b021=cuda
+fi
+# The Vulkan loader travels as Debian packages in .gl/ (../shared device notes); the NVIDIA
+# ICD comes with the driver.
+if [ -d .gl ] && ! ldconfig -p | grep -q libvulkan.so.1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && [ -z "${VK_DRIVER_FILES:-}" ] && export VK_DRIVER_FILES=$icd
+
+pick() { # first existing: $PATH name, then build outputs
+  for c in "$(command -v "$1" 2>/dev/null)" "${@:2}"; do [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return; }; done
+}
+GPU_OPS=${GPU_OPS:-$(pick gpu_ops target/release/gpu_ops)}
+B021=${BURN021_OPS:-$(pick burn021-ops bench/burn021_ops/target/release/burn021-ops)}
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+  "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1
+  (command -v vulkaninfo >/dev/null && vulkaninfo --summary 2>/dev/null | grep -E "deviceName|driverName|apiVersion") || true
+} > "$OUT/machine.txt" 2>&1
+log "machine: $(tr '\n' ' ' < "$OUT/machine.txt")"
+
+step() { # name limit_s command...
+  local name=$1 limit=$2; shift 2
+  log "$name: $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.jsonl" 2> "$OUT/$name.err"
+  local rc=$?
+  log "$name: rc=$rc in $((SECONDS - t0)) s, $(wc -l < "$OUT/$name.jsonl") rows"
+  [ $rc = 0 ] || tail -5 "$OUT/$name.err" | tee -a "$OUT/log.txt"
+}
+
+# Unknown first: Burn on Vulkan has never run on the H200.
+if [ -n "$GPU_OPS" ]; then
+  step burn022 240 "$GPU_OPS" --device "$vk" "${size[@]}" --reps "$reps"
+else log "burn022: no gpu_ops binary (build: cargo bench -p codetr-train --features vulkan --bench gpu_ops --no-run)"; fi
+if [ -n "$B021" ]; then
+  step burn021 150 "$B021" --device "$b021" "${size[@]}" --reps "$reps"
+else log "burn021: no burn021-ops binary (build: cd bench/burn021_ops && cargo build --release --features cuda)"; fi
+step torch 120 "$PY" bench/gpu_ops_torch.py --device "$torch_dev" "${size[@]}" --reps "$reps"
+
+"$PY" bench/gpu_backend_summary.py "$OUT" > "$OUT/gpu_backend.json"
+log "summary: $OUT/gpu_backend.json"
+"$PY" - "$OUT/gpu_backend.json" <<'P' | tee -a "$OUT/log.txt"
+import json, sys
+s = json.load(open(sys.argv[1]))
+for op, by in s["ops"].items():
+    if op == "msda_parity":
+        for impl, e in by.items():
+            print(f"{op:13s} {impl}: max abs diff vs Flex {max(v for k, v in e.items() if k.endswith('diff')):.2e}")
+        continue
+    cells = []
+    for impl, e in sorted(by.items()):
+        r = e.get("fwd_bwd_over_torch")
+        cells.append(f"{impl}: {e.get('fwd_bwd_s', float('nan')) * 1e3:.1f} ms" + (f" ({r:.2f}x torch)" if r else ""))
+    print(f"{op:13s} " + " | ".join(cells))
+P
