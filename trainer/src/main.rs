@@ -134,7 +134,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// cpu, cuda or cuda:N (cuda needs a build with --features cuda).
+        /// cpu, cuda, cuda:N (a build with --features cuda), vulkan, vulkan:N or vulkan-cpu (a
+        /// build with --features vulkan).
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -146,7 +147,7 @@ enum Command {
         config: Option<PathBuf>,
         /// Continue the run in this dir from its newest checkpoint (its saved config is used;
         /// other flags are ignored).
-        #[arg(long, conflicts_with_all = ["config", "data", "preset", "k", "steps", "batch_size", "checkpoint_every", "seed", "out", "init"])]
+        #[arg(long, conflicts_with_all = ["config", "data", "preset", "k", "steps", "batch_size", "accumulate", "checkpoint_every", "seed", "out", "init"])]
         resume: Option<PathBuf>,
         /// A dataset root as written by `synth` (uses DIR/train and DIR/val).
         #[arg(long)]
@@ -163,6 +164,10 @@ enum Command {
         /// Images per step.
         #[arg(long)]
         batch_size: Option<usize>,
+        /// Sum the gradients of N batches into one optimizer step (each loss ÷ N): an
+        /// effective batch of batch-size × N in the memory of one batch.
+        #[arg(long)]
+        accumulate: Option<usize>,
         /// Write a resumable checkpoint every N steps.
         #[arg(long)]
         checkpoint_every: Option<u64>,
@@ -177,7 +182,8 @@ enum Command {
         /// start fresh. Overrides the config's [run] init.
         #[arg(long)]
         init: Option<PathBuf>,
-        /// cpu, cuda or cuda:N (cuda needs a build with --features cuda).
+        /// cpu, cuda, cuda:N (a build with --features cuda), vulkan, vulkan:N or vulkan-cpu (a
+        /// build with --features vulkan).
         #[arg(long)]
         device: Option<String>,
         /// No progress bar (logs only).
@@ -331,6 +337,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             k,
             steps,
             batch_size,
+            accumulate,
             checkpoint_every,
             seed,
             out,
@@ -374,6 +381,9 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 }
                 if let Some(b) = batch_size {
                     cfg.schedule.batch_size = b;
+                }
+                if let Some(a) = accumulate {
+                    cfg.schedule.accumulate = a;
                 }
                 if let Some(c) = checkpoint_every {
                     cfg.run.checkpoint_every = c;

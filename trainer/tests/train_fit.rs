@@ -171,6 +171,92 @@ fn resume_continues_exactly() {
     }
 }
 
+/// `--accumulate 2`: each step takes two batches (8 images, batch 2 → 2 steps per epoch, so
+/// 6 steps cross two epoch boundaries), resumes to the same weights as an uninterrupted run,
+/// and is not the one-batch run; more batches per step than an epoch holds is a clear error.
+#[test]
+fn accumulated_steps_resume_exactly_and_differ_from_single_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    let run = |name: &str, accumulate: usize| {
+        let mut cfg = config(tmp.path(), tmp.path().join(name), 6);
+        cfg.schedule.batch_size = 2;
+        cfg.schedule.accumulate = accumulate;
+        cfg.run.checkpoint_every = 2;
+        fit(cfg.clone(), false, false).unwrap();
+        cfg
+    };
+    let cfg = run("a", 2);
+    run("single", 1);
+    let weights = |dir: &str, step: u32| {
+        let (_, s) = checkpoint::read(
+            &tmp.path()
+                .join(dir)
+                .join(format!("checkpoints/step-{step:08}.ckpt")),
+        )
+        .unwrap();
+        s.into_iter().find(|x| x.0 == "model").unwrap().1
+    };
+    assert!(
+        weights("a", 6) != weights("single", 6),
+        "accumulation changed nothing"
+    );
+    let la = log_lines(&tmp.path().join("a"));
+    assert_eq!(la.len(), 6);
+
+    // b = a stopped after step 2 (an epoch boundary is at 2 and 4).
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(b.join("checkpoints")).unwrap();
+    std::fs::create_dir_all(b.join("best")).unwrap();
+    let a = tmp.path().join("a");
+    for f in ["config.toml", "checkpoints/step-00000002.ckpt"] {
+        std::fs::copy(a.join(f), b.join(f)).unwrap();
+    }
+    let mut resume_cfg = cfg.clone();
+    resume_cfg.run.out = b.clone();
+    fit(resume_cfg, true, false).unwrap();
+    assert!(
+        weights("a", 6) == weights("b", 6),
+        "resumed accumulated run differs from the uninterrupted one"
+    );
+    let lb = log_lines(&b);
+    for (x, y) in la.iter().skip(2).zip(&lb) {
+        assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
+    }
+
+    // With lr ~0 the weights stay put, so an accumulated step's logged loss is the mean of the
+    // single-batch steps' losses on the same two batches (same data order, augmentation and
+    // denoising draws: step·N + i).
+    let frozen = |name: &str, accumulate: usize, steps: u64| {
+        let mut cfg = config(tmp.path(), tmp.path().join(name), steps);
+        cfg.schedule.batch_size = 2;
+        cfg.schedule.accumulate = accumulate;
+        cfg.schedule.lr = 1e-30; // must be > 0; AdamW moves each weight by ~lr: nothing
+        fit(cfg, false, false).unwrap();
+        log_lines(&tmp.path().join(name))
+    };
+    let acc = frozen("frozen2", 2, 2);
+    let one = frozen("frozen1", 1, 4);
+    for s in 0..2 {
+        let mean =
+            (one[2 * s]["loss"].as_f64().unwrap() + one[2 * s + 1]["loss"].as_f64().unwrap()) / 2.0;
+        let got = acc[s]["loss"].as_f64().unwrap();
+        assert!(
+            (got - mean).abs() <= 1e-5 * mean.abs().max(1.0),
+            "step {s}: accumulated loss {got} vs mean of its batches {mean}"
+        );
+    }
+
+    let mut too_many = config(tmp.path(), tmp.path().join("c"), 2);
+    too_many.schedule.batch_size = 2;
+    too_many.schedule.accumulate = 5;
+    let e = fit(too_many.clone(), false, false).unwrap_err().to_string();
+    assert!(e.contains("5 batches per step but an epoch has 4"), "{e}");
+    too_many.schedule.accumulate = 0;
+    let e = fit(too_many, false, false).unwrap_err().to_string();
+    assert!(e.contains("accumulate"), "{e}");
+}
+
 /// A dataset and a finished 16-step K = 0 run in `tmp/a` to warm-start from.
 fn warm_start_source() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();

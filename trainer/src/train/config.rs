@@ -38,6 +38,9 @@ impl Default for DataConfig {
 pub struct Schedule {
     pub steps: u64,
     pub batch_size: usize,
+    /// Batches whose gradients are summed into one optimizer step (each loss ÷ N): an
+    /// effective batch of `batch_size × accumulate` in the memory of one `batch_size`.
+    pub accumulate: usize,
     /// Square training sizes; each batch picks one (multi-scale).
     pub sizes: Vec<u32>,
     pub lr: f64,
@@ -58,6 +61,7 @@ impl Default for Schedule {
         Self {
             steps: 2000,
             batch_size: 8,
+            accumulate: 1,
             sizes: vec![256],
             lr: 2e-4,
             backbone_lr_mult: 0.1,
@@ -223,8 +227,10 @@ impl FitConfig {
 
     pub fn validate(&self) -> Result<()> {
         let s = &self.schedule;
-        if s.steps == 0 || s.batch_size == 0 || s.sizes.is_empty() {
-            return Err(bad("steps, batch_size and sizes must be non-zero".into()));
+        if s.steps == 0 || s.batch_size == 0 || s.accumulate == 0 || s.sizes.is_empty() {
+            return Err(bad(
+                "steps, batch_size, accumulate and sizes must be non-zero".into(),
+            ));
         }
         if !(s.lr > 0.0 && s.lr.is_finite()) || s.backbone_lr_mult < 0.0 || s.weight_decay < 0.0 {
             return Err(bad(format!(

@@ -21,12 +21,14 @@ use super::config::FitConfig;
 use super::ema::ema_update;
 use super::optim::{adamw, clip_global, split_grads};
 use crate::data::coco::{CocoDataset, CocoFile, LoadOptions};
+use crate::data::loader::Batch;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::eval::{Detection, EvalSummary, evaluate};
 use crate::model::detector::pixels_to_tensor;
 use crate::model::{Detector, checkpoint};
 use crate::rng::Rng;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 
 /// What a checkpoint records about the run besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -343,6 +345,69 @@ pub struct FitReport {
 }
 
 /// Trains from scratch (`resume = false`) or continues the run in `cfg.run.out`.
+/// One optimizer step's gradients, split into (backbone, rest), and what the log reports.
+struct StepGradients {
+    backbone: GradientsParams,
+    rest: GradientsParams,
+    /// Mean of the batches' total losses.
+    loss: f32,
+    /// Mean of each logged term over the batches.
+    terms: Vec<(String, f32)>,
+    t_forward: f64,
+    t_backward: f64,
+}
+
+/// Forward and backward of each batch of one step; with several batches each loss is divided
+/// by their number and the gradients are summed. Denoising noise is drawn per batch from
+/// (seed, step·N + i): with one batch exactly what a step always drew.
+fn gradients(model: &CoDetr, micro: &[Batch], cfg: &FitConfig, step: u64) -> Result<StepGradients> {
+    let n = micro.len();
+    let (mut t_forward, mut t_backward) = (0.0, 0.0);
+    let (mut acc_bb, mut acc_rest) = (GradientsAccumulator::new(), GradientsAccumulator::new());
+    let mut split = None;
+    let (mut loss_sum, mut terms): (f32, Vec<(String, f32)>) = (0.0, Vec::new());
+    for (i, batch) in micro.iter().enumerate() {
+        let t0 = Instant::now();
+        let mut rng = Rng::fork(cfg.run.seed ^ 0xD1_5EED, step * n as u64 + i as u64);
+        let loss = model.loss(batch, cfg, &mut rng)?;
+        t_forward += t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let grads = if n == 1 {
+            loss.total.backward()
+        } else {
+            (loss.total.clone() / n as f64).backward()
+        };
+        let (g_bb, g_rest) = split_grads(grads, &model.detector.backbone, model);
+        t_backward += t1.elapsed().as_secs_f64();
+        loss_sum += loss.total.into_scalar::<f32>();
+        if terms.is_empty() {
+            terms = loss.terms;
+        } else {
+            for ((_, acc), (_, v)) in terms.iter_mut().zip(&loss.terms) {
+                *acc += v;
+            }
+        }
+        if n == 1 {
+            split = Some((g_bb, g_rest));
+        } else {
+            acc_bb.accumulate(&model.detector.backbone, g_bb);
+            acc_rest.accumulate(model, g_rest);
+        }
+    }
+    let (backbone, rest) = split.unwrap_or_else(|| (acc_bb.grads(), acc_rest.grads()));
+    for (_, v) in &mut terms {
+        *v /= n as f32;
+    }
+    Ok(StepGradients {
+        backbone,
+        rest,
+        loss: loss_sum / n as f32,
+        terms,
+        t_forward,
+        t_backward,
+    })
+}
+
 pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
     let out = cfg.run.out.clone();
     let device = crate::device::select(&cfg.run.device)?.autodiff();
@@ -427,7 +492,19 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             ..LoaderConfig::default()
         },
     )?;
-    let per_epoch = loader.batches_per_epoch() as u64;
+    // Optimizer steps per epoch: each takes `accumulate` batches (a partial group at the end
+    // of an epoch is dropped, as the loader drops a partial batch).
+    let accumulate = cfg.schedule.accumulate.max(1);
+    let per_epoch = loader.batches_per_epoch() as u64 / accumulate as u64;
+    if per_epoch == 0 {
+        return Err(Error::InvalidArgument {
+            what: "accumulate",
+            message: format!(
+                "{accumulate} batches per step but an epoch has {}",
+                loader.batches_per_epoch()
+            ),
+        });
+    }
     let eval_every = if cfg.run.eval_every > 0 {
         cfg.run.eval_every
     } else {
@@ -458,19 +535,23 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
     let mut images_seen = 0usize;
     while state.step < steps {
         let epoch = state.step / per_epoch;
-        let start = (state.step % per_epoch) as usize;
-        for batch in loader.epoch(epoch, start) {
-            if state.step >= steps {
+        let start = (state.step % per_epoch) as usize * accumulate;
+        let mut batches = loader.epoch(epoch, start);
+        while state.step < steps && state.step / per_epoch == epoch {
+            let mut micro = Vec::with_capacity(accumulate);
+            for _ in 0..accumulate {
+                match batches.next() {
+                    Some(b) => micro.push(b?),
+                    None => break,
+                }
+            }
+            if micro.len() < accumulate {
                 break;
             }
-            let batch = batch?;
             let t0 = Instant::now();
-            let mut rng = Rng::fork(cfg.run.seed ^ 0xD1_5EED, state.step);
-            let loss = model.loss(&batch, &cfg, &mut rng)?;
-            let t_forward = t0.elapsed().as_secs_f64();
-            let grads = loss.total.backward();
-            let t_backward = t0.elapsed().as_secs_f64() - t_forward;
-            let (mut g_bb, mut g_rest) = split_grads(grads, &model.detector.backbone, &model);
+            let g = gradients(&model, &micro, &cfg, state.step)?;
+            let (t_forward, t_backward) = (g.t_forward, g.t_backward);
+            let (mut g_bb, mut g_rest) = (g.backbone, g.rest);
             let norm = clip_global(
                 &model,
                 &mut [&mut g_bb, &mut g_rest],
@@ -483,8 +564,8 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             if let (Some(avg), Some(e)) = (ema.take(), cfg.schedule.ema) {
                 ema = Some(ema_update(avg, &model.detector, e.momentum_at(state.step)));
             }
-            last_loss = loss.total.clone().into_scalar();
-            images_seen += batch.len();
+            last_loss = g.loss;
+            images_seen += micro.iter().map(Batch::len).sum::<usize>();
             let dt = t0.elapsed().as_secs_f64();
             let mut line = serde_json::Map::new();
             line.insert("step".into(), state.step.into());
@@ -498,7 +579,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             line.insert("t_forward".into(), t_forward.into());
             line.insert("t_backward".into(), t_backward.into());
             line.insert("t_optim".into(), (dt - t_forward - t_backward).into());
-            for (k, v) in &loss.terms {
+            for (k, v) in &g.terms {
                 line.insert(k.clone(), f64::from(*v).into());
             }
             writeln!(log, "{}", serde_json::Value::Object(line)).map_err(io(&log_path))?;
