@@ -13,16 +13,16 @@ pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
         .init()
 }
 
+/// Each gradient's sum of squares, left on its device (`[1]` each).
 struct SqNorm<'a> {
     grads: &'a GradientsParams,
-    sum: f64,
+    sums: Vec<Tensor<1>>,
 }
 
 impl ModuleVisitor for SqNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s: f32 = g.powf_scalar(2.0).sum().into_scalar();
-            self.sum += f64::from(s);
+            self.sums.push(g.powf_scalar(2.0).sum());
         }
     }
 }
@@ -40,13 +40,36 @@ impl ModuleVisitor for Scale<'_> {
     }
 }
 
-/// L2 norm over every gradient in `groups` (all of `module`'s parameters).
+/// L2 norm over every gradient in `groups` (all of `module`'s parameters). One read-back for
+/// all tensors (on a GPU each read-back is a sync: one per parameter tensor was hundreds per
+/// step); the per-tensor sums are added in f64 on the host, in parameter order.
 pub fn global_grad_norm<M: Module>(module: &M, groups: &[&GradientsParams]) -> f64 {
-    let mut total = 0.0;
+    let mut sums = Vec::new();
+    let mut counts = Vec::with_capacity(groups.len());
     for g in groups {
-        let mut v = SqNorm { grads: g, sum: 0.0 };
+        let mut v = SqNorm {
+            grads: g,
+            sums: Vec::new(),
+        };
         module.visit(&mut v);
-        total += v.sum;
+        counts.push(v.sums.len());
+        sums.extend(v.sums);
+    }
+    if sums.is_empty() {
+        return 0.0;
+    }
+    let sums: Vec<f32> = Tensor::cat(sums, 0)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap_or_default();
+    // Per group, then over groups: the order the sums were always added in.
+    let mut total = 0.0;
+    let mut rest = sums.as_slice();
+    for n in counts {
+        let (group, tail) = rest.split_at(n.min(rest.len()));
+        total += group.iter().fold(0.0, |acc, &s| acc + f64::from(s));
+        rest = tail;
     }
     total.sqrt()
 }
