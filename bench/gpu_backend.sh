@@ -6,10 +6,8 @@
 #   - PyTorch on CUDA (bench/gpu_ops_torch.py, the GPU machine's own torch),
 # and the ratios to PyTorch (bench/gpu_backend_summary.py) in $OUT/gpu_backend.json.
 #
-# Device (from the project root, after building the binaries and the kit; see README "GPU
-# training"):
-#   carry [".gpukit", ".gl"]; command:
-#   source .gpukit/device-env.sh && OUT=$OUT bash bench/gpu_backend.sh
+# Device (after bench/gpu_train_kit.sh; see README "GPU training"): carry [".gputrain"];
+#   source .gputrain/env.sh && OUT=$OUT bash bench/gpu_backend.sh
 # CPU rehearsal (small shapes; the 0.22 side on Flex, since Mesa's lavapipe crashes compiling
 # cubecl's SPIR-V (Mesa 22.3 and 25.0, checked); NdArray for 0.21; torch on CPU):
 #   REHEARSAL=1 PYTHON=/path/to/python-with-torch bash bench/gpu_backend.sh
@@ -27,14 +25,7 @@ if [ "$REHEARSAL" = 1 ]; then
 else
   size=(); reps=5; torch_dev=cuda; vk=${VK_DEVICE:-vulkan}; b021=cuda
 fi
-# The Vulkan loader travels as Debian packages in .gl/ (../shared device notes); the NVIDIA
-# ICD comes with the driver.
-if [ -d .gl ] && ! ldconfig -p | grep -q libvulkan.so.1; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
-fi
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f "$icd" ] && [ -z "${VK_DRIVER_FILES:-}" ] && export VK_DRIVER_FILES=$icd
+# The Vulkan loader and the NVIDIA ICD: .gputrain/env.sh.
 
 pick() { # first existing: $PATH name, then build outputs
   for c in "$(command -v "$1" 2>/dev/null)" "${@:2}"; do [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return; }; done
