@@ -68,6 +68,7 @@ sizes = [$size]
 [co]
 k = $k
 TOML
+  echo "$batch" > "$OUT/batch-$name.txt"
   mem_watch "$OUT/mem-$name.txt" & local mw=$!
   local t0=$SECONDS
   timeout "$limit" "$BIN" fit --config "$WORK/$name.toml" --quiet > "$OUT/fit-$name.log" 2>&1
@@ -108,7 +109,10 @@ for f in sorted(out.glob("log-*.jsonl")):
     if mem.exists():
         vals = [int(x) for x in mem.read_text().split() if x.isdigit()]
         peak = max(vals) * 2**20 if vals else None
-    res["arms"][name] = {"steps": len(rows), "seconds_per_step": statistics.median(steady),
+    batch = int((out / f"batch-{name}.txt").read_text())
+    res["arms"][name] = {"steps": len(rows), "batch": batch,
+                         "seconds_per_step": statistics.median(steady),
+                         "images_per_s": batch / statistics.median(steady),
                          "loss_first_last": [rows[0]["loss"], rows[-1]["loss"]],
                          "t_forward": statistics.median(r["t_forward"] for r in rows[-len(steady):]),
                          "t_backward": statistics.median(r["t_backward"] for r in rows[-len(steady):]),

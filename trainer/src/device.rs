@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 
 /// `cpu` → Burn's Flex device; `cuda` / `cuda:N` → CUDA device N (needs the `cuda` feature);
 /// `vulkan` (the best adapter), `vulkan:N` (discrete GPU N) or `vulkan-cpu` (a software
-/// adapter such as Mesa's lavapipe, for tests) → wgpu on Vulkan (needs the `vulkan` feature).
+/// adapter; Mesa's lavapipe 22.3 and 25.0 crash compiling cubecl's SPIR-V, checked) → wgpu on
+/// Vulkan (needs the `vulkan` feature).
 pub fn select(name: &str) -> Result<Device> {
     let bad = |m: String| Error::InvalidArgument {
         what: "device",
