@@ -35,6 +35,40 @@ fn err(m: impl Into<String>) -> ExportError {
     ExportError::Option(m.into())
 }
 
+/// Seed of the images `--check` generates when no `--check-data` is given.
+pub const CHECK_SEED: u64 = 20_231_001;
+
+/// The images `--check` uses when no `--check-data` is given: `images` 256×256 images of the
+/// synthetic generator (seed [`CHECK_SEED`]) in a temporary directory (removed on drop); the
+/// split is `DIR/val`. The same images on every machine, with no dataset on disk.
+pub fn synthetic_check_data(images: usize) -> Result<tempfile::TempDir> {
+    use codetr_train::data::synth::{self, SynthConfig};
+    let dir = tempfile::tempdir().map_err(|e| err(format!("a temporary directory: {e}")))?;
+    let cfg = SynthConfig {
+        train: 0,
+        val: images,
+        seed: CHECK_SEED,
+        width: 256,
+        height: 256,
+    };
+    synth::generate(dir.path(), &cfg, false)?;
+    Ok(dir)
+}
+
+/// `--check-data DIR` must be a COCO split: a clear error naming the flag, before anything is
+/// exported, when `DIR/instances.json` is not there.
+pub fn validate_check_data(dir: &Path) -> Result<()> {
+    if dir.join("instances.json").is_file() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "--check-data {}: no instances.json there (a COCO split is DIR/instances.json + \
+             images/); without --check-data, --check generates its images",
+            dir.display()
+        )))
+    }
+}
+
 /// Where the ONNX Runtime library is ([`codetr_model::find_ort_library`]: `explicit`, else
 /// `ORT_DYLIB_PATH`, else the project's `.ort/cpu/libonnxruntime.so`).
 pub fn find_ort(explicit: Option<&Path>) -> Result<PathBuf> {

@@ -49,9 +49,11 @@ struct Cli {
     /// this many images of --check-data (0 = skip; an fp16 export uses 100 when 0).
     #[arg(long, default_value_t = 0)]
     check_map: usize,
-    /// COCO split (DIR/instances.json + images/) whose first images `--check` uses.
-    #[arg(long, default_value = "data/synth/val")]
-    check_data: PathBuf,
+    /// COCO split (DIR/instances.json + images/) whose first images `--check` uses. Default:
+    /// images generated on the fly by the synthetic generator with a fixed seed (the same on
+    /// every machine; nothing needs to exist on disk).
+    #[arg(long)]
+    check_data: Option<PathBuf>,
     /// Batch sizes `--check` runs, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     check_batches: Vec<usize>,
@@ -97,6 +99,15 @@ fn main() -> ExitCode {
         dynamic_size: cli.dynamic_size,
         serve_batch: cli.serve_batch,
     };
+    if let Some(Err(e)) = cli
+        .check_data
+        .as_deref()
+        .filter(|_| cli.check)
+        .map(codetr_export::check::validate_check_data)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let report = match export(&opts) {
         Ok(r) => r,
         Err(e) => {
@@ -136,27 +147,45 @@ fn main() -> ExitCode {
     if !cli.check {
         return ExitCode::SUCCESS;
     }
-    let result = codetr_export::check::find_ort(cli.ort_lib.as_deref()).and_then(|lib| {
-        codetr_export::check::check(
-            &report.out,
-            &opts.checkpoint,
-            &cli.check_data,
-            &cli.check_batches,
-            cli.dynamic_size,
-            &lib,
-        )
-    });
     let map_images = if cli.check_map == 0 && cli.fp16 {
         100
     } else {
         cli.check_map
     };
+    // Held until the checks are done: the generated images live in it.
+    let generated;
+    let check_data = match &cli.check_data {
+        Some(d) => d.clone(),
+        None => {
+            let most = cli.check_batches.iter().copied().max().unwrap_or(1);
+            match codetr_export::check::synthetic_check_data(most.max(map_images)) {
+                Ok(dir) => {
+                    generated = dir;
+                    generated.path().join("val")
+                }
+                Err(e) => {
+                    eprintln!("error: check: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
+    let result = codetr_export::check::find_ort(cli.ort_lib.as_deref()).and_then(|lib| {
+        codetr_export::check::check(
+            &report.out,
+            &opts.checkpoint,
+            &check_data,
+            &cli.check_batches,
+            cli.dynamic_size,
+            &lib,
+        )
+    });
     let map = if map_images > 0 {
         match codetr_export::check::find_ort(cli.ort_lib.as_deref()).and_then(|lib| {
             codetr_export::check::map_compare(
                 &report.out,
                 &opts.checkpoint,
-                &cli.check_data,
+                &check_data,
                 map_images,
                 &lib,
             )

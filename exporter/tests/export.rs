@@ -291,6 +291,48 @@ fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
         .status()
         .unwrap();
     assert!(st.success());
+
+    // Out of the box: no --check-data, run where no dataset exists → generated images.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
+        .current_dir(empty.path())
+        .arg("--checkpoint")
+        .arg(&a)
+        .arg("--out")
+        .arg(dir.path().join("fresh.onnx"))
+        .args(["--check", "--check-batches", "1,2"])
+        .arg("--ort-lib")
+        .arg(&lib)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("2 images") && stdout.contains("check: PASS"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A --check-data that is not a COCO split: exit 2 naming the flag, before any export.
+    let target = dir.path().join("never.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
+        .arg("--checkpoint")
+        .arg(&a)
+        .arg("--out")
+        .arg(&target)
+        .arg("--check")
+        .arg("--check-data")
+        .arg(empty.path().join("missing"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--check-data") && stderr.contains("instances.json"),
+        "{stderr}"
+    );
+    assert!(
+        !target.exists(),
+        "nothing is written when the check data is wrong"
+    );
 }
 
 /// `--fp16`: the graph passes the full checker with strict type inference, runs in ONNX
