@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the ONNX Runtime shared library from the PyPI wheel into the ignored folder .ort/
-# (DESIGN.md §9/§12: no downloads from GitHub; the `ort` crate loads it via ORT_DYLIB_PATH).
+# (docs/DESIGN.md §9/§12: no downloads from GitHub; the `ort` crate loads it via ORT_DYLIB_PATH).
 # Usage: scripts/install-ort.sh [cpu|gpu]   Prints the library path on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-//! codetr-export: a training checkpoint → one ONNX graph with the DESIGN §7 contract
+//! codetr-export: a training checkpoint → one ONNX graph with the docs/DESIGN.md §7 contract
 //! (uint8 NHWC `images` + `orig_sizes` in; `labels`, `scores`, `boxes` out; top-k inside, no
 //! NMS, standard opset-17 ops only) and the `codetr.*` metadata the server needs. Only the
 //! inference `Detector` is lowered: the auxiliary heads, denoising embedding and

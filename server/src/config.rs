@@ -43,7 +43,7 @@ impl Provider {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
-    /// The exported ONNX graph (DESIGN.md §7 contract).
+    /// The exported ONNX graph (docs/DESIGN.md §7 contract).
     pub model: Option<PathBuf>,
     /// `[height, width]` images are resized to. Required for a graph exported with
     /// `--dynamic-size` (its metadata has no size); for a fixed-size graph it must be absent

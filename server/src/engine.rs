@@ -1,4 +1,4 @@
-//! ONNX Runtime: loading the library, reading and checking the graph against the DESIGN.md §7
+//! ONNX Runtime: loading the library, reading and checking the graph against the docs/DESIGN.md §7
 //! contract, choosing an execution provider, and running one padded batch.
 //!
 //! Providers are registered one at a time with `error_on_failure`, each on a fresh session
@@ -64,7 +64,7 @@ pub struct BatchOutput {
 
 /// The process's one ONNX Runtime environment, from the first library path asked for. A failed
 /// load is kept as text: turning a `LoadDynamicError` into `ort::Error` would call into the
-/// library that failed to load (DESIGN.md §12).
+/// library that failed to load (docs/DESIGN.md §12).
 pub fn environment(lib: Option<&Path>) -> Result<&'static Environment> {
     static ENV: OnceLock<std::result::Result<(Environment, PathBuf), String>> = OnceLock::new();
     ENV.get_or_init(|| {

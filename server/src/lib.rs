@@ -1,4 +1,4 @@
-//! `codetr-serve`: serves a codetr ONNX graph (DESIGN.md §7 contract) over HTTP.
+//! `codetr-serve`: serves a codetr ONNX graph (docs/DESIGN.md §7 contract) over HTTP.
 //!
 //! Request path: [`api`] (axum handlers) → [`request`] (body forms, parameters) → [`decode`]
 //! (limits, EXIF, resize; blocking pool) → [`batcher`] (bounded queue, dynamic batches) →

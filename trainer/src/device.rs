@@ -1,4 +1,4 @@
-//! Device selection: the only place GPU-runtime-specific code lives (DESIGN.md §12).
+//! Device selection: the only place GPU-runtime-specific code lives (docs/DESIGN.md §12).
 
 use burn::tensor::Device;
 
@@ -48,9 +48,12 @@ fn cuda(index: usize) -> std::result::Result<Device, String> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_index: usize) -> std::result::Result<Device, String> {
-    Err("this build has no CUDA support: rebuild with `cargo build --release -p codetr-train --features cuda` \
-         on a machine with the CUDA toolkit (see README, \"GPU training\")"
-        .into())
+    Err(
+        "this build has no CUDA support: rebuild with `cargo build --release -p codetr-train \
+         --features cuda` on a machine with internet (Burn's CUDA backend downloads LLVM at \
+         build time), or use --features vulkan (see README, \"GPU training\")"
+            .into(),
+    )
 }
 
 /// Which Vulkan adapter to open.

@@ -1,4 +1,4 @@
-//! The ONNX contract between `codetr-export` and `codetr-serve` (DESIGN.md §7).
+//! The ONNX contract between `codetr-export` and `codetr-serve` (docs/DESIGN.md §7).
 //!
 //! This crate is deliberately tiny (serde, serde_json and thiserror only): it fixes
 //!
@@ -505,7 +505,7 @@ fn parse_uint<T: FromStr>(key: &'static str, value: &str) -> Result<T, MetadataE
     }
 }
 
-/// Where ONNX Runtime's shared library is looked for (DESIGN.md §9), in order: `explicit`,
+/// Where ONNX Runtime's shared library is looked for (docs/DESIGN.md §9), in order: `explicit`,
 /// the `ORT_DYLIB_PATH` environment variable, then `.ort/cpu/libonnxruntime.so` (what
 /// `scripts/install-ort.sh` installs). Both the exporter's check and the server load the
 /// library through this, so they always run the same ONNX Runtime.

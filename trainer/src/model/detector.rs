@@ -374,7 +374,7 @@ impl Detector {
         (logits, boxes)
     }
 
-    /// The whole inference graph (DESIGN §7 contract): `images` uint8 `[N, H, W, 3]`,
+    /// The whole inference graph (docs/DESIGN.md §7 contract): `images` uint8 `[N, H, W, 3]`,
     /// `orig_sizes` int64 `[N, 2]` → `labels`, `scores`, `boxes` (top `max_detections`).
     /// `size` fixes `H × W`; `None` exports them dynamic, every shape then derived from
     /// `Shape` ops. Returns the builder for the caller to add metadata and write.
