@@ -47,6 +47,41 @@ pub fn level_starts(shapes: &[[usize; 2]]) -> Vec<usize> {
         .collect()
 }
 
+/// Dimensions of one call of the sampling core (the kernels with a hand-written backward keep
+/// them in their autodiff state).
+#[derive(Debug, Clone)]
+pub(crate) struct MsdaDims {
+    pub b: usize,
+    /// Tokens of all levels.
+    pub s: usize,
+    pub h: usize,
+    pub ch: usize,
+    pub q: usize,
+    pub l: usize,
+    pub p: usize,
+    pub shapes: Vec<[usize; 2]>,
+    pub starts: Vec<usize>,
+}
+
+impl MsdaDims {
+    /// From [`msda_core`]'s `value` `[B, S, H, Ch]` and `locations` `[B, Q, H, L, P, 2]`.
+    pub(crate) fn of(value: &Tensor<4>, shapes: &[[usize; 2]], locations: &Tensor<6>) -> Self {
+        let [b, s, h, ch] = value.dims();
+        let [_, q, _, l, p, _] = locations.dims();
+        Self {
+            b,
+            s,
+            h,
+            ch,
+            q,
+            l,
+            p,
+            shapes: shapes.to_vec(),
+            starts: level_starts(shapes),
+        }
+    }
+}
+
 /// The MSDA sampling core.
 ///
 /// - `value`: `[B, S, H, Ch]`, the projected values of all levels, flattened row-major per

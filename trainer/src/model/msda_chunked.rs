@@ -20,7 +20,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
-use super::msda::level_starts;
+use super::msda::MsdaDims;
 
 /// Default budget: elements of one chunk's sampled values (2^26 f32 = 256 MiB).
 pub const DEFAULT_BUDGET: usize = 1 << 26;
@@ -36,14 +36,7 @@ pub struct Chunk {
 /// Dimensions of one call and its chunks.
 #[derive(Debug, Clone)]
 struct Plan {
-    b: usize,
-    s: usize,
-    h: usize,
-    ch: usize,
-    q: usize,
-    l: usize,
-    shapes: Vec<[usize; 2]>,
-    starts: Vec<usize>,
+    d: MsdaDims,
     chunks: Vec<Chunk>,
 }
 
@@ -76,8 +69,8 @@ struct Corners {
 
 fn corners(plan: &Plan, c: Chunk, locations: &Tensor<6>) -> Corners {
     let device = locations.device();
-    let (b, q, h, k) = (plan.b, plan.q, plan.h, c.k);
-    let [hl, wl] = plan.shapes[c.level];
+    let (b, q, h, k) = (plan.d.b, plan.d.q, plan.d.h, c.k);
+    let [hl, wl] = plan.d.shapes[c.level];
     let dims = [b, q, h, k];
     let loc = locations
         .clone()
@@ -94,8 +87,8 @@ fn corners(plan: &Plan, c: Chunk, locations: &Tensor<6>) -> Corners {
     // Row of (batch, head, first token of the level) in `[B·H·S, Ch]`.
     let base = (Tensor::<1, Int>::arange(0..b as i64, &device).reshape([b, 1, 1, 1]) * h as i64
         + Tensor::<1, Int>::arange(0..h as i64, &device).reshape([1, 1, h, 1]))
-        * plan.s as i64
-        + plan.starts[c.level] as i64;
+        * plan.d.s as i64
+        + plan.d.starts[c.level] as i64;
     let base = base.expand(dims);
     let (ones_x, ones_y) = (fx.ones_like(), fy.ones_like());
     let mut index = Vec::with_capacity(4);
@@ -142,7 +135,7 @@ fn corners(plan: &Plan, c: Chunk, locations: &Tensor<6>) -> Corners {
 fn rows(plan: &Plan, value: Tensor<4>) -> Tensor<2> {
     value
         .permute([0, 2, 1, 3])
-        .reshape([plan.b * plan.h * plan.s, plan.ch])
+        .reshape([plan.d.b * plan.d.h * plan.d.s, plan.d.ch])
 }
 
 /// A chunk's attention weights, `[B, Q, H, k]`.
@@ -151,26 +144,29 @@ fn attention(plan: &Plan, c: Chunk, weights: &Tensor<5>) -> Tensor<4> {
         .clone()
         .narrow(3, c.level, 1)
         .narrow(4, c.p0, c.k)
-        .reshape([plan.b, plan.q, plan.h, c.k])
+        .reshape([plan.d.b, plan.d.q, plan.d.h, c.k])
 }
 
 fn forward(plan: &Plan, value: Tensor<4>, locations: Tensor<6>, weights: Tensor<5>) -> Tensor<3> {
-    let bqh = plan.b * plan.q * plan.h;
+    let bqh = plan.d.b * plan.d.q * plan.d.h;
     let rows = rows(plan, value);
     let mut out: Option<Tensor<3>> = None;
     for &c in &plan.chunks {
         let k4 = c.k * 4;
         let cs = corners(plan, c, &locations);
         let coef = cs.bilinear * attention(plan, c, &weights).unsqueeze_dim::<5>(4);
-        let sampled = rows.clone().select(0, cs.index).reshape([bqh, k4, plan.ch]);
+        let sampled = rows
+            .clone()
+            .select(0, cs.index)
+            .reshape([bqh, k4, plan.d.ch]);
         let part = coef.reshape([bqh, 1, k4]).matmul(sampled); // [B·Q·H, 1, Ch]
         out = Some(match out {
             Some(acc) => acc + part,
             None => part,
         });
     }
-    let out = out.unwrap_or_else(|| Tensor::zeros([bqh, 1, plan.ch], &locations.device()));
-    out.reshape([plan.b, plan.q, plan.h * plan.ch])
+    let out = out.unwrap_or_else(|| Tensor::zeros([bqh, 1, plan.d.ch], &locations.device()));
+    out.reshape([plan.d.b, plan.d.q, plan.d.h * plan.d.ch])
 }
 
 /// Gradients w.r.t. (value, locations, weights) given `grad`, `[B, Q, H·Ch]`.
@@ -181,17 +177,17 @@ fn backward(
     weights: Tensor<5>,
     grad: Tensor<3>,
 ) -> (Tensor<4>, Tensor<6>, Tensor<5>) {
-    let (b, q, h, ch) = (plan.b, plan.q, plan.h, plan.ch);
+    let (b, q, h, ch) = (plan.d.b, plan.d.q, plan.d.h, plan.d.ch);
     let bqh = b * q * h;
     let rows = rows(plan, value);
     let mut grad_rows = rows.zeros_like();
     let g = grad.reshape([bqh, ch, 1]);
     let g_row = g.clone().reshape([bqh, 1, ch]);
-    let mut grad_loc: Vec<Vec<Tensor<5>>> = vec![Vec::new(); plan.l];
-    let mut grad_att: Vec<Vec<Tensor<4>>> = vec![Vec::new(); plan.l];
+    let mut grad_loc: Vec<Vec<Tensor<5>>> = vec![Vec::new(); plan.d.l];
+    let mut grad_att: Vec<Vec<Tensor<4>>> = vec![Vec::new(); plan.d.l];
     for &c in &plan.chunks {
         let (k, k4) = (c.k, c.k * 4);
-        let [hl, wl] = plan.shapes[c.level];
+        let [hl, wl] = plan.d.shapes[c.level];
         let cs = corners(plan, c, &locations);
         let att = attention(plan, c, &weights);
         let sampled = rows
@@ -213,7 +209,9 @@ fn backward(
         let contrib = (coef * g_row.clone()).reshape([bqh * k4, ch]);
         grad_rows = grad_rows.select_assign(0, cs.index, contrib, IndexingUpdateOp::Add);
     }
-    let grad_value = grad_rows.reshape([b, h, plan.s, ch]).permute([0, 2, 1, 3]);
+    let grad_value = grad_rows
+        .reshape([b, h, plan.d.s, ch])
+        .permute([0, 2, 1, 3]);
     // Per level: points along dim 3, then levels along a new dim 3.
     let grad_loc = Tensor::stack::<6>(grad_loc.into_iter().map(|v| Tensor::cat(v, 3)).collect(), 3);
     let grad_att = Tensor::stack::<5>(grad_att.into_iter().map(|v| Tensor::cat(v, 3)).collect(), 3);
@@ -314,19 +312,9 @@ pub fn msda_chunked(
     weights: Tensor<5>,
     budget: usize,
 ) -> Tensor<3> {
-    let [b, s, h, ch] = value.dims();
-    let [_, q, _, l, p, _] = locations.dims();
-    let plan = Plan {
-        b,
-        s,
-        h,
-        ch,
-        q,
-        l,
-        shapes: shapes.to_vec(),
-        starts: level_starts(shapes),
-        chunks: chunks(l, p, b * q * h * 4 * ch, budget),
-    };
+    let d = MsdaDims::of(&value, shapes, &locations);
+    let chunks = chunks(d.l, d.p, d.b * d.q * d.h * 4 * d.ch, budget);
+    let plan = Plan { d, chunks };
     if !(value.is_autodiff() || locations.is_autodiff() || weights.is_autodiff()) {
         return forward(&plan, value, locations, weights);
     }

@@ -16,23 +16,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::msda::level_starts;
-
 type Ad = Autodiff<Flex>;
 
-/// Dimensions of one call.
-#[derive(Debug, Clone)]
-struct Dims {
-    b: usize,
-    s: usize,
-    h: usize,
-    ch: usize,
-    q: usize,
-    l: usize,
-    p: usize,
-    shapes: Vec<[usize; 2]>,
-    starts: Vec<usize>,
-}
+type Dims = super::msda::MsdaDims;
 
 fn host(t: &FlexTensor) -> Vec<f32> {
     match t.as_slice::<f32>() {
@@ -199,20 +185,8 @@ pub fn msda_host(
     locations: Tensor<6>,
     weights: Tensor<5>,
 ) -> Tensor<3> {
-    let [b, s, h, ch] = value.dims();
-    let [_, q, _, l, p, _] = locations.dims();
-    let d = Dims {
-        b,
-        s,
-        h,
-        ch,
-        q,
-        l,
-        p,
-        shapes: shapes.to_vec(),
-        starts: level_starts(shapes),
-    };
-    let out_shape = [b, q, h * ch];
+    let d = Dims::of(&value, shapes, &locations);
+    let out_shape = [d.b, d.q, d.h * d.ch];
     if value.is_autodiff() || locations.is_autodiff() || weights.is_autodiff() {
         // `supported()` was checked by the caller: these are Flex autodiff tensors.
         let (vp, vg) = value
