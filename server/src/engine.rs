@@ -212,7 +212,13 @@ fn try_provider(
                 // One optimisation profile spanning the batch sizes the batcher uses, so no
                 // request shape triggers an engine rebuild.
                 if let Some([h, w]) = input_hw {
-                    let shapes = |n: usize| format!("images:{n}x{h}x{w}x3,orig_sizes:{n}x2");
+                    let shapes = |n: usize| {
+                        format!(
+                            "{}:{n}x{h}x{w}x3,{}:{n}x2",
+                            codetr_model::INPUT_IMAGES,
+                            codetr_model::INPUT_ORIG_SIZES
+                        )
+                    };
                     let lo = batch_sizes.first().copied().unwrap_or(1);
                     let hi = batch_sizes.last().copied().unwrap_or(1);
                     trt = trt

@@ -384,14 +384,17 @@ impl Detector {
         lowering: super::msda::MsdaLowering,
     ) -> Result<crate::onnx::GraphBuilder> {
         use crate::onnx::{Dim, ElemType, GraphBuilder};
+        use codetr_model::{
+            INPUT_IMAGES, INPUT_ORIG_SIZES, OUTPUT_BOXES, OUTPUT_LABELS, OUTPUT_SCORES,
+        };
         let mut g = GraphBuilder::new("codino");
         let n = || Dim::Named("N".into());
         let (dh, dw) = match size {
             Some([h, w]) => (Dim::Fixed(h as i64), Dim::Fixed(w as i64)),
             None => (Dim::Named("H".into()), Dim::Named("W".into())),
         };
-        let images = g.input("images", ElemType::U8, &[n(), dh, dw, Dim::Fixed(3)])?;
-        let sizes = g.input("orig_sizes", ElemType::I64, &[n(), Dim::Fixed(2)])?;
+        let images = g.input(INPUT_IMAGES, ElemType::U8, &[n(), dh, dw, Dim::Fixed(3)])?;
+        let sizes = g.input(INPUT_ORIG_SIZES, ElemType::I64, &[n(), Dim::Fixed(2)])?;
         let (src, pos, levels) = self.emit_features(&mut g, &images, size)?;
         let memory = self.encoder.emit(&mut g, &src, &pos, &levels, lowering)?;
         let nl = self.decoder.layers.len();
@@ -436,9 +439,9 @@ impl Detector {
         );
         g.end_fp32();
         let kd = Dim::Fixed(k as i64);
-        g.output(&labels, "labels", ElemType::I64, &[n(), kd.clone()])?;
-        g.output(&scores, "scores", ElemType::F32, &[n(), kd.clone()])?;
-        g.output(&px, "boxes", ElemType::F32, &[n(), kd, Dim::Fixed(4)])?;
+        g.output(&labels, OUTPUT_LABELS, ElemType::I64, &[n(), kd.clone()])?;
+        g.output(&scores, OUTPUT_SCORES, ElemType::F32, &[n(), kd.clone()])?;
+        g.output(&px, OUTPUT_BOXES, ElemType::F32, &[n(), kd, Dim::Fixed(4)])?;
         Ok(g)
     }
 
