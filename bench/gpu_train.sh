@@ -116,6 +116,8 @@ for f in sorted(out.glob("log-*.jsonl")):
                          "loss_first_last": [rows[0]["loss"], rows[-1]["loss"]],
                          "t_forward": statistics.median(r["t_forward"] for r in rows[-len(steady):]),
                          "t_backward": statistics.median(r["t_backward"] for r in rows[-len(steady):]),
+                         "host_reads_per_step": rows[-1].get("host_reads"),
+                         "host_bytes_per_step": rows[-1].get("host_bytes"),
                          "peak_gpu_bytes_device": peak}
 for f in sorted(out.glob("peer-*.json")):
     try:

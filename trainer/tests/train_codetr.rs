@@ -243,3 +243,36 @@ fn positive_queries_without_features_use_the_box_embedding_only() {
         assert!(!nonzero(q.feat_trans.weight.val().grad(&grads)), "{name}");
     }
 }
+
+/// What one K = 2 loss reads back to the host (on a GPU each read is a sync): one read per
+/// Hungarian-matched output (2 decoder layers + the encoder proposals, `[B, Q, G_max + 4]`
+/// each), one for the RPN's top-k, one for every loss term with the total. Nothing of the
+/// size of a dense head output: the largest read is the RPN top-k, far below the RPN's
+/// `[B, N]` objectness + `[B, N, 4]` deltas that used to be read whole.
+#[test]
+fn a_k2_loss_reads_back_few_small_tensors() {
+    let (cfg, model, mut rng) = small_k2_model("");
+    codetr_train::host::reset();
+    let loss = model.loss(&batch(128), &cfg, &mut rng).unwrap();
+    let got = codetr_train::host::snapshot();
+    let layers = 2;
+    assert_eq!(got.reads, layers + 1 + 1 + 1, "{got:?}");
+    // RPN on the 128² adapter pyramid (strides 8…128: 16², 8², 4², 2², 1²) × 9 anchors.
+    let anchors: usize = [256, 64, 16, 4, 1].iter().map(|c| c * 9).sum();
+    let dense = 2 * anchors * 5 * 4;
+    let top_k: usize = [256usize, 64, 16, 4, 1]
+        .iter()
+        .map(|c| 6 * (c * 9).min(200) + 2)
+        .sum::<usize>()
+        * 2
+        * 4;
+    assert_eq!(got.largest as usize, top_k, "{got:?}");
+    assert!(got.largest as usize * 2 < dense, "{got:?} vs {dense}");
+    let terms = loss
+        .terms
+        .iter()
+        .filter(|(n, _)| n.contains("loss_"))
+        .count();
+    assert!(terms > 20, "{terms} terms");
+    assert!(loss.value.is_finite());
+}

@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::atss_assigner::{DeltaCoder, anchors, atss_assign, centerness_target};
 use crate::data::loader::Target;
@@ -225,7 +225,7 @@ pub fn atss_loss(
 ) -> AtssLoss {
     let device = out.cls.device();
     let [b, a, c] = out.cls.dims();
-    let mut onehot = vec![0f32; b * a * c];
+    let mut hot = Vec::new();
     let mut idx = Vec::new();
     let mut anc = Vec::new();
     let mut gt = Vec::new();
@@ -233,7 +233,7 @@ pub fn atss_loss(
     for (i, (pairs, t)) in positives.pairs.iter().zip(targets).enumerate() {
         let gts = gt_pixels(t, size);
         for &(ai, gi) in pairs {
-            onehot[(i * a + ai) * c + t.labels[gi]] = 1.0;
+            hot.push(((i * a + ai) * c + t.labels[gi]) as i64);
             idx.push((i * a + ai) as i64);
             anc.extend(anchors[ai]);
             gt.extend(gts[gi]);
@@ -242,7 +242,14 @@ pub fn atss_loss(
     }
     let p = idx.len();
     let num_pos = p.max(1) as f64;
-    let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b * a, c]), &device);
+    // One-hot targets made on the device from the P flat positions (an anchor has at most one
+    // gt): the `[B·A, C]` table (5.7 MB per 800² image) never crosses the bus.
+    let mut onehot = Tensor::<1>::zeros([b * a * c], &device);
+    if p > 0 {
+        let hot = Tensor::<1, Int>::from_data(TensorData::new(hot, [p]), &device);
+        onehot = onehot.select_assign(0, hot, Tensor::ones([p], &device), IndexingUpdateOp::Add);
+    }
+    let onehot = onehot.reshape([b * a, c]);
     let cls = sigmoid_focal_sum(out.cls.clone().reshape([b * a, c]), onehot, 0.25, 2.0) / num_pos;
     if p == 0 {
         let zero = out.reg.clone().sum() * 0.0 + out.ctr.clone().sum() * 0.0;

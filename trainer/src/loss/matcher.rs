@@ -332,6 +332,38 @@ pub fn hungarian_match(
             num_classes,
         });
     }
+    // The class cost only ever looks at the gt labels' columns.
+    let label_logits: Vec<f32> = (0..num_queries)
+        .flat_map(|q| {
+            let row = &logits[q * num_classes..(q + 1) * num_classes];
+            gt_labels.iter().map(move |&l| row[l])
+        })
+        .collect();
+    match_label_logits(&label_logits, boxes, num_queries, gt_boxes, costs)
+}
+
+/// [`hungarian_match`] given only the logits at the gt labels: `label_logits` is row-major
+/// `[num_queries, G]` with entry `(q, g)` = `logits[q, label_g]`. This is what the training
+/// step reads back from the device: `Q × G` values instead of `Q × C`. Same cost, same pairs.
+///
+/// # Errors
+///
+/// [`MatchError::Shape`] and [`MatchError::NonFiniteInput`] on the given buffers, and otherwise
+/// whatever [`linear_sum_assignment`] reports.
+pub fn match_label_logits(
+    label_logits: &[f32],
+    boxes: &[f32],
+    num_queries: usize,
+    gt_boxes: &[f32],
+    costs: &MatchCosts,
+) -> Result<Vec<(usize, usize)>, MatchError> {
+    let num_gt = gt_boxes.len() / 4;
+    check_len("gt_boxes", gt_boxes.len(), num_gt, 4)?;
+    check_len("label_logits", label_logits.len(), num_queries, num_gt)?;
+    check_len("boxes", boxes.len(), num_queries, 4)?;
+    check_finite("label_logits", label_logits)?;
+    check_finite("boxes", boxes)?;
+    check_finite("gt_boxes", gt_boxes)?;
     if num_queries == 0 || num_gt == 0 {
         return Ok(Vec::new());
     }
@@ -353,9 +385,9 @@ pub fn hungarian_match(
     for q in 0..num_queries {
         let pred = box_at(boxes, q);
         let pred_xyxy = cxcywh_to_xyxy_f64(pred);
-        let row_logits = &logits[q * num_classes..(q + 1) * num_classes];
-        cost.extend(gt_labels.iter().zip(&gts).map(|(&label, (gt, gt_xyxy))| {
-            let cls = focal_cost(f64::from(row_logits[label]), alpha, gamma);
+        let row_logits = &label_logits[q * num_gt..(q + 1) * num_gt];
+        cost.extend(row_logits.iter().zip(&gts).map(|(&logit, (gt, gt_xyxy))| {
+            let cls = focal_cost(f64::from(logit), alpha, gamma);
             let l1: f64 = pred.iter().zip(gt).map(|(p, t)| (p - t).abs()).sum();
             let (_, giou) = iou_giou_f64(pred_xyxy, *gt_xyxy);
             w_class * cls + w_bbox * l1 - w_giou * giou

@@ -6,6 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::config::FitConfig;
+use super::terms::TermLog;
 use crate::auxiliary::adapter::MultiScaleAdapter;
 use crate::auxiliary::atss_head::gt_pixels;
 use crate::auxiliary::atss_head::{AtssHead, assign, atss_loss, pyramid_anchors};
@@ -78,6 +79,8 @@ pub struct CoDetr {
 /// One batch's loss: the weighted total and every named term (unweighted) for the log.
 pub struct StepLoss {
     pub total: Tensor<1>,
+    /// `total` read back (with the terms, in one read).
+    pub value: f32,
     /// The auxiliary part alone (aux-head losses + positive-query losses), when K ≥ 1: lets
     /// tests check where the one-to-many supervision sends gradient.
     pub aux: Option<Tensor<1>>,
@@ -115,7 +118,7 @@ impl CoDetr {
         name: &str,
         co: &crate::train::config::CoConfig,
         w: &crate::loss::criterion::LossWeights,
-        terms: &mut Vec<(String, f32)>,
+        terms: &mut TermLog,
     ) -> Tensor<1> {
         let layers = self.detector.decoder.layers.len();
         let (boxes, feats) = group_inputs(group, feats, offsets);
@@ -137,18 +140,15 @@ impl CoDetr {
                 format!("d{l}.")
             };
             let t = assigned_loss(lg, bx, &group.positives);
-            let [c, b, g] = t.values();
-            terms.push((format!("{name}.{prefix}loss_cls"), c));
-            terms.push((format!("{name}.{prefix}loss_bbox"), b));
-            terms.push((format!("{name}.{prefix}loss_iou"), g));
+            terms.set_terms(&format!("{name}.{prefix}"), &t);
             let v = t.weighted(w) * co.lambda1;
             total = Some(match total {
                 Some(acc) => acc + v,
                 None => v,
             });
         }
-        terms.push((format!("{name}.queries"), group.positives.len() as f32));
-        terms.push((format!("{name}.uncapped"), group.uncapped_positives as f32));
+        terms.host(format!("{name}.queries"), group.positives.len() as f32);
+        terms.host(format!("{name}.uncapped"), group.uncapped_positives as f32);
         total.unwrap_or_else(|| memory_zero(&self.detector))
     }
 
@@ -212,18 +212,12 @@ impl CoDetr {
         let costs = MatchCosts::default();
         let w = &cfg.loss;
         let mut total = Tensor::<1>::zeros([1], &device);
-        let mut terms = Vec::new();
-        let record = |terms: &mut Vec<(String, f32)>,
-                      name: &str,
-                      t: &Terms,
-                      weight: f64,
-                      total: &mut Tensor<1>| {
-            *total = total.clone() + t.weighted(w) * weight;
-            let [c, l, g] = t.values();
-            terms.push((format!("{name}loss_cls"), c));
-            terms.push((format!("{name}loss_bbox"), l));
-            terms.push((format!("{name}loss_iou"), g));
-        };
+        let mut terms = TermLog::new();
+        let record =
+            |terms: &mut TermLog, name: &str, t: &Terms, weight: f64, total: &mut Tensor<1>| {
+                *total = total.clone() + t.weighted(w) * weight;
+                terms.set_terms(name, t);
+            };
         let layers = out.logits.len();
         for (l, (logits, boxes)) in out.logits.iter().zip(&out.boxes).enumerate() {
             // official naming: the last layer unprefixed, the others d0., d1., …
@@ -252,7 +246,7 @@ impl CoDetr {
         record(&mut terms, "enc_", &enc, cfg.enc_loss_weight, &mut total);
 
         // Co-DETR: the aux heads on the adapter pyramid and their positive queries.
-        terms.push(("t_main".into(), t_start.elapsed().as_secs_f32()));
+        terms.host("t_main", t_start.elapsed().as_secs_f32());
         let main_total = total.clone();
         let mut aux = None;
         if let (Some(adapter), Some(atss), Some(proj)) = (
@@ -291,9 +285,9 @@ impl CoDetr {
                         + l.bbox.clone() * a.bbox_weight
                         + l.centerness.clone() * a.centerness_weight)
                         * aux_weight;
-                terms.push(("atss.loss_cls".into(), l.cls.into_scalar()));
-                terms.push(("atss.loss_bbox".into(), l.bbox.into_scalar()));
-                terms.push(("atss.loss_centerness".into(), l.centerness.into_scalar()));
+                terms.tensor("atss.loss_cls", l.cls);
+                terms.tensor("atss.loss_bbox", l.bbox);
+                terms.tensor("atss.loss_centerness", l.centerness);
             }
             if cfg.co.positive_queries {
                 let tokens = Tensor::cat(
@@ -332,7 +326,7 @@ impl CoDetr {
                     );
             }
 
-            terms.push(("t_atss".into(), t_start.elapsed().as_secs_f32()));
+            terms.host("t_atss", t_start.elapsed().as_secs_f32());
             // Faster-RCNN (head 1): RPN on the pyramid, RoI head on the encoder levels.
             if let (Some(rpn), Some(roi), Some(rproj)) =
                 (&self.heads.rpn, &self.heads.roi, &self.heads.rcnn_queries)
@@ -359,10 +353,10 @@ impl CoDetr {
                             + ol.cls.clone() * oc.cls_weight
                             + ol.bbox.clone() * oc.bbox_weight)
                             * aux_weight;
-                    terms.push(("rpn.loss_cls".into(), rl.cls.into_scalar()));
-                    terms.push(("rpn.loss_bbox".into(), rl.bbox.into_scalar()));
-                    terms.push(("roi.loss_cls".into(), ol.cls.into_scalar()));
-                    terms.push(("roi.loss_iou".into(), ol.bbox.into_scalar()));
+                    terms.tensor("rpn.loss_cls", rl.cls);
+                    terms.tensor("rpn.loss_bbox", rl.bbox);
+                    terms.tensor("roi.loss_cls", ol.cls);
+                    terms.tensor("roi.loss_iou", ol.bbox);
                 }
                 if cfg.co.positive_queries {
                     // pooled RoI features (the official mean over the 7×7 bins)
@@ -411,12 +405,12 @@ impl CoDetr {
                         );
                 }
             }
-            terms.push(("t_rcnn".into(), t_start.elapsed().as_secs_f32()));
+            terms.host("t_rcnn", t_start.elapsed().as_secs_f32());
             let gt: usize = targets.iter().map(|t| t.labels.len()).sum();
-            terms.push(("num_gt".into(), gt as f32));
+            terms.host("num_gt", gt as f32);
             aux = Some(total.clone() - main_total);
         }
-        let value: f32 = total.clone().into_scalar();
+        let (value, terms) = terms.read(&total)?;
         if !value.is_finite() {
             return Err(Error::InvalidArgument {
                 what: "training",
@@ -426,6 +420,11 @@ impl CoDetr {
                 ),
             });
         }
-        Ok(StepLoss { total, aux, terms })
+        Ok(StepLoss {
+            total,
+            value,
+            aux,
+            terms,
+        })
     }
 }

@@ -379,7 +379,7 @@ fn gradients(model: &CoDetr, micro: &[Batch], cfg: &FitConfig, step: u64) -> Res
         };
         let (g_bb, g_rest) = split_grads(grads, &model.detector.backbone, model);
         t_backward += t1.elapsed().as_secs_f64();
-        loss_sum += loss.total.into_scalar::<f32>();
+        loss_sum += loss.value;
         if terms.is_empty() {
             terms = loss.terms;
         } else {
@@ -549,6 +549,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
                 break;
             }
             let t0 = Instant::now();
+            let reads0 = crate::host::snapshot();
             let g = gradients(&model, &micro, &cfg, state.step)?;
             let (t_forward, t_backward) = (g.t_forward, g.t_backward);
             let (mut g_bb, mut g_rest) = (g.backbone, g.rest);
@@ -579,6 +580,10 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             line.insert("t_forward".into(), t_forward.into());
             line.insert("t_backward".into(), t_backward.into());
             line.insert("t_optim".into(), (dt - t_forward - t_backward).into());
+            // device → host reads of the step (each a sync on a GPU) and their volume
+            let reads = crate::host::snapshot().since(&reads0);
+            line.insert("host_reads".into(), reads.reads.into());
+            line.insert("host_bytes".into(), reads.bytes.into());
             for (k, v) in &g.terms {
                 line.insert(k.clone(), f64::from(*v).into());
             }

@@ -7,3 +7,4 @@ pub mod ema;
 pub mod fit;
 pub mod optim;
 pub mod plot;
+pub mod terms;

@@ -58,11 +58,8 @@ pub fn global_grad_norm<M: Module>(module: &M, groups: &[&GradientsParams]) -> f
     if sums.is_empty() {
         return 0.0;
     }
-    let sums: Vec<f32> = Tensor::cat(sums, 0)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .unwrap_or_default();
+    let sums: Vec<f32> =
+        crate::host::read_f32(Tensor::cat(sums, 0), "gradient norms").unwrap_or_default();
     // Per group, then over groups: the order the sums were always added in.
     let mut total = 0.0;
     let mut rest = sums.as_slice();

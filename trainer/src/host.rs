@@ -1,0 +1,100 @@
+//! Device → host reads of the training step, in one place and metered.
+//!
+//! On a GPU every read is a synchronisation (the host waits for the queue to drain) plus a copy
+//! over PCIe, so the step keeps them few and small: the Hungarian solve reads the gt-label
+//! columns of the logits, not all of them; the RPN reads its top-k per level, not every anchor;
+//! the loss terms are read once, together. Every read of the step goes through [`read_f32`],
+//! which counts it per thread, so the bench and the tests can state and bound what the step
+//! moves (`docs/DESIGN.md` §12).
+
+use std::cell::Cell;
+
+use burn::tensor::Tensor;
+
+use crate::error::{Error, Result};
+
+/// What the current thread has read back since it started (or since the last [`reset`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostReads {
+    /// Number of reads (each one a device synchronisation).
+    pub reads: u64,
+    /// Bytes copied to the host, as f32.
+    pub bytes: u64,
+    /// The largest single read, in bytes.
+    pub largest: u64,
+}
+
+impl HostReads {
+    /// The reads between `earlier` and `self` (`largest` stays the maximum since [`reset`]).
+    pub fn since(&self, earlier: &HostReads) -> HostReads {
+        HostReads {
+            reads: self.reads - earlier.reads,
+            bytes: self.bytes - earlier.bytes,
+            largest: self.largest,
+        }
+    }
+}
+
+thread_local! {
+    static METER: Cell<HostReads> = const { Cell::new(HostReads { reads: 0, bytes: 0, largest: 0 }) };
+}
+
+/// This thread's reads so far.
+pub fn snapshot() -> HostReads {
+    METER.with(Cell::get)
+}
+
+/// Zeroes this thread's meter (a step's bound starts from here).
+pub fn reset() {
+    METER.with(|m| m.set(HostReads::default()));
+}
+
+/// Host copy (f32, row-major) of `t`, detached, counted as one read. `what` names the tensor in
+/// the error a backend's failed read becomes.
+pub fn read_f32<const D: usize>(t: Tensor<D>, what: &'static str) -> Result<Vec<f32>> {
+    let v = t
+        .detach()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::InvalidArgument {
+            what,
+            message: format!("cannot read the tensor back from the device: {e:?}"),
+        })?;
+    let bytes = (v.len() * std::mem::size_of::<f32>()) as u64;
+    METER.with(|m| {
+        let s = m.get();
+        m.set(HostReads {
+            reads: s.reads + 1,
+            bytes: s.bytes + bytes,
+            largest: s.largest.max(bytes),
+        })
+    });
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn counts_reads_bytes_and_largest() {
+        reset();
+        let dev = Device::flex();
+        let a = Tensor::<2>::from_data(TensorData::new(vec![1.0f32; 6], [2, 3]), &dev);
+        let b = Tensor::<1>::from_data(TensorData::new(vec![2.0f32; 2], [2]), &dev);
+        let before = snapshot();
+        assert_eq!(read_f32(a, "a").unwrap(), vec![1.0; 6]);
+        assert_eq!(read_f32(b, "b").unwrap(), vec![2.0; 2]);
+        let got = snapshot().since(&before);
+        assert_eq!(
+            got,
+            HostReads {
+                reads: 2,
+                bytes: 32,
+                largest: 24
+            }
+        );
+    }
+}
