@@ -5,22 +5,20 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
+use super::branches::{AtssBranch, AuxBranch, AuxStep, RcnnBranch, layer_prefix};
 use super::config::FitConfig;
 use super::terms::TermLog;
 use crate::auxiliary::adapter::MultiScaleAdapter;
-use crate::auxiliary::atss_head::gt_pixels;
-use crate::auxiliary::atss_head::{AtssHead, assign, atss_loss, pyramid_anchors};
-use crate::auxiliary::positive_queries::{
-    PositiveQueryProj, QueryGroup, build_group, group_inputs,
-};
-use crate::auxiliary::roi_head::{RoiHead, roi_features, roi_loss, sample_rois};
-use crate::auxiliary::rpn_head::{RpnHead, proposals, pyramid_rpn_anchors, rpn_loss};
-use crate::data::loader::Batch;
+use crate::auxiliary::atss_head::{AtssHead, gt_pixels};
+use crate::auxiliary::positive_queries::PositiveQueryProj;
+use crate::auxiliary::roi_head::RoiHead;
+use crate::auxiliary::rpn_head::RpnHead;
+use crate::data::loader::{Batch, Target};
 use crate::error::{Error, Result};
 use crate::loss::criterion::{Terms, assigned_loss, matched_loss};
 use crate::loss::matcher::MatchCosts;
 use crate::model::denoising::{self, DnQueries, attention_mask};
-use crate::model::detector::pixels_to_tensor;
+use crate::model::detector::{DetectorOutput, pixels_to_tensor};
 use crate::model::{Detector, DetectorConfig};
 use crate::rng::Rng;
 
@@ -87,10 +85,6 @@ pub struct StepLoss {
     pub terms: Vec<(String, f32)>,
 }
 
-fn memory_zero(det: &Detector) -> Tensor<1> {
-    Tensor::zeros([1], &det.level_embed.val().device())
-}
-
 impl CoDetr {
     pub fn new(
         cfg: &DetectorConfig,
@@ -102,54 +96,6 @@ impl CoDetr {
             detector: cfg.init(device)?,
             heads: TrainHeads::new(cfg, k, co, device)?,
         })
-    }
-
-    /// One positive-query group through the shared decoder (its own pass: isolated from the
-    /// matching and dn queries), supervised by its assignment on every layer, weighted λ1.
-    #[allow(clippy::too_many_arguments)]
-    fn positive_query_loss(
-        &self,
-        proj: &PositiveQueryProj,
-        group: &QueryGroup,
-        feats: Tensor<2>,
-        offsets: &[usize],
-        memory: Tensor<3>,
-        shapes: &[[usize; 2]],
-        name: &str,
-        co: &crate::train::config::CoConfig,
-        w: &crate::loss::criterion::LossWeights,
-        terms: &mut TermLog,
-    ) -> Tensor<1> {
-        let layers = self.detector.decoder.layers.len();
-        let (boxes, feats) = group_inputs(group, feats, offsets);
-        let content = proj.forward(boxes.clone(), co.query_features.then_some(feats));
-        let dec = self.detector.decoder.forward(
-            content,
-            boxes,
-            memory,
-            shapes,
-            None,
-            &self.detector.box_heads[..layers],
-        );
-        let (pl, pb) = self.detector.decode_layers(dec);
-        let mut total: Option<Tensor<1>> = None;
-        for (l, (lg, bx)) in pl.into_iter().zip(pb).enumerate() {
-            let prefix = if l + 1 == layers {
-                String::new()
-            } else {
-                format!("d{l}.")
-            };
-            let t = assigned_loss(lg, bx, &group.positives);
-            terms.set_terms(&format!("{name}.{prefix}"), &t);
-            let v = t.weighted(w) * co.lambda1;
-            total = Some(match total {
-                Some(acc) => acc + v,
-                None => v,
-            });
-        }
-        terms.host(format!("{name}.queries"), group.positives.len() as f32);
-        terms.host(format!("{name}.uncapped"), group.uncapped_positives as f32);
-        total.unwrap_or_else(|| memory_zero(&self.detector))
     }
 
     /// Content `[B, pad, d]` and references `[B, pad, 4]` of the dn queries.
@@ -177,7 +123,22 @@ impl CoDetr {
         (content, reference)
     }
 
-    /// The loss of `batch`. `rng` draws the denoising noise.
+    /// The auxiliary branches present (K of them), in the order their losses are added.
+    pub fn branches(&self) -> Vec<Box<dyn AuxBranch + '_>> {
+        let h = &self.heads;
+        let mut out: Vec<Box<dyn AuxBranch + '_>> = Vec::new();
+        if let (Some(head), Some(queries)) = (&h.atss, &h.atss_queries) {
+            out.push(Box::new(AtssBranch { head, queries }));
+        }
+        if let (Some(rpn), Some(roi), Some(queries)) = (&h.rpn, &h.roi, &h.rcnn_queries) {
+            out.push(Box::new(RcnnBranch { rpn, roi, queries }));
+        }
+        out
+    }
+
+    /// The loss of `batch` (paper eq. 6): the one-to-one branch (matching, denoising, encoder
+    /// proposals), then each auxiliary branch. `rng` draws the denoising noise and the
+    /// branches' samples.
     pub fn loss(&self, batch: &Batch, cfg: &FitConfig, rng: &mut Rng) -> Result<StepLoss> {
         let t_start = std::time::Instant::now();
         let det_cfg = self.detector.config();
@@ -186,8 +147,6 @@ impl CoDetr {
         let images = pixels_to_tensor(&batch.pixels, batch.len(), s, s, &device)?;
         let targets = &batch.targets;
         let dn = denoising::generate(targets, det_cfg.num_classes, &cfg.dn, rng);
-        let pad = dn.as_ref().map_or(0, |d| d.pad_size());
-        let q = det_cfg.transformer.num_queries;
         let out = self.detector.forward_with(images, |memory, shapes, sel| {
             let Some(dn) = &dn else {
                 return (
@@ -199,6 +158,7 @@ impl CoDetr {
                 );
             };
             let (c, r) = self.dn_inputs(dn, &device);
+            let q = det_cfg.transformer.num_queries;
             let (n, mask) = attention_mask(Some((dn.num_groups, dn.group_size)), q, &[]);
             let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [n, n]), &device);
             (
@@ -209,56 +169,17 @@ impl CoDetr {
                 shapes,
             )
         })?;
-        let costs = MatchCosts::default();
-        let w = &cfg.loss;
-        let mut total = Tensor::<1>::zeros([1], &device);
         let mut terms = TermLog::new();
-        let record =
-            |terms: &mut TermLog, name: &str, t: &Terms, weight: f64, total: &mut Tensor<1>| {
-                *total = total.clone() + t.weighted(w) * weight;
-                terms.set_terms(name, t);
-            };
-        let layers = out.logits.len();
-        for (l, (logits, boxes)) in out.logits.iter().zip(&out.boxes).enumerate() {
-            // official naming: the last layer unprefixed, the others d0., d1., …
-            let prefix = if l + 1 == layers {
-                String::new()
-            } else {
-                format!("d{l}.")
-            };
-            let m = matched_loss(
-                logits.clone().narrow(1, pad, q),
-                boxes.clone().narrow(1, pad, q),
-                targets,
-                &costs,
-            )?;
-            record(&mut terms, &prefix, &m, 1.0, &mut total);
-            if let Some(dn) = &dn {
-                let t = assigned_loss(
-                    logits.clone().narrow(1, 0, pad),
-                    boxes.clone().narrow(1, 0, pad),
-                    &dn.positives,
-                );
-                record(&mut terms, &format!("{prefix}dn_"), &t, 1.0, &mut total);
-            }
-        }
-        let enc = matched_loss(out.enc_logits, out.enc_boxes, targets, &costs)?;
-        record(&mut terms, "enc_", &enc, cfg.enc_loss_weight, &mut total);
-
-        // Co-DETR: the aux heads on the adapter pyramid and their positive queries.
+        let mut total = Tensor::<1>::zeros([1], &device);
+        one_to_one_loss(&out, dn.as_ref(), targets, cfg, &mut total, &mut terms)?;
         terms.host("t_main", t_start.elapsed().as_secs_f32());
-        let main_total = total.clone();
+
+        // Co-DETR: the aux branches on the adapter pyramid and their positive queries.
         let mut aux = None;
-        if let (Some(adapter), Some(atss), Some(proj)) = (
-            &self.heads.adapter,
-            &self.heads.atss,
-            &self.heads.atss_queries,
-        ) {
-            let size = batch.size as f32;
-            let b = batch.len();
-            let d = det_cfg.transformer.d_model;
+        if let Some(adapter) = &self.heads.adapter {
+            let main_total = total.clone();
             let maps = adapter.forward(out.memory.clone(), &out.shapes);
-            let shapes: Vec<[usize; 2]> = maps
+            let shapes = maps
                 .iter()
                 .map(|m| {
                     let [_, _, h, w] = m.dims();
@@ -267,145 +188,27 @@ impl CoDetr {
                 .collect();
             let mut strides = det_cfg.level_strides();
             strides.push(strides.last().copied().unwrap_or(32) * 2);
-            let labels: Vec<&[usize]> = targets.iter().map(|t| t.labels.as_slice()).collect();
-            let gts_norm: Vec<&[[f32; 4]]> = targets.iter().map(|t| t.boxes.as_slice()).collect();
-            let gts_px: Vec<Vec<[f32; 4]>> = targets.iter().map(|t| gt_pixels(t, size)).collect();
-            let aux_weight = cfg.co.lambda2 * layers as f64;
-
-            // ATSS (head 0)
-            let (anchors, per_level) = pyramid_anchors(&shapes, &strides, &cfg.co.atss);
-            let pos = assign(&anchors, &per_level, targets, size, &cfg.co.atss);
-            if cfg.co.aux_loss {
-                let o = atss.forward(&maps);
-                let l = atss_loss(&o, &anchors, &pos, targets, size);
-                let a = &cfg.co.atss;
-                // Paper eq. 6: λ2·L_enc inside the sum over the L decoder layers.
-                total = total
-                    + (l.cls.clone() * a.cls_weight
-                        + l.bbox.clone() * a.bbox_weight
-                        + l.centerness.clone() * a.centerness_weight)
-                        * aux_weight;
-                terms.tensor("atss.loss_cls", l.cls);
-                terms.tensor("atss.loss_bbox", l.bbox);
-                terms.tensor("atss.loss_centerness", l.centerness);
+            let size = batch.size as f32;
+            let step = AuxStep {
+                model: self,
+                cfg,
+                maps,
+                shapes,
+                strides,
+                memory: out.memory.clone(),
+                enc_shapes: &out.shapes,
+                targets,
+                size,
+                labels: targets.iter().map(|t| t.labels.as_slice()).collect(),
+                gts_norm: targets.iter().map(|t| t.boxes.as_slice()).collect(),
+                gts_px: targets.iter().map(|t| gt_pixels(t, size)).collect(),
+                aux_weight: cfg.co.lambda2 * out.logits.len() as f64,
+            };
+            for branch in self.branches() {
+                branch.add_loss(&step, &mut total, &mut terms, rng)?;
+                let name = format!("t_{}", branch.name());
+                terms.host(name, t_start.elapsed().as_secs_f32());
             }
-            if cfg.co.positive_queries {
-                let tokens = Tensor::cat(
-                    maps.iter()
-                        .map(|m| {
-                            let [b, _, h, w] = m.dims();
-                            m.clone().reshape([b, d, h * w]).swap_dims(1, 2)
-                        })
-                        .collect(),
-                    1,
-                );
-                let a = tokens.dims()[1];
-                let cands: Vec<&[[f32; 4]]> = vec![anchors.as_slice(); b];
-                let group = build_group(
-                    &cands,
-                    &pos.pairs,
-                    &labels,
-                    &gts_norm,
-                    size,
-                    cfg.co.max_positive_queries,
-                    rng,
-                );
-                let offsets: Vec<usize> = (0..b).map(|i| i * a).collect();
-                total = total
-                    + self.positive_query_loss(
-                        proj,
-                        &group,
-                        tokens.reshape([b * a, d]),
-                        &offsets,
-                        out.memory.clone(),
-                        &out.shapes,
-                        "pos0",
-                        &cfg.co,
-                        w,
-                        &mut terms,
-                    );
-            }
-
-            terms.host("t_atss", t_start.elapsed().as_secs_f32());
-            // Faster-RCNN (head 1): RPN on the pyramid, RoI head on the encoder levels.
-            if let (Some(rpn), Some(roi), Some(rproj)) =
-                (&self.heads.rpn, &self.heads.roi, &self.heads.rcnn_queries)
-            {
-                let ro = rpn.forward(&maps);
-                let (ranchors, rlevels) = pyramid_rpn_anchors(&shapes, &strides, &cfg.co.rpn);
-                let props = proposals(&ro, &ranchors, &rlevels, size, &cfg.co.rpn)?;
-                let samples = sample_rois(&props, &gts_px, &cfg.co.roi, rng);
-                let enc_strides = det_cfg.level_strides();
-                let feats = roi_features(
-                    out.memory.clone(),
-                    &out.shapes,
-                    &enc_strides,
-                    &samples,
-                    &cfg.co.roi,
-                )?;
-                if cfg.co.aux_loss {
-                    let rl = rpn_loss(&ro, &ranchors, &gts_px, &cfg.co.rpn, rng);
-                    let ol = roi_loss(roi, feats.clone(), &samples, &labels, &gts_px);
-                    let (rc, oc) = (&cfg.co.rpn, &cfg.co.roi);
-                    total = total
-                        + (rl.cls.clone() * rc.cls_weight
-                            + rl.bbox.clone() * rc.bbox_weight
-                            + ol.cls.clone() * oc.cls_weight
-                            + ol.bbox.clone() * oc.bbox_weight)
-                            * aux_weight;
-                    terms.tensor("rpn.loss_cls", rl.cls);
-                    terms.tensor("rpn.loss_bbox", rl.bbox);
-                    terms.tensor("roi.loss_cls", ol.cls);
-                    terms.tensor("roi.loss_iou", ol.bbox);
-                }
-                if cfg.co.positive_queries {
-                    // pooled RoI features (the official mean over the 7×7 bins)
-                    let pooled = feats.mean_dim(1);
-                    let [r, _, _] = pooled.dims();
-                    let pooled = pooled.reshape([r, d]);
-                    let pairs: Vec<Vec<(usize, usize)>> = samples
-                        .gt
-                        .iter()
-                        .map(|g| {
-                            g.iter()
-                                .enumerate()
-                                .filter_map(|(k, a)| a.map(|gi| (k, gi)))
-                                .collect()
-                        })
-                        .collect();
-                    let cands: Vec<&[[f32; 4]]> =
-                        samples.boxes.iter().map(|v| v.as_slice()).collect();
-                    let mut offsets = Vec::with_capacity(b);
-                    let mut at = 0;
-                    for v in &samples.boxes {
-                        offsets.push(at);
-                        at += v.len();
-                    }
-                    let group = build_group(
-                        &cands,
-                        &pairs,
-                        &labels,
-                        &gts_norm,
-                        size,
-                        cfg.co.max_positive_queries,
-                        rng,
-                    );
-                    total = total
-                        + self.positive_query_loss(
-                            rproj,
-                            &group,
-                            pooled,
-                            &offsets,
-                            out.memory.clone(),
-                            &out.shapes,
-                            "pos1",
-                            &cfg.co,
-                            w,
-                            &mut terms,
-                        );
-                }
-            }
-            terms.host("t_rcnn", t_start.elapsed().as_secs_f32());
             let gt: usize = targets.iter().map(|t| t.labels.len()).sum();
             terms.host("num_gt", gt as f32);
             aux = Some(total.clone() - main_total);
@@ -427,4 +230,50 @@ impl CoDetr {
             terms,
         })
     }
+}
+
+/// The one-to-one (DINO) part of the loss, added to `total`: on every decoder layer the
+/// Hungarian-matched queries and the denoising groups, then the encoder proposals.
+fn one_to_one_loss(
+    out: &DetectorOutput,
+    dn: Option<&DnQueries>,
+    targets: &[Target],
+    cfg: &FitConfig,
+    total: &mut Tensor<1>,
+    terms: &mut TermLog,
+) -> Result<()> {
+    let costs = MatchCosts::default();
+    let mut record = |name: &str, t: &Terms, weight: f64| {
+        *total = total.clone() + t.weighted(&cfg.loss) * weight;
+        terms.set_terms(name, t);
+    };
+    let pad = dn.map_or(0, DnQueries::pad_size);
+    let layers = out.logits.len();
+    for (l, (logits, boxes)) in out.logits.iter().zip(&out.boxes).enumerate() {
+        let q = logits.dims()[1] - pad;
+        let prefix = layer_prefix(l, layers);
+        let m = matched_loss(
+            logits.clone().narrow(1, pad, q),
+            boxes.clone().narrow(1, pad, q),
+            targets,
+            &costs,
+        )?;
+        record(&prefix, &m, 1.0);
+        if let Some(dn) = dn {
+            let t = assigned_loss(
+                logits.clone().narrow(1, 0, pad),
+                boxes.clone().narrow(1, 0, pad),
+                &dn.positives,
+            );
+            record(&format!("{prefix}dn_"), &t, 1.0);
+        }
+    }
+    let enc = matched_loss(
+        out.enc_logits.clone(),
+        out.enc_boxes.clone(),
+        targets,
+        &costs,
+    )?;
+    record("enc_", &enc, cfg.enc_loss_weight);
+    Ok(())
 }

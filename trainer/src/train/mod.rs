@@ -1,6 +1,7 @@
 //! Co-DETR training: the training-time model (detector + training-only heads), the per-step
 //! losses, the optimizer (AdamW groups + global grad-norm clip), the run config and `fit`.
 
+pub mod branches;
 pub mod codetr;
 pub mod config;
 pub mod ema;
