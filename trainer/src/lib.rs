@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+pub mod geometry;
 pub mod host;
 pub mod loss;
 pub mod model;

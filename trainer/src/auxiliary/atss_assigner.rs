@@ -1,44 +1,12 @@
 //! ATSS label assignment for Co-DETR's auxiliary ATSS head, ported from mmdet v2.x
-//! (`AnchorGenerator`, `ATSSAssigner`, `DeltaXYWHBBoxCoder`, `ATSSHead.centerness_target`).
+//! (`ATSSAssigner`, `ATSSHead.centerness_target`); anchors, IoU and the delta coder are in
+//! `geometry`.
 //!
-//! Plain `std` on purpose: the assignment is per-image bookkeeping on a few thousand anchors and
-//! a handful of boxes, so it runs on the CPU and stays independent of the tensor backend.
-//! All boxes are `[x1, y1, x2, y2]` in input-image pixels.
+//! On the host on purpose: the assignment is per-image bookkeeping on a few thousand anchors and
+//! a handful of boxes, reading nothing from the device. All boxes are `[x1, y1, x2, y2]` in
+//! input-image pixels.
 
-/// mmdet's `wh_ratio_clip` (16 / 1000): decoded width/height may change by at most this factor
-/// (or its inverse), so wild regression outputs cannot explode the box.
-const WH_RATIO_CLIP: f32 = 16.0 / 1000.0;
-
-/// Smallest width/height used by [`DeltaCoder::encode`], so a degenerate box yields a large but
-/// finite delta instead of `inf`/`NaN` (identical to mmdet for every non-degenerate box).
-const MIN_SIZE: f32 = 1e-6;
-
-/// All anchors of a feature pyramid, as mmdet's `AnchorGenerator` with `ratios = [1.0]`,
-/// `scales_per_octave = 1` and `center_offset = 0`: one square anchor of side
-/// `octave_base_scale * stride` centred at `(x * stride, y * stride)` per location.
-///
-/// `level_shapes` are `[h, w]`; the output is level by level, row-major within a level
-/// (index = level start + `y * w + x`), matching the flattened head outputs. Levels beyond
-/// the shorter of `level_shapes` / `strides` are ignored.
-pub fn anchors(
-    level_shapes: &[[usize; 2]],
-    strides: &[usize],
-    octave_base_scale: f32,
-) -> Vec<[f32; 4]> {
-    let mut out = Vec::new();
-    for (&[h, w], &stride) in level_shapes.iter().zip(strides) {
-        let s = stride as f32;
-        let half = 0.5 * octave_base_scale * s;
-        for y in 0..h {
-            let cy = y as f32 * s;
-            for x in 0..w {
-                let cx = x as f32 * s;
-                out.push([cx - half, cy - half, cx + half, cy + half]);
-            }
-        }
-    }
-    out
-}
+use crate::geometry::boxes::{center, iou};
 
 /// Result of [`atss_assign`], one entry per anchor.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,21 +15,6 @@ pub struct AtssAssignment {
     pub gt: Vec<Option<usize>>,
     /// IoU with the assigned gt box (0 for background).
     pub max_iou: Vec<f32>,
-}
-
-/// Standard IoU; a zero (or invalid) union gives 0 so degenerate boxes never produce `NaN`.
-fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area_a = (a[2] - a[0]) * (a[3] - a[1]);
-    let area_b = (b[2] - b[0]) * (b[3] - b[1]);
-    let union = area_a + area_b - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
-}
-
-fn center(b: [f32; 4]) -> [f32; 2] {
-    [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0]
 }
 
 /// mmdet's `ATSSAssigner.assign` (v2.x).
@@ -154,61 +107,6 @@ pub fn atss_assign(
     out
 }
 
-/// mmdet's `DeltaXYWHBBoxCoder` with means 0:
-/// `dx = (gx − px) / pw / s0`, `dy = (gy − py) / ph / s1`, `dw = ln(gw / pw) / s2`,
-/// `dh = ln(gh / ph) / s3`, with centres `(x1 + x2) / 2` and sizes `x2 − x1` (no `+1`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DeltaCoder {
-    /// Per-component divisors of the deltas (mmdet `target_stds`).
-    pub stds: [f32; 4],
-}
-
-impl Default for DeltaCoder {
-    /// Co-DETR's ATSS head uses `target_stds = [0.1, 0.1, 0.2, 0.2]`.
-    fn default() -> Self {
-        Self {
-            stds: [0.1, 0.1, 0.2, 0.2],
-        }
-    }
-}
-
-impl DeltaCoder {
-    /// Regression target taking `anchor` to `gt` (mmdet `bbox2delta`). Sizes are floored at
-    /// 1e-6 px so degenerate boxes stay finite.
-    pub fn encode(&self, anchor: [f32; 4], gt: [f32; 4]) -> [f32; 4] {
-        let [px, py] = center(anchor);
-        let pw = (anchor[2] - anchor[0]).max(MIN_SIZE);
-        let ph = (anchor[3] - anchor[1]).max(MIN_SIZE);
-        let [gx, gy] = center(gt);
-        let gw = (gt[2] - gt[0]).max(MIN_SIZE);
-        let gh = (gt[3] - gt[1]).max(MIN_SIZE);
-        [
-            (gx - px) / pw / self.stds[0],
-            (gy - py) / ph / self.stds[1],
-            (gw / pw).ln() / self.stds[2],
-            (gh / ph).ln() / self.stds[3],
-        ]
-    }
-
-    /// Box from `anchor` and `delta` (mmdet `delta2bbox`, no image clipping): the de-normalised
-    /// `dw`/`dh` are clamped to `±|ln(16/1000)|` before `exp`.
-    pub fn decode(&self, anchor: [f32; 4], delta: [f32; 4]) -> [f32; 4] {
-        let max_ratio = WH_RATIO_CLIP.ln().abs();
-        let dx = delta[0] * self.stds[0];
-        let dy = delta[1] * self.stds[1];
-        let dw = (delta[2] * self.stds[2]).clamp(-max_ratio, max_ratio);
-        let dh = (delta[3] * self.stds[3]).clamp(-max_ratio, max_ratio);
-        let [px, py] = center(anchor);
-        let pw = anchor[2] - anchor[0];
-        let ph = anchor[3] - anchor[1];
-        let gw = pw * dw.exp();
-        let gh = ph * dh.exp();
-        let gx = px + pw * dx;
-        let gy = py + ph * dy;
-        [gx - gw * 0.5, gy - gh * 0.5, gx + gw * 0.5, gy + gh * 0.5]
-    }
-}
-
 /// mmdet `ATSSHead.centerness_target`: how central the anchor centre sits in `gt`,
 /// `sqrt(min(l, r) / max(l, r) · min(t, b) / max(t, b))`. Returns 0 when the centre is not
 /// strictly inside `gt` (mmdet only ever calls it for positives, whose centres are inside; the
@@ -229,11 +127,13 @@ pub fn centerness_target(anchor: [f32; 4], gt: [f32; 4]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geometry::anchors::square_anchors;
+    use crate::geometry::coder::DeltaCoder;
 
     /// Level of a 4×4 grid, stride 8, octave scale 2: 16 px anchors centred at multiples of 8;
     /// anchor (x, y) = [8x − 8, 8y − 8, 8x + 8, 8y + 8], index y·4 + x.
     fn grid4() -> Vec<[f32; 4]> {
-        anchors(&[[4, 4]], &[8], 2.0)
+        square_anchors(&[[4, 4]], &[8], 2.0)
     }
 
     fn positives(a: &AtssAssignment) -> Vec<(usize, usize)> {
@@ -245,29 +145,6 @@ mod tests {
 
     fn close(a: f32, b: f32, tol: f32) -> bool {
         (a - b).abs() <= tol
-    }
-
-    #[test]
-    fn anchors_two_levels_by_hand() {
-        // Level 0: h=2, w=3, stride 4, side 8 → half 4. Level 1: h=1, w=2, stride 8, side 16.
-        let a = anchors(&[[2, 3], [1, 2]], &[4, 8], 2.0);
-        let expected: Vec<[f32; 4]> = vec![
-            [-4.0, -4.0, 4.0, 4.0], // (x0, y0)
-            [0.0, -4.0, 8.0, 4.0],  // (x1, y0)
-            [4.0, -4.0, 12.0, 4.0], // (x2, y0)
-            [-4.0, 0.0, 4.0, 8.0],  // (x0, y1)
-            [0.0, 0.0, 8.0, 8.0],   // (x1, y1)
-            [4.0, 0.0, 12.0, 8.0],  // (x2, y1)
-            [-8.0, -8.0, 8.0, 8.0], // level 1 (x0, y0)
-            [0.0, -8.0, 16.0, 8.0], // level 1 (x1, y0)
-        ];
-        assert_eq!(a, expected);
-        // Co-DETR: octave scale 8 → side 8·stride.
-        assert_eq!(
-            anchors(&[[1, 1]], &[16], 8.0),
-            vec![[-64.0, -64.0, 64.0, 64.0]]
-        );
-        assert!(anchors(&[], &[], 8.0).is_empty());
     }
 
     #[test]
@@ -351,7 +228,7 @@ mod tests {
         //     [0,−16,32,16] → 512/1536 = 0.333333.
         // mean 0.458333; var = (2·0.208333² + 0.541667² + 0.125²)/3 = 0.131944, std 0.363242
         // → thr 0.821575 → only idx 19.
-        let a = anchors(&[[4, 4], [2, 2]], &[8, 16], 2.0);
+        let a = square_anchors(&[[4, 4], [2, 2]], &[8, 16], 2.0);
         let res = atss_assign(&a, &[16, 4], &[[0.0, 0.0, 32.0, 32.0]], 2);
         assert_eq!(positives(&res), vec![(19, 0)]);
         assert_eq!(res.max_iou[19], 1.0);
@@ -391,7 +268,7 @@ mod tests {
         assert!(a.max_iou.iter().all(|v| v.is_finite()));
         assert!(positives(&a).is_empty());
         // Zero-size anchors too (0/0 union).
-        let pts = anchors(&[[4, 4]], &[8], 0.0);
+        let pts = square_anchors(&[[4, 4]], &[8], 0.0);
         let a = atss_assign(&pts, &[16], &gts, 9);
         assert!(a.max_iou.iter().all(|v| v.is_finite()));
         for g in gts {
@@ -521,7 +398,7 @@ mod tests {
             // Also exercise real grid anchors (many exact distance ties).
             if case % 4 == 0 {
                 let (h, w) = (1 + rng.below(6), 1 + rng.below(6));
-                all = anchors(&[[h, w], [h.div_ceil(2), w.div_ceil(2)]], &[8, 16], 4.0);
+                all = square_anchors(&[[h, w], [h.div_ceil(2), w.div_ceil(2)]], &[8, 16], 4.0);
                 per = vec![h * w, h.div_ceil(2) * w.div_ceil(2)];
             }
             let ng = rng.below(6);
@@ -555,42 +432,6 @@ mod tests {
         }
         // The comparison is only meaningful if positives actually occur.
         assert!(total_pos > 200, "only {total_pos} positives");
-    }
-
-    #[test]
-    fn delta_coder_hand_case() {
-        // anchor [0,0,10,10]: p = (5,5), size 10×10; gt [2,4,14,24]: g = (8,14), size 12×20.
-        // dx = 0.3/0.1 = 3, dy = 0.9/0.1 = 9, dw = ln 1.2/0.2 = 0.911608, dh = ln 2/0.2 = 3.465736.
-        let c = DeltaCoder::default();
-        let d = c.encode([0.0, 0.0, 10.0, 10.0], [2.0, 4.0, 14.0, 24.0]);
-        let e = [3.0, 9.0, 0.911_608, 3.465_736];
-        for k in 0..4 {
-            assert!(close(d[k], e[k], 1e-5), "{d:?}");
-        }
-        let b = c.decode([0.0, 0.0, 10.0, 10.0], e);
-        for (k, v) in [2.0, 4.0, 14.0, 24.0].into_iter().enumerate() {
-            assert!(close(b[k], v, 1e-4), "{b:?}");
-        }
-        // Clamp: huge dw/dh → size ×1000/16 = 625 at most (×16/1000 = 0.16 at least).
-        let b = c.decode([0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 1e4, -1e4]);
-        assert!(close(b[2] - b[0], 625.0, 1e-2), "{b:?}");
-        assert!(close(b[3] - b[1], 0.16, 1e-5), "{b:?}");
-    }
-
-    #[test]
-    fn delta_coder_round_trip() {
-        let mut rng = Rng::new(42);
-        let coders = [DeltaCoder::default(), DeltaCoder { stds: [1.0; 4] }];
-        for _ in 0..2000 {
-            let a = bx(&mut rng, 2.0, 100.0);
-            let g = bx(&mut rng, 2.0, 100.0);
-            for c in &coders {
-                let back = c.decode(a, c.encode(a, g));
-                for k in 0..4 {
-                    assert!(close(back[k], g[k], 1e-4), "{a:?} {g:?} {back:?}");
-                }
-            }
-        }
     }
 
     #[test]

@@ -10,9 +10,11 @@ use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
-use super::atss_assigner::{DeltaCoder, anchors, atss_assign, centerness_target};
+use super::atss_assigner::{atss_assign, centerness_target};
 use crate::data::loader::Target;
-use crate::loss::boxes::iou_giou_aligned;
+use crate::geometry::anchors::square_anchors;
+use crate::geometry::coder::{DeltaCoder, decode_deltas};
+use crate::geometry::tensor::iou_giou_aligned;
 use crate::loss::focal::{bce_with_logits, sigmoid_focal_sum};
 use crate::model::detector::prior_bias;
 
@@ -135,7 +137,7 @@ pub fn pyramid_anchors(
     cfg: &AtssConfig,
 ) -> (Vec<[f32; 4]>, Vec<usize>) {
     let per: Vec<usize> = shapes.iter().map(|[h, w]| h * w).collect();
-    (anchors(shapes, strides, cfg.octave_base_scale), per)
+    (square_anchors(shapes, strides, cfg.octave_base_scale), per)
 }
 
 /// Targets' normalised cxcywh boxes → pixel xyxy at the `size`² input.
@@ -173,39 +175,6 @@ pub fn assign(
         })
         .collect();
     AtssPositives { pairs }
-}
-
-/// mmdet DeltaXYWHBBoxCoder.decode on tensors: `anchors`/`deltas` `[P, 4]` → xyxy `[P, 4]`.
-pub fn decode_deltas(anchors: Tensor<2>, deltas: Tensor<2>, coder: &DeltaCoder) -> Tensor<2> {
-    let device = deltas.device();
-    let p = deltas.dims()[0];
-    let stds =
-        Tensor::<1>::from_data(TensorData::new(coder.stds.to_vec(), [4]), &device).reshape([1, 4]);
-    let d = deltas * stds;
-    let max_ratio = (1000.0f64 / 16.0).ln();
-    let (x1, y1) = (
-        anchors.clone().narrow(1, 0, 1),
-        anchors.clone().narrow(1, 1, 1),
-    );
-    let (x2, y2) = (anchors.clone().narrow(1, 2, 1), anchors.narrow(1, 3, 1));
-    let pw = x2.clone() - x1.clone();
-    let ph = y2.clone() - y1.clone();
-    let px = (x1 + x2) * 0.5;
-    let py = (y1 + y2) * 0.5;
-    let gx = px + pw.clone() * d.clone().narrow(1, 0, 1);
-    let gy = py + ph.clone() * d.clone().narrow(1, 1, 1);
-    let gw = pw * d.clone().narrow(1, 2, 1).clamp(-max_ratio, max_ratio).exp();
-    let gh = ph * d.narrow(1, 3, 1).clamp(-max_ratio, max_ratio).exp();
-    let out = Tensor::cat(
-        vec![
-            gx.clone() - gw.clone() * 0.5,
-            gy.clone() - gh.clone() * 0.5,
-            gx + gw * 0.5,
-            gy + gh * 0.5,
-        ],
-        1,
-    );
-    out.reshape([p, 4])
 }
 
 /// The three ATSS terms, each divided by its avg factor as in mmdet's ATSSHead.

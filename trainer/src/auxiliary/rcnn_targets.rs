@@ -1,106 +1,15 @@
 //! Host-side target assignment for Co-DETR's auxiliary Faster-RCNN branch, ported from mmdet
-//! v2.x (`AnchorGenerator`, `MaxIoUAssigner`, `RandomSampler`, `SingleRoIExtractor`) and mmcv
-//! (`nms`, `batched_nms`).
+//! v2.x (`MaxIoUAssigner`, `RandomSampler`, `SingleRoIExtractor`) and mmcv (`nms`,
+//! `batched_nms`); anchors and IoU are in `geometry`.
 //!
-//! Plain `std` on purpose: this is per-image bookkeeping on anchors/proposals and a handful of
-//! ground-truth boxes, so it runs on the CPU independent of the tensor backend. Arithmetic is
+//! On the host on purpose: this is per-image bookkeeping on anchors/proposals and a handful of
+//! ground-truth boxes, reading nothing from the device but the RPN's top-k. Arithmetic is
 //! kept in `f32` in mmdet's operation order so that targets match the reference bit for bit
 //! where practical. All boxes are `[x1, y1, x2, y2]` in input-image pixels.
 
 use std::collections::HashMap;
 
-/// Number of anchors per feature-map location (`scales_per_octave * num_ratios`), i.e. the
-/// channel multiplier of the RPN head outputs.
-pub fn anchors_per_location(scales_per_octave: usize, num_ratios: usize) -> usize {
-    scales_per_octave * num_ratios
-}
-
-/// mmdet `gen_single_level_base_anchors` with `center_offset = 0` and `scale_major = True`:
-/// ratio-major order (`a = r * scales_per_octave + s`), each anchor centred at the origin.
-fn base_anchors(
-    stride: usize,
-    octave_base_scale: f32,
-    scales_per_octave: usize,
-    ratios: &[f32],
-) -> Vec<[f32; 4]> {
-    // mmdet builds the octave scales in float64 numpy and only then casts to a float32 tensor.
-    let scales: Vec<f32> = (0..scales_per_octave)
-        .map(|i| {
-            let octave = 2f64.powf(i as f64 / scales_per_octave as f64);
-            (octave * f64::from(octave_base_scale)) as f32
-        })
-        .collect();
-    let base = stride as f32;
-    let mut out = Vec::with_capacity(ratios.len() * scales.len());
-    for &ratio in ratios {
-        let h_ratio = ratio.sqrt();
-        let w_ratio = 1.0 / h_ratio;
-        for &scale in &scales {
-            // Same association as `w * w_ratios[:, None] * scales[None, :]`.
-            let ws = base * w_ratio * scale;
-            let hs = base * h_ratio * scale;
-            out.push([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs]);
-        }
-    }
-    out
-}
-
-/// All RPN anchors of a feature pyramid, as mmdet's `AnchorGenerator` (`base_size = stride`,
-/// `center_offset = 0`, octave scales `octave_base_scale * 2^(i / scales_per_octave)`).
-///
-/// `level_shapes` are `[h, w]`. The output is level by level, row-major over locations within a
-/// level, all base anchors (ratio-major) at each location: index =
-/// level start + `(y * w + x) * A + a`, matching the flattened `(A, H, W) -> (H, W, A)` head
-/// outputs. Levels beyond the shorter of `level_shapes` / `strides` are ignored.
-pub fn rpn_anchors(
-    level_shapes: &[[usize; 2]],
-    strides: &[usize],
-    octave_base_scale: f32,
-    scales_per_octave: usize,
-    ratios: &[f32],
-) -> Vec<[f32; 4]> {
-    let per_loc = anchors_per_location(scales_per_octave, ratios.len());
-    let total = level_shapes
-        .iter()
-        .zip(strides)
-        .try_fold(0usize, |acc, (&[h, w], _)| {
-            h.checked_mul(w)?.checked_mul(per_loc)?.checked_add(acc)
-        });
-    let mut out = Vec::new();
-    if let Some(total) = total {
-        // Only a hint: an absurd size must not abort here.
-        let _ = out.try_reserve(total);
-    }
-    for (&[h, w], &stride) in level_shapes.iter().zip(strides) {
-        let base = base_anchors(stride, octave_base_scale, scales_per_octave, ratios);
-        let s = stride as f32;
-        for y in 0..h {
-            let sy = y as f32 * s;
-            for x in 0..w {
-                let sx = x as f32 * s;
-                out.extend(
-                    base.iter()
-                        .map(|b| [b[0] + sx, b[1] + sy, b[2] + sx, b[3] + sy]),
-                );
-            }
-        }
-    }
-    out
-}
-
-/// Intersection over union of two xyxy boxes, as mmdet `bbox_overlaps` (intersection clamped at
-/// zero, areas not clamped). Returns 0 where the union is not positive or the result is not
-/// finite, so degenerate or NaN boxes never poison a max/argmax.
-pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area_a = (a[2] - a[0]) * (a[3] - a[1]);
-    let area_b = (b[2] - b[0]) * (b[3] - b[1]);
-    let union = area_a + area_b - inter;
-    let v = inter / union;
-    if union > 0.0 && v.is_finite() { v } else { 0.0 }
-}
+use crate::geometry::boxes::iou;
 
 /// Assignment of one box, mmdet's `gt_inds` (−1 ignore, 0 negative, `i + 1` positive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,61 +270,6 @@ mod tests {
         let (a, b) = (r.below(grid) as f32, r.below(grid) as f32);
         let (c, d) = (r.below(grid) as f32, r.below(grid) as f32);
         [a.min(b), c.min(d), a.max(b), c.max(d)]
-    }
-
-    fn close(a: [f32; 4], b: [f32; 4]) -> bool {
-        a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4)
-    }
-
-    #[test]
-    fn rpn_anchors_by_hand() {
-        // stride 16, octave_base_scale 4, 3 scales per octave, ratios [0.5, 1, 2]:
-        //   scales   = 4 * 2^(0/3, 1/3, 2/3) = 4, 5.0396842, 6.3496042
-        //   h_ratios = sqrt(r) = 0.70710678, 1, 1.41421356; w_ratios = 1 / h_ratios
-        //   ratio 0.5, scale 4:  ws = 16 * 1.41421356 * 4 = 90.509668, hs = 45.254834
-        //   ratio 1,   scale 4:  ws = hs = 64
-        //   ratio 1,   scale 2^(1/3)*4: ws = hs = 80.634947
-        //   ratio 2,   scale 2^(2/3)*4: ws = 16 * 0.70710678 * 6.3496042 = 71.837571,
-        //                               hs = 143.675142
-        // Ratio-major: a = r * 3 + s. Locations (y, x) row-major, shift (16x, 16y).
-        let a = rpn_anchors(&[[2, 2]], &[16], 4.0, 3, &[0.5, 1.0, 2.0]);
-        assert_eq!(anchors_per_location(3, 3), 9);
-        assert_eq!(a.len(), 2 * 2 * 9);
-        let h = |w: f32, h: f32| [-w / 2.0, -h / 2.0, w / 2.0, h / 2.0];
-        assert!(close(a[0], h(90.509_67, 45.254_83)));
-        assert!(close(a[3], [-32.0, -32.0, 32.0, 32.0]));
-        assert!(close(a[4], h(80.634_95, 80.634_95)));
-        assert!(close(a[8], h(71.837_57, 143.675_14)));
-        // Location (y=0, x=1) = index 9..18, shifted by (16, 0).
-        assert!(close(a[9 + 3], [-16.0, -32.0, 48.0, 32.0]));
-        // Location (y=1, x=0) = index 18..27, shifted by (0, 16).
-        assert!(close(a[18 + 3], [-32.0, -16.0, 32.0, 48.0]));
-        assert!(close(a[18], [-45.254_83, -6.627_417, 45.254_83, 38.627_42]));
-        // Location (y=1, x=1).
-        assert!(close(a[27 + 3], [-16.0, -16.0, 48.0, 48.0]));
-    }
-
-    #[test]
-    fn rpn_anchors_levels_and_count() {
-        // Co-DETR's RPN: scales [8], ratios [0.5, 1, 2].
-        let shapes = [[3, 5], [2, 3], [1, 1]];
-        let strides = [4, 8, 16];
-        let a = rpn_anchors(&shapes, &strides, 8.0, 1, &[0.5, 1.0, 2.0]);
-        assert_eq!(a.len(), (15 + 6 + 1) * 3);
-        // Level 1 starts after 45 anchors; its location (y=1, x=2) ratio 1 is centred at
-        // (16, 8) with side 64.
-        let k = 45 + (3 + 2) * 3 + 1;
-        assert!(close(
-            a[k],
-            [16.0 - 32.0, 8.0 - 32.0, 16.0 + 32.0, 8.0 + 32.0]
-        ));
-        // Level 2: one location at the origin, side 128 for ratio 1.
-        assert!(close(a[45 + 18 + 1], [-64.0, -64.0, 64.0, 64.0]));
-        // Extra shapes without a stride are ignored.
-        assert_eq!(
-            rpn_anchors(&shapes, &strides[..1], 8.0, 1, &[1.0]).len(),
-            15
-        );
     }
 
     const RPN: MaxIouAssigner = MaxIouAssigner {

@@ -10,14 +10,13 @@ use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::atss_assigner::DeltaCoder;
-use super::atss_head::decode_deltas;
 use super::rcnn_targets::{
     AssignedGt, MaxIouAssigner, random_sample, roi_level, with_gt_proposals,
 };
 use super::roi_align_plan::{Level, Roi, roi_align_plan};
 use crate::error::{Error, Result};
-use crate::loss::boxes::iou_giou_aligned;
+use crate::geometry::coder::{DeltaCoder, decode_deltas};
+use crate::geometry::tensor::iou_giou_aligned;
 use crate::rng::Rng;
 
 /// RoI head settings (Co-DETR: MaxIoU 0.5, 512 samples at 0.25 positives, 7×7, 1024-d FCs).

@@ -10,10 +10,9 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::atss_assigner::DeltaCoder;
-use super::rcnn_targets::{
-    AssignedGt, MaxIouAssigner, anchors_per_location, batched_nms, random_sample, rpn_anchors,
-};
+use super::rcnn_targets::{AssignedGt, MaxIouAssigner, batched_nms, random_sample};
+use crate::geometry::anchors::{anchors_per_location, generate_anchors};
+use crate::geometry::coder::DeltaCoder;
 use crate::loss::focal::bce_with_logits;
 use crate::rng::Rng;
 
@@ -128,7 +127,7 @@ pub fn pyramid_rpn_anchors(
     strides: &[usize],
     cfg: &RpnConfig,
 ) -> (Vec<[f32; 4]>, Vec<usize>) {
-    let anchors = rpn_anchors(
+    let anchors = generate_anchors(
         shapes,
         strides,
         cfg.octave_base_scale,

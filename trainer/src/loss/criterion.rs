@@ -4,11 +4,11 @@
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
-use super::boxes::{cxcywh_to_xyxy, iou_giou_aligned};
 use super::focal::quality_focal_sum;
 use super::matcher::{MatchCosts, MatchError, match_label_logits};
 use crate::data::loader::Target;
 use crate::error::{Error, Result};
+use crate::geometry::tensor::{cxcywh_to_xyxy, iou_giou_aligned};
 
 /// Loss weights (Co-DINO: QFL 1, L1 5, GIoU 2).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -2,10 +2,13 @@
 //!
 //! Matching runs on the host in `f64`: the cost matrices are tiny
 //! (`num_queries × num_gt` per image) and a deterministic exact solver is
-//! worth more here than keeping the data on the device. The file depends
-//! only on `std` so it can be tested in isolation with plain `rustc --test`.
+//! worth more here than keeping the data on the device (the step reads back
+//! only the gt labels' logit columns and the boxes). The box cost is
+//! `geometry::boxes`' f64 IoU/GIoU.
 
 use std::fmt;
+
+use crate::geometry::boxes::{cxcywh_to_xyxy_f64, iou_giou_f64};
 
 /// Why a matching could not be computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,45 +187,6 @@ fn solve_wide(a: &[f64], n: usize, m: usize) -> Result<Vec<(usize, usize)>, Matc
         .filter(|&(_, &row)| row != 0)
         .map(|(j, &row)| (row - 1, j - 1))
         .collect())
-}
-
-/// Converts a `(cx, cy, w, h)` box to `(x0, y0, x1, y1)`.
-#[must_use]
-pub fn cxcywh_to_xyxy(b: [f32; 4]) -> [f32; 4] {
-    let [cx, cy, w, h] = b;
-    [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
-}
-
-/// Floor for union and enclosing areas so degenerate (zero-area) boxes give
-/// finite IoU/GIoU instead of 0/0.
-const AREA_EPS: f64 = 1e-7;
-
-/// IoU and generalized IoU of two `xyxy` boxes.
-///
-/// Computed in `f64` internally so the matcher and this helper agree exactly.
-#[must_use]
-pub fn iou_giou(a: [f32; 4], b: [f32; 4]) -> (f32, f32) {
-    let (iou, giou) = iou_giou_f64(a.map(f64::from), b.map(f64::from));
-    (iou as f32, giou as f32)
-}
-
-fn iou_giou_f64(a: [f64; 4], b: [f64; 4]) -> (f64, f64) {
-    // Clamp widths at zero so inverted (x1 < x0) predictions count as empty.
-    let area = |r: [f64; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let inter_w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let inter_h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = inter_w * inter_h;
-    let union = (area(a) + area(b) - inter).max(AREA_EPS);
-    let iou = inter / union;
-    let encl_w = (a[2].max(b[2]) - a[0].min(b[0])).max(0.0);
-    let encl_h = (a[3].max(b[3]) - a[1].min(b[1])).max(0.0);
-    let enclose = (encl_w * encl_h).max(AREA_EPS);
-    (iou, iou - (enclose - union) / enclose)
-}
-
-fn cxcywh_to_xyxy_f64(b: [f64; 4]) -> [f64; 4] {
-    let [cx, cy, w, h] = b;
-    [cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h]
 }
 
 /// Weights of the matching cost terms (mmdet `HungarianAssigner` setup).
@@ -583,44 +547,6 @@ mod tests {
             linear_sum_assignment(&[1e308, 0.0, 0.0, 1e308], 2, 2),
             Err(MatchError::Overflow)
         );
-    }
-
-    fn close(a: f32, b: f32) -> bool {
-        (a - b).abs() <= 1e-6
-    }
-
-    #[test]
-    fn box_conversion() {
-        let got = cxcywh_to_xyxy([0.5, 0.5, 0.2, 0.4]);
-        let want = [0.4, 0.3, 0.6, 0.7];
-        assert!(got.iter().zip(&want).all(|(&g, &w)| close(g, w)), "{got:?}");
-    }
-
-    #[test]
-    fn iou_giou_hand_computed() {
-        let a = [0.1, 0.2, 0.5, 0.6];
-        let (iou, giou) = iou_giou(a, a);
-        assert!(close(iou, 1.0) && close(giou, 1.0), "{iou} {giou}");
-
-        // Disjoint unit squares one unit apart: union 2, hull 3 → GIoU −1/3.
-        let (iou, giou) = iou_giou([0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 3.0, 1.0]);
-        assert_eq!(iou, 0.0);
-        assert!(close(giou, -1.0 / 3.0), "{giou}");
-
-        // Overlap 1, union 7, hull 9 → IoU 1/7, GIoU 1/7 − 2/9 = −5/63.
-        let (iou, giou) = iou_giou([0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]);
-        assert!(close(iou, 1.0 / 7.0), "{iou}");
-        assert!(close(giou, -5.0 / 63.0), "{giou}");
-
-        for (a, b) in [
-            ([0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.5]),
-            ([0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.2, 0.2]),
-            ([0.1, 0.1, 0.1, 0.9], [0.3, 0.1, 0.3, 0.9]),
-        ] {
-            let (iou, giou) = iou_giou(a, b);
-            assert!(iou.is_finite() && giou.is_finite(), "{a:?} {b:?}");
-            assert!((0.0..=1.0).contains(&iou) && (-1.0..=1.0).contains(&giou));
-        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Box geometry on tensors (normalised coordinates): format conversion and aligned IoU/GIoU,
-//! differentiable, for the regression losses.
+//! Box geometry on tensors: format conversion and aligned IoU/GIoU, differentiable, for the
+//! regression losses.
 
 use burn::tensor::Tensor;
 
