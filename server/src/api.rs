@@ -14,6 +14,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use codetr_model::filter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -557,34 +558,26 @@ async fn detect_inner(
         .map(|(o, p)| ImageResult {
             width: p.orig[1],
             height: p.orig[0],
-            detections: o
-                .labels
-                .iter()
-                .zip(&o.scores)
-                .zip(&o.boxes)
-                .filter(|((l, sc), _)| {
-                    **sc >= params.score_threshold
-                        && params
-                            .classes
-                            .as_ref()
-                            .is_none_or(|c| c.contains(&(**l as usize)))
-                })
-                .take(params.max_detections)
-                .map(|((&l, &sc), b)| Detection {
-                    class_id: l as usize,
-                    label: names
-                        .get(l as usize)
-                        .cloned()
-                        .unwrap_or_else(|| format!("class_{l}")),
-                    score: sc,
-                    bbox: BoxXyxy {
-                        x1: b[0],
-                        y1: b[1],
-                        x2: b[2],
-                        y2: b[3],
-                    },
-                })
-                .collect(),
+            detections: filter::keep(
+                &o.labels,
+                &o.scores,
+                &o.boxes,
+                params.score_threshold,
+                params.classes.as_ref(),
+                params.max_detections,
+            )
+            .map(|k| Detection {
+                class_id: k.class_id,
+                label: filter::class_name(names, k.class_id),
+                score: k.score,
+                bbox: BoxXyxy {
+                    x1: k.bbox[0],
+                    y1: k.bbox[1],
+                    x2: k.bbox[2],
+                    y2: k.bbox[3],
+                },
+            })
+            .collect(),
         })
         .collect();
     let max = |f: &dyn Fn(usize) -> Duration| (0..n).map(f).max().unwrap_or_default();

@@ -238,7 +238,7 @@ pub struct DetectConfig {
 impl Default for DetectConfig {
     fn default() -> Self {
         Self {
-            score_threshold: 0.3,
+            score_threshold: codetr_model::filter::DEFAULT_SCORE_THRESHOLD,
         }
     }
 }

@@ -129,7 +129,7 @@ enum Command {
         #[arg(long)]
         image: PathBuf,
         /// Minimum score of a printed detection.
-        #[arg(long, default_value_t = 0.3)]
+        #[arg(long, default_value_t = codetr_model::filter::DEFAULT_SCORE_THRESHOLD)]
         score_threshold: f32,
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -5,7 +5,8 @@
 //! * the graph's input and output names, in graph order ([`INPUTS`], [`OUTPUTS`]);
 //! * the `metadata_props` schema ([`ModelMetadata`]), its string encoding
 //!   ([`ModelMetadata::try_to_props`]) and its validating decoder
-//!   ([`ModelMetadata::from_props`]).
+//!   ([`ModelMetadata::from_props`]);
+//! * the output filter every reader of the graph applies ([`filter`]).
 //!
 //! # Graph I/O
 //!
@@ -29,6 +30,8 @@
 //! unknown keys inside it are rejected, so a typo in the exporter cannot go unnoticed.
 
 #![warn(missing_docs)]
+
+pub mod filter;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use codetr_model::filter;
 use serde::Serialize;
 
 use super::detector::{Detector, pixels_to_tensor};
@@ -20,7 +21,8 @@ pub struct Prediction {
     pub bbox: [f32; 4],
 }
 
-/// Runs the model on an image file; keeps detections with `score >= score_threshold`.
+/// Runs the model on an image file; keeps detections by the contract's filter
+/// (`score >= score_threshold`), as the server does.
 pub fn predict_file(
     model: &Detector,
     class_names: &[String],
@@ -36,22 +38,18 @@ pub fn predict_file(
     let x = pixels_to_tensor(&px, 1, s as usize, s as usize, &device)?;
     let det = model.detect(x, &[[h, w]])?;
     let (scores, labels, boxes) = det.to_host()?;
-    Ok(scores
-        .iter()
-        .zip(&labels)
-        .zip(boxes.chunks_exact(4))
-        .filter(|((s, _), _)| **s >= score_threshold)
-        .map(|((&score, &label), b)| {
-            let class_id = label.max(0) as usize;
-            Prediction {
-                class_id,
-                label: class_names
-                    .get(class_id)
-                    .cloned()
-                    .unwrap_or_else(|| format!("class_{class_id}")),
-                score,
-                bbox: [b[0], b[1], b[2], b[3]],
-            }
-        })
-        .collect())
+    let boxes: Vec<[f32; 4]> = boxes
+        .chunks_exact(4)
+        .map(|b| [b[0], b[1], b[2], b[3]])
+        .collect();
+    Ok(
+        filter::keep(&labels, &scores, &boxes, score_threshold, None, usize::MAX)
+            .map(|k| Prediction {
+                class_id: k.class_id,
+                label: filter::class_name(class_names, k.class_id),
+                score: k.score,
+                bbox: k.bbox,
+            })
+            .collect(),
+    )
 }
