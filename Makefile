@@ -11,7 +11,7 @@ export CODETR_PYTHON := $(VENV_PY)
 
 help:
 	@echo "make run    install ONNX Runtime (PyPI wheel, into .ort/), build and serve $(MODEL)"
-	@echo "make test   the whole suite: fmt check, clippy -D warnings, nextest (incl. Python reference checks)"
+	@echo "make test   the whole suite: fmt check, clippy -D warnings (incl. the vulkan GPU build), nextest (incl. Python reference checks)"
 	@echo "make bench-eval   COCO evaluator vs pycocotools speed (bench/eval_speed.sh)"
 
 venv:
@@ -33,8 +33,10 @@ run: ort
 fmt:
 	cargo fmt --all -- --check
 
+# With the trainer's `vulkan` feature: the GPU build (Burn's wgpu/Vulkan backend, no GPU or
+# SDK needed to compile) is checked on every run; nextest builds and runs the CPU build.
 lint:
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --features codetr-train/vulkan -- -D warnings
 
 nextest: venv
 	cargo nextest run --workspace --no-fail-fast
