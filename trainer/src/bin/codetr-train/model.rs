@@ -1,0 +1,288 @@
+//! Model subcommands: `validate`, `info`, `init`, `predict`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use burn::module::Module;
+use codetr_train::data::{CocoDataset, LoadOptions};
+use codetr_train::eval;
+use codetr_train::model::checkpoint;
+use codetr_train::model::{Detector, DetectorConfig};
+
+/// Which model: a preset, optionally overridden by a TOML file.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// Preset: tiny or paper-r50.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// TOML model config (`preset = ...` plus any overrides); replaces --preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn resolve(&self) -> anyhow::Result<DetectorConfig> {
+        Ok(match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                DetectorConfig::from_toml(&text).with_context(|| p.display().to_string())?
+            }
+            None => DetectorConfig::preset(&self.preset)?,
+        })
+    }
+}
+
+/// Run a checkpoint over a COCO split (the evaluation resize), print its COCO mAP and
+/// optionally write the detections (COCO results json, e.g. for pycocotools).
+#[derive(clap::Args)]
+pub struct ValidateArgs {
+    /// Checkpoint (a step or best/ checkpoint, or `init`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Split folder holding instances.json and images/.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluate only the first N images (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Write the detections here (written atomically).
+    #[arg(long)]
+    pub out_detections: Option<PathBuf>,
+    /// Decode/resize worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Print one JSON object (AP, AP50, ..., ARl as fractions) instead of the 12 lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ValidateArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let Self {
+            checkpoint: ckpt,
+            data,
+            limit,
+            out_detections,
+            workers,
+            json,
+        } = self;
+        let device = burn::tensor::Device::flex();
+        let (m, _) = checkpoint::load(&ckpt, &device)?;
+        let ds = Arc::new(CocoDataset::load_split(&data, LoadOptions::default())?);
+        let (gt, dts) = codetr_train::train::fit::detect_split(&m, &ds, limit, workers)?;
+        if let Some(out) = &out_detections {
+            codetr_train::fsutil::write_atomic(out, &serde_json::to_vec(&dts)?)?;
+        }
+        let summary = eval::evaluate(&gt, &ds.json_path, &dts)?;
+        if json {
+            println!("{}", serde_json::to_string(&summary)?);
+        } else {
+            println!("{summary}");
+        }
+        Ok(())
+    }
+}
+
+/// Show a model's dimensions and parameter counts per module (from a preset, a TOML
+/// config or a checkpoint).
+#[derive(clap::Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Read the model from this checkpoint instead (shows its header too).
+    #[arg(long, conflicts_with_all = ["preset", "config"])]
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl InfoArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let Self {
+            model,
+            checkpoint: ckpt,
+        } = self;
+        let device = burn::tensor::Device::flex();
+        let m = match ckpt {
+            Some(p) => {
+                let (m, h) = checkpoint::load(&p, &device)?;
+                println!(
+                    "{}: step {}, classes {:?}, model sha256 {}",
+                    p.display(),
+                    h.step,
+                    h.class_names,
+                    h.model_sha256().unwrap_or("-")
+                );
+                m
+            }
+            None => model.resolve()?.init(&device)?,
+        };
+        print_info(&m);
+        Ok(())
+    }
+}
+
+/// Write a randomly initialised checkpoint (useful to test export and serving end to end).
+#[derive(clap::Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output checkpoint path.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the weight initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Take class names (and their number) from this COCO instances.json.
+    #[arg(long)]
+    pub classes_from: Option<PathBuf>,
+    /// torchvision-format ResNet weights (.safetensors, .pth or .pt) for the backbone.
+    #[arg(long)]
+    pub backbone_weights: Option<PathBuf>,
+}
+
+impl InitArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let Self {
+            model,
+            out,
+            seed,
+            classes_from,
+            backbone_weights,
+        } = self;
+        let mut cfg = model.resolve()?;
+        let names = match classes_from {
+            Some(p) => {
+                let f = codetr_train::data::CocoFile::read(&p)?;
+                let mut cats = f.categories;
+                cats.sort_by_key(|c| c.id);
+                cats.into_iter().map(|c| c.name).collect::<Vec<_>>()
+            }
+            None => (0..cfg.num_classes).map(|i| format!("class_{i}")).collect(),
+        };
+        cfg.num_classes = names.len();
+        let device = burn::tensor::Device::flex();
+        device.seed(seed);
+        let mut m = cfg.init(&device)?;
+        if let Some(w) = backbone_weights {
+            let (backbone, report) = m.backbone.load_torchvision(&w)?;
+            m.backbone = backbone;
+            println!(
+                "loaded {} backbone tensors from {} (ignored: {})",
+                report.applied,
+                w.display(),
+                report.ignored.join(", ")
+            );
+        }
+        let h = checkpoint::save(
+            &out,
+            &m,
+            &names,
+            0,
+            serde_json::json!({"init_seed": seed}),
+            vec![],
+        )?;
+        println!(
+            "wrote {} ({} parameters, model sha256 {})",
+            out.display(),
+            m.num_params(),
+            h.model_sha256().unwrap_or("-")
+        );
+        Ok(())
+    }
+}
+
+/// Detect objects in one image with a checkpoint.
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// Checkpoint written by `init` or `fit`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// JPEG, PNG or WebP image (EXIF orientation is applied).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Minimum score of a printed detection.
+    #[arg(long, default_value_t = codetr_model::filter::DEFAULT_SCORE_THRESHOLD)]
+    pub score_threshold: f32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// cpu, cuda, cuda:N (a build with --features cuda), vulkan, vulkan:N or vulkan-cpu (a
+    /// build with --features vulkan).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl PredictArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let Self {
+            checkpoint: ckpt,
+            image,
+            score_threshold,
+            json,
+            device,
+        } = self;
+        let device = codetr_train::device::select(&device)?;
+        let (m, h) = checkpoint::load(&ckpt, &device)?;
+        let preds = codetr_train::model::predict::predict_file(
+            &m,
+            &h.class_names,
+            &image,
+            score_threshold,
+        )?;
+        if json {
+            println!("{}", serde_json::to_string(&preds)?);
+        } else {
+            for p in &preds {
+                let b = p.bbox;
+                println!(
+                    "{:<16} {:.3}  [{:.1}, {:.1}, {:.1}, {:.1}]",
+                    p.label, p.score, b[0], b[1], b[2], b[3]
+                );
+            }
+            println!("{} detections with score >= {score_threshold}", preds.len());
+        }
+        Ok(())
+    }
+}
+
+fn print_info(model: &Detector) {
+    let c = model.config();
+    let t = &c.transformer;
+    println!(
+        "preset {}: {} classes, input {}x{}, levels {:?} (strides {:?})",
+        c.preset,
+        c.num_classes,
+        c.input_size,
+        c.input_size,
+        c.level_shapes(),
+        c.level_strides()
+    );
+    println!(
+        "ResNet-{} (width {}), d={} heads={} points={} encoder={} decoder={} ffn={} queries={} max_detections={}",
+        c.backbone.depth,
+        c.backbone.base_width,
+        t.d_model,
+        t.num_heads,
+        t.num_points,
+        t.encoder_layers,
+        t.decoder_layers,
+        t.ffn_dim,
+        t.num_queries,
+        c.max_detections
+    );
+    let rows = [
+        ("backbone", model.backbone.num_params()),
+        ("neck", model.neck.num_params()),
+        ("level_embed", model.level_embed.num_params()),
+        ("encoder", model.encoder.num_params()),
+        ("query selection", model.selection.num_params()),
+        ("decoder", model.decoder.num_params()),
+        ("class heads", model.class_heads.num_params()),
+        ("box heads", model.box_heads.num_params()),
+    ];
+    for (name, n) in rows {
+        println!("  {name:<16} {n:>12}");
+    }
+    println!("  {:<16} {:>12}", "total", model.num_params());
+}
