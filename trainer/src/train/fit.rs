@@ -349,12 +349,220 @@ pub struct FitReport {
 struct StepGradients {
     backbone: GradientsParams,
     rest: GradientsParams,
+    record: StepRecord,
+}
+
+/// What a step's forward and backward report for the log.
+struct StepRecord {
     /// Mean of the batches' total losses.
     loss: f32,
     /// Mean of each logged term over the batches.
     terms: Vec<(String, f32)>,
     t_forward: f64,
     t_backward: f64,
+}
+
+/// Where a run starts: the newest checkpoint of `cfg.run.out` (`resume`: its saved config wins,
+/// except for where the run lives and its device), or a fresh model (initialised from the seed
+/// or warm-started from `[run] init`) in an `out` that holds no run yet.
+fn start(
+    cfg: FitConfig,
+    resume: bool,
+    device: &Device,
+) -> Result<(
+    CoDetr,
+    Option<Detector>,
+    burn::optim::ModuleOptimizer,
+    TrainState,
+    FitConfig,
+)> {
+    let out = cfg.run.out.clone();
+    let ckdir = out.join("checkpoints");
+    if resume {
+        let path = latest_checkpoint(&out).ok_or_else(|| Error::InvalidArgument {
+            what: "--resume",
+            message: format!("no checkpoints in {}", ckdir.display()),
+        })?;
+        let (model, ema, optim, state) = load_train(&path, device)?;
+        tracing::info!(step = state.step, path = %path.display(), "resuming");
+        // The saved config wins (same schedule, data, seed), except where the run lives now
+        // and which device continues it.
+        let mut saved = state.config.clone();
+        saved.run.out = out.clone();
+        saved.run.device = cfg.run.device.clone();
+        Ok((model, ema, optim, state, saved))
+    } else {
+        cfg.validate()?;
+        if latest_checkpoint(&out).is_some() {
+            return Err(Error::InvalidArgument {
+                what: "--out",
+                message: format!(
+                    "{} already holds a run; pass --resume to continue it or choose another --out",
+                    out.display()
+                ),
+            });
+        }
+        let train = CocoDataset::load_split(&cfg.data.train, LoadOptions::default())?;
+        let mut det = cfg.detector()?;
+        det.num_classes = train.num_classes();
+        device.seed(cfg.run.seed);
+        let model = match &cfg.run.init {
+            None => CoDetr::new(&det, cfg.co.k, &cfg.co, device)?,
+            Some(p) => warm_start(p, &det, &train.class_names(), &cfg.co, device)?,
+        };
+        let state = TrainState {
+            step: 0,
+            best_ap: None,
+            best_step: None,
+            config: cfg.clone(),
+        };
+        let ema = cfg.schedule.ema.map(|_| model.detector.valid());
+        Ok((model, ema, adamw(cfg.schedule.weight_decay), state, cfg))
+    }
+}
+
+/// The step's `log.jsonl` line: step, loss, lr, grad norm, time split, host reads since
+/// `reads0`, and every loss term.
+fn log_line(
+    state: &TrainState,
+    epoch: u64,
+    lr: f64,
+    norm: f64,
+    dt: f64,
+    g: &StepRecord,
+    reads0: crate::host::HostReads,
+) -> serde_json::Value {
+    let (t_forward, t_backward) = (g.t_forward, g.t_backward);
+    let mut line = serde_json::Map::new();
+    line.insert("step".into(), state.step.into());
+    line.insert("epoch".into(), epoch.into());
+    line.insert("loss".into(), f64::from(g.loss).into());
+    line.insert("lr".into(), lr.into());
+    line.insert("grad_norm".into(), norm.into());
+    line.insert("seconds".into(), dt.into());
+    // where the step's time goes: loss forward (incl. host matching/assignment),
+    // backward, and clip + optimizer
+    line.insert("t_forward".into(), t_forward.into());
+    line.insert("t_backward".into(), t_backward.into());
+    line.insert("t_optim".into(), (dt - t_forward - t_backward).into());
+    // device → host reads of the step (each a sync on a GPU) and their volume
+    let reads = crate::host::snapshot().since(&reads0);
+    line.insert("host_reads".into(), reads.reads.into());
+    line.insert("host_bytes".into(), reads.bytes.into());
+    for (k, v) in &g.terms {
+        line.insert(k.clone(), f64::from(*v).into());
+    }
+    serde_json::Value::Object(line)
+}
+
+/// Evaluates `evaluated` (the EMA or the model) on `val`, appends the summary to
+/// `eval.jsonl`, and saves it as `best/model.ckpt` when its AP beats the best so far.
+fn validate_and_keep_best(
+    evaluated: &Detector,
+    val: &Arc<CocoDataset>,
+    cfg: &FitConfig,
+    state: &mut TrainState,
+    class_names: &[String],
+    bar: &indicatif::ProgressBar,
+) -> Result<EvalSummary> {
+    let s = validate(evaluated, val, cfg.data.val_images, cfg.run.workers)?;
+    let mut e = serde_json::to_value(s).map_err(|e| Error::InvalidArgument {
+        what: "eval",
+        message: e.to_string(),
+    })?;
+    if let Some(o) = e.as_object_mut() {
+        o.insert("step".into(), state.step.into());
+    }
+    let ep = cfg.run.out.join("eval.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&ep)
+        .map_err(io(&ep))?;
+    writeln!(f, "{e}").map_err(io(&ep))?;
+    bar.suspend(|| tracing::info!(step = state.step, ap = s.ap, ap50 = s.ap50, "val"));
+    if state.best_ap.is_none_or(|b| s.ap > b) {
+        state.best_ap = Some(s.ap);
+        state.best_step = Some(state.step);
+        let meta = serde_json::json!({ "val": s, "step": state.step });
+        checkpoint::save(
+            &cfg.run.out.join("best").join("model.ckpt"),
+            evaluated,
+            class_names,
+            state.step,
+            meta,
+            vec![],
+        )?;
+    }
+    Ok(s)
+}
+
+/// The run's data: the training loader, the val split, the class names (checked against
+/// the model's `num_classes`) and the optimizer steps per epoch (each takes `accumulate`
+/// batches; a partial group at the end of an epoch is dropped, as the loader drops a partial
+/// batch).
+fn data(
+    cfg: &FitConfig,
+    num_classes: usize,
+) -> Result<(Loader, Arc<CocoDataset>, Vec<String>, u64)> {
+    let train = Arc::new(CocoDataset::load_split(
+        &cfg.data.train,
+        LoadOptions::default(),
+    )?);
+    let val = Arc::new(CocoDataset::load_split(
+        &cfg.data.val,
+        LoadOptions::default(),
+    )?);
+    let class_names = train.class_names();
+    if class_names.len() != num_classes {
+        return Err(Error::InvalidArgument {
+            what: "data",
+            message: format!(
+                "{} classes in {} but the model has {}",
+                class_names.len(),
+                cfg.data.train.display(),
+                num_classes
+            ),
+        });
+    }
+    let loader = Loader::new(
+        train,
+        LoaderConfig {
+            batch_size: cfg.schedule.batch_size,
+            sizes: cfg.schedule.sizes.clone(),
+            workers: cfg.run.workers,
+            seed: cfg.run.seed,
+            ..LoaderConfig::default()
+        },
+    )?;
+    let accumulate = cfg.schedule.accumulate.max(1);
+    let per_epoch = loader.batches_per_epoch() as u64 / accumulate as u64;
+    if per_epoch == 0 {
+        return Err(Error::InvalidArgument {
+            what: "accumulate",
+            message: format!(
+                "{accumulate} batches per step but an epoch has {}",
+                loader.batches_per_epoch()
+            ),
+        });
+    }
+    Ok((loader, val, class_names, per_epoch))
+}
+
+/// The run's progress bar (hidden without `progress`), at `step` of `steps`.
+fn progress_bar(progress: bool, steps: u64, step: u64) -> indicatif::ProgressBar {
+    if !progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(steps);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_position(step);
+    b
 }
 
 /// Forward and backward of each batch of one step; with several batches each loss is divided
@@ -401,10 +609,12 @@ fn gradients(model: &CoDetr, micro: &[Batch], cfg: &FitConfig, step: u64) -> Res
     Ok(StepGradients {
         backbone,
         rest,
-        loss: loss_sum / n as f32,
-        terms,
-        t_forward,
-        t_backward,
+        record: StepRecord {
+            loss: loss_sum / n as f32,
+            terms,
+            t_forward,
+            t_backward,
+        },
     })
 }
 
@@ -412,47 +622,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
     let out = cfg.run.out.clone();
     let device = crate::device::select(&cfg.run.device)?.autodiff();
     let ckdir = out.join("checkpoints");
-    let (mut model, mut ema, mut optim, mut state, cfg) = if resume {
-        let path = latest_checkpoint(&out).ok_or_else(|| Error::InvalidArgument {
-            what: "--resume",
-            message: format!("no checkpoints in {}", ckdir.display()),
-        })?;
-        let (model, ema, optim, state) = load_train(&path, &device)?;
-        tracing::info!(step = state.step, path = %path.display(), "resuming");
-        // The saved config wins (same schedule, data, seed), except where the run lives now
-        // and which device continues it.
-        let mut saved = state.config.clone();
-        saved.run.out = out.clone();
-        saved.run.device = cfg.run.device.clone();
-        (model, ema, optim, state, saved)
-    } else {
-        cfg.validate()?;
-        if latest_checkpoint(&out).is_some() {
-            return Err(Error::InvalidArgument {
-                what: "--out",
-                message: format!(
-                    "{} already holds a run; pass --resume to continue it or choose another --out",
-                    out.display()
-                ),
-            });
-        }
-        let train = CocoDataset::load_split(&cfg.data.train, LoadOptions::default())?;
-        let mut det = cfg.detector()?;
-        det.num_classes = train.num_classes();
-        device.seed(cfg.run.seed);
-        let model = match &cfg.run.init {
-            None => CoDetr::new(&det, cfg.co.k, &cfg.co, &device)?,
-            Some(p) => warm_start(p, &det, &train.class_names(), &cfg.co, &device)?,
-        };
-        let state = TrainState {
-            step: 0,
-            best_ap: None,
-            best_step: None,
-            config: cfg.clone(),
-        };
-        let ema = cfg.schedule.ema.map(|_| model.detector.valid());
-        (model, ema, adamw(cfg.schedule.weight_decay), state, cfg)
-    };
+    let (mut model, mut ema, mut optim, mut state, cfg) = start(cfg, resume, &device)?;
     std::fs::create_dir_all(&ckdir).map_err(io(&ckdir))?;
     std::fs::create_dir_all(out.join("best")).map_err(io(&out))?;
     crate::fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
@@ -462,49 +632,8 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
         truncate_log(&out.join("eval.jsonl"), state.step)?;
     }
 
-    let train = Arc::new(CocoDataset::load_split(
-        &cfg.data.train,
-        LoadOptions::default(),
-    )?);
-    let val = Arc::new(CocoDataset::load_split(
-        &cfg.data.val,
-        LoadOptions::default(),
-    )?);
-    let class_names = train.class_names();
-    if class_names.len() != model.detector.config().num_classes {
-        return Err(Error::InvalidArgument {
-            what: "data",
-            message: format!(
-                "{} classes in {} but the model has {}",
-                class_names.len(),
-                cfg.data.train.display(),
-                model.detector.config().num_classes
-            ),
-        });
-    }
-    let loader = Loader::new(
-        train,
-        LoaderConfig {
-            batch_size: cfg.schedule.batch_size,
-            sizes: cfg.schedule.sizes.clone(),
-            workers: cfg.run.workers,
-            seed: cfg.run.seed,
-            ..LoaderConfig::default()
-        },
-    )?;
-    // Optimizer steps per epoch: each takes `accumulate` batches (a partial group at the end
-    // of an epoch is dropped, as the loader drops a partial batch).
+    let (loader, val, class_names, per_epoch) = data(&cfg, model.detector.config().num_classes)?;
     let accumulate = cfg.schedule.accumulate.max(1);
-    let per_epoch = loader.batches_per_epoch() as u64 / accumulate as u64;
-    if per_epoch == 0 {
-        return Err(Error::InvalidArgument {
-            what: "accumulate",
-            message: format!(
-                "{accumulate} batches per step but an epoch has {}",
-                loader.batches_per_epoch()
-            ),
-        });
-    }
     let eval_every = if cfg.run.eval_every > 0 {
         cfg.run.eval_every
     } else {
@@ -516,19 +645,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
         .append(true)
         .open(&log_path)
         .map_err(io(&log_path))?;
-    let bar = if progress {
-        let b = indicatif::ProgressBar::new(steps);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_position(state.step);
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(progress, steps, state.step);
     let started = Instant::now();
     let mut last_loss = f32::NAN;
     let mut final_eval = None;
@@ -550,9 +667,11 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             }
             let t0 = Instant::now();
             let reads0 = crate::host::snapshot();
-            let g = gradients(&model, &micro, &cfg, state.step)?;
-            let (t_forward, t_backward) = (g.t_forward, g.t_backward);
-            let (mut g_bb, mut g_rest) = (g.backbone, g.rest);
+            let StepGradients {
+                backbone: mut g_bb,
+                rest: mut g_rest,
+                record,
+            } = gradients(&model, &micro, &cfg, state.step)?;
             let norm = clip_global(
                 &model,
                 &mut [&mut g_bb, &mut g_rest],
@@ -565,29 +684,11 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             if let (Some(avg), Some(e)) = (ema.take(), cfg.schedule.ema) {
                 ema = Some(ema_update(avg, &model.detector, e.momentum_at(state.step)));
             }
-            last_loss = g.loss;
+            last_loss = record.loss;
             images_seen += micro.iter().map(Batch::len).sum::<usize>();
             let dt = t0.elapsed().as_secs_f64();
-            let mut line = serde_json::Map::new();
-            line.insert("step".into(), state.step.into());
-            line.insert("epoch".into(), epoch.into());
-            line.insert("loss".into(), f64::from(last_loss).into());
-            line.insert("lr".into(), lr.into());
-            line.insert("grad_norm".into(), norm.into());
-            line.insert("seconds".into(), dt.into());
-            // where the step's time goes: loss forward (incl. host matching/assignment),
-            // backward, and clip + optimizer
-            line.insert("t_forward".into(), t_forward.into());
-            line.insert("t_backward".into(), t_backward.into());
-            line.insert("t_optim".into(), (dt - t_forward - t_backward).into());
-            // device → host reads of the step (each a sync on a GPU) and their volume
-            let reads = crate::host::snapshot().since(&reads0);
-            line.insert("host_reads".into(), reads.reads.into());
-            line.insert("host_bytes".into(), reads.bytes.into());
-            for (k, v) in &g.terms {
-                line.insert(k.clone(), f64::from(*v).into());
-            }
-            writeln!(log, "{}", serde_json::Value::Object(line)).map_err(io(&log_path))?;
+            let line = log_line(&state, epoch, lr, norm, dt, &record, reads0);
+            writeln!(log, "{line}").map_err(io(&log_path))?;
             bar.set_position(state.step);
             bar.set_message(format!(
                 "loss {last_loss:.3} lr {lr:.1e} {:.1} img/s",
@@ -601,35 +702,8 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
                     Some(e) => e.clone(),
                     None => model.detector.valid(),
                 };
-                let s = validate(&evaluated, &val, cfg.data.val_images, cfg.run.workers)?;
-                let mut e = serde_json::to_value(s).map_err(|e| Error::InvalidArgument {
-                    what: "eval",
-                    message: e.to_string(),
-                })?;
-                if let Some(o) = e.as_object_mut() {
-                    o.insert("step".into(), state.step.into());
-                }
-                let ep = out.join("eval.jsonl");
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&ep)
-                    .map_err(io(&ep))?;
-                writeln!(f, "{e}").map_err(io(&ep))?;
-                bar.suspend(|| tracing::info!(step = state.step, ap = s.ap, ap50 = s.ap50, "val"));
-                if state.best_ap.is_none_or(|b| s.ap > b) {
-                    state.best_ap = Some(s.ap);
-                    state.best_step = Some(state.step);
-                    let meta = serde_json::json!({ "val": s, "step": state.step });
-                    checkpoint::save(
-                        &out.join("best").join("model.ckpt"),
-                        &evaluated,
-                        &class_names,
-                        state.step,
-                        meta,
-                        vec![],
-                    )?;
-                }
+                let s =
+                    validate_and_keep_best(&evaluated, &val, &cfg, &mut state, &class_names, &bar)?;
                 final_eval = Some(s);
             }
             if state.step % cfg.run.checkpoint_every == 0 || state.step == steps {
