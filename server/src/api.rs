@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
@@ -449,42 +450,12 @@ async fn detect(State(s): State<Arc<AppState>>, req: Request) -> Response {
     resp
 }
 
-async fn detect_inner(
-    s: &Arc<AppState>,
-    req: Request,
-    request_id: String,
-) -> Result<DetectResponse> {
-    let t0 = Instant::now();
-    if s.draining.load(Ordering::Relaxed) {
-        return Err(ServeError::Unavailable("shutting down".into()));
-    }
-    let e = s.engine()?;
-    if !s.ready.load(Ordering::Relaxed) {
-        return Err(ServeError::Unavailable(
-            "the model is still warming up".into(),
-        ));
-    }
-    let limits = &s.config.limits;
-    let parsed = request::parse(req, limits.max_body_bytes).await?;
-    metrics::counter!(m::BYTES_IN).increment(parsed.body_bytes as u64);
-    let params = resolve_params(parsed.params, &e.model, &s.config)?;
-    let n = parsed.images.len();
-    if n == 0 {
-        return Err(ServeError::BadRequest("the request holds no image".into()));
-    }
-    if n > limits.max_images {
-        return Err(ServeError::BadRequest(format!(
-            "{n} images in one request; the limit is {}",
-            limits.max_images
-        )));
-    }
-    let deadline = t0 + Duration::from_millis(params.timeout_ms);
-
-    // Decode + resize each image on the blocking pool, concurrently.
-    let [h, w] = e.model.input_hw;
-    let max_pixels = limits.max_pixels;
-    let tasks: Vec<_> = parsed
-        .images
+/// Decodes (EXIF, pixel limit) and resizes each image to the graph's `[h, w]` on the blocking
+/// pool, concurrently; a bad image's error names its index when there are several.
+async fn prepare(images: Vec<Bytes>, input_hw: [u32; 2], max_pixels: u64) -> Result<Vec<Prepared>> {
+    let n = images.len();
+    let [h, w] = input_hw;
+    let tasks: Vec<_> = images
         .into_iter()
         .map(|bytes| {
             tokio::task::spawn_blocking(move || -> Result<Prepared> {
@@ -521,20 +492,29 @@ async fn detect_inner(
         prepared.push(p);
     }
 
-    let now = Instant::now();
-    if now >= deadline {
-        return Err(ServeError::DeadlineExceeded(params.timeout_ms));
-    }
+    Ok(prepared)
+}
+
+/// Queues one job per prepared image (its pixels moved out) and awaits every output before
+/// `deadline`.
+async fn infer(
+    e: &Engine,
+    prepared: &mut [Prepared],
+    now: Instant,
+    deadline: Instant,
+    timeout_ms: u64,
+) -> Result<Vec<JobOutput>> {
+    let n = prepared.len();
     let mut jobs = Vec::with_capacity(n);
     let mut replies = Vec::with_capacity(n);
-    for p in &mut prepared {
+    for p in prepared.iter_mut() {
         let (tx, rx) = oneshot::channel();
         jobs.push(Job {
             pixels: std::mem::take(&mut p.pixels),
             orig: p.orig,
             enqueued: now,
             deadline,
-            timeout_ms: params.timeout_ms,
+            timeout_ms,
             reply: tx,
         });
         replies.push(rx);
@@ -544,12 +524,55 @@ async fn detect_inner(
     for rx in replies {
         let out = tokio::time::timeout_at(deadline.into(), rx)
             .await
-            .map_err(|_| ServeError::DeadlineExceeded(params.timeout_ms))?
+            .map_err(|_| ServeError::DeadlineExceeded(timeout_ms))?
             .map_err(|_| {
                 ServeError::Internal("the inference worker dropped the request".into())
             })??;
         outs.push(out);
     }
+
+    Ok(outs)
+}
+
+async fn detect_inner(
+    s: &Arc<AppState>,
+    req: Request,
+    request_id: String,
+) -> Result<DetectResponse> {
+    let t0 = Instant::now();
+    if s.draining.load(Ordering::Relaxed) {
+        return Err(ServeError::Unavailable("shutting down".into()));
+    }
+    let e = s.engine()?;
+    if !s.ready.load(Ordering::Relaxed) {
+        return Err(ServeError::Unavailable(
+            "the model is still warming up".into(),
+        ));
+    }
+    let limits = &s.config.limits;
+    let parsed = request::parse(req, limits.max_body_bytes).await?;
+    metrics::counter!(m::BYTES_IN).increment(parsed.body_bytes as u64);
+    let params = resolve_params(parsed.params, &e.model, &s.config)?;
+    let n = parsed.images.len();
+    if n == 0 {
+        return Err(ServeError::BadRequest("the request holds no image".into()));
+    }
+    if n > limits.max_images {
+        return Err(ServeError::BadRequest(format!(
+            "{n} images in one request; the limit is {}",
+            limits.max_images
+        )));
+    }
+    let deadline = t0 + Duration::from_millis(params.timeout_ms);
+
+    let mut prepared = prepare(parsed.images, e.model.input_hw, limits.max_pixels).await?;
+
+    let now = Instant::now();
+    if now >= deadline {
+        return Err(ServeError::DeadlineExceeded(params.timeout_ms));
+    }
+
+    let outs = infer(e, &mut prepared, now, deadline, params.timeout_ms).await?;
 
     let names = &e.model.meta.classes;
     let images = outs
