@@ -4,7 +4,7 @@ use burn::module::Param;
 use burn::tensor::{Device, Tensor};
 use codetr_train::error::Error;
 use codetr_train::model::DetectorConfig;
-use codetr_train::model::checkpoint::{self, load, load_expecting, save};
+use codetr_train::model::checkpoint::{load, load_expecting, save};
 use codetr_train::model::detector::pixels_to_tensor;
 
 fn small() -> DetectorConfig {
@@ -130,7 +130,7 @@ fn nan_weights_are_refused_at_load() {
     let dev = Device::flex();
     let cfg = small();
     let mut model = cfg.init(&dev).unwrap();
-    assert_eq!(checkpoint::first_non_finite(&model), None);
+    assert_eq!(codetr_train::model::params::first_non_finite(&model), None);
     model.level_embed = Param::from_tensor(Tensor::full([cfg.num_levels(), 128], f32::NAN, &dev));
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("nan.ckpt");

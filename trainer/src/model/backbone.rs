@@ -546,7 +546,7 @@ impl ResNet {
                     .join(", ")
             )));
         }
-        if let Some(p) = super::checkpoint::first_non_finite(&model) {
+        if let Some(p) = super::params::first_non_finite(&model) {
             return Err(bad(format!("parameter `{p}` contains NaN or infinity")));
         }
         Ok((

@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device, Tensor};
+use burn::tensor::{Bytes, Device};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -188,7 +188,7 @@ pub fn load(path: &Path, device: &Device) -> Result<(Detector, CheckpointHeader)
         .init(device)?
         .try_load_record(record)
         .map_err(|e| corrupt(path, format!("weights do not fit the config: {e}")))?;
-    if let Some(p) = first_non_finite(&model) {
+    if let Some(p) = super::params::first_non_finite(&model) {
         return Err(corrupt(
             path,
             format!("parameter `{p}` contains NaN or infinity"),
@@ -210,29 +210,4 @@ pub fn load_expecting(path: &Path, expected: &DetectorConfig, device: &Device) -
         ));
     }
     Ok(model)
-}
-
-/// Path of the first parameter holding NaN/inf, if any (e.g. `decoder.layers.0.norm1.gamma`).
-pub fn first_non_finite<M: Module>(model: &M) -> Option<String> {
-    #[derive(Default)]
-    struct V {
-        stack: Vec<String>,
-        found: Option<String>,
-    }
-    impl ModuleVisitor for V {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.stack.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.stack.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.found.is_none() && !param.val().is_finite().all().into_scalar::<bool>() {
-                self.found = Some(self.stack.join("."));
-            }
-        }
-    }
-    let mut v = V::default();
-    model.visit(&mut v);
-    v.found
 }

@@ -18,6 +18,8 @@ use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMod
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+pub use super::msda_dims::level_starts;
+
 /// Which implementation of the sampling core to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -32,54 +34,6 @@ pub enum MsdaImpl {
     GridSample,
     /// Chunks of points with a recomputing backward: any device, memory bounded.
     Chunked,
-}
-
-/// Offsets of each level's tokens in the flattened value sequence.
-pub fn level_starts(shapes: &[[usize; 2]]) -> Vec<usize> {
-    let mut acc = 0;
-    shapes
-        .iter()
-        .map(|[h, w]| {
-            let s = acc;
-            acc += h * w;
-            s
-        })
-        .collect()
-}
-
-/// Dimensions of one call of the sampling core (the kernels with a hand-written backward keep
-/// them in their autodiff state).
-#[derive(Debug, Clone)]
-pub(crate) struct MsdaDims {
-    pub b: usize,
-    /// Tokens of all levels.
-    pub s: usize,
-    pub h: usize,
-    pub ch: usize,
-    pub q: usize,
-    pub l: usize,
-    pub p: usize,
-    pub shapes: Vec<[usize; 2]>,
-    pub starts: Vec<usize>,
-}
-
-impl MsdaDims {
-    /// From [`msda_core`]'s `value` `[B, S, H, Ch]` and `locations` `[B, Q, H, L, P, 2]`.
-    pub(crate) fn of(value: &Tensor<4>, shapes: &[[usize; 2]], locations: &Tensor<6>) -> Self {
-        let [b, s, h, ch] = value.dims();
-        let [_, q, _, l, p, _] = locations.dims();
-        Self {
-            b,
-            s,
-            h,
-            ch,
-            q,
-            l,
-            p,
-            shapes: shapes.to_vec(),
-            starts: level_starts(shapes),
-        }
-    }
 }
 
 /// The MSDA sampling core.

@@ -20,7 +20,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
-use super::msda::MsdaDims;
+use super::msda_dims::MsdaDims;
 
 /// Default budget: elements of one chunk's sampled values (2^26 f32 = 256 MiB).
 pub const DEFAULT_BUDGET: usize = 1 << 26;

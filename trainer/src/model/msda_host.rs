@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 type Ad = Autodiff<Flex>;
 
-type Dims = super::msda::MsdaDims;
+type Dims = super::msda_dims::MsdaDims;
 
 fn host(t: &FlexTensor) -> Vec<f32> {
     match t.as_slice::<f32>() {
