@@ -14,7 +14,6 @@ use burn::module::Module;
 use burn::tensor::Device;
 use codetr_model::{ModelMetadata, Msda, Precision, Resize};
 use codetr_train::model::checkpoint;
-use codetr_train::model::msda::MsdaLowering;
 
 /// The exporter's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +39,7 @@ pub struct ExportOptions {
     /// GridSample).
     pub opset: i64,
     /// How MSDA samples its value maps in the graph.
-    pub msda: MsdaLowering,
+    pub msda: Msda,
     /// Weights and compute in fp16 (MSDA sampling/softmax and the postprocess stay fp32).
     pub fp16: bool,
     /// Symbolic input height and width (every shape from `Shape` ops).
@@ -59,7 +58,7 @@ impl ExportOptions {
             out: out.into(),
             max_detections: None,
             opset: 17,
-            msda: MsdaLowering::GridSample,
+            msda: Msda::GridSample,
             fp16: false,
             dynamic_size: false,
             serve_batch: 8,
@@ -130,10 +129,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             .and_then(|v| v.as_object())
             .cloned()
             .unwrap_or_default(),
-        msda: Some(match opts.msda {
-            MsdaLowering::GridSample => Msda::GridSample,
-            MsdaLowering::Gather => Msda::Gather,
-        }),
+        msda: Some(opts.msda),
         precision: Some(if opts.fp16 {
             Precision::Fp16
         } else {

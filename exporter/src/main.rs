@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use codetr_export::{ExportOptions, default_out, export};
+use codetr_model::Msda;
 
 /// Export a codetr checkpoint to one ONNX graph: uint8 NHWC images + original sizes in,
 /// labels / scores / boxes out (top-k inside, no NMS, standard opset-17 ops, metadata inside).
@@ -26,8 +27,8 @@ struct Cli {
     /// MSDA sampling in the graph: `grid-sample` (ONNX GridSample, opset-16 semantics) or
     /// `gather` (bilinear spelled out with GatherND row lookups, for runtimes whose GridSample is
     /// missing or wrong, e.g. TensorRT 10.13–11.1).
-    #[arg(long, value_enum, default_value_t = MsdaArg::GridSample)]
-    msda: MsdaArg,
+    #[arg(long, default_value = "grid-sample", value_parser = msda_parser())]
+    msda: Msda,
     /// Leave the input height and width symbolic (`images` `[N, H, W, 3]`): every shape in the
     /// graph is then derived from `Shape` ops (no ScatterND into shapes, which TensorRT
     /// refuses), and position tables, reference points and proposals are computed in the graph.
@@ -71,10 +72,11 @@ struct Cli {
     json: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum MsdaArg {
-    GridSample,
-    Gather,
+/// `--msda`: the contract's own names (`codetr_model::Msda`), listed in `--help`.
+fn msda_parser() -> impl clap::builder::TypedValueParser<Value = Msda> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Msda::ALL.iter().map(|m| m.as_str()))
+        .try_map(|s| s.parse::<Msda>())
 }
 
 fn main() -> ExitCode {
@@ -91,10 +93,7 @@ fn main() -> ExitCode {
         checkpoint: cli.checkpoint,
         max_detections: cli.max_detections,
         opset: cli.opset,
-        msda: match cli.msda {
-            MsdaArg::GridSample => codetr_train::model::msda::MsdaLowering::GridSample,
-            MsdaArg::Gather => codetr_train::model::msda::MsdaLowering::Gather,
-        },
+        msda: cli.msda,
         fp16: cli.fp16,
         dynamic_size: cli.dynamic_size,
         serve_batch: cli.serve_batch,

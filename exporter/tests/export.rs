@@ -8,8 +8,8 @@ use std::process::Command;
 
 use burn::tensor::Device;
 use codetr_export::{ExportOptions, export};
+use codetr_model::Msda;
 use codetr_train::model::detector::pixels_to_tensor;
-use codetr_train::model::msda::MsdaLowering;
 use codetr_train::model::{DetectorConfig, checkpoint};
 
 mod common;
@@ -73,7 +73,7 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 }
 
 /// Exports `ckpt`, then compares ORT and Burn at batch 1 and 3; returns the max diffs.
-fn export_and_compare(ckpt: &Path, out: &Path, msda: MsdaLowering) -> (f32, f32) {
+fn export_and_compare(ckpt: &Path, out: &Path, msda: Msda) -> (f32, f32) {
     let report = export(&ExportOptions {
         msda,
         ..ExportOptions::new(ckpt, out)
@@ -137,10 +137,10 @@ fn tiny_export_matches_burn_and_is_deterministic() {
     let ckpt = dir.path().join("tiny.ckpt");
     init_checkpoint(&DetectorConfig::tiny(), &ckpt, 3);
     let out = dir.path().join("tiny.onnx");
-    let (ds, db) = export_and_compare(&ckpt, &out, MsdaLowering::GridSample);
+    let (ds, db) = export_and_compare(&ckpt, &out, Msda::GridSample);
     assert!(ds <= 1e-4 && db <= 1e-4, "{ds} {db}");
     let gathered = dir.path().join("tiny-gather.onnx");
-    let (ds, db) = export_and_compare(&ckpt, &gathered, MsdaLowering::Gather);
+    let (ds, db) = export_and_compare(&ckpt, &gathered, Msda::Gather);
     assert!(ds <= 1e-4 && db <= 1e-4, "gather lowering: {ds} {db}");
     let first = std::fs::read(&out).unwrap();
     let again = dir.path().join("again.onnx");
@@ -161,7 +161,7 @@ fn paper_r50_small_input_matches_burn() {
     cfg.transformer.num_queries = 100;
     cfg.max_detections = 50;
     init_checkpoint(&cfg, &ckpt, 4);
-    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+    for msda in [Msda::GridSample, Msda::Gather] {
         let (ds, db) = export_and_compare(&ckpt, &dir.path().join("r50.onnx"), msda);
         assert!(ds <= 1e-4 && db <= 1e-4, "{msda:?}: {ds} {db}");
     }
@@ -234,7 +234,7 @@ fn training_checkpoint_exports_without_its_aux_heads() {
     let out = dir.path().join("m.onnx");
     let r = export(&ExportOptions::new(&ckpt, &out)).unwrap();
     assert!(r.dropped_params > 10_000, "{}", r.dropped_params);
-    let (ds, db) = export_and_compare(&ckpt, &out, MsdaLowering::GridSample);
+    let (ds, db) = export_and_compare(&ckpt, &out, Msda::GridSample);
     assert!(ds <= 1e-4 && db <= 1e-4);
 }
 
@@ -345,7 +345,7 @@ fn fp16_export_is_typed_valid_and_close_to_fp32() {
     init_checkpoint(&DetectorConfig::tiny(), &ckpt, 5);
     let (model, _) = checkpoint::load(&ckpt, &Device::flex()).unwrap();
     let s = model.config().input_size as usize;
-    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+    for msda in [Msda::GridSample, Msda::Gather] {
         let out = dir.path().join(format!("tiny16-{msda:?}.onnx"));
         let opts = ExportOptions {
             msda,
@@ -411,7 +411,7 @@ fn dynamic_size_export_checks_at_three_sizes_with_both_lowerings() {
     init_checkpoint(&cfg, &ckpt, 3);
     let lib = ort_library();
     let val = data.join("val");
-    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+    for msda in [Msda::GridSample, Msda::Gather] {
         let out = dir.path().join(format!("dyn-{msda:?}.onnx"));
         let opts = ExportOptions {
             msda,
@@ -486,10 +486,7 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
         header.model_sha256()
     );
     let tmp = tempfile::tempdir().unwrap();
-    for (msda, dynamic_size) in [
-        (MsdaLowering::Gather, false),
-        (MsdaLowering::GridSample, true),
-    ] {
+    for (msda, dynamic_size) in [(Msda::Gather, false), (Msda::GridSample, true)] {
         let out = tmp.path().join("re.onnx");
         export(&ExportOptions {
             msda,

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use codetr_export::shapes::{self, ELEMENT_LIMIT};
 use codetr_export::{ExportOptions, export};
+use codetr_model::Msda;
 use codetr_train::model::DetectorConfig;
-use codetr_train::model::msda::MsdaLowering;
 use codetr_train::onnx::proto::ModelProto;
 use prost::Message;
 
@@ -50,7 +50,7 @@ fn paper_r50_at_800_keeps_every_tensor_under_2_31_at_batch_8() {
     assert_eq!(cfg.input_size, 800);
     let ckpt = dir.path().join("paper.ckpt");
     init_checkpoint(&cfg, &ckpt, 3);
-    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+    for msda in [Msda::GridSample, Msda::Gather] {
         let out = dir.path().join(format!("paper-{msda:?}.onnx"));
         let report = export(&ExportOptions {
             msda,
@@ -78,7 +78,7 @@ fn tiny_shapes_equal_onnx_shape_inference_fixed_fp16_and_dynamic() {
     let ckpt = dir.path().join("tiny.ckpt");
     init_checkpoint(&cfg, &ckpt, 5);
     let side = cfg.input_size as usize;
-    for msda in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+    for msda in [Msda::GridSample, Msda::Gather] {
         for (fp16, dynamic_size) in [(false, false), (true, false), (false, true)] {
             let out = dir
                 .path()

@@ -67,7 +67,7 @@ fn preprocess_backbone_and_neck_match_burn() {
 
 /// Encoder memory of the graph against Burn; `dynamic` leaves H, W symbolic so positions,
 /// reference points and MSDA's level splits come from `Shape` ops.
-fn encoder_parity(dynamic: bool, lowering: codetr_train::model::msda::MsdaLowering) {
+fn encoder_parity(dynamic: bool, lowering: codetr_model::Msda) {
     let dev = Device::flex();
     for name in ["ddetr_r50", "ddetr_r18"] {
         let model = common::load_hf_model(name, &dev);
@@ -127,14 +127,14 @@ fn encoder_parity(dynamic: bool, lowering: codetr_train::model::msda::MsdaLoweri
 
 #[test]
 fn encoder_with_grid_sample_msda_matches_burn() {
-    encoder_parity(false, codetr_train::model::msda::MsdaLowering::GridSample);
+    encoder_parity(false, codetr_model::Msda::GridSample);
 }
 
 #[test]
 fn encoder_with_dynamic_size_matches_burn_with_both_lowerings() {
-    use codetr_train::model::msda::MsdaLowering;
-    encoder_parity(true, MsdaLowering::GridSample);
-    encoder_parity(true, MsdaLowering::Gather);
+    use codetr_model::Msda;
+    encoder_parity(true, Msda::GridSample);
+    encoder_parity(true, Msda::Gather);
 }
 
 /// The whole exported graph (pixels → labels, scores, boxes) against `Detector::detect`.
@@ -146,10 +146,7 @@ fn full_graph_parity(
     tag: &str,
 ) {
     let g = model
-        .emit(
-            Some([h, w]),
-            codetr_train::model::msda::MsdaLowering::GridSample,
-        )
+        .emit(Some([h, w]), codetr_model::Msda::GridSample)
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.onnx");
@@ -249,14 +246,14 @@ fn group_norm_backbone_exports_and_matches_burn() {
 
 #[test]
 fn dynamic_size_graph_matches_burn_at_several_sizes_with_both_lowerings() {
-    use codetr_train::model::msda::MsdaLowering;
+    use codetr_model::Msda;
     let dev = Device::flex();
     dev.seed(11);
     let mut cfg = codetr_train::model::DetectorConfig::tiny();
     cfg.input_size = 128;
     let m = cfg.init(&dev).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for lowering in [MsdaLowering::GridSample, MsdaLowering::Gather] {
+    for lowering in [Msda::GridSample, Msda::Gather] {
         let g = m.emit(None, lowering).unwrap();
         let path = dir.path().join(format!("dyn-{lowering:?}.onnx"));
         let proto = g.finish(17, "codetr-test", vec![]);

@@ -354,7 +354,7 @@ impl Decoder {
         memory: &str,
         levels: &crate::onnx::Levels,
         box_heads: &[BoxHead],
-        lowering: super::msda::MsdaLowering,
+        lowering: codetr_model::Msda,
     ) -> Result<(String, String)> {
         use super::msda::EmitReference;
         use crate::onnx::emit::{layer_norm, linear};

@@ -381,7 +381,7 @@ impl Detector {
     pub fn emit(
         &self,
         size: Option<[usize; 2]>,
-        lowering: super::msda::MsdaLowering,
+        lowering: codetr_model::Msda,
     ) -> Result<crate::onnx::GraphBuilder> {
         use crate::onnx::{Dim, ElemType, GraphBuilder};
         use codetr_model::{

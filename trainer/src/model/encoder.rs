@@ -133,7 +133,7 @@ impl Encoder {
         src: &str,
         pos: &str,
         levels: &crate::onnx::Levels,
-        lowering: super::msda::MsdaLowering,
+        lowering: codetr_model::Msda,
     ) -> Result<String> {
         use super::msda::EmitReference;
         let centres = emit_token_centres(g, levels)?;

@@ -16,6 +16,7 @@
 
 use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
 use burn::tensor::{Int, Tensor, TensorData};
+use codetr_model::Msda;
 use serde::{Deserialize, Serialize};
 
 pub use super::msda_dims::level_starts;
@@ -413,16 +414,6 @@ impl MsDeformAttn {
     }
 }
 
-/// How the exported graph samples the value maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MsdaLowering {
-    /// ONNX GridSample (opset 16 semantics: bilinear, zeros padding, align_corners = 0).
-    GridSample,
-    /// Bilinear sampling spelled out with Floor / GatherND / weights, for runtimes
-    /// whose GridSample is missing or wrong (TensorRT 10.13–11.1).
-    Gather,
-}
-
 /// The reference of an exported MSDA call (graph value names).
 pub enum EmitReference<'a> {
     /// `[N, Q, 2]` normalised points.
@@ -441,7 +432,7 @@ impl MsDeformAttn {
         reference: EmitReference<'_>,
         value: &str,
         levels: &crate::onnx::Levels,
-        lowering: MsdaLowering,
+        lowering: Msda,
     ) -> crate::Result<String> {
         use crate::onnx::builder::Attr;
         use crate::onnx::emit::linear;
@@ -521,8 +512,8 @@ impl MsDeformAttn {
             dh,
         };
         let o = match lowering {
-            MsdaLowering::GridSample => emit_grid_sample(g, &sampling),
-            MsdaLowering::Gather => emit_gather(g, &sampling),
+            Msda::GridSample => emit_grid_sample(g, &sampling),
+            Msda::Gather => emit_gather(g, &sampling),
         };
         g.end_fp32();
         linear(g, &self.output_proj, &o)
