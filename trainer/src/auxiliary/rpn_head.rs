@@ -231,6 +231,7 @@ pub fn proposals(
     let del = out.deltas.clone().detach();
     // Per level: [B, 6k + 2] = k scores, k indices, 4k deltas, #(≥ k-th score), #NaN.
     let mut parts = Vec::new();
+    let mut width = 0;
     for &(start, len) in &ranges {
         let k = cfg.pre_nms.min(len);
         if k == 0 {
@@ -249,13 +250,8 @@ pub fn proposals(
             vec![top, idx.float(), deltas.reshape([b, 4 * k]), reach, nan],
             1,
         ));
+        width += 6 * k + 2;
     }
-    let width: usize = ranges
-        .iter()
-        .map(|&(_, len)| cfg.pre_nms.min(len))
-        .filter(|&k| k > 0)
-        .map(|k| 6 * k + 2)
-        .sum();
     let read = if parts.is_empty() {
         Vec::new()
     } else {
