@@ -44,8 +44,8 @@ mem_watch() { # file: samples device memory until killed
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$1" 2>/dev/null
 }
 
-arm() { # name preset k steps batch size data limit
-  local name=$1 preset=$2 k=$3 steps=$4 batch=$5 size=$6 data=$7 limit=$8
+arm() { # name preset k steps batch size data limit [precision]
+  local name=$1 preset=$2 k=$3 steps=$4 batch=$5 size=$6 data=$7 limit=$8 precision=${9:-f32}
   local run="$WORK/run-$name"
   rm -rf "$run"
   cat > "$WORK/$name.toml" <<TOML
@@ -65,10 +65,12 @@ preset = "$preset"
 steps = $steps
 batch_size = $batch
 sizes = [$size]
+precision = "$precision"
 [co]
 k = $k
 TOML
   echo "$batch" > "$OUT/batch-$name.txt"
+  echo "$precision" > "$OUT/precision-$name.txt"
   mem_watch "$OUT/mem-$name.txt" & local mw=$!
   local t0=$SECONDS
   timeout "$limit" "$BIN" fit --config "$WORK/$name.toml" --quiet > "$OUT/fit-$name.log" 2>&1
@@ -83,6 +85,10 @@ arm tiny-k0 tiny 0 "$tiny_steps" 8 256 "$WORK/synth" "$limit_tiny"
 arm tiny-k2 tiny 2 "$tiny_steps" 8 256 "$WORK/synth" "$limit_tiny"
 arm paper-k0 paper-r50 0 "$paper_steps" "$paper_batch" "$paper_size" "$WORK/synth800" "$limit_paper"
 arm paper-k2 paper-r50 2 "$paper_steps" "$paper_batch" "$paper_size" "$WORK/synth800" "$limit_paper"
+# mixed precision (products in a half type, see trainer/src/model/autocast.rs): bf16 where the
+# device computes in it (CUDA, CPU), f16 with loss scaling where it does not (most Vulkan)
+HALF=${HALF:-$([ "$DEVICE" = vulkan ] && echo f16 || echo bf16)}
+arm "paper-k2-$HALF" paper-r50 2 "$paper_steps" "$paper_batch" "$paper_size" "$WORK/synth800" "$limit_paper" "$HALF"
 
 peer() { # name preset batch size steps
   log "peer $1"
@@ -110,7 +116,10 @@ for f in sorted(out.glob("log-*.jsonl")):
         vals = [int(x) for x in mem.read_text().split() if x.isdigit()]
         peak = max(vals) * 2**20 if vals else None
     batch = int((out / f"batch-{name}.txt").read_text())
+    prec = out / f"precision-{name}.txt"
     res["arms"][name] = {"steps": len(rows), "batch": batch,
+                         "precision": prec.read_text().strip() if prec.exists() else "f32",
+                         "skipped_steps": sum(1 for r in rows if r.get("skipped")),
                          "seconds_per_step": statistics.median(steady),
                          "images_per_s": batch / statistics.median(steady),
                          "loss_first_last": [rows[0]["loss"], rows[-1]["loss"]],

@@ -614,3 +614,96 @@ fn validate_writes_the_detections_it_scores() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.ckpt"));
     assert!(!dt2.exists());
 }
+
+/// Mixed precision: bf16 and f16 products train (finite, falling losses) on the same K = 1 run as
+/// f32, their first-step losses are close to f32's but not equal (the half path ran), the
+/// checkpoints hold f32 parameters, f16's loss scale follows the dynamic rule in the log and is
+/// restored on resume so a resumed f16 run equals the uninterrupted one.
+#[test]
+fn half_precision_steps_train_and_f16_scaling_resumes_exactly() {
+    use codetr_train::model::autocast::Precision;
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    let run = |name: &str, p: Precision, steps: u64| {
+        let mut cfg = config(tmp.path(), tmp.path().join(name), steps);
+        cfg.co.k = 1;
+        cfg.schedule.precision = p;
+        fit(cfg.clone(), false, false).unwrap();
+        (cfg, log_lines(&tmp.path().join(name)))
+    };
+    let (_, l32) = run("f32", Precision::F32, 12);
+    let first32 = l32[0]["loss"].as_f64().unwrap();
+    assert!(l32[0].get("loss_scale").is_none(), "f32 logs no scaler");
+    for (name, p, tol) in [
+        ("bf16", Precision::Bf16, 3e-2),
+        ("f16", Precision::F16, 3e-3),
+    ] {
+        let (_, log) = run(name, p, 12);
+        let loss: Vec<f64> = log.iter().map(|l| l["loss"].as_f64().unwrap()).collect();
+        assert!(loss.iter().all(|v| v.is_finite()), "{name}: {loss:?}");
+        let rel = (loss[0] - first32).abs() / first32;
+        assert!(
+            rel > 0.0 && rel < tol,
+            "{name}: first loss {} vs f32 {first32}",
+            loss[0]
+        );
+        let first: f64 = loss[..4].iter().sum::<f64>() / 4.0;
+        let last: f64 = loss[8..].iter().sum::<f64>() / 4.0;
+        assert!(
+            last < 0.9 * first,
+            "{name}: loss did not decrease: {loss:?}"
+        );
+        let (header, sections) =
+            checkpoint::read(&tmp.path().join(name).join("checkpoints/step-00000012.ckpt"))
+                .unwrap();
+        assert!(!sections.is_empty());
+        let text = std::fs::read_to_string(tmp.path().join(name).join("config.toml")).unwrap();
+        assert!(text.contains(&format!("precision = \"{name}\"")), "{text}");
+        let (det, _) = checkpoint::load(
+            &tmp.path().join(name).join("best/model.ckpt"),
+            &burn::tensor::Device::flex(),
+        )
+        .unwrap();
+        assert_eq!(header.class_names.len(), 10);
+        let w = det.class_heads[0].weight.val();
+        assert_eq!(
+            w.dtype(),
+            burn::tensor::DType::F32,
+            "{name}: parameters stay f32"
+        );
+    }
+    // f16: the scale starts at 2^16 and halves after each skipped (overflowed) step, at no
+    // other; at 2^16 the first gradients overflow f16, so the skip path runs here
+    let (cfg, l16) = run("f16b", Precision::F16, 8);
+    assert!(
+        l16.iter().any(|l| l["skipped"].as_bool() == Some(true)),
+        "no overflow at 2^16: {l16:?}"
+    );
+    let mut scale = 65536.0;
+    for l in &l16 {
+        assert_eq!(l["loss_scale"].as_f64(), Some(scale), "{l}");
+        if l["skipped"].as_bool().unwrap() {
+            scale /= 2.0;
+        }
+    }
+    // resume from step 4: same weights at step 8 as the uninterrupted run
+    let a = tmp.path().join("f16b");
+    let b = tmp.path().join("f16r");
+    std::fs::create_dir_all(b.join("checkpoints")).unwrap();
+    for f in ["config.toml", "checkpoints/step-00000004.ckpt"] {
+        std::fs::copy(a.join(f), b.join(f)).unwrap();
+    }
+    let mut resume = cfg.clone();
+    resume.run.out = b.clone();
+    fit(resume, true, false).unwrap();
+    let model = |dir: &Path| {
+        let (_, s) = checkpoint::read(&dir.join("checkpoints/step-00000008.ckpt")).unwrap();
+        s.into_iter().find(|x| x.0 == "model").unwrap().1
+    };
+    assert!(model(&a) == model(&b), "resumed f16 run differs");
+    let lb = log_lines(&b);
+    for (x, y) in l16.iter().skip(4).zip(&lb) {
+        assert_eq!(x["loss_scale"], y["loss_scale"], "step {}", x["step"]);
+        assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
+    }
+}

@@ -4,6 +4,7 @@
 //! sigmoid focal classification, GIoU regression weighted by centerness, centerness BCE.
 //! Its positives (anchor boxes, their gt, their pyramid features) feed the positive queries.
 
+use crate::model::autocast as ac;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
@@ -113,14 +114,14 @@ impl AtssHead {
         let mut ctr = Vec::new();
         for (l, m) in maps.iter().enumerate() {
             let [b, _, h, w] = m.dims();
-            let c = relu(self.cls_gn.forward(self.cls_conv.forward(m.clone())));
-            let r = relu(self.reg_gn.forward(self.reg_conv.forward(m.clone())));
+            let c = relu(self.cls_gn.forward(ac::conv2d(&self.cls_conv, m.clone())));
+            let r = relu(self.reg_gn.forward(ac::conv2d(&self.reg_conv, m.clone())));
             let flat = |x: Tensor<4>, k: usize| x.reshape([b, k, h * w]).swap_dims(1, 2);
             let nc = self.cls_out.weight.dims()[0];
-            cls.push(flat(self.cls_out.forward(c), nc));
+            cls.push(flat(ac::conv2d(&self.cls_out, c), nc));
             let scale = self.scales.val().narrow(0, l, 1).reshape([1, 1, 1, 1]);
-            reg.push(flat(self.reg_out.forward(r.clone()) * scale, 4));
-            ctr.push(self.ctr_out.forward(r).reshape([b, h * w]));
+            reg.push(flat(ac::conv2d(&self.reg_out, r.clone()) * scale, 4));
+            ctr.push(ac::conv2d(&self.ctr_out, r).reshape([b, h * w]));
         }
         AtssOutput {
             cls: Tensor::cat(cls, 1),

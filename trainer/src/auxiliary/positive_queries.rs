@@ -5,6 +5,7 @@
 //! which is what isolating it from the matching and denoising queries by the attention mask
 //! amounts to (and what the official code does).
 
+use crate::model::autocast as ac;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -46,12 +47,12 @@ impl PositiveQueryProj {
     /// `co.query_features = false`) → content `[B, N, d]`.
     pub fn forward(&self, boxes: Tensor<3>, feats: Option<Tensor<3>>) -> Tensor<3> {
         let d = self.feat_trans.weight.dims()[0];
-        let pos = self.pos_norm.forward(
-            self.pos_trans
-                .forward(proposal_sine_embedding(boxes, d / 2)),
-        );
+        let pos = self.pos_norm.forward(ac::linear(
+            &self.pos_trans,
+            proposal_sine_embedding(boxes, d / 2),
+        ));
         match feats {
-            Some(f) => pos + self.feat_norm.forward(self.feat_trans.forward(f)),
+            Some(f) => pos + self.feat_norm.forward(ac::linear(&self.feat_trans, f)),
             None => pos,
         }
     }

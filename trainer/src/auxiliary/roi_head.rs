@@ -4,6 +4,7 @@
 //! decoded class-specific boxes. Its sampled RoIs, their targets and pooled features feed the
 //! second group of positive queries. Training only.
 
+use crate::model::autocast as ac;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, relu};
@@ -184,12 +185,12 @@ pub fn roi_loss(
     let device = feats.device();
     let [r, pp, d] = feats.dims();
     let c = head.reg.weight.dims()[1] / 4;
-    let x = relu(
-        head.fc2
-            .forward(relu(head.fc1.forward(feats.reshape([r, pp * d])))),
-    );
-    let logits = head.cls.forward(x.clone()); // [R, C+1]
-    let deltas = head.reg.forward(x); // [R, 4C]
+    let x = relu(ac::linear(
+        &head.fc2,
+        relu(ac::linear(&head.fc1, feats.reshape([r, pp * d]))),
+    ));
+    let logits = ac::linear(&head.cls, x.clone()); // [R, C+1]
+    let deltas = ac::linear(&head.reg, x); // [R, 4C]
     let mut target = Vec::with_capacity(r);
     let mut pos_rows = Vec::new();
     let mut pos_boxes = Vec::new();

@@ -3,6 +3,7 @@
 //! (0.7 / 0.3, low-quality matches), 256 random samples at 1:1, BCE + L1, and the proposals
 //! (top-k per level, decode, per-level NMS) that the RoI head samples from. Training only.
 
+use crate::model::autocast as ac;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
@@ -100,16 +101,14 @@ impl RpnHead {
         let mut del = Vec::new();
         for m in maps {
             let [b, _, h, w] = m.dims();
-            let x = relu(self.conv.forward(m.clone()));
+            let x = relu(ac::conv2d(&self.conv, m.clone()));
             obj.push(
-                self.cls
-                    .forward(x.clone())
+                ac::conv2d(&self.cls, x.clone())
                     .permute([0, 2, 3, 1])
                     .reshape([b, h * w * a]),
             );
             del.push(
-                self.reg
-                    .forward(x)
+                ac::conv2d(&self.reg, x)
                     .permute([0, 2, 3, 1])
                     .reshape([b, h * w * a, 4]),
             );

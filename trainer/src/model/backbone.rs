@@ -1,6 +1,7 @@
 //! ResNet-18/34/50 backbone with frozen BatchNorm, returning C2..C5 (torchvision v1.5 layout:
 //! the stride of a Bottleneck sits on its 3×3 conv), so torchvision weights map key for key.
 
+use crate::model::autocast as ac;
 use burn::module::{Module, Param};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -300,13 +301,13 @@ impl Block {
     /// `x`: `[B, Cin, H, W]` → `[B, Cout, H/stride, W/stride]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(ac::conv2d(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let mut y = relu(self.bn1.forward(self.conv1.forward(x)));
-        y = self.bn2.forward(self.conv2.forward(y));
+        let mut y = relu(self.bn1.forward(ac::conv2d(&self.conv1, x)));
+        y = self.bn2.forward(ac::conv2d(&self.conv2, y));
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = b3.forward(c3.forward(relu(y)));
+            y = b3.forward(ac::conv2d(c3, relu(y)));
         }
         relu(y + identity)
     }
@@ -331,7 +332,7 @@ impl ResNet {
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
         let mut x = self
             .maxpool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+            .forward(relu(self.bn1.forward(ac::conv2d(&self.conv1, x))));
         let mut outs = Vec::with_capacity(self.out_indices.len());
         for (i, layer) in [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()

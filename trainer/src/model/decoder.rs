@@ -1,6 +1,7 @@
 //! DINO decoder: post-norm layers of self-attention, cross-MSDA on box references and FFN,
 //! with iterative box refinement and query positions from the boxes' sine embedding.
 
+use crate::model::autocast as ac;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{relu, sigmoid, softmax};
@@ -79,19 +80,18 @@ impl SelfAttention {
         let h = self.num_heads;
         let dh = d / h;
         let split = |x: Tensor<3>| x.reshape([b, q, h, dh]).swap_dims(1, 2); // [B, H, Q, dh]
-        let qh = split(self.q_proj.forward(qk.clone())) * (1.0 / (dh as f64).sqrt());
-        let kh = split(self.k_proj.forward(qk));
-        let vh = split(self.v_proj.forward(v));
-        let mut scores = qh.matmul(kh.swap_dims(2, 3)); // [B, H, Q, Q]
+        let qh = split(ac::linear(&self.q_proj, qk.clone())) * (1.0 / (dh as f64).sqrt());
+        let kh = split(ac::linear(&self.k_proj, qk));
+        let vh = split(ac::linear(&self.v_proj, v));
+        let mut scores = ac::matmul(qh, kh.swap_dims(2, 3)); // [B, H, Q, Q]
         if let Some(m) = mask {
             // A large finite negative keeps fully-masked rows NaN-free.
             scores = scores.mask_fill(m.clone().reshape([1, 1, q, q]).expand([b, h, q, q]), -1e9);
         }
-        let out = softmax(scores, 3)
-            .matmul(vh)
+        let out = ac::matmul(softmax(scores, 3), vh)
             .swap_dims(1, 2)
             .reshape([b, q, d]);
-        self.out_proj.forward(out)
+        ac::linear(&self.out_proj, out)
     }
 }
 
@@ -154,7 +154,7 @@ impl BoxHead {
         let n = self.layers.len();
         let mut x = x;
         for (i, l) in self.layers.iter().enumerate() {
-            x = l.forward(x);
+            x = ac::linear(l, x);
             if i + 1 < n {
                 x = relu(x);
             }
@@ -210,7 +210,10 @@ impl Decoder {
     pub fn query_pos(&self, boxes: Tensor<3>) -> Tensor<3> {
         let d = self.norm.gamma.dims()[0];
         let e = box_sine_embedding(boxes, d / 2);
-        self.ref_point_head[1].forward(relu(self.ref_point_head[0].forward(e)))
+        ac::linear(
+            &self.ref_point_head[1],
+            relu(ac::linear(&self.ref_point_head[0], e)),
+        )
     }
 
     /// - `x`: `[B, Q, d]` initial content queries

@@ -1,6 +1,7 @@
 //! The Co-DINO detector at inference: backbone → neck → encoder → two-stage query selection
 //! → DINO decoder → per-layer class/box heads. (Aux heads and denoising live in training.)
 
+use crate::model::autocast as ac;
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
@@ -335,7 +336,7 @@ impl Detector {
         let selected = self.selection.forward(
             memory.clone(),
             &shapes,
-            |x| self.class_heads[n].forward(x),
+            |x| ac::linear(&self.class_heads[n], x),
             |x| self.box_heads[n].forward(x),
         );
         let (content, reference, mask, mem, shp) =
@@ -366,7 +367,7 @@ impl Detector {
         let mut logits = Vec::with_capacity(n);
         let mut boxes = Vec::with_capacity(n);
         for (l, h) in dec.hidden.into_iter().enumerate() {
-            logits.push(self.class_heads[l].forward(h.clone()));
+            logits.push(ac::linear(&self.class_heads[l], h.clone()));
             boxes.push(sigmoid(
                 self.box_heads[l].forward(h) + inverse_sigmoid(dec.references[l].clone(), 1e-3),
             ));

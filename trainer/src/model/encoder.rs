@@ -1,5 +1,6 @@
 //! Deformable transformer encoder: post-norm layers of self-MSDA + FFN over all levels.
 
+use crate::model::autocast as ac;
 use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
@@ -42,7 +43,7 @@ impl Ffn {
 
     /// `[B, N, d]` → `[B, N, d]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let y = self.linear2.forward(relu(self.linear1.forward(x.clone())));
+        let y = ac::linear(&self.linear2, relu(ac::linear(&self.linear1, x.clone())));
         self.norm.forward(x + y)
     }
 }

@@ -1,5 +1,6 @@
 //! The Co-DINO inference model (DINO-Deformable-DETR), one file per concept.
 
+pub mod autocast;
 pub mod backbone;
 pub mod checkpoint;
 pub mod config;

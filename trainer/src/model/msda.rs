@@ -14,6 +14,7 @@
 //! - [`msda_naive`]: plain loops over host memory — the reference the others are tested
 //!   against, never used in the model.
 
+use crate::model::autocast as ac;
 use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode};
 use burn::tensor::{Int, Tensor, TensorData};
 use codetr_model::Msda;
@@ -379,15 +380,10 @@ impl MsDeformAttn {
         let [b, q, d] = query.dims();
         let s = value.dims()[1];
         let (h, l, p) = (self.num_heads, self.num_levels, self.num_points);
-        let value = self.value_proj.forward(value).reshape([b, s, h, d / h]);
-        let offsets = self
-            .sampling_offsets
-            .forward(query.clone())
-            .reshape([b, q, h, l, p, 2]);
+        let value = ac::linear(&self.value_proj, value).reshape([b, s, h, d / h]);
+        let offsets = ac::linear(&self.sampling_offsets, query.clone()).reshape([b, q, h, l, p, 2]);
         let weights = burn::tensor::activation::softmax(
-            self.attention_weights
-                .forward(query)
-                .reshape([b, q, h, l * p]),
+            ac::linear(&self.attention_weights, query).reshape([b, q, h, l * p]),
             3,
         )
         .reshape([b, q, h, l, p]);
@@ -410,7 +406,7 @@ impl MsDeformAttn {
             }
         };
         let out = msda_core(value, shapes, locations, weights, self.imp);
-        self.output_proj.forward(out)
+        ac::linear(&self.output_proj, out)
     }
 }
 

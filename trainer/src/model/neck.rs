@@ -1,6 +1,7 @@
 //! ChannelMapper neck: a 1×1 conv + GroupNorm per backbone map to `d_model`, plus extra
 //! levels made by 3×3 stride-2 conv + GroupNorm (the first on the backbone's last map).
 
+use crate::model::autocast as ac;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
@@ -90,7 +91,7 @@ pub struct ConvGn {
 impl ConvGn {
     /// `[B, Cin, H, W]` → `[B, d, H', W']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.gn.forward(self.conv.forward(x))
+        self.gn.forward(ac::conv2d(&self.conv, x))
     }
 }
 

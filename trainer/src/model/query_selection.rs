@@ -1,6 +1,7 @@
 //! Two-stage mixed query selection (DINO): every encoder token proposes a box; the top-K by
 //! class score become the decoder's initial reference boxes; the content queries are learned.
 
+use crate::model::autocast as ac;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -148,7 +149,7 @@ impl QuerySelection {
         let (props, valid) = token_proposals(shapes, &device);
         let out = self
             .enc_output_norm
-            .forward(self.enc_output.forward(memory * valid));
+            .forward(ac::linear(&self.enc_output, memory * valid));
         let logits = score(out.clone()); // [B, S, C]
         let c = logits.dims()[2];
         let coords_unact = regress(out) + props; // [B, S, 4]

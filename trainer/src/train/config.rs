@@ -54,6 +54,10 @@ pub struct Schedule {
     pub lr_drops: Vec<f64>,
     /// Keep an exponential moving average of the weights; validation and `best/` then use it.
     pub ema: Option<super::ema::EmaConfig>,
+    /// Type of the training step's matrix products and convolutions: "f32", "bf16" or "f16"
+    /// (parameters, norms and losses stay f32; f16 adds dynamic loss scaling). Validation,
+    /// checkpoints and export are f32 whatever this says.
+    pub precision: crate::model::autocast::Precision,
 }
 
 impl Default for Schedule {
@@ -70,6 +74,7 @@ impl Default for Schedule {
             warmup_steps: 100,
             lr_drops: vec![0.8],
             ema: None,
+            precision: crate::model::autocast::Precision::F32,
         }
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::codetr::{CoDetr, TrainHeads};
 use super::config::FitConfig;
 use super::ema::ema_update;
-use super::optim::{adamw, clip_global, split_grads};
+use super::optim::{adamw, clip_factor, global_grad_norm, scale_grads, split_grads};
 use crate::data::coco::{CocoDataset, CocoFile, LoadOptions};
 use crate::data::loader::Batch;
 use crate::data::loader::{Loader, LoaderConfig};
@@ -30,6 +30,9 @@ use crate::model::{Detector, checkpoint};
 use crate::rng::Rng;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 
+use super::loss_scale::{LossScale, ScaledStep};
+use crate::model::autocast::Autocast;
+
 /// What a checkpoint records about the run besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -39,6 +42,9 @@ pub struct TrainState {
     pub best_step: Option<u64>,
     /// The run's resolved config (resume checks it is unchanged).
     pub config: FitConfig,
+    /// The f16 loss scaler (fixed at 1 for f32 and bf16).
+    #[serde(default)]
+    pub loss_scale: LossScale,
 }
 
 fn ck_err(path: &Path, m: impl Into<String>) -> Error {
@@ -415,6 +421,7 @@ fn start(
             best_ap: None,
             best_step: None,
             config: cfg.clone(),
+            loss_scale: LossScale::new(cfg.schedule.precision),
         };
         let ema = cfg.schedule.ema.map(|_| model.detector.valid());
         Ok((model, ema, adamw(cfg.schedule.weight_decay), state, cfg))
@@ -567,8 +574,15 @@ fn progress_bar(progress: bool, steps: u64, step: u64) -> indicatif::ProgressBar
 
 /// Forward and backward of each batch of one step; with several batches each loss is divided
 /// by their number and the gradients are summed. Denoising noise is drawn per batch from
-/// (seed, step·N + i): with one batch exactly what a step always drew.
-fn gradients(model: &CoDetr, micro: &[Batch], cfg: &FitConfig, step: u64) -> Result<StepGradients> {
+/// (seed, step·N + i): with one batch exactly what a step always drew. The forward runs in the
+/// run's precision; the loss is multiplied by `loss_scale` before backward (1: untouched).
+fn gradients(
+    model: &CoDetr,
+    micro: &[Batch],
+    cfg: &FitConfig,
+    step: u64,
+    loss_scale: f64,
+) -> Result<StepGradients> {
     let n = micro.len();
     let (mut t_forward, mut t_backward) = (0.0, 0.0);
     let (mut acc_bb, mut acc_rest) = (GradientsAccumulator::new(), GradientsAccumulator::new());
@@ -577,14 +591,20 @@ fn gradients(model: &CoDetr, micro: &[Batch], cfg: &FitConfig, step: u64) -> Res
     for (i, batch) in micro.iter().enumerate() {
         let t0 = Instant::now();
         let mut rng = Rng::fork(cfg.run.seed ^ 0xD1_5EED, step * n as u64 + i as u64);
-        let loss = model.loss(batch, cfg, &mut rng)?;
+        let loss = {
+            let _autocast = Autocast::enter(cfg.schedule.precision);
+            model.loss(batch, cfg, &mut rng)?
+        };
         t_forward += t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let grads = if n == 1 {
-            loss.total.backward()
-        } else {
-            (loss.total.clone() / n as f64).backward()
-        };
+        let mut total = loss.total.clone();
+        if n > 1 {
+            total = total / n as f64;
+        }
+        if loss_scale != 1.0 {
+            total = total * loss_scale;
+        }
+        let grads = total.backward();
         let (g_bb, g_rest) = split_grads(grads, &model.detector.backbone, model);
         t_backward += t1.elapsed().as_secs_f64();
         loss_sum += loss.value;
@@ -623,6 +643,22 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
     let device = crate::device::select(&cfg.run.device)?.autodiff();
     let ckdir = out.join("checkpoints");
     let (mut model, mut ema, mut optim, mut state, cfg) = start(cfg, resume, &device)?;
+    let precision = cfg.schedule.precision;
+    if !precision.supported_on(&device) {
+        return Err(Error::InvalidArgument {
+            what: "precision",
+            message: format!(
+                "device {:?} cannot compute in {} (it may only store it); use f32{}",
+                cfg.run.device,
+                precision.name(),
+                if precision == crate::model::autocast::Precision::Bf16 {
+                    " or f16"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     std::fs::create_dir_all(&ckdir).map_err(io(&ckdir))?;
     std::fs::create_dir_all(out.join("best")).map_err(io(&out))?;
     crate::fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
@@ -671,23 +707,45 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
                 backbone: mut g_bb,
                 rest: mut g_rest,
                 record,
-            } = gradients(&model, &micro, &cfg, state.step)?;
-            let norm = clip_global(
-                &model,
-                &mut [&mut g_bb, &mut g_rest],
-                cfg.schedule.grad_clip,
-            );
+            } = gradients(&model, &micro, &cfg, state.step, state.loss_scale.scale)?;
+            let scale = state.loss_scale.scale;
+            let scaled_norm = global_grad_norm(&model, &[&g_bb, &g_rest]);
             let lr = cfg.schedule.lr_at(state.step);
-            model = optim.step(lr * cfg.schedule.backbone_lr_mult, model, g_bb);
-            model = optim.step(lr, model, g_rest);
+            let (norm, skipped) = match state.loss_scale.update(scaled_norm.is_finite()) {
+                ScaledStep::Apply { unscale } => {
+                    // unscale and clip in one pass; f32/bf16: unscale = 1, exactly the old clip
+                    let norm = scaled_norm * unscale;
+                    let factor = clip_factor(norm, cfg.schedule.grad_clip) * unscale;
+                    scale_grads(&model, &mut [&mut g_bb, &mut g_rest], factor);
+                    model = optim.step(lr * cfg.schedule.backbone_lr_mult, model, g_bb);
+                    model = optim.step(lr, model, g_rest);
+                    (norm, false)
+                }
+                ScaledStep::Skip => {
+                    bar.suspend(|| {
+                        tracing::warn!(
+                            step = state.step,
+                            scale,
+                            "f16 gradients overflowed: step skipped, loss scale halved"
+                        )
+                    });
+                    (scaled_norm, true)
+                }
+            };
             state.step += 1;
-            if let (Some(avg), Some(e)) = (ema.take(), cfg.schedule.ema) {
+            if let (Some(e), false) = (cfg.schedule.ema, skipped)
+                && let Some(avg) = ema.take()
+            {
                 ema = Some(ema_update(avg, &model.detector, e.momentum_at(state.step)));
             }
             last_loss = record.loss;
             images_seen += micro.iter().map(Batch::len).sum::<usize>();
             let dt = t0.elapsed().as_secs_f64();
-            let line = log_line(&state, epoch, lr, norm, dt, &record, reads0);
+            let mut line = log_line(&state, epoch, lr, norm, dt, &record, reads0);
+            if state.loss_scale.dynamic {
+                line["loss_scale"] = scale.into();
+                line["skipped"] = skipped.into();
+            }
             writeln!(log, "{line}").map_err(io(&log_path))?;
             bar.set_position(state.step);
             bar.set_message(format!(

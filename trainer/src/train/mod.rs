@@ -6,6 +6,7 @@ pub mod codetr;
 pub mod config;
 pub mod ema;
 pub mod fit;
+pub mod loss_scale;
 pub mod optim;
 pub mod plot;
 pub mod terms;

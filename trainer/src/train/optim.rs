@@ -79,13 +79,27 @@ pub fn clip_global<M: Module>(
     max_norm: f64,
 ) -> f64 {
     let norm = global_grad_norm(module, &groups.iter().map(|g| &**g).collect::<Vec<_>>());
+    scale_grads(module, groups, clip_factor(norm, max_norm));
+    norm
+}
+
+/// The factor `clip_grad_norm_` multiplies the gradients by: `max_norm / (norm + 1e-6)` above
+/// `max_norm`, else 1 (also when clipping is off, `max_norm` = 0).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     if max_norm > 0.0 && norm > max_norm {
-        let factor = max_norm / (norm + 1e-6);
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+/// Multiplies every gradient of `module` in `groups` by `factor`; 1 leaves them untouched.
+pub fn scale_grads<M: Module>(module: &M, groups: &mut [&mut GradientsParams], factor: f64) {
+    if factor != 1.0 {
         for g in groups.iter_mut() {
             module.visit(&mut Scale { grads: g, factor });
         }
     }
-    norm
 }
 
 /// Splits `grads` into (parameters of `part`, everything else of `whole`).

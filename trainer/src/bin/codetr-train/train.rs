@@ -3,6 +3,14 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser;
+use codetr_train::model::autocast::Precision;
+
+/// `--precision`: the names `--help` lists, parsed into the config's enum.
+fn precision_parser() -> impl TypedValueParser<Value = Precision> {
+    clap::builder::PossibleValuesParser::new(Precision::NAMES)
+        .try_map(|s| Precision::parse(&s).ok_or_else(|| format!("unknown precision {s}")))
+}
 
 /// Train Co-DETR (Co-DINO + auxiliary heads) on COCO-format data. Every flag overrides the
 /// TOML; with no file the defaults train `tiny` on data/synth.
@@ -13,7 +21,7 @@ pub struct FitArgs {
     pub config: Option<PathBuf>,
     /// Continue the run in this dir from its newest checkpoint (its saved config is used;
     /// other flags are ignored).
-    #[arg(long, conflicts_with_all = ["config", "data", "preset", "k", "steps", "batch_size", "accumulate", "checkpoint_every", "seed", "out", "init"])]
+    #[arg(long, conflicts_with_all = ["config", "data", "preset", "k", "steps", "batch_size", "accumulate", "precision", "checkpoint_every", "seed", "out", "init"])]
     pub resume: Option<PathBuf>,
     /// A dataset root as written by `synth` (uses DIR/train and DIR/val).
     #[arg(long)]
@@ -34,6 +42,11 @@ pub struct FitArgs {
     /// effective batch of batch-size × N in the memory of one batch.
     #[arg(long)]
     pub accumulate: Option<usize>,
+    /// Type of the step's matrix products and convolutions: f32, bf16 (f32's range: no loss
+    /// scaling) or f16 (dynamic loss scaling). Parameters, norms and losses stay f32, and so do
+    /// validation, checkpoints and export. Refused when the device cannot compute in it.
+    #[arg(long, value_parser = precision_parser())]
+    pub precision: Option<Precision>,
     /// Write a resumable checkpoint every N steps.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
@@ -68,6 +81,7 @@ impl FitArgs {
             steps,
             batch_size,
             accumulate,
+            precision,
             checkpoint_every,
             seed,
             out,
@@ -114,6 +128,9 @@ impl FitArgs {
             }
             if let Some(a) = accumulate {
                 cfg.schedule.accumulate = a;
+            }
+            if let Some(p) = precision {
+                cfg.schedule.precision = p;
             }
             if let Some(c) = checkpoint_every {
                 cfg.run.checkpoint_every = c;
