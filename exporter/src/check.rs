@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use burn::tensor::Device;
-use codetr_train::data::coco::{CocoDataset, LoadOptions};
-use codetr_train::data::loader::{Loader, LoaderConfig};
+use codetr_data::coco::{CocoDataset, LoadOptions};
+use codetr_data::loader::{Loader, LoaderConfig};
 use codetr_train::model::checkpoint;
 use codetr_train::model::detector::pixels_to_tensor;
 
@@ -42,7 +42,7 @@ pub const CHECK_SEED: u64 = 20_231_001;
 /// synthetic generator (seed [`CHECK_SEED`]) in a temporary directory (removed on drop); the
 /// split is `DIR/val`. The same images on every machine, with no dataset on disk.
 pub fn synthetic_check_data(images: usize) -> Result<tempfile::TempDir> {
-    use codetr_train::data::synth::{self, SynthConfig};
+    use codetr_data::synth::{self, SynthConfig};
     let dir = tempfile::tempdir().map_err(|e| err(format!("a temporary directory: {e}")))?;
     let cfg = SynthConfig {
         train: 0,
@@ -346,8 +346,8 @@ pub fn map_compare(
     limit: usize,
     ort_lib: &Path,
 ) -> Result<MapReport> {
-    use codetr_train::data::coco::CocoFile;
-    use codetr_train::eval::evaluate;
+    use codetr_data::coco::CocoFile;
+    use codetr_data::eval::evaluate;
     use codetr_train::train::fit::coco_detections;
     let device = Device::flex();
     let (model, _) = checkpoint::load(ckpt, &device)?;

@@ -20,6 +20,9 @@ use codetr_train::model::checkpoint;
 pub enum ExportError {
     #[error(transparent)]
     Train(#[from] codetr_train::Error),
+    /// `--check`'s data: generating, reading, loading or evaluating it.
+    #[error(transparent)]
+    Data(#[from] codetr_data::Error),
     #[error("metadata: {0}")]
     Metadata(#[from] codetr_model::MetadataError),
     #[error("invalid option: {0}")]
@@ -165,7 +168,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         .map(|(key, value)| codetr_train::onnx::proto::StringStringEntryProto { key, value })
         .collect();
     let bytes = codetr_train::onnx::builder::encode(&proto);
-    codetr_train::fsutil::write_atomic(&opts.out, &bytes)?;
+    codetr_data::fsutil::write_atomic(&opts.out, &bytes)?;
     Ok(ExportReport {
         out: opts.out.clone(),
         nodes,

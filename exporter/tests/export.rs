@@ -42,7 +42,7 @@ fn run_onnx_hw(
 /// A synthetic dataset under `dir/data` with `val` 160×120 val images, and a `tiny` config at
 /// 128² with 50 queries: what the `--check` tests export and compare on.
 fn small_val_set_and_model(dir: &Path, val: usize, seed: u64) -> (PathBuf, DetectorConfig) {
-    use codetr_train::data::synth::{self, SynthConfig};
+    use codetr_data::synth::{self, SynthConfig};
     let data = dir.join("data");
     synth::generate(
         &data,
@@ -205,7 +205,7 @@ fn bad_inputs_are_clear_errors_without_output() {
 
 #[test]
 fn training_checkpoint_exports_without_its_aux_heads() {
-    use codetr_train::data::synth::{self, SynthConfig};
+    use codetr_data::synth::{self, SynthConfig};
     use codetr_train::train::config::FitConfig;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

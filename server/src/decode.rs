@@ -1,7 +1,7 @@
 //! Image decoding and resizing, with limits checked from the header before any pixel buffer is
 //! allocated (a decompression bomb costs a header read, not gigabytes).
 //!
-//! The resize is the one the trainer uses for evaluation (`codetr_train::data::augment::
+//! The resize is the one the trainer uses for evaluation (`codetr_data::augment::
 //! crop_resize_rgb` without crop or flip): fast_image_resize bilinear convolution, stretched to
 //! the graph's square input. Keeping them identical keeps served accuracy equal to the
 //! evaluated one.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-out = Path(sys.argv[1] if len(sys.argv) > 1 else "trainer/tests/fixtures")
+out = Path(sys.argv[1] if len(sys.argv) > 1 else "dataset/tests/fixtures")
 out.mkdir(parents=True, exist_ok=True)
 
 

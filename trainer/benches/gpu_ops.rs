@@ -166,7 +166,7 @@ fn msda_parity(device: &Device) -> serde_json::Value {
         shapes.len(),
         shapes.iter().map(|[h, w]| h * w).sum::<usize>(),
     );
-    let mut rng = codetr_train::rng::Rng::new(11);
+    let mut rng = codetr_data::rng::Rng::new(11);
     let mut draw =
         |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.uniform(lo, hi)).collect() };
     let v = draw(b * s * h * ch, -1.0, 1.0);

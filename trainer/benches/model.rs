@@ -9,10 +9,10 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use codetr_data::rng::Rng;
 use codetr_train::model::DetectorConfig;
 use codetr_train::model::detector::pixels_to_tensor;
 use codetr_train::model::msda::{MsdaImpl, msda_core, msda_naive};
-use codetr_train::rng::Rng;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

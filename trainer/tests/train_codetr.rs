@@ -3,8 +3,8 @@
 //! touch parameters only the one-to-one branch uses.
 
 use burn::tensor::Device;
-use codetr_train::data::loader::{Batch, Target};
-use codetr_train::rng::Rng;
+use codetr_data::loader::{Batch, Target};
+use codetr_data::rng::Rng;
 use codetr_train::train::codetr::CoDetr;
 use codetr_train::train::config::FitConfig;
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use codetr_train::data::synth::{self, SynthConfig};
+use codetr_data::synth::{self, SynthConfig};
 use codetr_train::model::checkpoint;
 use codetr_train::train::config::FitConfig;
 use codetr_train::train::fit::fit;

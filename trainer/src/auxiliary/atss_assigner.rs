@@ -282,7 +282,7 @@ mod tests {
         }
     }
 
-    use crate::rng::Rng;
+    use codetr_data::rng::Rng;
 
     /// A random box with sides in `[min, max)` somewhere around a 100-px image.
     fn bx(r: &mut Rng, min: f32, max: f32) -> [f32; 4] {

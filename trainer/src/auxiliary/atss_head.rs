@@ -12,12 +12,12 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::atss_assigner::{atss_assign, centerness_target};
-use crate::data::loader::Target;
 use crate::geometry::anchors::square_anchors;
 use crate::geometry::coder::{DeltaCoder, decode_deltas};
 use crate::geometry::tensor::iou_giou_aligned;
 use crate::loss::focal::{bce_with_logits, sigmoid_focal_sum};
 use crate::model::detector::prior_bias;
+use codetr_data::loader::Target;
 
 /// ATSS settings (Co-DETR: octave scale 8, top-9, 1 stacked conv).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

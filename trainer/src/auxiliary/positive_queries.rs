@@ -13,7 +13,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::loss::criterion::Positive;
 use crate::model::decoder::box_sine_parts;
 use crate::model::encoder::xavier_linear;
-use crate::rng::Rng;
+use codetr_data::rng::Rng;
 
 /// Sine embedding of normalised boxes `[B, N, 4]` in (x, y, w, h) order, 128-style
 /// (temperature 10000, scale 2π, sin/cos interleaved): the official `get_proposal_pos_embed`.

@@ -263,7 +263,7 @@ pub fn roi_level(roi: [f32; 4], finest_scale: f32, num_levels: usize) -> usize {
 mod tests {
     use super::*;
 
-    use crate::rng::Rng;
+    use codetr_data::rng::Rng;
 
     /// Integer-valued box on a small grid so that IoU ties and degenerate boxes occur.
     fn grid_box(r: &mut Rng, grid: usize) -> [f32; 4] {

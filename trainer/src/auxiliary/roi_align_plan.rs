@@ -544,7 +544,7 @@ pub fn roi_align_naive(
 mod tests {
     use super::*;
 
-    use crate::rng::Rng;
+    use codetr_data::rng::Rng;
 
     /// 3 levels of a 40×64 image (strides 4, 8, 16) → tokens 160 + 40 + 12.
     fn levels3() -> (Vec<Level>, usize) {

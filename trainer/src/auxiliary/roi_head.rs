@@ -18,7 +18,7 @@ use super::roi_align_plan::{Level, Roi, roi_align_plan};
 use crate::error::{Error, Result};
 use crate::geometry::coder::{DeltaCoder, decode_deltas};
 use crate::geometry::tensor::iou_giou_aligned;
-use crate::rng::Rng;
+use codetr_data::rng::Rng;
 
 /// RoI head settings (Co-DETR: MaxIoU 0.5, 512 samples at 0.25 positives, 7×7, 1024-d FCs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

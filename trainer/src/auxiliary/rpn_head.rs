@@ -15,7 +15,7 @@ use super::rcnn_targets::{AssignedGt, MaxIouAssigner, batched_nms, random_sample
 use crate::geometry::anchors::{anchors_per_location, generate_anchors};
 use crate::geometry::coder::DeltaCoder;
 use crate::loss::focal::bce_with_logits;
-use crate::rng::Rng;
+use codetr_data::rng::Rng;
 
 /// RPN settings (Co-DETR's Faster-RCNN branch, mmdet `rpn` / `rpn_proposal` train config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -368,8 +368,8 @@ fn level_ranges(levels: &[usize], n: usize) -> crate::Result<Vec<(usize, usize)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
     use burn::tensor::Device;
+    use codetr_data::rng::Rng;
 
     /// The proposals as computed before the device top-k: every score and delta read back,
     /// each level sorted on the host.

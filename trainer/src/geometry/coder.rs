@@ -104,8 +104,8 @@ pub fn decode_deltas(anchors: Tensor<2>, deltas: Tensor<2>, coder: &DeltaCoder) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
     use burn::tensor::Device;
+    use codetr_data::rng::Rng;
 
     fn close(a: f32, b: f32, tol: f32) -> bool {
         (a - b).abs() <= tol

@@ -6,9 +6,9 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::focal::quality_focal_sum;
 use super::matcher::{MatchCosts, MatchError, match_label_logits};
-use crate::data::loader::Target;
 use crate::error::{Error, Result};
 use crate::geometry::tensor::{cxcywh_to_xyxy, iou_giou_aligned};
+use codetr_data::loader::Target;
 
 /// Loss weights (Co-DINO: QFL 1, L1 5, GIoU 2).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -246,7 +246,7 @@ mod tests {
     #[test]
     fn device_gathered_matching_equals_the_host_matcher() {
         use crate::loss::matcher::hungarian_match;
-        use crate::rng::Rng;
+        use codetr_data::rng::Rng;
         let dev = Device::flex();
         let mut r = Rng::new(11);
         let (b, q, c) = (4, 9, 6);

@@ -364,7 +364,7 @@ pub fn match_label_logits(
 mod tests {
     use super::*;
 
-    use crate::rng::Rng;
+    use codetr_data::rng::Rng;
 
     fn range(r: &mut Rng, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * r.f64()

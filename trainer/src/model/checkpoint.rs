@@ -118,7 +118,7 @@ pub fn save(
     for (_, b) in &blobs {
         out.extend_from_slice(b);
     }
-    crate::fsutil::write_atomic(path, &out)?;
+    codetr_data::fsutil::write_atomic(path, &out)?;
     Ok(header)
 }
 

@@ -9,9 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::loader::Target;
 use crate::loss::criterion::Positive;
-use crate::rng::Rng;
+use codetr_data::loader::Target;
+use codetr_data::rng::Rng;
 
 /// Denoising settings (Co-DINO: 100 queries, label noise 0.5, box noise 1.0).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -7,9 +7,9 @@ use codetr_model::filter;
 use serde::Serialize;
 
 use super::detector::{Detector, pixels_to_tensor};
-use crate::data::augment::{Geometry, crop_resize_rgb};
-use crate::data::coco::decode_rgb;
 use crate::error::Result;
+use codetr_data::augment::{Geometry, crop_resize_rgb};
+use codetr_data::coco::decode_rgb;
 
 /// One detection.
 #[derive(Debug, Clone, PartialEq, Serialize)]

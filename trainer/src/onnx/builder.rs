@@ -331,5 +331,5 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
 
 /// Writes a model atomically (temp + fsync + rename): no partial file on any error.
 pub fn write(model: &ModelProto, path: &std::path::Path) -> Result<()> {
-    crate::fsutil::write_atomic(path, &encode(model))
+    Ok(codetr_data::fsutil::write_atomic(path, &encode(model))?)
 }

@@ -14,10 +14,10 @@ use crate::auxiliary::atss_head::{AtssHead, assign, atss_loss, pyramid_anchors};
 use crate::auxiliary::positive_queries::{PositiveQueryProj, build_group, group_inputs};
 use crate::auxiliary::roi_head::{RoiHead, roi_features, roi_loss, sample_rois};
 use crate::auxiliary::rpn_head::{RpnHead, proposals, pyramid_rpn_anchors, rpn_loss};
-use crate::data::loader::Target;
 use crate::error::Result;
 use crate::loss::criterion::assigned_loss;
-use crate::rng::Rng;
+use codetr_data::loader::Target;
+use codetr_data::rng::Rng;
 
 /// What every branch sees of the step: the adapter pyramid, the encoder memory (for the
 /// positive queries' decoder pass and RoIAlign) and the targets in the forms the heads use.

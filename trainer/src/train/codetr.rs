@@ -13,14 +13,14 @@ use crate::auxiliary::atss_head::{AtssHead, gt_pixels};
 use crate::auxiliary::positive_queries::PositiveQueryProj;
 use crate::auxiliary::roi_head::RoiHead;
 use crate::auxiliary::rpn_head::RpnHead;
-use crate::data::loader::{Batch, Target};
 use crate::error::{Error, Result};
 use crate::loss::criterion::{Terms, assigned_loss, matched_loss};
 use crate::loss::matcher::MatchCosts;
 use crate::model::denoising::{self, DnQueries, attention_mask};
 use crate::model::detector::{DetectorOutput, pixels_to_tensor};
 use crate::model::{Detector, DetectorConfig};
-use crate::rng::Rng;
+use codetr_data::loader::{Batch, Target};
+use codetr_data::rng::Rng;
 
 /// Parameters used only in training (dropped by the exporter).
 #[derive(Module, Debug)]

@@ -20,15 +20,15 @@ use super::codetr::{CoDetr, TrainHeads};
 use super::config::FitConfig;
 use super::ema::ema_update;
 use super::optim::{adamw, clip_factor, global_grad_norm, scale_grads, split_grads};
-use crate::data::coco::{CocoDataset, CocoFile, LoadOptions};
-use crate::data::loader::Batch;
-use crate::data::loader::{Loader, LoaderConfig};
 use crate::error::{Error, Result};
-use crate::eval::{Detection, EvalSummary, evaluate};
 use crate::model::detector::pixels_to_tensor;
 use crate::model::{Detector, checkpoint};
-use crate::rng::Rng;
 use burn::optim::{GradientsAccumulator, GradientsParams};
+use codetr_data::coco::{CocoDataset, CocoFile, LoadOptions};
+use codetr_data::eval::{Detection, EvalSummary, evaluate};
+use codetr_data::loader::Batch;
+use codetr_data::loader::{Loader, LoaderConfig};
+use codetr_data::rng::Rng;
 
 use super::loss_scale::{LossScale, ScaledStep};
 use crate::model::autocast::Autocast;
@@ -216,7 +216,7 @@ pub fn validate(
     workers: usize,
 ) -> Result<EvalSummary> {
     let (gt, dts) = detect_split(detector, ds, limit, workers)?;
-    evaluate(&gt, &ds.json_path, &dts)
+    Ok(evaluate(&gt, &ds.json_path, &dts)?)
 }
 
 /// Runs `detector` over (up to `limit`) images of `ds` (the evaluation resize) and returns the
@@ -268,7 +268,7 @@ pub fn coco_detections(
     labels: &[i64],
     scores: &[f32],
     boxes: &[f32],
-    categories: &[crate::data::coco::Category],
+    categories: &[codetr_data::coco::Category],
 ) -> Vec<Detection> {
     labels
         .iter()
@@ -337,7 +337,7 @@ fn truncate_log(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    crate::fsutil::write_atomic(path, kept.as_bytes())
+    Ok(codetr_data::fsutil::write_atomic(path, kept.as_bytes())?)
 }
 
 /// Summary of a finished `fit`.
@@ -661,7 +661,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
     }
     std::fs::create_dir_all(&ckdir).map_err(io(&ckdir))?;
     std::fs::create_dir_all(out.join("best")).map_err(io(&out))?;
-    crate::fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    codetr_data::fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     let log_path = out.join("log.jsonl");
     if resume {
         truncate_log(&log_path, state.step)?;

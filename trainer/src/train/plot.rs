@@ -219,6 +219,6 @@ pub fn plot_run(run: &Path, out: &Path) -> Result<bool> {
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(draw_err)?;
-    crate::fsutil::write_atomic(out, &png)?;
+    codetr_data::fsutil::write_atomic(out, &png)?;
     Ok(font)
 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use codetr_train::data::synth::{self, SynthConfig};
-use codetr_train::data::{CocoDataset, LoadOptions, Loader, LoaderConfig};
-use codetr_train::eval;
+use codetr_data::eval;
+use codetr_data::synth::{self, SynthConfig};
+use codetr_data::{CocoDataset, LoadOptions, Loader, LoaderConfig};
 
 /// Write a deterministic synthetic COCO dataset (DIR/{train,val}/instances.json + images/).
 #[derive(clap::Args)]
@@ -54,7 +54,7 @@ impl SynthArgs {
         println!("{stats}");
         if !no_stats_file {
             let bytes = serde_json::to_vec_pretty(&stats)?;
-            codetr_train::fsutil::write_atomic(&out.join("stats.json"), &bytes)?;
+            codetr_data::fsutil::write_atomic(&out.join("stats.json"), &bytes)?;
         }
         tracing::info!(
             seconds = t.elapsed().as_secs_f64(),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use burn::module::Module;
-use codetr_train::data::{CocoDataset, LoadOptions};
-use codetr_train::eval;
+use codetr_data::eval;
+use codetr_data::{CocoDataset, LoadOptions};
 use codetr_train::model::checkpoint;
 use codetr_train::model::{Detector, DetectorConfig};
 
@@ -73,7 +73,7 @@ impl ValidateArgs {
         let ds = Arc::new(CocoDataset::load_split(&data, LoadOptions::default())?);
         let (gt, dts) = codetr_train::train::fit::detect_split(&m, &ds, limit, workers)?;
         if let Some(out) = &out_detections {
-            codetr_train::fsutil::write_atomic(out, &serde_json::to_vec(&dts)?)?;
+            codetr_data::fsutil::write_atomic(out, &serde_json::to_vec(&dts)?)?;
         }
         let summary = eval::evaluate(&gt, &ds.json_path, &dts)?;
         if json {
@@ -153,7 +153,7 @@ impl InitArgs {
         let mut cfg = model.resolve()?;
         let names = match classes_from {
             Some(p) => {
-                let f = codetr_train::data::CocoFile::read(&p)?;
+                let f = codetr_data::CocoFile::read(&p)?;
                 let mut cats = f.categories;
                 cats.sort_by_key(|c| c.id);
                 cats.into_iter().map(|c| c.name).collect::<Vec<_>>()

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::coco::CocoFile;
+use crate::coco::CocoFile;
 use crate::error::{Error, Result};
 
 use engine::{CategoryMatches, Dt, Gt, Scratch};

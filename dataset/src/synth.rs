@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use crate::data::coco::{CocoAnnotation, CocoCategory, CocoFile, CocoImage};
+use crate::coco::{CocoAnnotation, CocoCategory, CocoFile, CocoImage};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -1864,7 +1864,7 @@ fn box_blur3(cv: &mut Canvas) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::coco::{CocoDataset, LoadOptions};
+    use crate::coco::{CocoDataset, LoadOptions};
 
     fn small_cfg(seed: u64) -> SynthConfig {
         SynthConfig {

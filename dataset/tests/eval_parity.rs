@@ -1,4 +1,4 @@
-//! Parity of `codetr_train::eval` with pycocotools on generated cases.
+//! Parity of `codetr_data::eval` with pycocotools on generated cases.
 //!
 //! Needs `CODETR_PYTHON` pointing at a python with pycocotools (`make test` sets it); the
 //! test fails without it rather than passing silently.
@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use codetr_train::data::coco::{CocoAnnotation, CocoCategory, CocoFile, CocoImage};
-use codetr_train::eval::{Detection, EvalSummary, SUMMARY_KEYS, run_eval_cli};
-use codetr_train::rng::Rng;
+use codetr_data::coco::{CocoAnnotation, CocoCategory, CocoFile, CocoImage};
+use codetr_data::eval::{Detection, EvalSummary, SUMMARY_KEYS, run_eval_cli};
+use codetr_data::rng::Rng;
 
 const TOL: f64 = 1e-4;
 const W: f64 = 640.0;

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use codetr_train::data::coco::decode_rgb;
-use codetr_train::data::{CocoDataset, CocoFile, LoadOptions};
-use codetr_train::error::{CocoLocation, Error};
+use codetr_data::coco::decode_rgb;
+use codetr_data::error::{CocoLocation, Error};
+use codetr_data::{CocoDataset, CocoFile, LoadOptions};
 use serde_json::json;
 
 fn fixture(name: &str) -> PathBuf {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::data::coco::{CocoAnnotation, CocoCategory, CocoImage};
+use crate::coco::{CocoAnnotation, CocoCategory, CocoImage};
 
 fn gt_file(images: &[u64], cats: &[u64], anns: &[(u64, u64, u64, [f64; 4], u8)]) -> CocoFile {
     CocoFile {

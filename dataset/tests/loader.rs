@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use codetr_train::data::{AugmentConfig, CocoDataset, LoadOptions, Loader, LoaderConfig};
-use codetr_train::rng::Rng;
+use codetr_data::rng::Rng;
+use codetr_data::{AugmentConfig, CocoDataset, LoadOptions, Loader, LoaderConfig};
 use serde_json::json;
 
 /// `n` images of varied sizes, each with a bright box on a dark background at a known place.
