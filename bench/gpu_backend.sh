@@ -53,7 +53,7 @@ step() { # name limit_s command...
 # Unknown first: Burn on Vulkan has never run on the H200.
 if [ -n "$GPU_OPS" ]; then
   step burn022 240 "$GPU_OPS" --device "$vk" "${size[@]}" --reps "$reps"
-else log "burn022: no gpu_ops binary (build: cargo bench -p codetr-train --features vulkan --bench gpu_ops --no-run)"; fi
+else log "burn022: no gpu_ops binary (build: cargo bench -p codetr-core --features vulkan --bench gpu_ops --no-run)"; fi
 if [ -n "$B021" ]; then
   step burn021 150 "$B021" --device "$b021" "${size[@]}" --reps "$reps"
 else log "burn021: no burn021-ops binary (build: cd bench/burn021_ops && cargo build --release --features cuda)"; fi

@@ -1,4 +1,4 @@
-"""PyTorch peer of `cargo bench -p codetr-train --bench gpu_ops`: the same ops at the same
+"""PyTorch peer of `cargo bench -p codetr-core --bench gpu_ops`: the same ops at the same
 sizes, forward + backward, one JSON object per line.
 
 Ops (sizes of `paper-r50` at 800², batch 2, unless --small):

@@ -85,7 +85,7 @@ arm tiny-k0 tiny 0 "$tiny_steps" 8 256 "$WORK/synth" "$limit_tiny"
 arm tiny-k2 tiny 2 "$tiny_steps" 8 256 "$WORK/synth" "$limit_tiny"
 arm paper-k0 paper-r50 0 "$paper_steps" "$paper_batch" "$paper_size" "$WORK/synth800" "$limit_paper"
 arm paper-k2 paper-r50 2 "$paper_steps" "$paper_batch" "$paper_size" "$WORK/synth800" "$limit_paper"
-# mixed precision (products in a half type, see trainer/src/model/autocast.rs): bf16 where the
+# mixed precision (products in a half type, see core/src/model/autocast.rs): bf16 where the
 # device computes in it (CUDA, CPU), f16 with loss scaling where it does not (most Vulkan)
 HALF=${HALF:-$([ "$DEVICE" = vulkan ] && echo f16 || echo bf16)}
 arm "paper-k2-$HALF" paper-r50 2 "$paper_steps" "$paper_batch" "$paper_size" "$WORK/synth800" "$limit_paper" "$HALF"

@@ -16,7 +16,7 @@ FEATURE=${FEATURE:-vulkan}
 kit=.gputrain
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release -p codetr-train --features "$FEATURE" --bin codetr-train
-  cargo bench -p codetr-train --features "$FEATURE" --bench gpu_ops --no-run
+  cargo bench -p codetr-core --features "$FEATURE" --bench gpu_ops --no-run
   (cd bench/burn021_ops && cargo build --release --features cuda)
 fi
 gpu_ops=$(ls -t target/release/deps/gpu_ops-* | grep -v '\.d$' | head -1)

@@ -7,5 +7,5 @@ cd "$ROOT"
 suffix=${1:+_$1}
 out="$ROOT/bench/results/model_cpu${suffix}.jsonl"
 mkdir -p "$(dirname "$out")"
-cargo bench -q -p codetr-train --bench model -- "$@" | tee "$out.tmp"
+cargo bench -q -p codetr-core --bench model -- "$@" | tee "$out.tmp"
 mv "$out.tmp" "$out"

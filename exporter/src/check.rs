@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use burn::tensor::Device;
+use codetr_core::model::checkpoint;
+use codetr_core::model::detector::pixels_to_tensor;
 use codetr_data::coco::{CocoDataset, LoadOptions};
 use codetr_data::loader::{Loader, LoaderConfig};
-use codetr_train::model::checkpoint;
-use codetr_train::model::detector::pixels_to_tensor;
 
 use super::{ExportError, Result};
 
@@ -347,8 +347,8 @@ pub fn map_compare(
     ort_lib: &Path,
 ) -> Result<MapReport> {
     use codetr_data::coco::CocoFile;
+    use codetr_data::eval::coco_detections;
     use codetr_data::eval::evaluate;
-    use codetr_train::train::fit::coco_detections;
     let device = Device::flex();
     let (model, _) = checkpoint::load(ckpt, &device)?;
     let size = model.config().input_size;

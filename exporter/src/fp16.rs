@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 
-use codetr_train::onnx::builder::KEEP_FP32;
-use codetr_train::onnx::proto::{
+use codetr_core::onnx::builder::KEEP_FP32;
+use codetr_core::onnx::proto::{
     AttributeProto, AttributeType, ModelProto, NodeProto, TensorProto, dtype, type_proto,
 };
 

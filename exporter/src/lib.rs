@@ -10,16 +10,15 @@ pub mod shapes;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
 use burn::tensor::Device;
+use codetr_core::model::checkpoint;
 use codetr_model::{ModelMetadata, Msda, Precision, Resize};
-use codetr_train::model::checkpoint;
 
 /// The exporter's one error type.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error(transparent)]
-    Train(#[from] codetr_train::Error),
+    Core(#[from] codetr_core::Error),
     /// `--check`'s data: generating, reading, loading or evaluating it.
     #[error(transparent)]
     Data(#[from] codetr_data::Error),
@@ -100,7 +99,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let (mut model, header) = checkpoint::load(&opts.checkpoint, &device)?;
     let (_, sections) = checkpoint::read(&opts.checkpoint)?;
     let cfg = model.config().clone();
-    let dropped_params = training_only_params(&sections, &cfg)?;
+    let dropped_params = training_only_params(&opts.checkpoint, &sections)?;
     let q_c = cfg.transformer.num_queries * cfg.num_classes;
     let k = opts.max_detections.unwrap_or(cfg.max_detections);
     if k == 0 || k > q_c {
@@ -165,9 +164,9 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     proto.metadata_props = meta
         .try_to_props()?
         .into_iter()
-        .map(|(key, value)| codetr_train::onnx::proto::StringStringEntryProto { key, value })
+        .map(|(key, value)| codetr_core::onnx::proto::StringStringEntryProto { key, value })
         .collect();
-    let bytes = codetr_train::onnx::builder::encode(&proto);
+    let bytes = codetr_core::onnx::builder::encode(&proto);
     codetr_data::fsutil::write_atomic(&opts.out, &bytes)?;
     Ok(ExportReport {
         out: opts.out.clone(),
@@ -183,23 +182,12 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
 }
 
 /// Parameters of a training checkpoint's training-only heads (aux heads, dn embedding,
-/// positive-query projections): their shapes follow from the run config it stores.
-fn training_only_params(
-    sections: &[(String, Vec<u8>)],
-    cfg: &codetr_train::model::DetectorConfig,
-) -> Result<usize> {
-    let Some((_, state)) = sections.iter().find(|(n, _)| n == "train_state") else {
-        return Ok(0); // an inference checkpoint (init, best/)
-    };
-    let state: codetr_train::train::fit::TrainState = serde_json::from_slice(state)
-        .map_err(|e| ExportError::Option(format!("unreadable train_state section: {e}")))?;
-    let heads = codetr_train::train::codetr::TrainHeads::new(
-        cfg,
-        state.config.co.k,
-        &state.config.co,
-        &Device::flex(),
-    )?;
-    Ok(heads.num_params())
+/// positive-query projections), counted from the `train_heads` section's tensor table.
+fn training_only_params(path: &Path, sections: &[(String, Vec<u8>)]) -> Result<usize> {
+    match sections.iter().find(|(n, _)| n == "train_heads") {
+        None => Ok(0), // an inference checkpoint (init, best/)
+        Some((name, bytes)) => Ok(checkpoint::record_elements(path, name, bytes)?),
+    }
 }
 
 /// The default output path next to the checkpoint.

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use codetr_train::onnx::proto::{
+use codetr_core::onnx::proto::{
     AttributeProto, ModelProto, NodeProto, TensorProto, dtype, tensor_shape_proto, type_proto,
 };
 
@@ -908,7 +908,7 @@ pub fn bound(model: &ModelProto, hw: [usize; 2]) -> Result<Bound> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use codetr_train::onnx::builder::{Attr, Dim, ElemType, GraphBuilder};
+    use codetr_core::onnx::builder::{Attr, Dim, ElemType, GraphBuilder};
 
     /// `x` `[N, 1000, 1000]` → Concat of three along axis 1 → `[N, 3000, 1000]`, then a
     /// Reshape computed from `Shape` and a ReduceSum: the bound is the Concat's, found through

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::tensor::Device;
+use codetr_core::model::detector::pixels_to_tensor;
+use codetr_core::model::{DetectorConfig, checkpoint};
 use codetr_export::{ExportOptions, export};
 use codetr_model::Msda;
-use codetr_train::model::detector::pixels_to_tensor;
-use codetr_train::model::{DetectorConfig, checkpoint};
 
 mod common;
 use common::{init_checkpoint, python, python_json};
@@ -229,10 +229,21 @@ fn training_checkpoint_exports_without_its_aux_heads() {
     cfg.data.val = data.join("val");
     cfg.run.out = dir.path().join("run");
     cfg.run.workers = 1;
-    codetr_train::train::fit::fit(cfg, false, false).unwrap();
+    codetr_train::train::fit::fit(cfg.clone(), false, false).unwrap();
     let ckpt = dir.path().join("run/checkpoints/step-00000001.ckpt");
     let out = dir.path().join("m.onnx");
     let r = export(&ExportOptions::new(&ckpt, &out)).unwrap();
+    // counted from the checkpoint's tensor table = the training heads the run config builds
+    let (header, _) = codetr_core::model::checkpoint::read(&ckpt).unwrap();
+    let heads = codetr_train::train::codetr::TrainHeads::new(
+        &header.config,
+        cfg.co.k,
+        &cfg.co,
+        &burn::tensor::Device::flex(),
+    )
+    .unwrap();
+    use burn::module::Module;
+    assert_eq!(r.dropped_params, heads.num_params());
     assert!(r.dropped_params > 10_000, "{}", r.dropped_params);
     let (ds, db) = export_and_compare(&ckpt, &out, Msda::GridSample);
     assert!(ds <= 1e-4 && db <= 1e-4);

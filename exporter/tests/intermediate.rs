@@ -7,11 +7,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use codetr_core::model::DetectorConfig;
+use codetr_core::onnx::proto::ModelProto;
 use codetr_export::shapes::{self, ELEMENT_LIMIT};
 use codetr_export::{ExportOptions, export};
 use codetr_model::Msda;
-use codetr_train::model::DetectorConfig;
-use codetr_train::onnx::proto::ModelProto;
 use prost::Message;
 
 mod common;

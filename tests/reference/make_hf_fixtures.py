@@ -5,10 +5,10 @@ Builds `DeformableDetrForObjectDetection` (two_stage + with_box_refine, HF ResNe
 small config and *random* weights (every tensor re-drawn from a fixed seed, so no layer is an
 identity or a copy of another), runs it on fixed uint8 images and saves, per fixture:
 
-  trainer/tests/fixtures/hf/<name>.toml                 our DetectorConfig for the same model
-  trainer/tests/fixtures/hf/<name>.weights.safetensors  the weights under OUR module paths
+  core/tests/fixtures/hf/<name>.toml                 our DetectorConfig for the same model
+  core/tests/fixtures/hf/<name>.weights.safetensors  the weights under OUR module paths
                                                         (PyTorch layout: Linear is [out, in])
-  trainer/tests/fixtures/hf/<name>.outputs.safetensors  inputs and every intermediate output
+  core/tests/fixtures/hf/<name>.outputs.safetensors  inputs and every intermediate output
 
 What HF computes (independent of our code): backbone maps, input projection + GroupNorm, sine
 position encoding + level embedding, the deformable encoder (MSDA), encoder-output proposals

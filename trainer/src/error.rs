@@ -1,5 +1,5 @@
-//! The trainer crate's one error type. Errors of the data layer (COCO files, images, the loader,
-//! detections) are `codetr_data::Error`, carried here unchanged.
+//! The trainer crate's one error type. Errors of the model layer (checkpoints, configs, graphs)
+//! are `codetr_core::Error` and those of the data layer `codetr_data::Error`, carried unchanged.
 
 use std::path::PathBuf;
 
@@ -27,6 +27,9 @@ pub enum Error {
     /// From the data layer (reading, generating, loading or evaluating data).
     #[error(transparent)]
     Data(#[from] codetr_data::Error),
+    /// From the model layer (building, loading, saving or exporting the detector).
+    #[error(transparent)]
+    Core(#[from] codetr_core::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,17 +1,13 @@
 //! codetr-train: Co-DETR (Co-DINO) training in Rust.
 //!
-//! The Burn side of codetr: the model and its ONNX graph writer, box geometry, the auxiliary
-//! heads, losses and the training loop. The data layer (COCO, synthetic data, augmentation,
-//! loader, evaluator) is the `codetr-data` crate below it.
+//! Co-DETR's training side in Burn: the auxiliary heads, losses, denoising, the loop and its
+//! CLI. The detector itself (model, ONNX writer, geometry, checkpoints) is `codetr-core`; the
+//! data layer (COCO, synthetic data, augmentation, loader, evaluator) is `codetr-data`.
 
 pub mod auxiliary;
-pub mod device;
 pub mod error;
-pub mod geometry;
 pub mod host;
 pub mod loss;
-pub mod model;
-pub mod onnx;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -140,8 +140,8 @@ fn aux_loss_reaches_encoder_and_backbone_only_through_shared_parts() {
 #[test]
 fn attention_mask_isolates_query_groups() {
     use burn::tensor::{Bool, Tensor, TensorData};
-    use codetr_train::model::denoising::attention_mask;
-    use codetr_train::model::detector::pixels_to_tensor;
+    use codetr_core::model::detector::pixels_to_tensor;
+    use codetr_train::train::denoising::attention_mask;
 
     let dev = Device::flex();
     dev.seed(2);

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use codetr_core::model::checkpoint;
 use codetr_data::synth::{self, SynthConfig};
-use codetr_train::model::checkpoint;
 use codetr_train::train::config::FitConfig;
 use codetr_train::train::fit::fit;
 
@@ -514,7 +514,7 @@ fn kill_9_then_resume_matches_an_uninterrupted_run() {
         let px: Vec<u8> = (0..2 * 128 * 128 * 3)
             .map(|i| (i * 7 % 251) as u8)
             .collect();
-        let x = codetr_train::model::detector::pixels_to_tensor(&px, 2, 128, 128, &dev).unwrap();
+        let x = codetr_core::model::detector::pixels_to_tensor(&px, 2, 128, 128, &dev).unwrap();
         let o = m.forward(x).unwrap();
         let v: Vec<f32> = o
             .logits
@@ -621,7 +621,7 @@ fn validate_writes_the_detections_it_scores() {
 /// restored on resume so a resumed f16 run equals the uninterrupted one.
 #[test]
 fn half_precision_steps_train_and_f16_scaling_resumes_exactly() {
-    use codetr_train::model::autocast::Precision;
+    use codetr_core::model::autocast::Precision;
     let tmp = tempfile::tempdir().unwrap();
     dataset(tmp.path());
     let run = |name: &str, p: Precision, steps: u64| {

@@ -2,7 +2,7 @@
 //! the same ops, sizes and order as `trainer/benches/gpu_ops.rs` (Burn 0.22) and
 //! `bench/gpu_ops_torch.py` (PyTorch), so that the three are read side by side.
 //!
-//! MSDA here is the chunked formulation of `trainer/src/model/msda_chunked.rs` (gather the four
+//! MSDA here is the chunked formulation of `core/src/model/msda_chunked.rs` (gather the four
 //! corners of a few points of one level at a time, weight, sum) with Burn's own autodiff for the
 //! backward: Burn 0.21 cannot run the trainer, so this measures what its backend does with the
 //! same tensor program, not our hand-written backward.

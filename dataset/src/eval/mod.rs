@@ -154,6 +154,36 @@ fn format_3(v: f64) -> String {
     format!("{v:.3}")
 }
 
+/// One image's top-k output (`labels` `[k]`, `scores` `[k]`, xyxy pixel `boxes` `[k·4]`) as COCO
+/// results (xywh, the dataset's category ids); labels outside the categories are skipped.
+pub fn coco_detections(
+    image_id: u64,
+    labels: &[i64],
+    scores: &[f32],
+    boxes: &[f32],
+    categories: &[crate::coco::Category],
+) -> Vec<Detection> {
+    labels
+        .iter()
+        .zip(scores)
+        .zip(boxes.chunks_exact(4))
+        .filter_map(|((&l, &score), b)| {
+            let cat = usize::try_from(l).ok().and_then(|l| categories.get(l))?;
+            Some(Detection {
+                image_id,
+                category_id: cat.id,
+                bbox: [
+                    f64::from(b[0]),
+                    f64::from(b[1]),
+                    f64::from(b[2] - b[0]),
+                    f64::from(b[3] - b[1]),
+                ],
+                score: f64::from(score),
+            })
+        })
+        .collect()
+}
+
 /// Full evaluation output: the summary plus pycocotools' `eval['precision']` and
 /// `eval['recall']` arrays (flattened, row-major) for per-class numbers.
 #[derive(Debug, Clone)]

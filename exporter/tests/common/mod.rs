@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use codetr_train::model::{DetectorConfig, checkpoint};
+use codetr_core::model::{DetectorConfig, checkpoint};
 
 /// The Python with onnx + onnxruntime (`make test` sets it to the project's .venv).
 pub fn python() -> String {

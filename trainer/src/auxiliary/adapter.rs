@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::error::Result;
-use crate::model::neck::{ConvGn, NeckConfig};
+use codetr_core::model::neck::{ConvGn, NeckConfig};
 
 #[derive(Module, Debug)]
 pub struct MultiScaleAdapter {

@@ -6,7 +6,7 @@
 //! a handful of boxes, reading nothing from the device. All boxes are `[x1, y1, x2, y2]` in
 //! input-image pixels.
 
-use crate::geometry::boxes::{center, iou};
+use codetr_core::geometry::boxes::{center, iou};
 
 /// Result of [`atss_assign`], one entry per anchor.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,8 +127,8 @@ pub fn centerness_target(anchor: [f32; 4], gt: [f32; 4]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::geometry::anchors::square_anchors;
-    use crate::geometry::coder::DeltaCoder;
+    use codetr_core::geometry::anchors::square_anchors;
+    use codetr_core::geometry::coder::DeltaCoder;
 
     /// Level of a 4×4 grid, stride 8, octave scale 2: 16 px anchors centred at multiples of 8;
     /// anchor (x, y) = [8x − 8, 8y − 8, 8x + 8, 8y + 8], index y·4 + x.

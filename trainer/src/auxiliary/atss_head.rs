@@ -4,19 +4,19 @@
 //! sigmoid focal classification, GIoU regression weighted by centerness, centerness BCE.
 //! Its positives (anchor boxes, their gt, their pyramid features) feed the positive queries.
 
-use crate::model::autocast as ac;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use codetr_core::model::autocast as ac;
 
 use super::atss_assigner::{atss_assign, centerness_target};
-use crate::geometry::anchors::square_anchors;
-use crate::geometry::coder::{DeltaCoder, decode_deltas};
-use crate::geometry::tensor::iou_giou_aligned;
 use crate::loss::focal::{bce_with_logits, sigmoid_focal_sum};
-use crate::model::detector::prior_bias;
+use codetr_core::geometry::anchors::square_anchors;
+use codetr_core::geometry::coder::{DeltaCoder, decode_deltas};
+use codetr_core::geometry::tensor::iou_giou_aligned;
+use codetr_core::model::detector::prior_bias;
 use codetr_data::loader::Target;
 
 /// ATSS settings (Co-DETR: octave scale 8, top-9, 1 stacked conv).

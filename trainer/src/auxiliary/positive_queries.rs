@@ -5,14 +5,14 @@
 //! which is what isolating it from the matching and denoising queries by the attention mask
 //! amounts to (and what the official code does).
 
-use crate::model::autocast as ac;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use codetr_core::model::autocast as ac;
 
 use crate::loss::criterion::Positive;
-use crate::model::decoder::box_sine_parts;
-use crate::model::encoder::xavier_linear;
+use codetr_core::model::decoder::box_sine_parts;
+use codetr_core::model::encoder::xavier_linear;
 use codetr_data::rng::Rng;
 
 /// Sine embedding of normalised boxes `[B, N, 4]` in (x, y, w, h) order, 128-style

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::geometry::boxes::iou;
+use codetr_core::geometry::boxes::iou;
 
 /// Assignment of one box, mmdet's `gt_inds` (−1 ignore, 0 negative, `i + 1` positive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

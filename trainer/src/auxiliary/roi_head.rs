@@ -4,11 +4,11 @@
 //! decoded class-specific boxes. Its sampled RoIs, their targets and pooled features feed the
 //! second group of positive queries. Training only.
 
-use crate::model::autocast as ac;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use codetr_core::model::autocast as ac;
 use serde::{Deserialize, Serialize};
 
 use super::rcnn_targets::{
@@ -16,8 +16,8 @@ use super::rcnn_targets::{
 };
 use super::roi_align_plan::{Level, Roi, roi_align_plan};
 use crate::error::{Error, Result};
-use crate::geometry::coder::{DeltaCoder, decode_deltas};
-use crate::geometry::tensor::iou_giou_aligned;
+use codetr_core::geometry::coder::{DeltaCoder, decode_deltas};
+use codetr_core::geometry::tensor::iou_giou_aligned;
 use codetr_data::rng::Rng;
 
 /// RoI head settings (Co-DETR: MaxIoU 0.5, 512 samples at 0.25 positives, 7×7, 1024-d FCs).

@@ -3,18 +3,18 @@
 //! (0.7 / 0.3, low-quality matches), 256 random samples at 1:1, BCE + L1, and the proposals
 //! (top-k per level, decode, per-level NMS) that the RoI head samples from. Training only.
 
-use crate::model::autocast as ac;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use codetr_core::model::autocast as ac;
 use serde::{Deserialize, Serialize};
 
 use super::rcnn_targets::{AssignedGt, MaxIouAssigner, batched_nms, random_sample};
-use crate::geometry::anchors::{anchors_per_location, generate_anchors};
-use crate::geometry::coder::DeltaCoder;
 use crate::loss::focal::bce_with_logits;
+use codetr_core::geometry::anchors::{anchors_per_location, generate_anchors};
+use codetr_core::geometry::coder::DeltaCoder;
 use codetr_data::rng::Rng;
 
 /// RPN settings (Co-DETR's Faster-RCNN branch, mmdet `rpn` / `rpn_proposal` train config).

@@ -7,7 +7,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use super::focal::quality_focal_sum;
 use super::matcher::{MatchCosts, MatchError, match_label_logits};
 use crate::error::{Error, Result};
-use crate::geometry::tensor::{cxcywh_to_xyxy, iou_giou_aligned};
+use codetr_core::geometry::tensor::{cxcywh_to_xyxy, iou_giou_aligned};
 use codetr_data::loader::Target;
 
 /// Loss weights (Co-DINO: QFL 1, L1 5, GIoU 2).

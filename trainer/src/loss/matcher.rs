@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::geometry::boxes::{cxcywh_to_xyxy_f64, iou_giou_f64};
+use codetr_core::geometry::boxes::{cxcywh_to_xyxy_f64, iou_giou_f64};
 
 /// Why a matching could not be computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,9 +16,9 @@ use crate::auxiliary::rpn_head::RpnHead;
 use crate::error::{Error, Result};
 use crate::loss::criterion::{Terms, assigned_loss, matched_loss};
 use crate::loss::matcher::MatchCosts;
-use crate::model::denoising::{self, DnQueries, attention_mask};
-use crate::model::detector::{DetectorOutput, pixels_to_tensor};
-use crate::model::{Detector, DetectorConfig};
+use crate::train::denoising::{self, DnQueries, attention_mask};
+use codetr_core::model::detector::{DetectorOutput, pixels_to_tensor};
+use codetr_core::model::{Detector, DetectorConfig};
 use codetr_data::loader::{Batch, Target};
 use codetr_data::rng::Rng;
 

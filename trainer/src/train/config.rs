@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::loss::criterion::LossWeights;
-use crate::model::DetectorConfig;
-use crate::model::denoising::DnConfig;
+use crate::train::denoising::DnConfig;
+use codetr_core::model::DetectorConfig;
 
 /// Where the data is: COCO splits as written by `codetr-train synth` (`DIR/instances.json` +
 /// `DIR/images/`).
@@ -57,7 +57,7 @@ pub struct Schedule {
     /// Type of the training step's matrix products and convolutions: "f32", "bf16" or "f16"
     /// (parameters, norms and losses stay f32; f16 adds dynamic loss scaling). Validation,
     /// checkpoints and export are f32 whatever this says.
-    pub precision: crate::model::autocast::Precision,
+    pub precision: codetr_core::model::autocast::Precision,
 }
 
 impl Default for Schedule {
@@ -74,7 +74,7 @@ impl Default for Schedule {
             warmup_steps: 100,
             lr_drops: vec![0.8],
             ema: None,
-            precision: crate::model::autocast::Precision::F32,
+            precision: codetr_core::model::autocast::Precision::F32,
         }
     }
 }
@@ -227,7 +227,7 @@ impl FitConfig {
     /// The detector config this run trains (preset + overrides), before class names are known.
     pub fn detector(&self) -> Result<DetectorConfig> {
         let text = toml::to_string(&self.model).map_err(|e| bad(e.to_string()))?;
-        DetectorConfig::from_toml(&text)
+        Ok(DetectorConfig::from_toml(&text)?)
     }
 
     pub fn validate(&self) -> Result<()> {

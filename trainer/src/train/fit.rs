@@ -21,17 +21,17 @@ use super::config::FitConfig;
 use super::ema::ema_update;
 use super::optim::{adamw, clip_factor, global_grad_norm, scale_grads, split_grads};
 use crate::error::{Error, Result};
-use crate::model::detector::pixels_to_tensor;
-use crate::model::{Detector, checkpoint};
 use burn::optim::{GradientsAccumulator, GradientsParams};
+use codetr_core::model::detector::pixels_to_tensor;
+use codetr_core::model::{Detector, checkpoint};
 use codetr_data::coco::{CocoDataset, CocoFile, LoadOptions};
-use codetr_data::eval::{Detection, EvalSummary, evaluate};
+use codetr_data::eval::{Detection, EvalSummary, coco_detections, evaluate};
 use codetr_data::loader::Batch;
 use codetr_data::loader::{Loader, LoaderConfig};
 use codetr_data::rng::Rng;
 
 use super::loss_scale::{LossScale, ScaledStep};
-use crate::model::autocast::Autocast;
+use codetr_core::model::autocast::Autocast;
 
 /// What a checkpoint records about the run besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,7 +163,7 @@ fn load_train(path: &Path, device: &Device) -> Result<Loaded> {
 /// hold no heads: the aux heads and the dn label embedding are dropped from them).
 fn warm_start(
     path: &Path,
-    det: &crate::model::DetectorConfig,
+    det: &codetr_core::model::DetectorConfig,
     class_names: &[String],
     co: &super::config::CoConfig,
     device: &Device,
@@ -259,36 +259,6 @@ pub fn detect_split(
     gt.images.retain(|i| ids.contains(&i.id));
     gt.annotations.retain(|a| ids.contains(&a.image_id));
     Ok((gt, dts))
-}
-
-/// One image's top-k output (`labels` `[k]`, `scores` `[k]`, xyxy pixel `boxes` `[k·4]`) as COCO
-/// results (xywh, the dataset's category ids); labels outside the categories are skipped.
-pub fn coco_detections(
-    image_id: u64,
-    labels: &[i64],
-    scores: &[f32],
-    boxes: &[f32],
-    categories: &[codetr_data::coco::Category],
-) -> Vec<Detection> {
-    labels
-        .iter()
-        .zip(scores)
-        .zip(boxes.chunks_exact(4))
-        .filter_map(|((&l, &score), b)| {
-            let cat = usize::try_from(l).ok().and_then(|l| categories.get(l))?;
-            Some(Detection {
-                image_id,
-                category_id: cat.id,
-                bbox: [
-                    f64::from(b[0]),
-                    f64::from(b[1]),
-                    f64::from(b[2] - b[0]),
-                    f64::from(b[3] - b[1]),
-                ],
-                score: f64::from(score),
-            })
-        })
-        .collect()
 }
 
 /// Keeps the newest `keep` `step-*.ckpt` files in `dir`.
@@ -640,7 +610,7 @@ fn gradients(
 
 pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
     let out = cfg.run.out.clone();
-    let device = crate::device::select(&cfg.run.device)?.autodiff();
+    let device = codetr_core::device::select(&cfg.run.device)?.autodiff();
     let ckdir = out.join("checkpoints");
     let (mut model, mut ema, mut optim, mut state, cfg) = start(cfg, resume, &device)?;
     let precision = cfg.schedule.precision;
@@ -651,7 +621,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
                 "device {:?} cannot compute in {} (it may only store it); use f32{}",
                 cfg.run.device,
                 precision.name(),
-                if precision == crate::model::autocast::Precision::Bf16 {
+                if precision == codetr_core::model::autocast::Precision::Bf16 {
                     " or f16"
                 } else {
                     ""

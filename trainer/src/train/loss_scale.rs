@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::autocast::Precision;
+use codetr_core::model::autocast::Precision;
 
 /// The scaler's state; saved in the checkpoint so a resumed run continues bit for bit.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

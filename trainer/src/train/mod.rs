@@ -4,6 +4,7 @@
 pub mod branches;
 pub mod codetr;
 pub mod config;
+pub mod denoising;
 pub mod ema;
 pub mod fit;
 pub mod loss_scale;

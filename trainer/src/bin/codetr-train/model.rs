@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use burn::module::Module;
+use codetr_core::model::checkpoint;
+use codetr_core::model::{Detector, DetectorConfig};
 use codetr_data::eval;
 use codetr_data::{CocoDataset, LoadOptions};
-use codetr_train::model::checkpoint;
-use codetr_train::model::{Detector, DetectorConfig};
 
 /// Which model: a preset, optionally overridden by a TOML file.
 #[derive(clap::Args)]
@@ -222,14 +222,10 @@ impl PredictArgs {
             json,
             device,
         } = self;
-        let device = codetr_train::device::select(&device)?;
+        let device = codetr_core::device::select(&device)?;
         let (m, h) = checkpoint::load(&ckpt, &device)?;
-        let preds = codetr_train::model::predict::predict_file(
-            &m,
-            &h.class_names,
-            &image,
-            score_threshold,
-        )?;
+        let preds =
+            codetr_core::model::predict::predict_file(&m, &h.class_names, &image, score_threshold)?;
         if json {
             println!("{}", serde_json::to_string(&preds)?);
         } else {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::builder::TypedValueParser;
-use codetr_train::model::autocast::Precision;
+use codetr_core::model::autocast::Precision;
 
 /// `--precision`: the names `--help` lists, parsed into the config's enum.
 fn precision_parser() -> impl TypedValueParser<Value = Precision> {

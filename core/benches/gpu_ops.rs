@@ -12,7 +12,7 @@
 //! device (forward and the three gradients, max abs difference; Flex's is tested against the
 //! naive loop in CI), at a small size, so a run on a GPU also says whether its numbers are right.
 //!
-//! Run: `cargo bench -p codetr-train --features vulkan --bench gpu_ops -- --device vulkan`
+//! Run: `cargo bench -p codetr-core --features vulkan --bench gpu_ops -- --device vulkan`
 //! (`--device cpu` for the Flex device, `--small` for CPU-sized shapes). Times are medians of
 //! `--reps` runs after two warm-ups; each run ends by reading back one scalar per gradient.
 
@@ -22,8 +22,8 @@ use burn::module::Param;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use codetr_train::model::msda::{MsdaImpl, msda_core};
-use codetr_train::model::msda_chunked::msda_chunked;
+use codetr_core::model::msda::{MsdaImpl, msda_core};
+use codetr_core::model::msda_chunked::msda_chunked;
 
 const PAPER_SHAPES: [[usize; 2]; 5] = [[200, 200], [100, 100], [50, 50], [25, 25], [13, 13]];
 const SMALL_SHAPES: [[usize; 2]; 4] = [[32, 32], [16, 16], [8, 8], [4, 4]];
@@ -70,7 +70,7 @@ fn main() {
             _ => usage(),
         }
     }
-    let base = match codetr_train::device::select(&device_name) {
+    let base = match codetr_core::device::select(&device_name) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("gpu_ops: {e}");

@@ -10,7 +10,7 @@ use super::msda::{MsDeformAttn, MsDeformAttnConfig, Reference};
 use crate::Result;
 
 /// A Linear with Xavier-uniform weights and zero bias (the DETR family's initialisation).
-pub(crate) fn xavier_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+pub fn xavier_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
     let mut l = LinearConfig::new(d_in, d_out)
         .with_initializer(Initializer::XavierUniform { gain: 1.0 })
         .init(device);

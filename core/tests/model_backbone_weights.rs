@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use codetr_train::model::backbone::BackboneConfig;
+use codetr_core::model::backbone::BackboneConfig;
 
 /// torchvision ResNet state-dict entries (name, shape) for `depth` at stem width `w`.
 fn torchvision_keys(depth: usize, w: usize, classes: usize) -> Vec<(String, Vec<usize>)> {
@@ -151,7 +151,7 @@ fn torchvision_names_map_onto_resnet18_and_resnet50() {
 trait Stem {
     fn backbone_conv1_weight(&self) -> Vec<f32>;
 }
-impl Stem for codetr_train::model::backbone::ResNet {
+impl Stem for codetr_core::model::backbone::ResNet {
     fn backbone_conv1_weight(&self) -> Vec<f32> {
         self.conv1.weight.val().into_data().try_to_vec().unwrap()
     }
@@ -228,7 +228,7 @@ fn torchvision_weights_are_refused_for_a_group_norm_backbone() {
     let path = dir.path().join("r18.safetensors");
     write_safetensors(&path, &torchvision_keys(18, 16, 10));
     let mut c = cfg(18, 16);
-    c.norm = codetr_train::model::backbone::BackboneNorm::GroupNorm;
+    c.norm = codetr_core::model::backbone::BackboneNorm::GroupNorm;
     let e = c
         .init(&Device::flex())
         .unwrap()

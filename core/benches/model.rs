@@ -3,16 +3,16 @@
 //!   tiny and paper-r50 dimensions;
 //! - detector forward time per image: tiny at 256², paper-r50 at 800².
 //!
-//! Run: `cargo bench -p codetr-train --bench model` (or bench/model.sh). Filter with an
+//! Run: `cargo bench -p codetr-core --bench model` (or bench/model.sh). Filter with an
 //! argument: `msda` or `forward`.
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use codetr_core::model::DetectorConfig;
+use codetr_core::model::detector::pixels_to_tensor;
+use codetr_core::model::msda::{MsdaImpl, msda_core, msda_naive};
 use codetr_data::rng::Rng;
-use codetr_train::model::DetectorConfig;
-use codetr_train::model::detector::pixels_to_tensor;
-use codetr_train::model::msda::{MsdaImpl, msda_core, msda_naive};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

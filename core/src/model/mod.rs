@@ -5,7 +5,6 @@ pub mod backbone;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
-pub mod denoising;
 pub mod detector;
 pub mod encoder;
 pub mod msda;

@@ -2,9 +2,9 @@
 //! forward and backward, including sampling points outside the maps.
 
 use burn::tensor::{Device, Tensor, TensorData};
+use codetr_core::model::msda::{MsdaImpl, msda_core, msda_naive};
+use codetr_core::model::msda_chunked::msda_chunked;
 use codetr_data::rng::Rng;
-use codetr_train::model::msda::{MsdaImpl, msda_core, msda_naive};
-use codetr_train::model::msda_chunked::msda_chunked;
 
 struct Case {
     b: usize,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::Device;
-use codetr_train::model::{Detector, DetectorConfig};
+use codetr_core::model::{Detector, DetectorConfig};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
-use codetr_train::onnx::builder::{Attr, encode, write};
-use codetr_train::onnx::{Dim, ElemType, GraphBuilder};
+use codetr_core::onnx::builder::{Attr, encode, write};
+use codetr_core::onnx::{Dim, ElemType, GraphBuilder};
 
 fn python() -> String {
     std::env::var("CODETR_PYTHON").unwrap_or_else(|_| {
@@ -18,7 +18,7 @@ fn python() -> String {
 
 /// uint8 NHWC [N, 2, 2, 3] → float → NCHW → (x − mean)/std → 1×1 conv (3→2) → ReLU →
 /// flatten [N, 8] → TopK(3) → (values, indices).
-fn build() -> codetr_train::onnx::proto::ModelProto {
+fn build() -> codetr_core::onnx::proto::ModelProto {
     let mut g = GraphBuilder::new("toy");
     let n = Dim::Named("N".into());
     let x = g

@@ -5,9 +5,9 @@
 mod common;
 
 use burn::tensor::Device;
-use codetr_train::model::detector::pixels_to_tensor;
-use codetr_train::onnx::builder::write;
-use codetr_train::onnx::{Dim, ElemType, GraphBuilder};
+use codetr_core::model::detector::pixels_to_tensor;
+use codetr_core::onnx::builder::write;
+use codetr_core::onnx::{Dim, ElemType, GraphBuilder};
 
 #[test]
 fn preprocess_backbone_and_neck_match_burn() {
@@ -139,7 +139,7 @@ fn encoder_with_dynamic_size_matches_burn_with_both_lowerings() {
 
 /// The whole exported graph (pixels → labels, scores, boxes) against `Detector::detect`.
 fn full_graph_parity(
-    model: &codetr_train::model::Detector,
+    model: &codetr_core::model::Detector,
     h: usize,
     w: usize,
     n: usize,
@@ -156,7 +156,7 @@ fn full_graph_parity(
 
 /// The graph at `path` run on `n` images of `h × w` against `Detector::detect`.
 fn graph_parity(
-    model: &codetr_train::model::Detector,
+    model: &codetr_core::model::Detector,
     path: &std::path::Path,
     h: usize,
     w: usize,
@@ -227,7 +227,7 @@ fn full_graph_matches_burn_on_hf_fixtures() {
 fn full_graph_matches_burn_for_tiny_at_batch_1_and_3() {
     let dev = Device::flex();
     dev.seed(7);
-    let cfg = codetr_train::model::DetectorConfig::tiny();
+    let cfg = codetr_core::model::DetectorConfig::tiny();
     let m = cfg.init(&dev).unwrap();
     full_graph_parity(&m, 256, 256, 1, "tiny b1");
     full_graph_parity(&m, 256, 256, 3, "tiny b3");
@@ -237,8 +237,8 @@ fn full_graph_matches_burn_for_tiny_at_batch_1_and_3() {
 fn group_norm_backbone_exports_and_matches_burn() {
     let dev = Device::flex();
     dev.seed(9);
-    let mut cfg = codetr_train::model::DetectorConfig::tiny();
-    cfg.backbone.norm = codetr_train::model::backbone::BackboneNorm::GroupNorm;
+    let mut cfg = codetr_core::model::DetectorConfig::tiny();
+    cfg.backbone.norm = codetr_core::model::backbone::BackboneNorm::GroupNorm;
     cfg.input_size = 128;
     let m = cfg.init(&dev).unwrap();
     full_graph_parity(&m, 128, 128, 2, "tiny group_norm backbone");
@@ -249,7 +249,7 @@ fn dynamic_size_graph_matches_burn_at_several_sizes_with_both_lowerings() {
     use codetr_model::Msda;
     let dev = Device::flex();
     dev.seed(11);
-    let mut cfg = codetr_train::model::DetectorConfig::tiny();
+    let mut cfg = codetr_core::model::DetectorConfig::tiny();
     cfg.input_size = 128;
     let m = cfg.init(&dev).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -3,9 +3,9 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
+use codetr_core::model::DetectorConfig;
+use codetr_core::model::detector::pixels_to_tensor;
 use codetr_data::rng::Rng;
-use codetr_train::model::DetectorConfig;
-use codetr_train::model::detector::pixels_to_tensor;
 
 fn pixels(b: usize, s: usize, seed: u64) -> Vec<u8> {
     let mut r = Rng::new(seed);

@@ -175,6 +175,17 @@ pub fn read(path: &Path) -> Result<(CheckpointHeader, Sections)> {
     Ok((header, sections))
 }
 
+/// Number of parameter values (elements) in a record section (`model`, `ema`, `train_heads`),
+/// read from its tensor table without building the module it belongs to: the exporter counts
+/// the training-only parameters it leaves out without depending on the training code.
+pub fn record_elements(path: &Path, section: &str, bytes: &[u8]) -> Result<usize> {
+    let bad = |e: burn_pack::Error| corrupt(path, format!("section `{section}`: {e}"));
+    let tensors = burn_pack::Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+        .and_then(burn_pack::Reader::into_tensors)
+        .map_err(bad)?;
+    Ok(tensors.iter().map(|t| t.shape.num_elements()).sum())
+}
+
 /// Loads a checkpoint into a model built from its own config.
 pub fn load(path: &Path, device: &Device) -> Result<(Detector, CheckpointHeader)> {
     let (header, sections) = read(path)?;

@@ -15,11 +15,11 @@ use std::collections::HashMap;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use codetr_train::model::Detector;
-use codetr_train::model::detector::pixels_to_tensor;
-use codetr_train::model::encoder::token_centres;
-use codetr_train::model::msda::Reference;
-use codetr_train::model::query_selection::token_proposals;
+use codetr_core::model::Detector;
+use codetr_core::model::detector::pixels_to_tensor;
+use codetr_core::model::encoder::token_centres;
+use codetr_core::model::msda::Reference;
+use codetr_core::model::query_selection::token_proposals;
 
 const TOL: f32 = 1e-4;
 

@@ -2,10 +2,10 @@
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor};
-use codetr_train::error::Error;
-use codetr_train::model::DetectorConfig;
-use codetr_train::model::checkpoint::{load, load_expecting, save};
-use codetr_train::model::detector::pixels_to_tensor;
+use codetr_core::error::Error;
+use codetr_core::model::DetectorConfig;
+use codetr_core::model::checkpoint::{load, load_expecting, save};
+use codetr_core::model::detector::pixels_to_tensor;
 
 fn small() -> DetectorConfig {
     let mut c = DetectorConfig::tiny();
@@ -22,7 +22,7 @@ fn names() -> Vec<String> {
     vec!["a".into(), "b".into(), "c".into()]
 }
 
-fn logits(m: &codetr_train::model::Detector, dev: &Device) -> Vec<f32> {
+fn logits(m: &codetr_core::model::Detector, dev: &Device) -> Vec<f32> {
     let px: Vec<u8> = (0..128 * 128 * 3).map(|i| (i * 7 % 251) as u8).collect();
     let x = pixels_to_tensor(&px, 1, 128, 128, dev).unwrap();
     m.forward(x)
@@ -130,7 +130,7 @@ fn nan_weights_are_refused_at_load() {
     let dev = Device::flex();
     let cfg = small();
     let mut model = cfg.init(&dev).unwrap();
-    assert_eq!(codetr_train::model::params::first_non_finite(&model), None);
+    assert_eq!(codetr_core::model::params::first_non_finite(&model), None);
     model.level_embed = Param::from_tensor(Tensor::full([cfg.num_levels(), 128], f32::NAN, &dev));
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("nan.ckpt");
