@@ -178,8 +178,9 @@ pub fn transform_boxes(
     (boxes, labels)
 }
 
-/// Crops `geom.crop` out of an RGB image and stretch-resizes it to `out_w`×`out_h` (bilinear
-/// convolution, antialiased on downscale), flipping if asked. Returns HWC RGB bytes.
+/// Crops `geom.crop` out of an RGB image and stretch-resizes it to `out_w`×`out_h` with the
+/// contract's resize (`codetr_model::preprocess::resize_rgb`, as served), flipping if asked.
+/// Returns HWC RGB bytes.
 pub fn crop_resize_rgb(
     src: &image::RgbImage,
     geom: &Geometry,
@@ -187,18 +188,14 @@ pub fn crop_resize_rgb(
     out_h: u32,
     resizer: &mut fr::Resizer,
 ) -> Result<Vec<u8>> {
-    let src_view =
-        fr::images::ImageRef::new(src.width(), src.height(), src.as_raw(), fr::PixelType::U8x3)
-            .map_err(|e| Error::Loader(format!("resize source: {e}")))?;
-    let mut dst = fr::images::Image::new(out_w, out_h, fr::PixelType::U8x3);
-    let [l, t, w, h] = geom.crop;
-    let opts = fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
-        .crop(l, t, w, h);
-    resizer
-        .resize(&src_view, &mut dst, &opts)
-        .map_err(|e| Error::Loader(format!("resize: {e}")))?;
-    let mut out = dst.into_vec();
+    let mut out = codetr_model::preprocess::resize_rgb(
+        src.as_raw(),
+        [src.width(), src.height()],
+        Some(geom.crop),
+        [out_w, out_h],
+        resizer,
+    )
+    .map_err(|e| Error::Loader(e.to_string()))?;
     if geom.hflip {
         let row = out_w as usize * 3;
         for line in out.chunks_exact_mut(row) {

@@ -449,27 +449,18 @@ fn swaps_axes(o: image::metadata::Orientation) -> bool {
     matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
 }
 
-/// Decodes an image file to 8-bit RGB with its EXIF orientation applied. Greyscale, alpha,
-/// 16-bit and CMYK inputs are converted.
+/// Decodes an image file to 8-bit RGB with its EXIF orientation applied, through the
+/// contract's decoder (`codetr_model::preprocess`: JPEG, PNG or WebP; a truncated JPEG is an
+/// error). Greyscale, alpha, 16-bit and CMYK inputs are converted.
 pub fn decode_rgb(path: &Path, image_id: u64) -> Result<image::RgbImage> {
-    use image::ImageDecoder;
     let err = |m: String| Error::Image {
         path: path.to_path_buf(),
         image_id,
         message: m,
     };
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| err(format!("cannot read: {e}")))?;
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| err(format!("not a supported image: {e}")))?;
-    let orientation = decoder
-        .orientation()
-        .map_err(|e| err(format!("bad EXIF orientation: {e}")))?;
-    let mut img = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| err(format!("cannot decode: {e}")))?;
-    img.apply_orientation(orientation);
-    Ok(img.into_rgb8())
+    // the contract's decode, as served; a dataset image has no pixel limit
+    let d = codetr_model::preprocess::decode(&bytes, u64::MAX).map_err(|e| err(e.to_string()))?;
+    image::RgbImage::from_raw(d.width, d.height, d.rgb)
+        .ok_or_else(|| err("decoded buffer does not match its size".into()))
 }

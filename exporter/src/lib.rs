@@ -23,7 +23,7 @@ pub enum ExportError {
     #[error(transparent)]
     Data(#[from] codetr_data::Error),
     #[error("metadata: {0}")]
-    Metadata(#[from] codetr_model::MetadataError),
+    Metadata(#[from] codetr_model::Error),
     #[error("invalid option: {0}")]
     Option(String),
 }

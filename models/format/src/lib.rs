@@ -1,11 +1,14 @@
 //! The ONNX contract between `codetr-export` and `codetr-serve` (docs/DESIGN.md §7).
 //!
-//! This crate is deliberately tiny (serde, serde_json and thiserror only): it fixes
+//! This crate is small (serde, thiserror, and image + fast_image_resize for the one
+//! preprocessing): it fixes
 //!
 //! * the graph's input and output names, in graph order ([`INPUTS`], [`OUTPUTS`]);
 //! * the `metadata_props` schema ([`ModelMetadata`]), its string encoding
 //!   ([`ModelMetadata::try_to_props`]) and its validating decoder
 //!   ([`ModelMetadata::from_props`]);
+//! * the preprocessing every reader of the graph applies before it ([`preprocess`]: decode,
+//!   EXIF orientation, pixel limit, stretch resize);
 //! * the output filter every reader of the graph applies ([`filter`]).
 //!
 //! # Graph I/O
@@ -32,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod filter;
+pub mod preprocess;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -222,10 +226,10 @@ pub struct ModelMetadata {
     pub max_batch: Option<u64>,
 }
 
-/// Why metadata could not be encoded or decoded.
+/// Why metadata could not be encoded or decoded, or an image not preprocessed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
-pub enum MetadataError {
+pub enum Error {
     /// A required key is absent.
     #[error("model metadata is missing the required key `{key}`")]
     Missing {
@@ -254,6 +258,27 @@ pub enum MetadataError {
         /// The unrecognised key.
         key: String,
     },
+    /// Image bytes of a format outside [`preprocess::ACCEPTED`].
+    #[error("{0}")]
+    UnsupportedImage(String),
+    /// Image bytes that do not decode: empty, unrecognised, truncated or corrupt.
+    #[error("{0}")]
+    InvalidImage(String),
+    /// More pixels than the caller's limit, read from the image header.
+    #[error("image is {width}×{height} = {pixels} pixels; the limit is {limit}")]
+    TooManyPixels {
+        /// Width from the header.
+        width: u32,
+        /// Height from the header.
+        height: u32,
+        /// width × height.
+        pixels: u64,
+        /// The limit given.
+        limit: u64,
+    },
+    /// The resize could not run (a buffer that does not match its dimensions).
+    #[error("{0}")]
+    Resize(String),
 }
 
 fn unsupported_version_message(found: u32, supported: u32) -> String {
@@ -270,8 +295,8 @@ fn unsupported_version_message(found: u32, supported: u32) -> String {
     }
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> MetadataError {
-    MetadataError::Invalid {
+fn invalid(key: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
         key,
         message: message.into(),
     }
@@ -280,9 +305,9 @@ fn invalid(key: &'static str, message: impl Into<String>) -> MetadataError {
 impl ModelMetadata {
     /// Checks every field against the contract; [`from_props`](Self::from_props) runs the same
     /// checks, so metadata that validates always decodes back to itself.
-    pub fn validate(&self) -> Result<(), MetadataError> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.format_version != FORMAT_VERSION {
-            return Err(MetadataError::UnsupportedVersion {
+            return Err(Error::UnsupportedVersion {
                 found: self.format_version,
                 supported: FORMAT_VERSION,
             });
@@ -356,7 +381,7 @@ impl ModelMetadata {
     /// Validates, then encodes; this is what the exporter writes into `metadata_props`.
     ///
     /// The result of a successful call is always accepted by [`from_props`](Self::from_props).
-    pub fn try_to_props(&self) -> Result<Vec<(String, String)>, MetadataError> {
+    pub fn try_to_props(&self) -> Result<Vec<(String, String)>, Error> {
         self.validate()?;
         Ok(self.to_props())
     }
@@ -403,11 +428,11 @@ impl ModelMetadata {
     ///
     /// Keys outside [`META_PREFIX`] are ignored; unknown `codetr.*` keys and repeated
     /// `codetr.*` keys are errors. The format version is checked before anything else, so a
-    /// model from a newer exporter reports [`MetadataError::UnsupportedVersion`] rather than
+    /// model from a newer exporter reports [`Error::UnsupportedVersion`] rather than
     /// whatever else changed.
     pub fn from_props<'a>(
         props: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Self, MetadataError> {
+    ) -> Result<Self, Error> {
         let mut ours: HashMap<&'static str, &'a str> = HashMap::new();
         let mut unknown: Option<&'a str> = None;
         for (key, value) in props {
@@ -430,20 +455,19 @@ impl ModelMetadata {
             }
         }
 
-        let required =
-            |key: &'static str| ours.get(key).copied().ok_or(MetadataError::Missing { key });
+        let required = |key: &'static str| ours.get(key).copied().ok_or(Error::Missing { key });
 
         // Version first: a newer format may legitimately have keys we do not know.
         let format_version =
             parse_uint::<u32>(META_FORMAT_VERSION, required(META_FORMAT_VERSION)?)?;
         if format_version != FORMAT_VERSION {
-            return Err(MetadataError::UnsupportedVersion {
+            return Err(Error::UnsupportedVersion {
                 found: format_version,
                 supported: FORMAT_VERSION,
             });
         }
         if let Some(key) = unknown {
-            return Err(MetadataError::Unknown {
+            return Err(Error::Unknown {
                 key: key.to_owned(),
             });
         }
@@ -482,22 +506,16 @@ fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).expect("metadata values serialize to JSON")
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(
-    key: &'static str,
-    value: &str,
-) -> Result<T, MetadataError> {
+fn parse_json<T: serde::de::DeserializeOwned>(key: &'static str, value: &str) -> Result<T, Error> {
     serde_json::from_str(value).map_err(|e| invalid(key, format!("{e} in {value:?}")))
 }
 
-fn parse_plain<T: FromStr<Err = String>>(
-    key: &'static str,
-    value: &str,
-) -> Result<T, MetadataError> {
+fn parse_plain<T: FromStr<Err = String>>(key: &'static str, value: &str) -> Result<T, Error> {
     value.parse().map_err(|e: String| invalid(key, e))
 }
 
 /// Parses a plain decimal integer: ASCII digits only (no sign, spaces or exponent).
-fn parse_uint<T: FromStr>(key: &'static str, value: &str) -> Result<T, MetadataError> {
+fn parse_uint<T: FromStr>(key: &'static str, value: &str) -> Result<T, Error> {
     let digits_only = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
     match value.parse() {
         Ok(n) if digits_only => Ok(n),

@@ -26,7 +26,7 @@ fn sample() -> ModelMetadata {
     }
 }
 
-fn decode(props: &[(String, String)]) -> Result<ModelMetadata, MetadataError> {
+fn decode(props: &[(String, String)]) -> Result<ModelMetadata, Error> {
     ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
@@ -40,9 +40,9 @@ fn with(key: &str, value: &str) -> Vec<(String, String)> {
     props
 }
 
-fn assert_invalid(result: Result<ModelMetadata, MetadataError>, expected_key: &str) {
+fn assert_invalid(result: Result<ModelMetadata, Error>, expected_key: &str) {
     match result {
-        Err(MetadataError::Invalid { key, message }) => {
+        Err(Error::Invalid { key, message }) => {
             assert_eq!(key, expected_key, "wrong key; message: {message}");
             assert!(!message.is_empty());
         }
@@ -189,7 +189,7 @@ fn each_missing_required_key_is_reported() {
             .filter(|(k, _)| k != key)
             .collect();
         match decode(&props) {
-            Err(MetadataError::Missing { key: k }) => assert_eq!(k, key),
+            Err(Error::Missing { key: k }) => assert_eq!(k, key),
             other => panic!("removing {key}: expected Missing, got {other:?}"),
         }
     }
@@ -200,7 +200,7 @@ fn unknown_codetr_key_is_rejected() {
     let err = decode(&with("codetr.max_detection", "300")).unwrap_err();
     assert_eq!(
         err,
-        MetadataError::Unknown {
+        Error::Unknown {
             key: "codetr.max_detection".into()
         }
     );
@@ -219,7 +219,7 @@ fn newer_version_says_newer_exporter() {
     let err = decode(&with(META_FORMAT_VERSION, "2")).unwrap_err();
     assert_eq!(
         err,
-        MetadataError::UnsupportedVersion {
+        Error::UnsupportedVersion {
             found: 2,
             supported: FORMAT_VERSION
         }
@@ -233,17 +233,14 @@ fn newer_version_wins_over_unknown_keys() {
     props.push(("codetr.something_new".into(), "x".into()));
     assert!(matches!(
         decode(&props),
-        Err(MetadataError::UnsupportedVersion { found: 7, .. })
+        Err(Error::UnsupportedVersion { found: 7, .. })
     ));
 }
 
 #[test]
 fn older_version_is_unsupported() {
     let err = decode(&with(META_FORMAT_VERSION, "0")).unwrap_err();
-    assert!(matches!(
-        err,
-        MetadataError::UnsupportedVersion { found: 0, .. }
-    ));
+    assert!(matches!(err, Error::UnsupportedVersion { found: 0, .. }));
     assert!(!err.to_string().contains("newer exporter"), "{err}");
 }
 
@@ -427,8 +424,8 @@ fn validate_guards_the_writer() {
         let err = meta.try_to_props().unwrap_err();
         assert_eq!(meta.validate().unwrap_err(), err);
         match (key, &err) {
-            (None, MetadataError::UnsupportedVersion { found: 2, .. }) => {}
-            (Some(key), MetadataError::Invalid { key: k, .. }) if k == &key => {}
+            (None, Error::UnsupportedVersion { found: 2, .. }) => {}
+            (Some(key), Error::Invalid { key: k, .. }) if k == &key => {}
             _ => panic!("expected error on {key:?}, got {err:?}"),
         }
         // Anything the writer refuses, the reader refuses too.

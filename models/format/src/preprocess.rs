@@ -1,0 +1,277 @@
+//! The one preprocessing every reader of the graph applies before `images` (docs/DESIGN.md §7):
+//! decode (JPEG, PNG or WebP, with the pixel limit checked from the header before any pixel
+//! buffer is allocated: a decompression bomb costs a header read, not gigabytes), EXIF
+//! orientation, RGB8, then a stretch resize to the graph's input by bilinear convolution
+//! (antialiased when shrinking). The server serves through it and the trainer evaluates through
+//! it, so served accuracy is the evaluated one.
+
+use std::io::Cursor;
+
+use fast_image_resize as fr;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+
+use crate::Error;
+
+/// The formats the graph's readers decode, with their media types.
+pub const ACCEPTED: &[(&str, ImageFormat)] = &[
+    ("image/jpeg", ImageFormat::Jpeg),
+    ("image/png", ImageFormat::Png),
+    ("image/webp", ImageFormat::WebP),
+];
+
+/// A decoded image, EXIF orientation applied, as packed RGB8 (`[height, width, 3]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Width after orientation, pixels.
+    pub width: u32,
+    /// Height after orientation, pixels.
+    pub height: u32,
+    /// `width · height · 3` bytes, row-major RGB.
+    pub rgb: Vec<u8>,
+}
+
+/// The format of `bytes` if it is one of [`ACCEPTED`], from its header.
+pub fn sniff(bytes: &[u8]) -> Result<ImageFormat, Error> {
+    if bytes.is_empty() {
+        return Err(Error::InvalidImage("empty image".into()));
+    }
+    match image::guess_format(bytes) {
+        Ok(f) if ACCEPTED.iter().any(|(_, a)| *a == f) => Ok(f),
+        Ok(f) => Err(Error::UnsupportedImage(format!(
+            "{} images are not supported; send JPEG, PNG or WebP",
+            f.extensions_str()
+                .first()
+                .copied()
+                .unwrap_or("these")
+                .to_uppercase()
+        ))),
+        Err(_) => Err(Error::InvalidImage(
+            "not a JPEG, PNG or WebP image (unrecognised header)".into(),
+        )),
+    }
+}
+
+/// Decodes `bytes` to RGB8 with its EXIF orientation applied. More than `max_pixels` pixels
+/// (read from the header) is [`Error::TooManyPixels`]; `u64::MAX` means no limit.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded, Error> {
+    let format = sniff(bytes)?;
+    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+        return Err(Error::InvalidImage(
+            "truncated JPEG (no end-of-image marker after the scan)".into(),
+        ));
+    }
+    let invalid = |e: image::ImageError| Error::InvalidImage(format!("cannot decode: {e}"));
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    // decoders may hold up to 8 bytes per pixel (16-bit RGBA) plus their own buffers
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(1 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(invalid)?;
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(Error::TooManyPixels {
+            width: w,
+            height: h,
+            pixels,
+            limit: max_pixels,
+        });
+    }
+    if pixels == 0 {
+        return Err(Error::InvalidImage(format!("image is {w}×{h}")));
+    }
+    let orientation = decoder.orientation().map_err(invalid)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(invalid)?;
+    img.apply_orientation(orientation);
+    let rgb = img.into_rgb8();
+    Ok(Decoded {
+        width: rgb.width(),
+        height: rgb.height(),
+        rgb: rgb.into_raw(),
+    })
+}
+
+/// A JPEG whose scan is cut short decodes to grey rows without an error in most decoders:
+/// refuse it when no end-of-image marker follows the start of scan.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// Stretch-resizes `crop` (`[left, top, width, height]` in source pixels; `None`: the whole
+/// image) of the packed RGB8 `src` (`width`×`height`) to `out_w`×`out_h`, bilinear convolution.
+/// The whole image at its own size is returned as is.
+pub fn resize_rgb(
+    src: &[u8],
+    [width, height]: [u32; 2],
+    crop: Option<[f64; 4]>,
+    [out_w, out_h]: [u32; 2],
+    resizer: &mut fr::Resizer,
+) -> Result<Vec<u8>, Error> {
+    if crop.is_none() && (width, height) == (out_w, out_h) {
+        return Ok(src.to_vec());
+    }
+    let view = fr::images::ImageRef::new(width, height, src, fr::PixelType::U8x3)
+        .map_err(|e| Error::Resize(format!("resize source: {e}")))?;
+    let mut dst = fr::images::Image::new(out_w, out_h, fr::PixelType::U8x3);
+    let mut opts =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    if let Some([l, t, w, h]) = crop {
+        opts = opts.crop(l, t, w, h);
+    }
+    resizer
+        .resize(&view, &mut dst, &opts)
+        .map_err(|e| Error::Resize(format!("resize: {e}")))?;
+    Ok(dst.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: DynamicImage, f: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, f).expect("encode");
+        out.into_inner()
+    }
+
+    #[test]
+    fn decodes_every_accepted_format_and_pixel_type() {
+        let rgb =
+            image::RgbImage::from_fn(7, 5, |x, y| image::Rgb([x as u8 * 30, y as u8 * 40, 9]));
+        for f in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP] {
+            let d = decode(&encode(DynamicImage::ImageRgb8(rgb.clone()), f), 1000).unwrap();
+            assert_eq!((d.width, d.height, d.rgb.len()), (7, 5, 105), "{f:?}");
+        }
+        let grey = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(3, 2, image::Luma([77])));
+        let d = decode(&encode(grey, ImageFormat::Png), 100).unwrap();
+        assert_eq!(&d.rgb[..3], &[77, 77, 77]);
+        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+            3,
+            2,
+            image::Rgba([1, 2, 3, 0]),
+        ));
+        assert_eq!(
+            &decode(&encode(rgba, ImageFormat::Png), 100).unwrap().rgb[..3],
+            &[1, 2, 3]
+        );
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+            3,
+            2,
+            image::Rgb([65535u16, 0, 32896]),
+        ));
+        assert_eq!(
+            &decode(&encode(deep, ImageFormat::Png), 100).unwrap().rgb[..3],
+            &[255, 0, 128]
+        );
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        // A PNG header claiming 100000×100000 with no pixel data: refused by size, not by a
+        // failed 30 GB allocation or a truncated-data error.
+        let mut png = encode(
+            DynamicImage::ImageRgb8(image::RgbImage::new(1, 1)),
+            ImageFormat::Png,
+        );
+        // IHDR data is bytes 16..29 (width, height first), its CRC at 29..33 over 12..29.
+        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        match decode(&png, 40_000_000) {
+            Err(Error::TooManyPixels { pixels, .. }) => assert_eq!(pixels, 10_000_000_000),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// PNG's CRC-32 (ISO 3309), bitwise.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn bad_bytes_get_the_right_error() {
+        assert!(matches!(decode(b"", 10), Err(Error::InvalidImage(_))));
+        assert!(matches!(
+            decode(b"hello, I am a JPEG", 10),
+            Err(Error::InvalidImage(_))
+        ));
+        assert!(matches!(
+            decode(b"GIF89a\x01\x00\x01\x00", 10),
+            Err(Error::UnsupportedImage(_))
+        ));
+        let jpg = encode(
+            DynamicImage::ImageRgb8(image::RgbImage::new(64, 64)),
+            ImageFormat::Jpeg,
+        );
+        assert!(matches!(
+            decode(&jpg[..jpg.len() / 3], 1 << 20),
+            Err(Error::InvalidImage(_))
+        ));
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // A 4×2 JPEG with an EXIF APP1 segment saying "rotate 90° CW" (orientation 6) must come
+        // out 2×4.
+        let jpg = encode(
+            DynamicImage::ImageRgb8(image::RgbImage::new(4, 2)),
+            ImageFormat::Jpeg,
+        );
+        let exif: &[u8] = &[
+            b'E', b'x', b'i', b'f', 0, 0, // header
+            b'M', b'M', 0, 42, 0, 0, 0, 8, // big-endian TIFF, IFD at 8
+            0, 1, // one entry
+            0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, // Orientation, SHORT, 1, value 6
+            0, 0, 0, 0, // no next IFD
+        ];
+        let mut with = jpg[..2].to_vec(); // SOI
+        with.extend_from_slice(&[0xFF, 0xE1]);
+        with.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
+        with.extend_from_slice(exif);
+        with.extend_from_slice(&jpg[2..]);
+        let d = decode(&with, 1000).unwrap();
+        assert_eq!((d.width, d.height), (2, 4));
+    }
+
+    #[test]
+    fn resize_matches_size_keeps_flat_colour_and_crops() {
+        let flat = [10u8, 20, 30].repeat(60);
+        let mut r = fr::Resizer::new();
+        let out = resize_rgb(&flat, [10, 6], None, [4, 4], &mut r).unwrap();
+        assert_eq!(out, [10u8, 20, 30].repeat(16));
+        // the whole image at its own size: the pixels themselves, also through the resizer
+        let img: Vec<u8> = (0..10 * 6 * 3).map(|i| (i * 7 % 251) as u8).collect();
+        assert_eq!(
+            resize_rgb(&img, [10, 6], None, [10, 6], &mut r).unwrap(),
+            img
+        );
+        let full = Some([0.0, 0.0, 10.0, 6.0]);
+        assert_eq!(
+            resize_rgb(&img, [10, 6], full, [10, 6], &mut r).unwrap(),
+            img
+        );
+        // a crop of the left half at its own size is that half
+        let half = resize_rgb(&img, [10, 6], Some([0.0, 0.0, 5.0, 6.0]), [5, 6], &mut r).unwrap();
+        let want: Vec<u8> = img.chunks(30).flat_map(|row| row[..15].to_vec()).collect();
+        assert_eq!(half, want);
+        assert!(matches!(
+            resize_rgb(&img[..5], [10, 6], None, [4, 4], &mut r),
+            Err(Error::Resize(_))
+        ));
+    }
+}
