@@ -1,44 +1,5 @@
-//! The trainer crate's one error type. Errors of the model layer (checkpoints, configs, graphs)
-//! are `codetr_core::Error` and those of the data layer `codetr_data::Error`, carried unchanged.
+//! The trainer's errors are the core crate's one enum: training fails the way the model layer
+//! does (a bad argument or config, a checkpoint, a file) or with a data-layer error it carries.
+//! A second enum of the same variants would only add a wrapping level to every message match.
 
-use std::path::PathBuf;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Display omits the source: callers print the chain (`{:#}`), which adds it once.
-    #[error("{}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: invalid JSON", path.display())]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// Bad value given on the command line or in a config file.
-    #[error("invalid {what}: {message}")]
-    InvalidArgument { what: &'static str, message: String },
-    /// A checkpoint that is missing parts, corrupted, or made for something else.
-    #[error("checkpoint {}: {message}", path.display())]
-    Checkpoint { path: PathBuf, message: String },
-    /// From the data layer (reading, generating, loading or evaluating data).
-    #[error(transparent)]
-    Data(#[from] codetr_data::Error),
-    /// From the model layer (building, loading, saving or exporting the detector).
-    #[error(transparent)]
-    Core(#[from] codetr_core::Error),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
-    }
-}
+pub use codetr_core::error::{Error, Result};

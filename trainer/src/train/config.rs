@@ -227,7 +227,7 @@ impl FitConfig {
     /// The detector config this run trains (preset + overrides), before class names are known.
     pub fn detector(&self) -> Result<DetectorConfig> {
         let text = toml::to_string(&self.model).map_err(|e| bad(e.to_string()))?;
-        Ok(DetectorConfig::from_toml(&text)?)
+        DetectorConfig::from_toml(&text)
     }
 
     pub fn validate(&self) -> Result<()> {
