@@ -51,7 +51,7 @@ pub fn synthetic_check_data(images: usize) -> Result<tempfile::TempDir> {
         width: 256,
         height: 256,
     };
-    synth::generate(dir.path(), &cfg, false)?;
+    synth::generate(dir.path(), &cfg, None)?;
     Ok(dir)
 }
 

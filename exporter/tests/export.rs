@@ -53,7 +53,7 @@ fn small_val_set_and_model(dir: &Path, val: usize, seed: u64) -> (PathBuf, Detec
             width: 160,
             height: 120,
         },
-        false,
+        None,
     )
     .unwrap();
     let mut cfg = DetectorConfig::tiny();
@@ -218,7 +218,7 @@ fn training_checkpoint_exports_without_its_aux_heads() {
             width: 128,
             height: 128,
         },
-        false,
+        None,
     )
     .unwrap();
     let mut cfg = FitConfig::from_toml(

@@ -19,7 +19,7 @@ fn dataset(dir: &Path) {
             width: 128,
             height: 128,
         },
-        false,
+        None,
     )
     .unwrap();
 }

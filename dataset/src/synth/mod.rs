@@ -370,10 +370,31 @@ pub fn image_file_name(index: usize) -> String {
     format!("{index:06}.jpg")
 }
 
+/// What [`generate`] reports as it goes; the caller draws it (the CLI as a progress bar). The
+/// data layer itself prints nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Generation starts: this many images in all splits.
+    Start { images: u64 },
+    /// A split starts.
+    Split(&'static str),
+    /// One more image is written (from any worker thread).
+    Image,
+    /// Every split is written.
+    Done,
+}
+
+/// A receiver of [`Progress`], called from the worker threads.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
+
 /// Writes `out/train/{instances.json,images/}` and `out/val/...`. A split with 0 images still
 /// gets its (empty) `instances.json`. Files of a previous run that the new json does not list
 /// are left alone.
-pub fn generate(out: &Path, cfg: &SynthConfig, progress: bool) -> Result<SynthStats> {
+pub fn generate(
+    out: &Path,
+    cfg: &SynthConfig,
+    progress: Option<ProgressFn<'_>>,
+) -> Result<SynthStats> {
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 16);
@@ -384,24 +405,21 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: bool) -> Result<SynthSt
 pub fn generate_with_threads(
     out: &Path,
     cfg: &SynthConfig,
-    progress: bool,
+    progress: Option<ProgressFn<'_>>,
     threads: usize,
 ) -> Result<SynthStats> {
     cfg.validate()?;
-    let total = (cfg.train + cfg.val) as u64;
-    let bar = if progress {
-        let style = indicatif::ProgressStyle::with_template(
-            "{msg:>10} [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})",
-        )
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        indicatif::ProgressBar::new(total).with_style(style)
-    } else {
-        indicatif::ProgressBar::hidden()
+    let report = |p: Progress| {
+        if let Some(f) = progress {
+            f(p);
+        }
     };
-    let train = generate_split(out, cfg, Split::Train, cfg.train, threads, &bar)?;
-    let val = generate_split(out, cfg, Split::Val, cfg.val, threads, &bar)?;
-    bar.finish_and_clear();
+    report(Progress::Start {
+        images: (cfg.train + cfg.val) as u64,
+    });
+    let train = generate_split(out, cfg, Split::Train, cfg.train, threads, &report)?;
+    let val = generate_split(out, cfg, Split::Val, cfg.val, threads, &report)?;
+    report(Progress::Done);
     Ok(SynthStats {
         seed: cfg.seed,
         width: cfg.width,
@@ -423,9 +441,9 @@ fn generate_split(
     split: Split,
     count: usize,
     threads: usize,
-    bar: &indicatif::ProgressBar,
+    report: &(dyn Fn(Progress) + Sync),
 ) -> Result<SplitStats> {
-    bar.set_message(split.name());
+    report(Progress::Split(split.name()));
     let dir = out.join(split.name());
     let images_dir = dir.join("images");
     std::fs::create_dir_all(&images_dir).map_err(|e| Error::io(&images_dir, e))?;
@@ -451,7 +469,7 @@ fn generate_split(
                             if let Ok(mut v) = slots.lock() {
                                 v[i] = Some(meta);
                             }
-                            bar.inc(1);
+                            report(Progress::Image);
                         }
                         Err(e) => {
                             abort.store(true, Ordering::Relaxed);

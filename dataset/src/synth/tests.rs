@@ -35,8 +35,8 @@ fn same_seed_gives_identical_bytes_regardless_of_threads() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let c = tempfile::tempdir().unwrap();
-    let sa = generate_with_threads(a.path(), &small_cfg(5), false, 1).unwrap();
-    let sb = generate_with_threads(b.path(), &small_cfg(5), false, 3).unwrap();
+    let sa = generate_with_threads(a.path(), &small_cfg(5), None, 1).unwrap();
+    let sb = generate_with_threads(b.path(), &small_cfg(5), None, 3).unwrap();
     assert_eq!(sa, sb);
     let fa = all_files(a.path());
     assert_eq!(fa.len(), 2 + 24 + 6);
@@ -45,7 +45,7 @@ fn same_seed_gives_identical_bytes_regardless_of_threads() {
         "same seed must give byte-identical files"
     );
 
-    generate_with_threads(c.path(), &small_cfg(6), false, 2).unwrap();
+    generate_with_threads(c.path(), &small_cfg(6), None, 2).unwrap();
     let fc = all_files(c.path());
     let same = fa.iter().zip(&fc).filter(|(x, y)| x.1 == y.1).count();
     assert_eq!(same, 0, "a different seed must change every file");
@@ -54,7 +54,7 @@ fn same_seed_gives_identical_bytes_regardless_of_threads() {
 #[test]
 fn written_dataset_passes_the_strict_loader() {
     let dir = tempfile::tempdir().unwrap();
-    let stats = generate(dir.path(), &small_cfg(1), false).unwrap();
+    let stats = generate(dir.path(), &small_cfg(1), None).unwrap();
     for (split, st) in [("train", &stats.train), ("val", &stats.val)] {
         let ds = CocoDataset::load_split(&dir.path().join(split), LoadOptions::default()).unwrap();
         assert_eq!(ds.images.len(), st.images);
@@ -126,7 +126,7 @@ fn invalid_configs_are_rejected() {
             ..small_cfg(0)
         },
     ] {
-        let err = generate(dir.path(), &cfg, false).unwrap_err();
+        let err = generate(dir.path(), &cfg, None).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     }
     // One split may be empty.
@@ -135,7 +135,7 @@ fn invalid_configs_are_rejected() {
         val: 0,
         ..small_cfg(0)
     };
-    let st = generate(dir.path(), &cfg, false).unwrap();
+    let st = generate(dir.path(), &cfg, None).unwrap();
     assert_eq!((st.train.images, st.val.images), (2, 0));
     CocoDataset::load_split(&dir.path().join("val"), LoadOptions::default()).unwrap();
 }

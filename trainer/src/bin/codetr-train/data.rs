@@ -50,7 +50,20 @@ impl SynthArgs {
             height: size.1,
         };
         let t = Instant::now();
-        let stats = synth::generate(&out, &cfg, true)?;
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>10} [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let progress = |p: synth::Progress| match p {
+            synth::Progress::Start { images } => bar.set_length(images),
+            synth::Progress::Split(name) => bar.set_message(name),
+            synth::Progress::Image => bar.inc(1),
+            synth::Progress::Done => bar.finish_and_clear(),
+        };
+        let stats = synth::generate(&out, &cfg, Some(&progress))?;
         println!("{stats}");
         if !no_stats_file {
             let bytes = serde_json::to_vec_pretty(&stats)?;
