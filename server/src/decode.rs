@@ -8,28 +8,7 @@ use fast_image_resize as fr;
 
 pub use codetr_model::preprocess::Decoded;
 
-use crate::error::{Result, ServeError};
-
-impl From<codetr_model::Error> for ServeError {
-    fn from(e: codetr_model::Error) -> Self {
-        match e {
-            codetr_model::Error::UnsupportedImage(m) => ServeError::UnsupportedMediaType(m),
-            codetr_model::Error::InvalidImage(m) => ServeError::InvalidImage(m),
-            codetr_model::Error::TooManyPixels {
-                width,
-                height,
-                pixels,
-                limit,
-            } => ServeError::TooManyPixels {
-                width,
-                height,
-                pixels,
-                limit,
-            },
-            other => ServeError::Internal(other.to_string()),
-        }
-    }
-}
+use crate::error::Result;
 
 /// Decodes an uploaded image (JPEG, PNG or WebP) to RGB8, at most `max_pixels` pixels.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded> {
@@ -55,6 +34,7 @@ pub fn resize(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ServeError;
 
     /// The contract's errors land on the statuses the API documents (the decoding itself is
     /// tested in `codetr_model::preprocess`).

@@ -76,6 +76,28 @@ pub enum ServeError {
     Internal(String),
 }
 
+/// The contract's preprocessing errors, on the statuses the API documents.
+impl From<codetr_model::Error> for ServeError {
+    fn from(e: codetr_model::Error) -> Self {
+        match e {
+            codetr_model::Error::UnsupportedImage(m) => ServeError::UnsupportedMediaType(m),
+            codetr_model::Error::InvalidImage(m) => ServeError::InvalidImage(m),
+            codetr_model::Error::TooManyPixels {
+                width,
+                height,
+                pixels,
+                limit,
+            } => ServeError::TooManyPixels {
+                width,
+                height,
+                pixels,
+                limit,
+            },
+            other => ServeError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl ServeError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {

@@ -441,7 +441,7 @@ fn generate_split(
     split: Split,
     count: usize,
     threads: usize,
-    report: &(dyn Fn(Progress) + Sync),
+    report: ProgressFn<'_>,
 ) -> Result<SplitStats> {
     report(Progress::Split(split.name()));
     let dir = out.join(split.name());

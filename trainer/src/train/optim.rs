@@ -71,20 +71,10 @@ pub fn global_grad_norm<M: Module>(module: &M, groups: &[&GradientsParams]) -> f
     total.sqrt()
 }
 
-/// `torch.nn.utils.clip_grad_norm_`: scales every gradient by `max_norm / (norm + 1e-6)`
-/// when the global norm exceeds `max_norm`. Returns the norm before clipping.
-pub fn clip_global<M: Module>(
-    module: &M,
-    groups: &mut [&mut GradientsParams],
-    max_norm: f64,
-) -> f64 {
-    let norm = global_grad_norm(module, &groups.iter().map(|g| &**g).collect::<Vec<_>>());
-    scale_grads(module, groups, clip_factor(norm, max_norm));
-    norm
-}
-
-/// The factor `clip_grad_norm_` multiplies the gradients by: `max_norm / (norm + 1e-6)` above
-/// `max_norm`, else 1 (also when clipping is off, `max_norm` = 0).
+/// The factor `torch.nn.utils.clip_grad_norm_` multiplies the gradients by, given their global
+/// norm ([`global_grad_norm`]): `max_norm / (norm + 1e-6)` above `max_norm`, else 1 (also when
+/// clipping is off, `max_norm` = 0). `fit` folds the f16 loss-scale's unscaling into it and
+/// applies both with one [`scale_grads`].
 pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     if max_norm > 0.0 && norm > max_norm {
         max_norm / (norm + 1e-6)
@@ -152,7 +142,8 @@ mod tests {
             + sqb(&gb, m.b.bias.as_ref().unwrap()))
         .sqrt();
         let before = ga.get::<2>(m.a.weight.id).unwrap();
-        let norm = clip_global(&m, &mut [&mut ga, &mut gb], 0.1);
+        let norm = global_grad_norm(&m, &[&ga, &gb]);
+        scale_grads(&m, &mut [&mut ga, &mut gb], clip_factor(norm, 0.1));
         assert!((norm - want).abs() < 1e-5 * want, "{norm} vs {want}");
         assert!(norm > 0.1);
         let after = global_grad_norm(&m, &[&ga, &gb]);
