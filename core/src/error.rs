@@ -24,6 +24,10 @@ pub enum Error {
     /// A checkpoint that is missing parts, corrupted, or made for something else.
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
+    /// An official checkpoint whose tensors do not all find a place (unknown, missing or
+    /// mis-shaped), each problem on its own line.
+    #[error("cannot import {}:\n  {problems}", path.display())]
+    Import { path: PathBuf, problems: String },
     /// From the data layer (reading, generating, loading or evaluating data).
     #[error(transparent)]
     Data(#[from] codetr_data::Error),

@@ -8,6 +8,7 @@
 pub mod device;
 pub mod error;
 pub mod geometry;
+pub mod import;
 pub mod model;
 pub mod onnx;
 

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use burn::tensor::Device;
-use codetr_core::model::checkpoint;
 use codetr_core::model::detector::pixels_to_tensor;
 use codetr_data::coco::{CocoDataset, LoadOptions};
 use codetr_data::loader::{Loader, LoaderConfig};
@@ -182,13 +181,14 @@ pub fn check_sizes(side: usize, dynamic: bool) -> Vec<[usize; 2]> {
 pub fn check(
     onnx: &Path,
     ckpt: &Path,
+    model_config: Option<&Path>,
     data: &Path,
     batches: &[usize],
     dynamic: bool,
     ort_lib: &Path,
 ) -> Result<CheckReport> {
     let device = Device::flex();
-    let (model, _) = checkpoint::load(ckpt, &device)?;
+    let model = crate::load_source(ckpt, model_config, &device)?.model;
     let size = model.config().input_size;
     let most = batches.iter().copied().max().unwrap_or(1);
     let mut ds = CocoDataset::load_split(data, LoadOptions::default())?;
@@ -342,6 +342,7 @@ pub struct MapReport {
 pub fn map_compare(
     onnx: &Path,
     ckpt: &Path,
+    model_config: Option<&Path>,
     data: &Path,
     limit: usize,
     ort_lib: &Path,
@@ -350,7 +351,7 @@ pub fn map_compare(
     use codetr_data::eval::coco_detections;
     use codetr_data::eval::evaluate;
     let device = Device::flex();
-    let (model, _) = checkpoint::load(ckpt, &device)?;
+    let model = crate::load_source(ckpt, model_config, &device)?.model;
     let size = model.config().input_size;
     let mut ds = CocoDataset::load_split(data, LoadOptions::default())?;
     if limit > 0 && ds.images.len() > limit {

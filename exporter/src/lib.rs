@@ -1,4 +1,4 @@
-//! codetr-export: a training checkpoint → one ONNX graph with the docs/DESIGN.md §7 contract
+//! codetr-export: a training checkpoint (ours, or an official Co-DINO `.pth`) → one ONNX graph with the docs/DESIGN.md §7 contract
 //! (uint8 NHWC `images` + `orig_sizes` in; `labels`, `scores`, `boxes` out; top-k inside, no
 //! NMS, standard opset-17 ops only) and the `codetr.*` metadata the server needs. Only the
 //! inference `Detector` is lowered: the auxiliary heads, denoising embedding and
@@ -49,6 +49,9 @@ pub struct ExportOptions {
     /// The batch the graph is meant to be served at: the export warns when a tensor of the
     /// graph reaches 2^31 elements at that batch (see [`shapes`]).
     pub serve_batch: u64,
+    /// Model config (TOML) for an official PyTorch checkpoint, whose file does not describe
+    /// its architecture (default: the `paper-r50` preset). Our checkpoints carry their own.
+    pub model_config: Option<PathBuf>,
 }
 
 impl ExportOptions {
@@ -64,6 +67,7 @@ impl ExportOptions {
             fp16: false,
             dynamic_size: false,
             serve_batch: 8,
+            model_config: None,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct ExportReport {
     pub weights: usize,
     /// Parameters of the checkpoint that are not in the graph (training-only heads).
     pub dropped_params: usize,
+    /// What importing an official checkpoint consumed (None for our own checkpoints).
+    pub import: Option<codetr_core::import::ImportReport>,
     pub bytes: usize,
     /// `None` for a `--dynamic-size` export.
     pub input_size: Option<[usize; 2]>,
@@ -96,10 +102,15 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         )));
     }
     let device = Device::flex();
-    let (mut model, header) = checkpoint::load(&opts.checkpoint, &device)?;
-    let (_, sections) = checkpoint::read(&opts.checkpoint)?;
+    let Loaded {
+        mut model,
+        class_names,
+        sha256,
+        metrics,
+        dropped_params,
+        import,
+    } = load_source(&opts.checkpoint, opts.model_config.as_deref(), &device)?;
     let cfg = model.config().clone();
-    let dropped_params = training_only_params(&opts.checkpoint, &sections)?;
     let q_c = cfg.transformer.num_queries * cfg.num_classes;
     let k = opts.max_detections.unwrap_or(cfg.max_detections);
     if k == 0 || k > q_c {
@@ -117,20 +128,15 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let weights = g.num_weights();
     let mut meta = ModelMetadata {
         format_version: codetr_model::FORMAT_VERSION,
-        classes: header.class_names.clone(),
+        classes: class_names,
         input_size: size.map(|_| [cfg.input_size, cfg.input_size]),
         resize: Resize::Stretch,
         mean: cfg.pixel_mean,
         std: cfg.pixel_std,
         max_detections: k,
         preset: cfg.preset.clone(),
-        checkpoint_sha256: header.model_sha256().unwrap_or_default().to_string(),
-        metrics: header
-            .meta
-            .get("val")
-            .and_then(|v| v.as_object())
-            .cloned()
-            .unwrap_or_default(),
+        checkpoint_sha256: sha256,
+        metrics,
         msda: Some(opts.msda),
         precision: Some(if opts.fp16 {
             Precision::Fp16
@@ -173,11 +179,72 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         nodes,
         weights,
         dropped_params,
+        import,
         bytes: bytes.len(),
         input_size: size,
         max_detections: k,
         fp16,
         intermediate,
+    })
+}
+
+/// The model a checkpoint holds, and what the export metadata says about it.
+pub struct Loaded {
+    pub model: codetr_core::model::Detector,
+    pub class_names: Vec<String>,
+    /// The checkpoint's identity: our `model` section's SHA-256, or the `.pth` file's.
+    pub sha256: String,
+    /// Validation figures the checkpoint carries (ours only).
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Parameters of training-only heads, not in the graph.
+    pub dropped_params: usize,
+    pub import: Option<codetr_core::import::ImportReport>,
+}
+
+/// Loads one of our checkpoints, or imports an official Co-DINO `.pth` (recognised by its
+/// content, not its name) with the architecture of `model_config` (TOML; default `paper-r50`).
+pub fn load_source(ckpt: &Path, model_config: Option<&Path>, device: &Device) -> Result<Loaded> {
+    if codetr_core::import::pth::looks_like_pytorch(ckpt) {
+        let base = match model_config {
+            None => codetr_core::model::DetectorConfig::paper_r50(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| codetr_core::Error::io(p, e))?;
+                codetr_core::model::DetectorConfig::from_toml(&text)?
+            }
+        };
+        let imported = codetr_core::import::import_co_dino(ckpt, &base, device)?;
+        let report = imported.report;
+        return Ok(Loaded {
+            model: imported.model,
+            class_names: imported.class_names,
+            sha256: imported.sha256,
+            metrics: Default::default(),
+            dropped_params: report.training_only.values().map(|(_, p)| p).sum(),
+            import: Some(report),
+        });
+    }
+    if let Some(p) = model_config {
+        return Err(ExportError::Option(format!(
+            "--model-config {} applies to official PyTorch checkpoints; {} is a codetr \
+             checkpoint, which carries its own config",
+            p.display(),
+            ckpt.display()
+        )));
+    }
+    let (model, header) = checkpoint::load(ckpt, device)?;
+    let (_, sections) = checkpoint::read(ckpt)?;
+    Ok(Loaded {
+        model,
+        class_names: header.class_names.clone(),
+        sha256: header.model_sha256().unwrap_or_default().to_string(),
+        metrics: header
+            .meta
+            .get("val")
+            .and_then(|v| v.as_object())
+            .cloned()
+            .unwrap_or_default(),
+        dropped_params: training_only_params(ckpt, &sections)?,
+        import: None,
     })
 }
 

@@ -12,9 +12,18 @@ use codetr_model::Msda;
 #[derive(Parser)]
 #[command(name = "codetr-export", version)]
 struct Cli {
-    /// Checkpoint written by `codetr-train fit` (a step or best/ checkpoint) or `init`.
+    /// Checkpoint written by `codetr-train fit` (a step or best/ checkpoint) or `init`, or an
+    /// official Co-DINO PyTorch checkpoint (`.pth` of Sense-X/Co-DETR or mmdetection 3.x,
+    /// recognised by its content): its tensors are mapped onto the detector of --model-config
+    /// and the auxiliary heads are dropped; an unknown, missing or mis-shaped tensor is an
+    /// error that lists them (exit 2, nothing written). The file is parsed, never unpickled.
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Model config (TOML, e.g. `preset = "paper-r50"` plus overrides) describing an official
+    /// checkpoint's architecture; the class count is read from the file. Default: the
+    /// `paper-r50` preset (Co-DINO 5-scale R50). Not used with our own checkpoints.
+    #[arg(long)]
+    model_config: Option<PathBuf>,
     /// Output .onnx path (default: the checkpoint path with .onnx). Written atomically.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -79,6 +88,27 @@ fn msda_parser() -> impl clap::builder::TypedValueParser<Value = Msda> {
         .try_map(|s| s.parse::<Msda>())
 }
 
+/// The import's coverage: what every tensor of the official file became.
+fn print_import(imp: &codetr_core::import::ImportReport) {
+    println!(
+        "imported {} tensors: {} into the detector ({} parameters), {} BatchNorm counters, {} training-only",
+        imp.tensors,
+        imp.detector_tensors,
+        imp.detector_param_count(),
+        imp.counters,
+        imp.training_only.values().map(|(t, _)| t).sum::<usize>(),
+    );
+    for (module, n) in &imp.detector_params {
+        println!("  detector {module:<10} {n:>11} parameters");
+    }
+    for (group, (t, n)) in &imp.training_only {
+        println!("  dropped  {group}: {t} tensors, {n} parameters");
+    }
+    for note in &imp.notes {
+        println!("  note: {note}");
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -97,6 +127,7 @@ fn main() -> ExitCode {
         fp16: cli.fp16,
         dynamic_size: cli.dynamic_size,
         serve_batch: cli.serve_batch,
+        model_config: cli.model_config.clone(),
     };
     if let Some(Err(e)) = cli
         .check_data
@@ -111,7 +142,12 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(1);
+            // An official checkpoint that does not fit is the user's input, like a bad flag.
+            let bad_input = matches!(
+                e,
+                codetr_export::ExportError::Core(codetr_core::Error::Import { .. })
+            );
+            return ExitCode::from(if bad_input { 2 } else { 1 });
         }
     };
     if cli.json {
@@ -132,6 +168,9 @@ fn main() -> ExitCode {
             report.max_detections,
             report.dropped_params
         );
+        if let Some(imp) = &report.import {
+            print_import(imp);
+        }
         let b = &report.intermediate;
         println!(
             "largest intermediate at {}x{}: {} elements per image ({} {:?}); batches up to {} keep every tensor under 2^31 elements",
@@ -173,6 +212,7 @@ fn main() -> ExitCode {
         codetr_export::check::check(
             &report.out,
             &opts.checkpoint,
+            opts.model_config.as_deref(),
             &check_data,
             &cli.check_batches,
             cli.dynamic_size,
@@ -184,6 +224,7 @@ fn main() -> ExitCode {
             codetr_export::check::map_compare(
                 &report.out,
                 &opts.checkpoint,
+                opts.model_config.as_deref(),
                 &check_data,
                 map_images,
                 &lib,

@@ -282,11 +282,11 @@ fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
     export(&opts).unwrap();
     let lib = ort_library();
     let val = data.join("val");
-    let ok = codetr_export::check::check(&out, &a, &val, &[1, 3], false, &lib).unwrap();
+    let ok = codetr_export::check::check(&out, &a, None, &val, &[1, 3], false, &lib).unwrap();
     eprintln!("{ok:?}");
     assert!(ok.passed && ok.labels_identical && ok.max_score_diff <= 1e-4);
     // the graph of checkpoint a checked against checkpoint b must fail
-    let bad = codetr_export::check::check(&out, &b, &val, &[1], false, &lib).unwrap();
+    let bad = codetr_export::check::check(&out, &b, None, &val, &[1], false, &lib).unwrap();
     assert!(!bad.passed, "{bad:?}");
     // and the binary: --check exits 0 on a good export
     let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
@@ -445,7 +445,7 @@ fn dynamic_size_export_checks_at_three_sizes_with_both_lowerings() {
             .filter_map(|v| v.as_str())
             .collect();
         assert!(!ops.contains(&"ScatterND"), "{ops:?}");
-        let c = codetr_export::check::check(&out, &ckpt, &val, &[1, 2], true, &lib).unwrap();
+        let c = codetr_export::check::check(&out, &ckpt, None, &val, &[1, 2], true, &lib).unwrap();
         eprintln!("dynamic {msda:?}: {c:?}");
         assert_eq!(c.sizes.len(), 3);
         assert!(c.passed, "{c:?}");
@@ -485,7 +485,8 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
         dir.join("samples"),
     );
     let lib = ort_library();
-    let c = codetr_export::check::check(&onnx, &ckpt, &samples, &[1, 3], false, &lib).unwrap();
+    let c =
+        codetr_export::check::check(&onnx, &ckpt, None, &samples, &[1, 3], false, &lib).unwrap();
     eprintln!("shipped graph vs its checkpoint: {c:?}");
     assert!(c.passed, "{c:?}");
     let (header, _) = checkpoint::read(&ckpt).unwrap();
@@ -505,8 +506,9 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
             ..ExportOptions::new(&ckpt, &out)
         })
         .unwrap();
-        let c = codetr_export::check::check(&out, &ckpt, &samples, &[1, 3], dynamic_size, &lib)
-            .unwrap();
+        let c =
+            codetr_export::check::check(&out, &ckpt, None, &samples, &[1, 3], dynamic_size, &lib)
+                .unwrap();
         eprintln!("shipped checkpoint, {msda:?}, dynamic {dynamic_size}: {c:?}");
         assert!(c.passed, "{c:?}");
     }

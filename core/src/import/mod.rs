@@ -1,0 +1,249 @@
+//! Official Co-DINO checkpoints in: the `.pth` files of Sense-X/Co-DETR and of mmdetection 3.x
+//! `projects/CO-DETR`, loaded into our [`Detector`] without Python and without running the
+//! pickle ([`pth`]), every key accounted for ([`co_dino`]).
+//!
+//! The rule is all or nothing: every tensor of the file must have a home (a tensor of the
+//! detector, a training-only head, or a BatchNorm counter), every tensor of the detector must
+//! be filled, and every shape must fit; otherwise [`Error::Import`] lists what is wrong and no
+//! model comes back.
+
+pub mod co_dino;
+pub mod pth;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::store::bridge::deferred;
+use burn::store::{ApplyError, ModuleSnapshot, PyTorchToBurnAdapter};
+use burn::tensor::{DType, Device, TensorData};
+
+use crate::error::{Error, Result};
+use crate::model::{Detector, DetectorConfig};
+use co_dino::Target;
+use pth::StateDict;
+
+/// What an import consumed, per part, for the report and the closing figures.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ImportReport {
+    /// Tensors in the checkpoint's state dict.
+    pub tensors: usize,
+    /// Official tensors loaded into the detector (the packed q/k/v counts once).
+    pub detector_tensors: usize,
+    /// Parameters of the detector per top-level module (`backbone`, `neck`, `encoder`, …).
+    pub detector_params: BTreeMap<String, usize>,
+    /// Training-only parts of the file (auxiliary heads, …): group → (tensors, parameters).
+    pub training_only: BTreeMap<String, (usize, usize)>,
+    /// BatchNorm `num_batches_tracked` counters (no weight in them).
+    pub counters: usize,
+    /// How the state dict sat in the file.
+    pub layout: pth::Layout,
+    /// Things the caller should tell the user (e.g. class names the file does not give).
+    pub notes: Vec<String>,
+}
+
+impl ImportReport {
+    /// Sum of [`detector_params`](Self::detector_params).
+    pub fn detector_param_count(&self) -> usize {
+        self.detector_params.values().sum()
+    }
+}
+
+/// An imported official checkpoint.
+pub struct Imported {
+    pub model: Detector,
+    /// The config the model was built with: the caller's, with the class count (and the
+    /// neck's conv bias) read from the file.
+    pub config: DetectorConfig,
+    /// From the checkpoint's `meta`; `class_<i>` when it names none.
+    pub class_names: Vec<String>,
+    /// SHA-256 of the `.pth` file.
+    pub sha256: String,
+    pub report: ImportReport,
+}
+
+/// A tensor that could not be read, in the form burn's deferred tensors report.
+fn pack_error(message: String) -> burn_pack::Error {
+    burn_pack::Error::ValidationError(message)
+}
+
+/// Lists at most `n` items and says how many more there are.
+fn listing(items: &[String], n: usize) -> String {
+    let mut s = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > n {
+        s.push_str(&format!(", … ({} more)", items.len() - n));
+    }
+    s
+}
+
+fn shape_of(sd: &StateDict, key: &str) -> Option<Vec<usize>> {
+    sd.tensors.get(key).map(|t| t.shape().to_vec())
+}
+
+/// Loads an official Co-DINO checkpoint into a detector of `base`'s architecture.
+///
+/// The class count comes from the file (`cls_branches.0`), as does whether the neck's convs
+/// carry a bias (the official ChannelMapper's do not); everything else is `base`'s, and a
+/// tensor that does not fit it is an error naming it.
+pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Result<Imported> {
+    let sd = StateDict::open(path)?;
+    let fail = |problems: Vec<String>| Error::Import {
+        path: path.to_path_buf(),
+        problems: problems.join("\n  "),
+    };
+
+    let mut config = base.clone();
+    match shape_of(&sd, "query_head.cls_branches.0.weight").as_deref() {
+        Some([classes, _]) => config.num_classes = *classes,
+        _ => {
+            return Err(fail(vec![
+                "no `query_head.cls_branches.0.weight`: not a Co-DINO / Co-DETR checkpoint".into(),
+            ]));
+        }
+    }
+    config.neck.conv_bias = sd.tensors.contains_key("neck.convs.0.conv.bias");
+    config.validate()?;
+
+    let mut report = ImportReport {
+        tensors: sd.tensors.len(),
+        layout: sd.layout.clone(),
+        ..Default::default()
+    };
+    let mut unknown = Vec::new();
+    let mut misfit = Vec::new();
+    let mut tensors = Vec::new();
+    for (key, t) in &sd.tensors {
+        let Some(target) = co_dino::map_key(key) else {
+            unknown.push(key.clone());
+            continue;
+        };
+        match target {
+            Target::Counter => report.counters += 1,
+            Target::Training(group) => {
+                let e = report.training_only.entry(group.to_string()).or_default();
+                e.0 += 1;
+                e.1 += t.num_elements();
+            }
+            Target::Detector(ours) => {
+                report.detector_tensors += 1;
+                let t = t.clone();
+                tensors.push(deferred(
+                    ours,
+                    DType::F32,
+                    t.shape().into(),
+                    None,
+                    move || pth::read_f32(&t).map_err(pack_error),
+                ));
+            }
+            Target::DetectorPacked(ours) => {
+                report.detector_tensors += 1;
+                let shape = t.shape().to_vec();
+                if shape.first().is_none_or(|rows| rows % 3 != 0) {
+                    misfit.push(format!("{key} {shape:?}: rows not divisible into q, k, v"));
+                    continue;
+                }
+                let mut part_shape = shape.clone();
+                part_shape[0] /= 3;
+                let per_part: usize = part_shape.iter().product();
+                for (i, path) in ours.into_iter().enumerate() {
+                    let t = t.clone();
+                    let ps = part_shape.clone();
+                    tensors.push(deferred(
+                        path,
+                        DType::F32,
+                        ps.clone().into(),
+                        None,
+                        move || {
+                            let all = pth::read_f32(&t).map_err(pack_error)?;
+                            let v: Vec<f32> =
+                                all.try_to_vec().map_err(|e| pack_error(format!("{e:?}")))?;
+                            let rows = v[i * per_part..(i + 1) * per_part].to_vec();
+                            Ok(TensorData::new(rows, ps.clone()))
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    let mut model = config.init(device)?;
+    let result = model.apply(tensors, None, Some(Box::new(PyTorchToBurnAdapter)), false);
+    let mut problems = Vec::new();
+    if !unknown.is_empty() {
+        problems.push(format!(
+            "{} tensors belong to no Co-DINO part: {}",
+            unknown.len(),
+            listing(&unknown, 12)
+        ));
+    }
+    for e in &result.errors {
+        misfit.push(match e {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => format!(
+                "{path}: the checkpoint's shape {:?} does not fit the config's {:?}",
+                found.as_slice(),
+                expected.as_slice()
+            ),
+            other => other.to_string(),
+        });
+    }
+    if !misfit.is_empty() {
+        problems.push(format!(
+            "{} tensors do not fit (the config differs from the checkpoint's model): {}",
+            misfit.len(),
+            listing(&misfit, 12)
+        ));
+    }
+    if !result.unused.is_empty() {
+        problems.push(format!(
+            "{} tensors have no place in a detector of this config (more layers or levels \
+             than it has?): {}",
+            result.unused.len(),
+            listing(&result.unused, 12)
+        ));
+    }
+    if !result.missing.is_empty() {
+        let miss: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
+        problems.push(format!(
+            "{} tensors of the detector are not in the checkpoint: {}",
+            miss.len(),
+            listing(&miss, 12)
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(fail(problems));
+    }
+    if let Some(p) = crate::model::params::first_non_finite(&model) {
+        return Err(fail(vec![format!("`{p}` contains NaN or infinity")]));
+    }
+    for snap in model.collect(None, None, false) {
+        let top = snap.name.split('.').next().unwrap_or_default().to_string();
+        *report.detector_params.entry(top).or_default() += snap.shape.num_elements();
+    }
+    let class_names = if sd.class_names.len() == config.num_classes {
+        sd.class_names.clone()
+    } else {
+        report.notes.push(if sd.class_names.is_empty() {
+            "the checkpoint's meta names no classes: they are class_<i>".to_string()
+        } else {
+            format!(
+                "the checkpoint's meta names {} classes but its class head has {}: they are \
+                 class_<i>",
+                sd.class_names.len(),
+                config.num_classes
+            )
+        });
+        (0..config.num_classes)
+            .map(|i| format!("class_{i}"))
+            .collect()
+    };
+    Ok(Imported {
+        model,
+        config,
+        class_names,
+        sha256: sd.sha256.clone(),
+        report,
+    })
+}

@@ -1,0 +1,339 @@
+//! Official Co-DINO checkpoints in, against the official model (mmdetection 3.3.0
+//! `projects/CO-DETR`, run by tests/reference/make_official_fixtures.py): the same random
+//! weights under the official key names, the same images, the detector's outputs compared.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use burn::module::Module;
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
+use burn::tensor::{Device, Tensor};
+use codetr_core::Error;
+use codetr_core::import::{Imported, co_dino, import_co_dino};
+use codetr_core::model::DetectorConfig;
+use codetr_core::model::detector::pixels_to_tensor;
+
+fn official(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/official")
+        .join(name)
+}
+
+fn small_config() -> DetectorConfig {
+    let text = std::fs::read_to_string(official("co_dino_small.toml")).unwrap();
+    DetectorConfig::from_toml(&text).unwrap()
+}
+
+fn import(name: &str, cfg: &DetectorConfig) -> codetr_core::Result<Imported> {
+    import_co_dino(&official(name), cfg, &Device::flex())
+}
+
+struct Case {
+    pixels: Vec<u8>,
+    shape: [usize; 4],
+    scores: Vec<f32>,
+    labels: Vec<i64>,
+    boxes: Vec<f32>,
+}
+
+fn case(prefix: &str) -> Case {
+    let bytes = std::fs::read(official("co_dino_small.outputs.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |k: &str| -> Vec<f32> {
+        st.tensor(&format!("{prefix}.{k}"))
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let px = st.tensor(&format!("{prefix}.pixels")).unwrap();
+    let s = px.shape();
+    Case {
+        pixels: px.data().to_vec(),
+        shape: [s[0], s[1], s[2], s[3]],
+        scores: f32s("scores"),
+        labels: st
+            .tensor(&format!("{prefix}.labels"))
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        boxes: f32s("boxes"),
+    }
+}
+
+/// Every official detection must have a partner of ours: the same label, the score within
+/// `tol` and the box within `tol` × the image side. Partners may swap places only where the
+/// scores are that close (a near-tie orders arbitrarily); a detection at the top-k boundary
+/// may be replaced by one just as close to it. Returns (max score diff, max box diff / side).
+fn compare(ours: (&[f32], &[i64], &[f32]), refs: &Case, k: usize, tol: f32) -> (f32, f32) {
+    let side = refs.shape[1].max(refs.shape[2]) as f32;
+    let (mut ds, mut db) = (0f32, 0f32);
+    for img in 0..refs.shape[0] {
+        let r = img * k..(img + 1) * k;
+        let kth = refs.scores[r.end - 1];
+        let mut taken = vec![false; k];
+        for i in r.clone() {
+            let best = r
+                .clone()
+                .filter(|&j| !taken[j - r.start] && ours.1[j] == refs.labels[i])
+                .map(|j| {
+                    let s = (ours.0[j] - refs.scores[i]).abs();
+                    let b = (0..4)
+                        .map(|c| (ours.2[4 * j + c] - refs.boxes[4 * i + c]).abs() / side)
+                        .fold(0f32, f32::max);
+                    (j, s, b)
+                })
+                .filter(|&(_, s, b)| s <= tol && b <= tol)
+                .min_by(|a, b| (a.1 + a.2).total_cmp(&(b.1 + b.2)));
+            match best {
+                Some((j, s, b)) => {
+                    taken[j - r.start] = true;
+                    ds = ds.max(s);
+                    db = db.max(b);
+                }
+                None => assert!(
+                    refs.scores[i] - kth <= tol,
+                    "image {img}: official detection {} (label {}, score {}, box {:?}) has no \
+                     partner among ours",
+                    i - r.start,
+                    refs.labels[i],
+                    refs.scores[i],
+                    &refs.boxes[4 * i..4 * i + 4]
+                ),
+            }
+        }
+    }
+    (ds, db)
+}
+
+#[test]
+fn official_co_dino_forward_matches_mmdetection_without_padding() {
+    let cfg = small_config();
+    let imported = import("co_dino_small.pth", &cfg).unwrap();
+    let refs = case("nopad");
+    let [b, h, w, _] = refs.shape;
+    let dev = Device::flex();
+    let images = pixels_to_tensor(&refs.pixels, b, h, w, &dev).unwrap();
+    let det = imported
+        .model
+        .detect(images, &vec![[h as u32, w as u32]; b])
+        .unwrap();
+    let (s, l, bx) = det.to_host().unwrap();
+    let k = cfg.max_detections;
+    assert_eq!(s.len(), b * k);
+    let (ds, db) = compare((&s, &l, &bx), &refs, k, 1e-4);
+    eprintln!(
+        "official Co-DINO vs ours, batch {b}, {h}x{w}, no padding: scores {ds:.2e}, boxes/side {db:.2e}"
+    );
+    // Exact label agreement everywhere the order is not a near-tie.
+    let same = l.iter().zip(&refs.labels).filter(|(a, b)| a == b).count();
+    assert!(
+        same * 10 >= l.len() * 9,
+        "{same}/{} labels in the same place",
+        l.len()
+    );
+}
+
+#[test]
+fn import_reports_every_tensor_and_reads_the_class_names() {
+    let cfg = small_config();
+    let imp = import("co_dino_small.pth", &cfg).unwrap();
+    let r = &imp.report;
+    assert_eq!(imp.config.num_classes, 7);
+    assert_eq!(
+        imp.class_names,
+        ["person", "bicycle", "car", "dog", "cat", "chair", "cup"]
+    );
+    let training: usize = r.training_only.values().map(|(t, _)| t).sum();
+    assert_eq!(r.detector_tensors + training + r.counters, r.tensors);
+    for group in [
+        "RPN head",
+        "RoI head",
+        "ATSS head",
+        "denoising label embedding",
+        "auxiliary-head pyramid adapter",
+        "positive-query projections",
+    ] {
+        assert!(r.training_only.contains_key(group), "{group}: {r:?}");
+    }
+    assert_eq!(r.detector_param_count(), imp.model.num_params());
+    assert_eq!(r.layout.container.as_deref(), Some("state_dict"));
+    assert_eq!(imp.sha256.len(), 64);
+}
+
+#[test]
+fn sense_x_layout_imports_the_same_weights() {
+    let cfg = small_config();
+    let a = import("co_dino_small.pth", &cfg).unwrap();
+    let b = import("co_dino_small_sensex.pth", &cfg).unwrap();
+    assert_eq!(b.report.layout.stripped_prefix.as_deref(), Some("module."));
+    assert_eq!(b.report.layout.outside, 1, "the optimizer's tensor");
+    assert_eq!(a.class_names, b.class_names, "meta.CLASSES");
+    let host = |m: &codetr_core::model::Detector| -> BTreeMap<String, Vec<f32>> {
+        m.collect(None, None, false)
+            .into_iter()
+            .map(|t| {
+                let bytes = t.to_bytes().unwrap();
+                let v = bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                (t.name.clone(), v)
+            })
+            .collect()
+    };
+    assert_eq!(host(&a.model), host(&b.model));
+}
+
+/// The key lists of the full-size official R50 model (both codebases): every key has a home,
+/// and the detector's keys are exactly our paper-r50 detector's tensors, shape for shape.
+#[test]
+fn paper_r50_keys_cover_our_detector_exactly() {
+    let dev = Device::flex();
+    let model = DetectorConfig::paper_r50().init(&dev).unwrap();
+    let ours: BTreeSet<(String, Vec<usize>)> = model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.shape.to_vec()))
+        .collect();
+    // The official count (PyTorch parameters: BatchNorm running statistics are buffers).
+    let params: usize = ours
+        .iter()
+        .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    assert_eq!(params, 48_044_300);
+    for list in ["keys_mmdet3_r50.txt", "keys_sensex_r50.txt"] {
+        let text = std::fs::read_to_string(official(list)).unwrap();
+        let mut mapped = BTreeSet::new();
+        for line in text.lines() {
+            let (key, shape) = line.split_once(' ').unwrap();
+            let shape: Vec<usize> = shape
+                .trim_matches(|c| c == '(' || c == ')')
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().parse().unwrap())
+                .collect();
+            match co_dino::map_key(key) {
+                None => panic!("{list}: {key} has no home"),
+                Some(co_dino::Target::Detector(p)) => {
+                    mapped.insert((p, shape));
+                }
+                Some(co_dino::Target::DetectorPacked(ps)) => {
+                    let mut s = shape.clone();
+                    s[0] /= 3;
+                    for p in ps {
+                        mapped.insert((p, s.clone()));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        let missing: Vec<_> = ours.difference(&mapped).collect();
+        let extra: Vec<_> = mapped.difference(&ours).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{list}: ours without an official key {missing:?}; official keys with no tensor of ours {extra:?}"
+        );
+    }
+}
+
+#[test]
+fn tensors_that_do_not_fit_are_listed_and_nothing_is_built() {
+    let cfg = small_config();
+    // A tensor of no Co-DINO part, and almost everything missing.
+    let err = import("co_dino_small_bad.pth", &cfg).err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Import { .. }), "{msg}");
+    assert!(msg.contains("mask_head.conv_logits.weight"), "{msg}");
+    assert!(
+        msg.contains("not in the checkpoint") && msg.contains("backbone.conv1.weight"),
+        "{msg}"
+    );
+
+    // A config with a different width: every transformer tensor is mis-shaped.
+    let mut narrow = cfg.clone();
+    narrow.transformer.ffn_dim = 96;
+    let msg = import("co_dino_small.pth", &narrow)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("do not fit") && msg.contains("ffn.linear1.weight"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("[128, 64]") && msg.contains("[96, 64]") || msg.contains("[64, 128]"),
+        "{msg}"
+    );
+
+    // Fewer layers than the file: the extra layer's tensors have no place.
+    let mut shallow = cfg.clone();
+    shallow.transformer.decoder_layers = 1;
+    let msg = import("co_dino_small.pth", &shallow)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("no place") && msg.contains("decoder.layers.1."),
+        "{msg}"
+    );
+
+    // More layers than the file: ours are missing.
+    let mut deep = cfg;
+    deep.transformer.encoder_layers = 3;
+    let msg = import("co_dino_small.pth", &deep)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("not in the checkpoint") && msg.contains("encoder.layers.2."),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unreadable_files_are_errors_not_panics() {
+    let cfg = small_config();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(official("co_dino_small.pth")).unwrap();
+    for (name, data) in [
+        ("truncated.pth", bytes[..bytes.len() / 2].to_vec()),
+        ("empty.pth", Vec::new()),
+        ("text.pth", b"not a checkpoint".to_vec()),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        let err = import_co_dino(&p, &cfg, &Device::flex()).err();
+        assert!(err.is_some(), "{name} imported");
+    }
+    let err = import_co_dino(&dir.path().join("absent.pth"), &cfg, &Device::flex()).err();
+    assert!(err.unwrap().to_string().contains("no such file"));
+}
+
+/// The file's `meta` unpickles to `os.system("touch /tmp/codetr-pickle-executed")` under
+/// `torch.load(weights_only=False)`; parsing it must not run anything.
+#[test]
+fn a_pickle_that_would_run_code_is_only_parsed() {
+    let marker = std::path::Path::new("/tmp/codetr-pickle-executed");
+    let _ = std::fs::remove_file(marker);
+    let _ = import("co_dino_small_evil.pth", &small_config());
+    assert!(!marker.exists(), "reading the checkpoint ran its pickle");
+}
+
+#[test]
+fn imported_model_output_is_finite_on_a_plain_image() {
+    // The f32 path end to end on a batch of one at the preset's size: no NaN from the import.
+    let cfg = small_config();
+    let imp = import("co_dino_small.pth", &cfg).unwrap();
+    let dev = Device::flex();
+    let x: Tensor<4> = Tensor::full([1, 128, 128, 3], 114.0, &dev);
+    let d = imp.model.detect(x, &[[128, 128]]).unwrap();
+    let (s, _, b) = d.to_host().unwrap();
+    assert!(s.iter().chain(&b).all(|v| v.is_finite()));
+}
