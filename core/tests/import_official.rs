@@ -161,7 +161,11 @@ fn import_reports_every_tensor_and_reads_the_class_names() {
     ] {
         assert!(r.training_only.contains_key(group), "{group}: {r:?}");
     }
-    assert_eq!(r.detector_param_count(), imp.model.num_params());
+    assert_eq!(
+        r.detector_param_count() + r.bn_statistics,
+        imp.model.num_params()
+    );
+    assert!(r.bn_statistics > 0);
     assert_eq!(r.layout.container.as_deref(), Some("state_dict"));
     assert_eq!(imp.sha256.len(), 64);
 }

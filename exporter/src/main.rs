@@ -91,10 +91,11 @@ fn msda_parser() -> impl clap::builder::TypedValueParser<Value = Msda> {
 /// The import's coverage: what every tensor of the official file became.
 fn print_import(imp: &codetr_core::import::ImportReport) {
     println!(
-        "imported {} tensors: {} into the detector ({} parameters), {} BatchNorm counters, {} training-only",
+        "imported {} tensors: {} into the detector ({} parameters + {} BatchNorm statistics), {} BatchNorm counters, {} training-only",
         imp.tensors,
         imp.detector_tensors,
         imp.detector_param_count(),
+        imp.bn_statistics,
         imp.counters,
         imp.training_only.values().map(|(t, _)| t).sum::<usize>(),
     );

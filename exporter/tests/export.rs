@@ -513,3 +513,114 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
         assert!(c.passed, "{c:?}");
     }
 }
+
+/// An official Co-DINO `.pth` (tests/reference/make_official_fixtures.py: the official
+/// mmdetection 3.3.0 model at small dimensions, random weights) → ONNX: the graph's detections
+/// on the fixture images are the official model's (≤ 1e-4), the class names come from the
+/// checkpoint, the binary's `--check` passes, and a checkpoint that does not fit exits 2 with
+/// nothing written.
+#[test]
+fn official_checkpoint_exports_to_a_graph_that_matches_the_official_model() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/official");
+    let pth = fixtures.join("co_dino_small.pth");
+    let toml = fixtures.join("co_dino_small.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("official.onnx");
+    let report = export(&ExportOptions {
+        model_config: Some(toml.clone()),
+        ..ExportOptions::new(&pth, &out)
+    })
+    .unwrap();
+    let imp = report.import.as_ref().unwrap();
+    assert!(report.dropped_params > 0 && imp.counters > 0);
+
+    let bytes = std::fs::read(fixtures.join("co_dino_small.outputs.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |k: &str| -> Vec<f32> {
+        st.tensor(k)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let px = st.tensor("nopad.pixels").unwrap().data().to_vec();
+    let got = run_onnx(&out, 2, 128, &px, &[128, 128, 128, 128]);
+    // Sorted scores position by position (a near-tie may swap two detections, not a score).
+    let (ours, refs) = (floats(&got["outputs"]["scores"]), f32s("nopad.scores"));
+    assert_eq!(ours.len(), refs.len());
+    let worst = ours
+        .iter()
+        .zip(&refs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-4, "ONNX vs official scores: {worst}");
+    let (ob, rb) = (floats(&got["outputs"]["boxes"]), f32s("nopad.boxes"));
+    let close = ob
+        .chunks(4)
+        .zip(rb.chunks(4))
+        .filter(|(a, b)| a.iter().zip(*b).all(|(x, y)| (x - y).abs() <= 128.0 * 1e-4))
+        .count();
+    assert!(
+        close * 10 >= refs.len() * 9,
+        "{close}/{} boxes in place",
+        refs.len()
+    );
+    use prost::Message;
+    let proto =
+        codetr_core::onnx::proto::ModelProto::decode(std::fs::read(&out).unwrap().as_slice())
+            .unwrap();
+    let meta = codetr_model::ModelMetadata::from_props(
+        proto
+            .metadata_props
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str())),
+    )
+    .unwrap();
+    assert_eq!(meta.classes[1], "bicycle");
+    assert_eq!(meta.checkpoint_sha256.len(), 64);
+
+    let lib = ort_library();
+    let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
+        .arg("--checkpoint")
+        .arg(&pth)
+        .arg("--model-config")
+        .arg(&toml)
+        .arg("--out")
+        .arg(dir.path().join("cli.onnx"))
+        .args(["--check", "--check-batches", "1,2", "--ort-lib"])
+        .arg(&lib)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.status.success() && stdout.contains("check: PASS") && stdout.contains("imported"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+
+    let target = dir.path().join("bad.onnx");
+    let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
+        .arg("--checkpoint")
+        .arg(fixtures.join("co_dino_small_bad.pth"))
+        .arg("--model-config")
+        .arg(&toml)
+        .arg("--out")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(st.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mask_head.conv_logits.weight"), "{stderr}");
+    assert!(!target.exists());
+    // --model-config belongs to official checkpoints only.
+    let ours = dir.path().join("ours.ckpt");
+    init_checkpoint(&DetectorConfig::tiny(), &ours, 1);
+    let err = export(&ExportOptions {
+        model_config: Some(toml),
+        ..ExportOptions::new(&ours, dir.path().join("x.onnx"))
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("--model-config"), "{err}");
+}

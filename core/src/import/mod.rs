@@ -29,8 +29,11 @@ pub struct ImportReport {
     pub tensors: usize,
     /// Official tensors loaded into the detector (the packed q/k/v counts once).
     pub detector_tensors: usize,
-    /// Parameters of the detector per top-level module (`backbone`, `neck`, `encoder`, …).
+    /// Parameters of the detector per top-level module (`backbone`, `neck`, `encoder`, …),
+    /// counted as PyTorch does: without BatchNorm statistics.
     pub detector_params: BTreeMap<String, usize>,
+    /// BatchNorm running means and variances loaded (buffers in PyTorch).
+    pub bn_statistics: usize,
     /// Training-only parts of the file (auxiliary heads, …): group → (tensors, parameters).
     pub training_only: BTreeMap<String, (usize, usize)>,
     /// BatchNorm `num_batches_tracked` counters (no weight in them).
@@ -191,7 +194,8 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
     }
     if !misfit.is_empty() {
         problems.push(format!(
-            "{} tensors do not fit (the config differs from the checkpoint's model): {}",
+            "{} tensors do not fit (the model config differs from the checkpoint's architecture: \
+             give its dimensions in a model config): {}",
             misfit.len(),
             listing(&misfit, 12)
         ));
@@ -219,6 +223,11 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
         return Err(fail(vec![format!("`{p}` contains NaN or infinity")]));
     }
     for snap in model.collect(None, None, false) {
+        // PyTorch's convention: BatchNorm statistics are buffers, not parameters.
+        if snap.name.ends_with("running_mean") || snap.name.ends_with("running_var") {
+            report.bn_statistics += snap.shape.num_elements();
+            continue;
+        }
         let top = snap.name.split('.').next().unwrap_or_default().to_string();
         *report.detector_params.entry(top).or_default() += snap.shape.num_elements();
     }

@@ -34,6 +34,9 @@ enum Command {
     /// Show a model's dimensions and parameter counts per module (from a preset, a TOML
     /// config or a checkpoint).
     Info(model::InfoArgs),
+    /// Convert an official Co-DINO checkpoint (.pth of Sense-X/Co-DETR or mmdetection 3.x)
+    /// into a codetr checkpoint; any tensor that does not fit is listed (exit 2).
+    Import(model::ImportArgs),
     /// Write a randomly initialised checkpoint (useful to test export and serving end to end).
     Init(model::InitArgs),
     /// Detect objects in one image with a checkpoint.
@@ -73,6 +76,7 @@ impl Command {
             Command::Eval(a) => a.run(),
             Command::Validate(a) => a.run(),
             Command::Info(a) => a.run(),
+            Command::Import(a) => a.run(),
             Command::Init(a) => a.run(),
             Command::Predict(a) => a.run(),
             Command::Fit(a) => a.run(),

@@ -192,6 +192,86 @@ impl InitArgs {
     }
 }
 
+/// Convert an official Co-DINO PyTorch checkpoint into a codetr checkpoint.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// Official checkpoint: the `.pth` of Sense-X/Co-DETR or mmdetection 3.x projects/CO-DETR
+    /// (`{"state_dict": …}` or a bare state dict, `module.` prefixes allowed). Parsed, never
+    /// unpickled: nothing in the file runs.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The checkpoint's architecture: --preset (default paper-r50, the official 5-scale R50)
+    /// or --config TOML. The class count is read from the file.
+    #[command(flatten)]
+    pub model: ImportModelArgs,
+    /// Output codetr checkpoint (written atomically): the detector's weights, ready for
+    /// `codetr-export`, `validate`, `predict` or `fit --init`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `import`'s model flags: as `ModelArgs`, with the official preset as default.
+#[derive(clap::Args)]
+pub struct ImportModelArgs {
+    /// Preset: paper-r50 (Co-DINO 5-scale R50) or tiny.
+    #[arg(long, default_value = "paper-r50")]
+    pub preset: String,
+    /// TOML model config (`preset = ...` plus any overrides); replaces --preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl ImportArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let base = ModelArgs {
+            preset: self.model.preset,
+            config: self.model.config,
+        }
+        .resolve()?;
+        let device = burn::tensor::Device::flex();
+        let started = std::time::Instant::now();
+        let imported = codetr_core::import::import_co_dino(&self.checkpoint, &base, &device)?;
+        let r = &imported.report;
+        println!(
+            "{}: {} tensors; {} into the detector ({} parameters + {} BatchNorm statistics), {} BatchNorm counters, {} training-only (not converted)",
+            self.checkpoint.display(),
+            r.tensors,
+            r.detector_tensors,
+            r.detector_param_count(),
+            r.bn_statistics,
+            r.counters,
+            r.training_only.values().map(|(t, _)| t).sum::<usize>(),
+        );
+        for (module, n) in &r.detector_params {
+            println!("  detector {module:<10} {n:>11} parameters");
+        }
+        for (group, (t, n)) in &r.training_only {
+            println!("  skipped  {group}: {t} tensors, {n} parameters");
+        }
+        for note in &r.notes {
+            println!("  note: {note}");
+        }
+        let h = checkpoint::save(
+            &self.out,
+            &imported.model,
+            &imported.class_names,
+            0,
+            serde_json::json!({
+                "imported_from": self.checkpoint.display().to_string(),
+                "source_sha256": imported.sha256,
+            }),
+            vec![],
+        )?;
+        println!(
+            "wrote {} in {:.1} s (model sha256 {})",
+            self.out.display(),
+            started.elapsed().as_secs_f64(),
+            h.model_sha256().unwrap_or("-")
+        );
+        Ok(())
+    }
+}
+
 /// Detect objects in one image with a checkpoint.
 #[derive(clap::Args)]
 pub struct PredictArgs {
