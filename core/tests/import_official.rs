@@ -341,3 +341,46 @@ fn imported_model_output_is_finite_on_a_plain_image() {
     let (s, _, b) = d.to_host().unwrap();
     assert!(s.iter().chain(&b).all(|v| v.is_finite()));
 }
+
+/// Importing the same file twice gives parameters with different (random) ids, so the
+/// checkpoints' `model` sections differ byte-wise; their identity, the weights' digest, is the
+/// same, and another model's is not.
+#[test]
+fn the_same_weights_have_the_same_identity_across_saves() {
+    use codetr_core::model::checkpoint;
+    let cfg = small_config();
+    let dir = tempfile::tempdir().unwrap();
+    let save = |name: &str, file: &str| {
+        let imp = import(file, &cfg).unwrap();
+        let p = dir.path().join(name);
+        checkpoint::save(
+            &p,
+            &imp.model,
+            &imp.class_names,
+            0,
+            serde_json::json!({}),
+            vec![],
+        )
+        .unwrap()
+    };
+    let (a, b) = (
+        save("a.ckpt", "co_dino_small.pth"),
+        save("b.ckpt", "co_dino_small.pth"),
+    );
+    assert_ne!(
+        a.model_sha256(),
+        b.model_sha256(),
+        "parameter ids are in the record"
+    );
+    assert_eq!(a.identity(), b.identity());
+    assert_eq!(a.identity().map(str::len), Some(64));
+    let (reread, _) = checkpoint::read(&dir.path().join("a.ckpt")).unwrap();
+    assert_eq!(reread.identity(), a.identity());
+    let mut other = import("co_dino_small.pth", &cfg).unwrap();
+    other.model.level_embed =
+        burn::module::Param::from_tensor(other.model.level_embed.val() + 1e-3);
+    assert_ne!(
+        checkpoint::weights_sha256(&other.model).unwrap(),
+        a.identity().unwrap()
+    );
+}

@@ -236,7 +236,7 @@ pub fn load_source(ckpt: &Path, model_config: Option<&Path>, device: &Device) ->
     Ok(Loaded {
         model,
         class_names: header.class_names.clone(),
-        sha256: header.model_sha256().unwrap_or_default().to_string(),
+        sha256: header.identity().unwrap_or_default().to_string(),
         metrics: header
             .meta
             .get("val")

@@ -45,16 +45,57 @@ pub struct CheckpointHeader {
     #[serde(default)]
     pub meta: serde_json::Value,
     pub sections: Vec<Section>,
+    /// SHA-256 of the detector's weights alone (see [`weights_sha256`]): the same weights give
+    /// the same value whichever process saved them. Empty in checkpoints written before it
+    /// existed.
+    #[serde(default)]
+    pub weights_sha256: String,
 }
 
 impl CheckpointHeader {
-    /// SHA-256 of the `model` section, the checkpoint's identity in export metadata.
+    /// The checkpoint's identity in export metadata and logs: the weights' digest, or for
+    /// older checkpoints the `model` section's.
+    pub fn identity(&self) -> Option<&str> {
+        if self.weights_sha256.is_empty() {
+            self.model_sha256()
+        } else {
+            Some(&self.weights_sha256)
+        }
+    }
+
+    /// SHA-256 of the `model` section's bytes (its integrity check). Not an identity of the
+    /// weights: Burn's record carries each parameter's random id, so the same weights saved
+    /// from two processes differ here.
     pub fn model_sha256(&self) -> Option<&str> {
         self.sections
             .iter()
             .find(|s| s.name == "model")
             .map(|s| s.sha256.as_str())
     }
+}
+
+/// SHA-256 over the detector's tensors in name order: each one's path, dtype, shape and
+/// little-endian bytes. Parameter ids (random per process) are left out on purpose.
+pub fn weights_sha256(model: &Detector) -> Result<String> {
+    use burn::store::ModuleSnapshot;
+    let mut tensors = model.collect(None, None, false);
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut h = Sha256::new();
+    for t in tensors {
+        h.update(t.name.as_bytes());
+        h.update([0u8]);
+        h.update(format!("{:?}", t.dtype).as_bytes());
+        for d in t.shape.iter() {
+            h.update((*d as u64).to_le_bytes());
+        }
+        let name = t.name.clone();
+        let bytes = t.to_bytes().map_err(|e| Error::InvalidArgument {
+            what: "model",
+            message: format!("cannot read `{name}`: {e}"),
+        })?;
+        h.update(&bytes[..]);
+    }
+    Ok(hex(&h.finalize()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -108,6 +149,7 @@ pub fn save(
                 sha256: hex(&Sha256::digest(b)),
             })
             .collect(),
+        weights_sha256: weights_sha256(model)?,
     };
     let json = serde_json::to_vec(&header).map_err(|e| corrupt(path, e.to_string()))?;
     let mut out =

@@ -107,11 +107,11 @@ impl InfoArgs {
             Some(p) => {
                 let (m, h) = checkpoint::load(&p, &device)?;
                 println!(
-                    "{}: step {}, classes {:?}, model sha256 {}",
+                    "{}: step {}, classes {:?}, weights sha256 {}",
                     p.display(),
                     h.step,
                     h.class_names,
-                    h.model_sha256().unwrap_or("-")
+                    h.identity().unwrap_or("-")
                 );
                 m
             }
@@ -183,10 +183,10 @@ impl InitArgs {
             vec![],
         )?;
         println!(
-            "wrote {} ({} parameters, model sha256 {})",
+            "wrote {} ({} parameters, weights sha256 {})",
             out.display(),
             m.num_params(),
-            h.model_sha256().unwrap_or("-")
+            h.identity().unwrap_or("-")
         );
         Ok(())
     }
@@ -263,10 +263,10 @@ impl ImportArgs {
             vec![],
         )?;
         println!(
-            "wrote {} in {:.1} s (model sha256 {})",
+            "wrote {} in {:.1} s (weights sha256 {})",
             self.out.display(),
             started.elapsed().as_secs_f64(),
-            h.model_sha256().unwrap_or("-")
+            h.identity().unwrap_or("-")
         );
         Ok(())
     }
