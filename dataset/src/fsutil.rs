@@ -8,6 +8,12 @@ use crate::error::{Error, Result};
 
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_parts(path, &[bytes])
+}
+
+/// Writes the concatenation of `parts` to `path` atomically, without joining them in memory
+/// first (a checkpoint's sections are each as large as the model).
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -23,7 +29,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        for part in parts {
+            f.write_all(part).map_err(|e| Error::io(&tmp, e))?;
+        }
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;

@@ -36,6 +36,8 @@ Regenerate (downloads several GB; never done by CI):
         mmcv-lite==2.1.0 mmdet==3.3.0
     # a checkout of mmdetection v3.3.0 (for projects/CO-DETR, not in the wheel):
     MMDET_SRC=/path/to/mmdetection /tmp/refenv/bin/python tests/reference/make_official_fixtures.py
+    # or a full-size R50 checkpoint with random weights (261 MB) for bench/official_import.sh:
+    ... make_official_fixtures.py --full /tmp/co_dino_5scale_r50_random.pth
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def install_shims() -> None:
             mod.get_installed_path = get_installed_path
 
 
-def build_small():
+def build_small(full: bool = False):
+    """The official model at the fixture's small dimensions, or (`full`) at the config's own."""
     src = os.environ.get("MMDET_SRC")
     if not src or not os.path.isdir(os.path.join(src, "projects", "CO-DETR")):
         sys.exit("set MMDET_SRC to a checkout of mmdetection v3.3.0 (with projects/CO-DETR)")
@@ -115,8 +118,12 @@ def build_small():
     )
     importlib.import_module("projects.CO-DETR.codetr")
     m = cfg.model
-    d, ffn, q, c = 64, 128, 30, len(CLASSES)
     m.backbone.init_cfg = None
+    if full:
+        model = MODELS.build(m)
+        model.eval()
+        return model
+    d, ffn, q, c = 64, 128, 30, len(CLASSES)
     m.backbone.base_channels = 4
     m.neck.in_channels = [16, 32, 64, 128]
     m.neck.out_channels = d
@@ -194,6 +201,16 @@ def min_gap(scores: np.ndarray) -> float:
 def main() -> None:
     from safetensors.numpy import save_file
 
+    if len(sys.argv) == 3 and sys.argv[1] == "--full":
+        # A full-size official R50 checkpoint (random weights, 80 COCO-sized classes) for the
+        # conversion benchmark (bench/official_import.sh); nothing is written to the fixtures.
+        torch.manual_seed(0)
+        model = build_small(full=True)
+        classes = tuple(f"class_{i}" for i in range(80))
+        torch.save({"meta": {"dataset_meta": {"classes": classes}},
+                    "state_dict": model.state_dict()}, sys.argv[2])
+        print(f"wrote {sys.argv[2]}")
+        return
     model = build_small()
     rng = np.random.default_rng(7)
     nopad = rng.integers(0, 256, (2, SIDE, SIDE, 3), dtype=np.uint8)

@@ -128,13 +128,20 @@ pub fn save(
             ),
         ));
     }
+    // Before the record exists: the digest's per-tensor copies are freed first.
+    let weights_sha256 = weights_sha256(model)?;
     let model_bytes = model
         .clone()
         .into_record()
         .into_bytes()
         .map_err(|e| corrupt(path, format!("cannot serialise the model: {e}")))?;
-    let mut blobs: Sections = vec![("model".into(), model_bytes.to_vec())];
-    blobs.extend(extra_sections);
+    // The sections are written from where they lie: no joined copy of a model-sized file.
+    let mut blobs: Vec<(&str, &[u8])> = vec![("model", &model_bytes[..])];
+    blobs.extend(
+        extra_sections
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice())),
+    );
     let header = CheckpointHeader {
         format_version: FORMAT_VERSION,
         config: model.config().clone(),
@@ -144,23 +151,18 @@ pub fn save(
         sections: blobs
             .iter()
             .map(|(name, b)| Section {
-                name: name.clone(),
+                name: name.to_string(),
                 len: b.len() as u64,
                 sha256: hex(&Sha256::digest(b)),
             })
             .collect(),
-        weights_sha256: weights_sha256(model)?,
+        weights_sha256,
     };
     let json = serde_json::to_vec(&header).map_err(|e| corrupt(path, e.to_string()))?;
-    let mut out =
-        Vec::with_capacity(12 + json.len() + blobs.iter().map(|b| b.1.len()).sum::<usize>());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    out.extend_from_slice(&json);
-    for (_, b) in &blobs {
-        out.extend_from_slice(b);
-    }
-    codetr_data::fsutil::write_atomic(path, &out)?;
+    let json_len = (json.len() as u32).to_le_bytes();
+    let mut parts: Vec<&[u8]> = vec![MAGIC, &json_len, &json];
+    parts.extend(blobs.iter().map(|(_, b)| *b));
+    codetr_data::fsutil::write_atomic_parts(path, &parts)?;
     Ok(header)
 }
 
