@@ -88,28 +88,6 @@ fn msda_parser() -> impl clap::builder::TypedValueParser<Value = Msda> {
         .try_map(|s| s.parse::<Msda>())
 }
 
-/// The import's coverage: what every tensor of the official file became.
-fn print_import(imp: &codetr_core::import::ImportReport) {
-    println!(
-        "imported {} tensors: {} into the detector ({} parameters + {} BatchNorm statistics), {} BatchNorm counters, {} training-only",
-        imp.tensors,
-        imp.detector_tensors,
-        imp.detector_param_count(),
-        imp.bn_statistics,
-        imp.counters,
-        imp.training_only.values().map(|(t, _)| t).sum::<usize>(),
-    );
-    for (module, n) in &imp.detector_params {
-        println!("  detector {module:<10} {n:>11} parameters");
-    }
-    for (group, (t, n)) in &imp.training_only {
-        println!("  dropped  {group}: {t} tensors, {n} parameters");
-    }
-    for note in &imp.notes {
-        println!("  note: {note}");
-    }
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -170,7 +148,9 @@ fn main() -> ExitCode {
             report.dropped_params
         );
         if let Some(imp) = &report.import {
-            print_import(imp);
+            for line in imp.summary() {
+                println!("imported {line}");
+            }
         }
         let b = &report.intermediate;
         println!(

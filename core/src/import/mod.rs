@@ -45,6 +45,28 @@ pub struct ImportReport {
 }
 
 impl ImportReport {
+    /// The coverage as the CLIs print it: what every tensor of the file became.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "{} tensors: {} into the detector ({} parameters + {} BatchNorm statistics), {} \
+             BatchNorm counters, {} training-only (not converted)",
+            self.tensors,
+            self.detector_tensors,
+            self.detector_param_count(),
+            self.bn_statistics,
+            self.counters,
+            self.training_only.values().map(|(t, _)| t).sum::<usize>(),
+        )];
+        for (module, n) in &self.detector_params {
+            lines.push(format!("  detector {module:<10} {n:>11} parameters"));
+        }
+        for (group, (t, n)) in &self.training_only {
+            lines.push(format!("  skipped  {group}: {t} tensors, {n} parameters"));
+        }
+        lines.extend(self.notes.iter().map(|n| format!("  note: {n}")));
+        lines
+    }
+
     /// Sum of [`detector_params`](Self::detector_params).
     pub fn detector_param_count(&self) -> usize {
         self.detector_params.values().sum()

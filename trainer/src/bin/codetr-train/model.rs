@@ -231,25 +231,9 @@ impl ImportArgs {
         let device = burn::tensor::Device::flex();
         let started = std::time::Instant::now();
         let imported = codetr_core::import::import_co_dino(&self.checkpoint, &base, &device)?;
-        let r = &imported.report;
-        println!(
-            "{}: {} tensors; {} into the detector ({} parameters + {} BatchNorm statistics), {} BatchNorm counters, {} training-only (not converted)",
-            self.checkpoint.display(),
-            r.tensors,
-            r.detector_tensors,
-            r.detector_param_count(),
-            r.bn_statistics,
-            r.counters,
-            r.training_only.values().map(|(t, _)| t).sum::<usize>(),
-        );
-        for (module, n) in &r.detector_params {
-            println!("  detector {module:<10} {n:>11} parameters");
-        }
-        for (group, (t, n)) in &r.training_only {
-            println!("  skipped  {group}: {t} tensors, {n} parameters");
-        }
-        for note in &r.notes {
-            println!("  note: {note}");
+        println!("{}:", self.checkpoint.display());
+        for line in imported.report.summary() {
+            println!("  {line}");
         }
         let h = checkpoint::save(
             &self.out,
