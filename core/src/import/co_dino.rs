@@ -22,8 +22,8 @@ pub enum Target {
     Counter,
 }
 
-/// Splits a dotted key into its first `n` segments' matches against `pattern` (`#` = any
-/// number). Returns the numbers and the rest of the key after the pattern.
+/// Matches the leading dotted segments of `key` against `pattern` (`#` = any number) and
+/// returns the numbers matched and the rest of the key after the pattern.
 fn matches<'k>(key: &'k str, pattern: &str) -> Option<(Vec<usize>, &'k str)> {
     let mut nums = Vec::new();
     let mut rest = key;

@@ -82,7 +82,7 @@ fn file_sha256(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::model::checkpoint::hex(&h.finalize()))
 }
 
 impl StateDict {
