@@ -140,6 +140,60 @@ fn official_co_dino_forward_matches_mmdetection_without_padding() {
 }
 
 #[test]
+fn official_co_dino_forward_matches_mmdetection_with_padding() {
+    // Image 0 fills the 128² canvas, image 1 is 96 × 112 top-left with padding right and
+    // below: the official model masks it (position encoding, valid ratios, values,
+    // proposals) and decodes its boxes over the valid region.
+    let cfg = small_config();
+    let imported = import("co_dino_small.pth", &cfg).unwrap();
+    let refs = case("pad");
+    let [b, h, w, _] = refs.shape;
+    let valid = valid_sizes();
+    assert_eq!(valid, vec![[128, 128], [96, 112]]);
+    let dev = Device::flex();
+    let images = pixels_to_tensor(&refs.pixels, b, h, w, &dev).unwrap();
+    let orig: Vec<[u32; 2]> = valid.iter().map(|&[h, w]| [h as u32, w as u32]).collect();
+    let det = imported
+        .model
+        .detect_padded(images.clone(), Some(&valid), &orig)
+        .unwrap();
+    let (s, l, bx) = det.to_host().unwrap();
+    let k = cfg.max_detections;
+    let (ds, db) = compare((&s, &l, &bx), &refs, k, 1e-4);
+    eprintln!(
+        "official Co-DINO vs ours, batch {b}, {h}x{w}, image 1 padded to 96x112: scores \
+         {ds:.2e}, boxes/side {db:.2e}"
+    );
+    // The mask matters: the same batch read as unpadded is far from the official output.
+    let plain = imported.model.detect(images, &orig).unwrap();
+    let (ps, _, _) = plain.to_host().unwrap();
+    let off = ps[k..]
+        .iter()
+        .zip(&refs.scores[k..])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        off > 1e-2,
+        "unpadded reading of image 1 is within {off} of the official"
+    );
+}
+
+/// `pad.valid` of the fixture: `[h, w]` per image.
+fn valid_sizes() -> Vec<[usize; 2]> {
+    let bytes = std::fs::read(official("co_dino_small.outputs.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor("pad.valid")
+        .unwrap()
+        .data()
+        .chunks_exact(16)
+        .map(|c| {
+            let v = |o: usize| i64::from_le_bytes(c[o..o + 8].try_into().unwrap()) as usize;
+            [v(0), v(8)]
+        })
+        .collect()
+}
+
+#[test]
 fn import_reports_every_tensor_and_reads_the_class_names() {
     let cfg = small_config();
     let imp = import("co_dino_small.pth", &cfg).unwrap();

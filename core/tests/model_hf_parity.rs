@@ -156,13 +156,13 @@ fn parity(name: &str) {
     let centres = Reference::Points(token_centres(&shapes, &dev).expand([b, s, 2]));
     let mut x = src.clone();
     for (i, layer) in model.encoder.layers.iter().enumerate() {
-        x = layer.forward(x, pos.clone(), &centres, &shapes);
+        x = layer.forward(x, pos.clone(), &centres, &shapes, None);
         let key = format!("encoder.{}", i + 1);
         if refs.f32s.contains_key(&key) && i + 1 < n_enc {
             t.check(&key, x.clone(), &refs);
         }
     }
-    let memory = model.encoder.forward(src, pos, &shapes);
+    let memory = model.encoder.forward(src, pos, &shapes, None);
     t.check(&format!("encoder.{n_enc}"), memory.clone(), &refs);
 
     // Every token's proposal: class logits and unactivated box (HF's two-stage head).
@@ -187,6 +187,7 @@ fn parity(name: &str) {
     let sel = model.selection.forward(
         memory.clone(),
         &shapes,
+        None,
         |x| model.class_heads[n_dec].forward(x),
         |x| model.box_heads[n_dec].forward(x),
     );
@@ -207,7 +208,15 @@ fn parity(name: &str) {
         let reference: Tensor<3> = to_tensor(&refs, &format!("reference.{l}"), &dev);
         let qpos = model.decoder.query_pos(reference.clone());
         t.check(&format!("decoder.query_pos.{l}"), qpos.clone(), &refs);
-        let out = layer.forward(prev, qpos, reference, memory.clone(), &shapes, None);
+        let out = layer.forward(
+            prev,
+            qpos,
+            &Reference::Boxes(reference),
+            memory.clone(),
+            &shapes,
+            None,
+            None,
+        );
         t.check(&format!("decoder.raw.{l}"), out, &refs);
         prev = to_tensor(&refs, &format!("decoder.raw.{l}"), &dev);
     }

@@ -82,7 +82,7 @@ fn encoder_parity(dynamic: bool, lowering: codetr_model::Msda) {
             .collect();
         let x = pixels_to_tensor(&px, n, h, w, &dev).unwrap();
         let (src, pos, shapes) = model.features(x);
-        let memory = model.encoder.forward(src, pos, &shapes);
+        let memory = model.encoder.forward(src, pos, &shapes, None);
 
         let mut g = GraphBuilder::new("encoder");
         let (dh, dw, size) = if dynamic {
@@ -92,11 +92,11 @@ fn encoder_parity(dynamic: bool, lowering: codetr_model::Msda) {
         };
         let dims = [Dim::Named("N".into()), dh, dw, Dim::Fixed(3)];
         let images = g.input("images", ElemType::U8, &dims).unwrap();
-        let (src, pos, levels) = model.emit_features(&mut g, &images, size).unwrap();
+        let (src, pos, levels, _) = model.emit_features(&mut g, &images, size, None).unwrap();
         assert_eq!(levels.fixed.is_none(), dynamic);
         let mem = model
             .encoder
-            .emit(&mut g, &src, &pos, &levels, lowering)
+            .emit(&mut g, &src, &pos, &levels, lowering, None)
             .unwrap();
         let [_, s, d] = memory.dims();
         let od = [

@@ -52,6 +52,9 @@ pub struct ExportOptions {
     /// Model config (TOML) for an official PyTorch checkpoint, whose file does not describe
     /// its architecture (default: the `paper-r50` preset). Our checkpoints carry their own.
     pub model_config: Option<PathBuf>,
+    /// How the server brings images to the input size: `Stretch`, or `Letterbox` (keep the
+    /// aspect ratio, pad; the graph gains the `valid_sizes` input and masks the padding).
+    pub resize: Resize,
 }
 
 impl ExportOptions {
@@ -68,6 +71,7 @@ impl ExportOptions {
             dynamic_size: false,
             serve_batch: 8,
             model_config: None,
+            resize: Resize::Stretch,
         }
     }
 }
@@ -123,14 +127,14 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     model.config = exported_cfg;
     let side = cfg.input_size as usize;
     let size = (!opts.dynamic_size).then_some([side, side]);
-    let g = model.emit(size, opts.msda)?;
+    let g = model.emit_with(size, opts.msda, opts.resize)?;
     let nodes = g.num_nodes();
     let weights = g.num_weights();
     let mut meta = ModelMetadata {
-        format_version: codetr_model::FORMAT_VERSION,
+        format_version: opts.resize.min_format_version(),
         classes: class_names,
         input_size: size.map(|_| [cfg.input_size, cfg.input_size]),
-        resize: Resize::Stretch,
+        resize: opts.resize,
         mean: cfg.pixel_mean,
         std: cfg.pixel_std,
         max_detections: k,

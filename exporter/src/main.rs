@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use codetr_export::{ExportOptions, default_out, export};
-use codetr_model::Msda;
+use codetr_model::{Msda, Resize};
 
 /// Export a codetr checkpoint to one ONNX graph: uint8 NHWC images + original sizes in,
 /// labels / scores / boxes out (top-k inside, no NMS, standard opset-17 ops, metadata inside).
@@ -44,6 +44,14 @@ struct Cli {
     /// The metadata's `codetr.input_size` is null. `--check` then also runs two other sizes.
     #[arg(long)]
     dynamic_size: bool,
+    /// How the server brings images to the input size: `stretch` (both sides to the input
+    /// size; our own models are trained so) or `letterbox` (keep the aspect ratio to fit,
+    /// image top-left, pad: the official Co-DINO test pipeline). A letterbox graph takes a
+    /// third input `valid_sizes` `[N, 2]` and masks the padding as the official model does
+    /// (position encoding, valid ratios, attention values, proposals); its metadata is format
+    /// version 2, which servers older than this one refuse.
+    #[arg(long, default_value = "stretch", value_parser = resize_parser())]
+    resize: Resize,
     /// After writing, run the graph in ONNX Runtime (CPU) and the Burn model on the same real
     /// images at several batch sizes; exit 1 if scores or boxes (÷ image side) differ by more
     /// than 1e-4 or any label differs.
@@ -81,6 +89,13 @@ struct Cli {
     json: bool,
 }
 
+/// `--resize`: the contract's own names (`codetr_model::Resize`), listed in `--help`.
+fn resize_parser() -> impl clap::builder::TypedValueParser<Value = Resize> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Resize::ALL.iter().map(|m| m.as_str()))
+        .try_map(|s| s.parse::<Resize>())
+}
+
 /// `--msda`: the contract's own names (`codetr_model::Msda`), listed in `--help`.
 fn msda_parser() -> impl clap::builder::TypedValueParser<Value = Msda> {
     use clap::builder::TypedValueParser;
@@ -107,6 +122,7 @@ fn main() -> ExitCode {
         dynamic_size: cli.dynamic_size,
         serve_batch: cli.serve_batch,
         model_config: cli.model_config.clone(),
+        resize: cli.resize,
     };
     if let Some(Err(e)) = cli
         .check_data

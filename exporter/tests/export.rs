@@ -624,3 +624,73 @@ fn official_checkpoint_exports_to_a_graph_that_matches_the_official_model() {
     .unwrap();
     assert!(err.to_string().contains("--model-config"), "{err}");
 }
+
+#[test]
+fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official_model() {
+    // The fixture's padded case: image 1 is 96 × 112 top-left in the 128² input. The graph
+    // (fixed size and dynamic size) takes `valid_sizes` and must give the official outputs.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/official");
+    let pth = fixtures.join("co_dino_small.pth");
+    let toml = fixtures.join("co_dino_small.toml");
+    let bytes = std::fs::read(fixtures.join("co_dino_small.outputs.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |k: &str| -> Vec<f32> {
+        st.tensor(k)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let valid: Vec<i64> = st
+        .tensor("pad.valid")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(valid, [128, 128, 96, 112]);
+    let px = st.tensor("pad.pixels").unwrap().data().to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    for dynamic in [false, true] {
+        let out = dir.path().join(format!("letterbox_{dynamic}.onnx"));
+        export(&ExportOptions {
+            model_config: Some(toml.clone()),
+            resize: codetr_model::Resize::Letterbox,
+            dynamic_size: dynamic,
+            ..ExportOptions::new(&pth, &out)
+        })
+        .unwrap();
+        let inputs = serde_json::json!({
+            "images": {"dtype": "uint8", "shape": [2, 128, 128, 3], "data": px},
+            "orig_sizes": {"dtype": "int64", "shape": [2, 2], "data": valid},
+            "valid_sizes": {"dtype": "int64", "shape": [2, 2], "data": valid},
+        });
+        let ip = dir.path().join("in.json");
+        std::fs::write(&ip, inputs.to_string()).unwrap();
+        let got: serde_json::Value = python_json("onnx_run.py", &[out.as_os_str(), ip.as_os_str()]);
+        let (ours, refs) = (floats(&got["outputs"]["scores"]), f32s("pad.scores"));
+        assert_eq!(ours.len(), refs.len());
+        let worst = ours
+            .iter()
+            .zip(&refs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let (ob, rb) = (floats(&got["outputs"]["boxes"]), f32s("pad.boxes"));
+        let close = ob
+            .chunks(4)
+            .zip(rb.chunks(4))
+            .filter(|(a, b)| a.iter().zip(*b).all(|(x, y)| (x - y).abs() <= 128.0 * 1e-4))
+            .count();
+        eprintln!(
+            "letterbox graph (dynamic size: {dynamic}) vs official, padded batch: scores \
+             {worst:.2e}, {close}/{} boxes within 1e-4·side",
+            refs.len()
+        );
+        assert!(worst <= 1e-4, "ONNX vs official scores: {worst}");
+        assert!(close * 10 >= refs.len() * 9, "{close}/{} boxes", refs.len());
+        let meta = &got["metadata"];
+        assert_eq!(meta["codetr.resize"], "letterbox");
+        assert_eq!(meta["codetr.format_version"], "2");
+    }
+}

@@ -325,7 +325,7 @@ mod tests {
 
     fn model(max_batch: Option<u64>, fixed: bool) -> engine::ModelInfo {
         let meta = ModelMetadata {
-            format_version: codetr_model::FORMAT_VERSION,
+            format_version: Resize::Stretch.min_format_version(),
             classes: vec!["a".into()],
             input_size: fixed.then_some([800, 800]),
             resize: Resize::Stretch,

@@ -9,6 +9,7 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::encoder::{Ffn, xavier_linear};
 use super::msda::{MsDeformAttn, MsDeformAttnConfig, Reference};
+use super::padding::Padding;
 use crate::Result;
 
 /// `log(x / (1 − x))` with both clamped to `eps` (DINO's eps = 1e-3).
@@ -106,16 +107,18 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     /// - `x`: `[B, Q, d]` content queries; `pos`: `[B, Q, d]` their positions
-    /// - `boxes`: `[B, Q, 4]` reference boxes (normalised cxcywh)
-    /// - `memory`: `[B, S, d]` encoder output
+    /// - `boxes`: reference boxes (normalised cxcywh), `[B, Q, 4]` or per level `[B, Q, L, 4]`
+    /// - `memory`: `[B, S, d]` encoder output; `value_mask` `[B, S, 1]` 0.0 where padded
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: Tensor<3>,
         pos: Tensor<3>,
-        boxes: Tensor<3>,
+        boxes: &Reference,
         memory: Tensor<3>,
         shapes: &[[usize; 2]],
         mask: Option<&Tensor<2, Bool>>,
+        value_mask: Option<&Tensor<3>>,
     ) -> Tensor<3> {
         let sa = self
             .self_attn
@@ -123,7 +126,7 @@ impl DecoderLayer {
         let x = self.norm1.forward(x + sa);
         let ca = self
             .cross_attn
-            .forward(x.clone() + pos, &Reference::Boxes(boxes), memory, shapes);
+            .forward(x.clone() + pos, boxes, memory, shapes, value_mask);
         let x = self.norm2.forward(x + ca);
         self.ffn.forward(x)
     }
@@ -219,6 +222,9 @@ impl Decoder {
     /// - `x`: `[B, Q, d]` initial content queries
     /// - `reference`: `[B, Q, 4]` initial boxes (sigmoid space)
     /// - `box_heads`: one per layer, used for the refinement
+    /// - `padding`: in a padded batch each level sees the boxes scaled by its valid ratio,
+    ///   the query position comes from level 0's scaled box, and padded tokens give no values
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: Tensor<3>,
@@ -227,14 +233,42 @@ impl Decoder {
         shapes: &[[usize; 2]],
         mask: Option<&Tensor<2, Bool>>,
         box_heads: &[BoxHead],
+        padding: Option<&Padding>,
     ) -> DecoderOutput {
         let mut hidden = Vec::with_capacity(self.layers.len());
         let mut references = vec![reference.clone()];
         let mut x = x;
         let mut reference = reference;
+        let device = memory.device();
+        // [B, 1, L, 4]: (w, h, w, h) ratios per level
+        let ratios = padding.map(|p| {
+            let r = p.ratios(&device);
+            let [b, l, _] = r.dims();
+            Tensor::cat(vec![r.clone(), r], 2).reshape([b, 1, l, 4])
+        });
+        let value_mask = padding.map(|p| p.tokens(&device));
         for (layer, head) in self.layers.iter().zip(box_heads) {
-            let pos = self.query_pos(reference.clone());
-            x = layer.forward(x, pos, reference.clone(), memory.clone(), shapes, mask);
+            let (pos, boxes) = match &ratios {
+                Some(r) => {
+                    let [b, q, _] = reference.dims();
+                    let scaled = reference.clone().reshape([b, q, 1, 4]) * r.clone();
+                    let level0 = scaled.clone().narrow(2, 0, 1).reshape([b, q, 4]);
+                    (self.query_pos(level0), Reference::LevelBoxes(scaled))
+                }
+                None => (
+                    self.query_pos(reference.clone()),
+                    Reference::Boxes(reference.clone()),
+                ),
+            };
+            x = layer.forward(
+                x,
+                pos,
+                &boxes,
+                memory.clone(),
+                shapes,
+                mask,
+                value_mask.as_ref(),
+            );
             let refined = sigmoid(head.forward(x.clone()) + inverse_sigmoid(reference, 1e-3));
             references.push(refined.clone());
             reference = refined.detach();
@@ -358,6 +392,7 @@ impl Decoder {
         levels: &crate::onnx::Levels,
         box_heads: &[BoxHead],
         lowering: codetr_model::Msda,
+        padding: Option<&super::padding::EmitPadding>,
     ) -> Result<(String, String)> {
         use super::msda::EmitReference;
         use crate::onnx::emit::{layer_norm, linear};
@@ -365,8 +400,20 @@ impl Decoder {
         let mut x = x.to_string();
         let mut reference = reference.to_string();
         let mut last_in = reference.clone();
+        let (ax2, s0, s1) = (g.ints(&[2]), g.ints(&[0]), g.ints(&[1]));
         for (layer, head) in self.layers.iter().zip(box_heads) {
-            let e = emit_box_sine_embedding(g, &reference, d / 2);
+            // a padded batch: per-level boxes × valid ratios, the position from level 0's
+            let scaled = padding.map(|p| {
+                let r = g.node("Unsqueeze", &[&reference, &ax2], vec![]); // [N, Q, 1, 4]
+                let scaled = g.node("Mul", &[&r, &p.ratios4], vec![]); // [N, Q, L, 4]
+                let l0 = g.node("Slice", &[&scaled, &s0, &s1, &ax2], vec![]);
+                let l0 = g.node("Squeeze", &[&l0, &ax2], vec![]);
+                (scaled, l0)
+            });
+            let pos_src = scaled
+                .as_ref()
+                .map_or(reference.as_str(), |(_, l0)| l0.as_str());
+            let e = emit_box_sine_embedding(g, pos_src, d / 2);
             let p = linear(g, &self.ref_point_head[0], &e)?;
             let p = g.node("Relu", &[&p], vec![]);
             let pos = linear(g, &self.ref_point_head[1], &p)?;
@@ -375,13 +422,18 @@ impl Decoder {
             let s = g.node("Add", &[&x, &sa], vec![]);
             let h = layer_norm(g, &layer.norm1, &s)?;
             let q = g.node("Add", &[&h, &pos], vec![]);
+            let boxes = match &scaled {
+                Some((s, _)) => EmitReference::LevelBoxes(s),
+                None => EmitReference::Boxes(&reference),
+            };
             let ca = layer.cross_attn.emit(
                 g,
                 &q,
-                EmitReference::Boxes(&reference),
+                boxes,
                 memory,
                 levels,
                 lowering,
+                padding.map(|p| p.tokens.as_str()),
             )?;
             let s = g.node("Add", &[&h, &ca], vec![]);
             let h = layer_norm(g, &layer.norm2, &s)?;

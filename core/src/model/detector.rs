@@ -13,6 +13,7 @@ use super::decoder::{BoxHead, Decoder, DecoderOutput, inverse_sigmoid};
 use super::encoder::Encoder;
 use super::msda::MsDeformAttnConfig;
 use super::neck::ChannelMapper;
+use super::padding::Padding;
 use super::position_encoding::SinePositionConfig;
 use super::query_selection::{QuerySelection, Selected};
 use crate::error::{Error, Result};
@@ -69,6 +70,18 @@ impl DetectorConfig {
             config: self.clone(),
         })
     }
+}
+
+/// What the backbone, neck and flattening hand to the transformer.
+pub struct Features {
+    /// `[B, S, d]` tokens of all levels.
+    pub tokens: Tensor<3>,
+    /// `[B, S, d]` position encoding + level embedding.
+    pub pos: Tensor<3>,
+    /// `[h, w]` of every level.
+    pub shapes: Vec<[usize; 2]>,
+    /// The batch's padding masks, when an image is padded.
+    pub padding: Option<Padding>,
 }
 
 /// Everything the inference path and the one-to-one training losses need.
@@ -189,11 +202,7 @@ impl Detector {
     /// fixed level shapes: no padding masks).
     pub fn positions(&self, shapes: &[[usize; 2]], device: &Device) -> Tensor<3> {
         let d = self.config.transformer.d_model;
-        let pe = SinePositionConfig {
-            temperature: self.config.transformer.pe_temperature,
-            offset: self.config.transformer.pe_offset,
-            ..SinePositionConfig::co_dino(d)
-        };
+        let pe = self.sine();
         let pos: Vec<Tensor<2>> = shapes
             .iter()
             .enumerate()
@@ -208,10 +217,46 @@ impl Detector {
         Tensor::cat(pos, 0).reshape([1, s, d])
     }
 
+    /// The position encoding settings of this model.
+    fn sine(&self) -> SinePositionConfig {
+        SinePositionConfig {
+            temperature: self.config.transformer.pe_temperature,
+            offset: self.config.transformer.pe_offset,
+            ..SinePositionConfig::co_dino(self.config.transformer.d_model)
+        }
+    }
+
     /// Backbone + neck + flattening: tokens `[B, S, d]`, positions `[B, S, d]`, level shapes.
     pub fn features(&self, images: Tensor<4>) -> (Tensor<3>, Tensor<3>, Vec<[usize; 2]>) {
+        let f = self.features_with(images, None);
+        (f.tokens, f.pos, f.shapes)
+    }
+
+    /// [`Detector::features`] of a batch whose images lie top-left in a padded canvas,
+    /// `valid` `[h, w]` pixels each (`None`: nothing padded). The padding is zero after
+    /// normalising (as the official preprocessor pads) and the positions are encoded over
+    /// each valid region. Also returns the batch's [`Padding`] when `valid` pads anything.
+    pub fn features_padded(&self, images: Tensor<4>, valid: &[[usize; 2]]) -> Result<Features> {
+        let [b, h, w, _] = images.dims();
+        if valid.len() != b {
+            return Err(Error::InvalidArgument {
+                what: "valid sizes",
+                message: format!("{} sizes for a batch of {b}", valid.len()),
+            });
+        }
+        Padding::new(valid, [h, w], &[])?;
+        Ok(self.features_with(images, Some(valid)))
+    }
+
+    /// [`Detector::features_padded`] after its checks.
+    fn features_with(&self, images: Tensor<4>, valid: Option<&[[usize; 2]]>) -> Features {
         let device = images.device();
-        let x = self.normalize(images);
+        let [_, ih, iw, _] = images.dims();
+        let valid = valid.filter(|v| v.iter().any(|&x| x != [ih, iw]));
+        let mut x = self.normalize(images);
+        if let Some(v) = valid {
+            x = x * super::padding::pixel_mask(v, [ih, iw], &device);
+        }
         let maps = self.neck.forward(self.backbone.forward(x));
         let d = self.config.transformer.d_model;
         let mut tokens = Vec::with_capacity(maps.len());
@@ -222,23 +267,78 @@ impl Detector {
             shapes.push([h, w]);
             tokens.push(m.reshape([b, d, h * w]).swap_dims(1, 2));
         }
-        let pos = self.positions(&shapes, &device);
-        let s = pos.dims()[1];
-        (Tensor::cat(tokens, 1), pos.expand([b, s, d]), shapes)
+        let src = Tensor::cat(tokens, 1);
+        // checked by the caller: 1 ≤ valid ≤ input
+        let padding = valid.and_then(|v| Padding::new(v, [ih, iw], &shapes).ok());
+        let pos = match &padding {
+            Some(p) => {
+                let embed: Vec<Tensor<2>> = shapes
+                    .iter()
+                    .enumerate()
+                    .map(|(lvl, &[h, w])| {
+                        self.level_embed.val().narrow(0, lvl, 1).expand([h * w, d])
+                    })
+                    .collect();
+                let s = src.dims()[1];
+                p.positions(&self.sine(), &device) + Tensor::cat(embed, 0).reshape([1, s, d])
+            }
+            _ => {
+                let pos = self.positions(&shapes, &device);
+                let s = pos.dims()[1];
+                pos.expand([b, s, d])
+            }
+        };
+        Features {
+            tokens: src,
+            pos,
+            shapes,
+            padding,
+        }
     }
 
     /// ONNX emitter of [`Detector::features`]: tokens `[N, S, d]`, positions `[1, S, d]`
     /// (broadcast by the adds) and the levels. At a fixed input size (`size`) the positions are
     /// the training table as an initializer; without one (`--dynamic-size`) they are computed in
     /// the graph from the maps' `Shape`s.
+    ///
+    /// With `valid` (int64 `[N, 2]`, a letterboxed batch) the padding is zeroed after
+    /// normalising, the positions `[N, S, d]` are encoded over each valid region, and the
+    /// padding's other graph values come back for the transformer.
+    #[allow(clippy::type_complexity)]
     pub fn emit_features(
         &self,
         g: &mut crate::onnx::GraphBuilder,
         images: &str,
         size: Option<[usize; 2]>,
-    ) -> Result<(String, String, crate::onnx::Levels)> {
+        valid: Option<&str>,
+    ) -> Result<(
+        String,
+        String,
+        crate::onnx::Levels,
+        Option<super::padding::EmitPadding>,
+    )> {
         use crate::onnx::builder::Attr;
-        let z = self.emit_normalize(g, images);
+        let mut z = self.emit_normalize(g, images);
+        // the input's H and W as int64 scalars and float [1]
+        let input = valid.map(|_| {
+            g.begin_fp32();
+            let shape = g.node("Shape", &[images], vec![]);
+            let dim = |g: &mut crate::onnx::GraphBuilder, i: i64| {
+                let i = g.init_i64("i", &[], &[i]);
+                let s = g.node("Gather", &[&shape, &i], vec![("axis", Attr::Int(0))]);
+                let ax0 = g.ints(&[0]);
+                let u = g.node("Unsqueeze", &[&s, &ax0], vec![]);
+                let f = g.node("Cast", &[&u], vec![("to", Attr::Int(1))]);
+                (s, f)
+            };
+            let (h, w) = (dim(g, 1), dim(g, 2));
+            g.end_fp32();
+            (h, w)
+        });
+        if let (Some(v), Some(((ih, _), (iw, _)))) = (valid, &input) {
+            let m = super::padding::emit_pixel_mask(g, v, [ih, iw]);
+            z = g.node("Mul", &[&z, &m], vec![]);
+        }
         let feats = self.backbone.emit(g, &z)?;
         let maps = self.neck.emit(g, &feats)?;
         let d = self.config.transformer.d_model as i64;
@@ -256,6 +356,18 @@ impl Detector {
             .collect();
         let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
         let src = g.node("Concat", &refs, vec![("axis", Attr::Int(1))]);
+        if let (Some(v), Some(((_, ihf), (_, iwf)))) = (valid, &input) {
+            let levels = match size {
+                Some([h, w]) => crate::onnx::Levels::fixed(
+                    g,
+                    &super::config::level_shapes_for(&self.config, h, w),
+                ),
+                None => crate::onnx::Levels::from_maps(g, &maps),
+            };
+            let p = super::padding::emit_padding(g, v, [ihf, iwf], &levels, &self.sine());
+            let pos = self.emit_level_embed(g, &levels, &p.positions)?;
+            return Ok((src, pos, levels, Some(p)));
+        }
         let (pos, levels) = match size {
             Some([h, w]) => {
                 let shapes = super::config::level_shapes_for(&self.config, h, w);
@@ -269,7 +381,31 @@ impl Detector {
                 (self.emit_positions(g, &levels)?, levels)
             }
         };
-        Ok((src, pos, levels))
+        Ok((src, pos, levels, None))
+    }
+
+    /// `positions` `[N, S, d]` + every token's level embedding (expanded per level in the
+    /// graph: a `[1, S, d]` table would be a large initializer at paper sizes).
+    fn emit_level_embed(
+        &self,
+        g: &mut crate::onnx::GraphBuilder,
+        levels: &crate::onnx::Levels,
+        positions: &str,
+    ) -> Result<String> {
+        use crate::onnx::LevelDim;
+        let d = self.config.transformer.d_model;
+        g.begin_fp32();
+        let mut per_level = Vec::with_capacity(levels.len());
+        for (l, lvl) in levels.levels.iter().enumerate() {
+            let row = self.level_embed.val().narrow(0, l, 1); // [1, d]
+            let row = g.init_f32("level_embed", &[1, d], &crate::onnx::emit::host(row)?);
+            let to = lvl.shape(g, &[], &[LevelDim::Hw], &[d as i64]);
+            per_level.push(g.node("Expand", &[&row, &to], vec![]));
+        }
+        let table = crate::onnx::Levels::concat_tokens(g, &per_level); // [1, S, d]
+        let pos = g.node("Add", &[positions, &table], vec![]);
+        g.end_fp32();
+        Ok(pos)
     }
 
     /// ONNX emitter of [`Detector::positions`] from run-time level sizes: `[1, S, d]`, kept
@@ -280,11 +416,7 @@ impl Detector {
         levels: &crate::onnx::Levels,
     ) -> Result<String> {
         let d = self.config.transformer.d_model;
-        let pe = SinePositionConfig {
-            temperature: self.config.transformer.pe_temperature,
-            offset: self.config.transformer.pe_offset,
-            ..SinePositionConfig::co_dino(d)
-        };
+        let pe = self.sine();
         g.begin_fp32();
         let mut per_level = Vec::with_capacity(levels.len());
         for (l, lvl) in levels.levels.iter().enumerate() {
@@ -329,13 +461,61 @@ impl Detector {
             Vec<[usize; 2]>,
         ),
     ) -> Result<DetectorOutput> {
+        self.forward_padded_with(images, None, extend)
+    }
+
+    /// Full forward pass of a padded batch: image i lies top-left in the canvas, `valid[i]`
+    /// `[h, w]` pixels (see padding.rs). Boxes are normalised over each valid region.
+    pub fn forward_padded(
+        &self,
+        images: Tensor<4>,
+        valid: &[[usize; 2]],
+    ) -> Result<DetectorOutput> {
+        self.forward_padded_with(images, Some(valid), |memory, shapes, selected| {
+            (
+                selected.content.clone(),
+                selected.reference.clone(),
+                None::<Tensor<2, Bool>>,
+                memory,
+                shapes,
+            )
+        })
+    }
+
+    /// [`Detector::forward_with`] of a batch padded to `valid` (`None`: not padded).
+    pub fn forward_padded_with(
+        &self,
+        images: Tensor<4>,
+        valid: Option<&[[usize; 2]]>,
+        extend: impl FnOnce(
+            Tensor<3>,
+            Vec<[usize; 2]>,
+            &Selected,
+        ) -> (
+            Tensor<3>,
+            Tensor<3>,
+            Option<Tensor<2, Bool>>,
+            Tensor<3>,
+            Vec<[usize; 2]>,
+        ),
+    ) -> Result<DetectorOutput> {
         self.check_input(&images)?;
-        let (src, pos, shapes) = self.features(images);
-        let memory = self.encoder.forward(src, pos, &shapes);
+        let Features {
+            tokens: src,
+            pos,
+            shapes,
+            padding,
+        } = match valid {
+            Some(v) => self.features_padded(images, v)?,
+            None => self.features_with(images, None),
+        };
+        let padding = padding.as_ref();
+        let memory = self.encoder.forward(src, pos, &shapes, padding);
         let n = self.decoder.layers.len();
         let selected = self.selection.forward(
             memory.clone(),
             &shapes,
+            padding,
             |x| ac::linear(&self.class_heads[n], x),
             |x| self.box_heads[n].forward(x),
         );
@@ -348,6 +528,7 @@ impl Detector {
             &shp,
             mask.as_ref(),
             &self.box_heads[..n],
+            padding,
         );
         let (logits, boxes) = self.decode_layers(dec);
         Ok(DetectorOutput {
@@ -384,6 +565,18 @@ impl Detector {
         size: Option<[usize; 2]>,
         lowering: codetr_model::Msda,
     ) -> Result<crate::onnx::GraphBuilder> {
+        self.emit_with(size, lowering, codetr_model::Resize::Stretch)
+    }
+
+    /// [`Detector::emit`] for a preprocessing: `Letterbox` adds the input `valid_sizes` int64
+    /// `[N, 2]` (each image's `[h, w]` top-left in the padded input) and masks the padding
+    /// as the official model does (padding.rs); boxes stay in `orig_sizes` pixels.
+    pub fn emit_with(
+        &self,
+        size: Option<[usize; 2]>,
+        lowering: codetr_model::Msda,
+        resize: codetr_model::Resize,
+    ) -> Result<crate::onnx::GraphBuilder> {
         use crate::onnx::{Dim, ElemType, GraphBuilder};
         use codetr_model::{
             INPUT_IMAGES, INPUT_ORIG_SIZES, OUTPUT_BOXES, OUTPUT_LABELS, OUTPUT_SCORES,
@@ -396,8 +589,20 @@ impl Detector {
         };
         let images = g.input(INPUT_IMAGES, ElemType::U8, &[n(), dh, dw, Dim::Fixed(3)])?;
         let sizes = g.input(INPUT_ORIG_SIZES, ElemType::I64, &[n(), Dim::Fixed(2)])?;
-        let (src, pos, levels) = self.emit_features(&mut g, &images, size)?;
-        let memory = self.encoder.emit(&mut g, &src, &pos, &levels, lowering)?;
+        let valid = match resize {
+            codetr_model::Resize::Stretch => None,
+            codetr_model::Resize::Letterbox => Some(g.input(
+                codetr_model::INPUT_VALID_SIZES,
+                ElemType::I64,
+                &[n(), Dim::Fixed(2)],
+            )?),
+        };
+        let (src, pos, levels, padding) =
+            self.emit_features(&mut g, &images, size, valid.as_deref())?;
+        let padding = padding.as_ref();
+        let memory = self
+            .encoder
+            .emit(&mut g, &src, &pos, &levels, lowering, padding)?;
         let nl = self.decoder.layers.len();
         let (content, reference) = self.selection.emit(
             &mut g,
@@ -405,6 +610,7 @@ impl Detector {
             &levels,
             &self.class_heads[nl],
             &self.box_heads[nl],
+            padding,
         )?;
         let (hidden, last_ref) = self.decoder.emit(
             &mut g,
@@ -414,6 +620,7 @@ impl Detector {
             &levels,
             &self.box_heads[..nl],
             lowering,
+            padding,
         )?;
         let last = nl.checked_sub(1).ok_or_else(|| Error::InvalidArgument {
             what: "export",
@@ -452,6 +659,17 @@ impl Detector {
         images: Tensor<4>,
         orig_sizes: &[[u32; 2]],
     ) -> Result<super::postprocess::Detections> {
+        self.detect_padded(images, None, orig_sizes)
+    }
+
+    /// [`Detector::detect`] of a padded (letterboxed) batch: image i lies top-left in the
+    /// canvas, `valid[i]` `[h, w]` pixels; its boxes come back in `orig_sizes[i]` pixels.
+    pub fn detect_padded(
+        &self,
+        images: Tensor<4>,
+        valid: Option<&[[usize; 2]]>,
+        orig_sizes: &[[u32; 2]],
+    ) -> Result<super::postprocess::Detections> {
         let b = images.dims()[0];
         if orig_sizes.len() != b {
             return Err(Error::InvalidArgument {
@@ -459,7 +677,10 @@ impl Detector {
                 message: format!("{} sizes for a batch of {b}", orig_sizes.len()),
             });
         }
-        let out = self.forward(images)?;
+        let out = match valid {
+            Some(v) => self.forward_padded(images, v)?,
+            None => self.forward(images)?,
+        };
         let (Some(l), Some(bx)) = (out.logits.last(), out.boxes.last()) else {
             return Err(Error::InvalidArgument {
                 what: "model",

@@ -7,6 +7,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::msda::{MsDeformAttn, MsDeformAttnConfig, Reference};
+use super::padding::Padding;
 use crate::Result;
 
 /// A Linear with Xavier-uniform weights and zero bias (the DETR family's initialisation).
@@ -70,17 +71,23 @@ pub struct EncoderLayer {
 impl EncoderLayer {
     /// - `src`: `[B, S, d]` tokens of all levels
     /// - `pos`: `[B, S, d]` position + level embedding
-    /// - `reference`: `[B, S, 2]` token centres
+    /// - `reference`: token centres, `[B, S, 2]` or per level `[B, S, L, 2]`
+    /// - `value_mask`: `[B, S, 1]`, 0.0 for padded tokens
     pub fn forward(
         &self,
         src: Tensor<3>,
         pos: Tensor<3>,
         reference: &Reference,
         shapes: &[[usize; 2]],
+        value_mask: Option<&Tensor<3>>,
     ) -> Tensor<3> {
-        let attn = self
-            .self_attn
-            .forward(src.clone() + pos, reference, src.clone(), shapes);
+        let attn = self.self_attn.forward(
+            src.clone() + pos,
+            reference,
+            src.clone(),
+            shapes,
+            value_mask,
+        );
         let x = self.norm1.forward(src + attn);
         self.ffn.forward(x)
     }
@@ -110,24 +117,43 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    /// `[B, S, d]` tokens + positions → encoder memory `[B, S, d]`.
-    pub fn forward(&self, src: Tensor<3>, pos: Tensor<3>, shapes: &[[usize; 2]]) -> Tensor<3> {
+    /// `[B, S, d]` tokens + positions → encoder memory `[B, S, d]`. With `padding`, the
+    /// reference points are per level and padded tokens give no values.
+    pub fn forward(
+        &self,
+        src: Tensor<3>,
+        pos: Tensor<3>,
+        shapes: &[[usize; 2]],
+        padding: Option<&Padding>,
+    ) -> Tensor<3> {
         let b = src.dims()[0];
-        let reference = Reference::Points(token_centres(shapes, &src.device()).expand([
-            b,
-            shapes.iter().map(|[h, w]| h * w).sum::<usize>(),
-            2,
-        ]));
+        let device = src.device();
+        let (reference, mask) = match padding {
+            Some(p) => (
+                Reference::LevelPoints(p.centres(&device)),
+                Some(p.tokens(&device)),
+            ),
+            None => (
+                Reference::Points(token_centres(shapes, &device).expand([
+                    b,
+                    shapes.iter().map(|[h, w]| h * w).sum::<usize>(),
+                    2,
+                ])),
+                None,
+            ),
+        };
         let mut x = src;
         for layer in &self.layers {
-            x = layer.forward(x, pos.clone(), &reference, shapes);
+            x = layer.forward(x, pos.clone(), &reference, shapes, mask.as_ref());
         }
         x
     }
 }
 
 impl Encoder {
-    /// ONNX emitter of [`Encoder::forward`]: `src` `[N, S, d]`, `pos` `[1, S, d]`.
+    /// ONNX emitter of [`Encoder::forward`]: `src` `[N, S, d]`, `pos` `[1, S, d]` (or
+    /// `[N, S, d]` in a padded batch, whose `padding` gives the per-level references and the
+    /// value mask).
     pub fn emit(
         &self,
         g: &mut crate::onnx::GraphBuilder,
@@ -135,19 +161,28 @@ impl Encoder {
         pos: &str,
         levels: &crate::onnx::Levels,
         lowering: codetr_model::Msda,
+        padding: Option<&super::padding::EmitPadding>,
     ) -> Result<String> {
         use super::msda::EmitReference;
-        let centres = emit_token_centres(g, levels)?;
+        let centres = match padding {
+            Some(p) => p.centres.clone(),
+            None => emit_token_centres(g, levels)?,
+        };
         let mut x = src.to_string();
         for layer in &self.layers {
             let q = g.node("Add", &[&x, pos], vec![]);
+            let reference = match padding {
+                Some(_) => EmitReference::LevelPoints(&centres),
+                None => EmitReference::Points(&centres),
+            };
             let attn = layer.self_attn.emit(
                 g,
                 &q,
-                EmitReference::Points(&centres),
+                reference,
                 &x,
                 levels,
                 lowering,
+                padding.map(|p| p.tokens.as_str()),
             )?;
             let s = g.node("Add", &[&x, &attn], vec![]);
             let h = crate::onnx::emit::layer_norm(g, &layer.norm1, &s)?;

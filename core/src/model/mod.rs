@@ -12,6 +12,7 @@ pub mod msda_chunked;
 pub mod msda_dims;
 pub mod msda_host;
 pub mod neck;
+pub mod padding;
 pub mod params;
 pub mod position_encoding;
 pub mod postprocess;

@@ -252,13 +252,18 @@ pub fn msda_naive(
     Tensor::from_data(TensorData::new(out, [b, q, h * ch]), &device)
 }
 
-/// Where each query looks: a point `(x, y)` or a box `(cx, cy, w, h)`, normalised, shared by
-/// all levels (inputs are never padded, so every level's valid ratio is 1).
+/// Where each query looks: a point `(x, y)` or a box `(cx, cy, w, h)`, normalised. Without
+/// padding every level sees the same reference; in a padded batch each level's is scaled by
+/// that level's valid ratio (padding.rs).
 pub enum Reference {
-    /// `[B, Q, 2]`
+    /// `[B, Q, 2]`, all levels.
     Points(Tensor<3>),
-    /// `[B, Q, 4]`
+    /// `[B, Q, 4]`, all levels.
     Boxes(Tensor<3>),
+    /// `[B, Q, L, 2]`, per level.
+    LevelPoints(Tensor<4>),
+    /// `[B, Q, L, 4]`, per level.
+    LevelBoxes(Tensor<4>),
 }
 
 /// Settings of one multi-scale deformable attention block.
@@ -367,6 +372,7 @@ impl MsDeformAttn {
     /// - `reference`: per query, normalised
     /// - `value`: `[B, S, d]`, all levels flattened
     /// - `shapes`: `[h_l, w_l]` per level
+    /// - `value_mask`: `[B, S, 1]`, 0.0 for padded tokens, whose projected values are zeroed
     ///
     /// Returns `[B, Q, d]`.
     pub fn forward(
@@ -375,35 +381,44 @@ impl MsDeformAttn {
         reference: &Reference,
         value: Tensor<3>,
         shapes: &[[usize; 2]],
+        value_mask: Option<&Tensor<3>>,
     ) -> Tensor<3> {
         let device = query.device();
         let [b, q, d] = query.dims();
         let s = value.dims()[1];
         let (h, l, p) = (self.num_heads, self.num_levels, self.num_points);
-        let value = ac::linear(&self.value_proj, value).reshape([b, s, h, d / h]);
+        let mut value = ac::linear(&self.value_proj, value);
+        if let Some(m) = value_mask {
+            value = value * m.clone();
+        }
+        let value = value.reshape([b, s, h, d / h]);
         let offsets = ac::linear(&self.sampling_offsets, query.clone()).reshape([b, q, h, l, p, 2]);
         let weights = burn::tensor::activation::softmax(
             ac::linear(&self.attention_weights, query).reshape([b, q, h, l * p]),
             3,
         )
         .reshape([b, q, h, l, p]);
+        // Offsets are in pixels of each level: divide by (w_l, h_l).
+        let points = |r: Tensor<6>| {
+            let norm: Vec<f32> = shapes
+                .iter()
+                .flat_map(|[hl, wl]| [*wl as f32, *hl as f32])
+                .collect();
+            let norm = Tensor::<1>::from_data(TensorData::new(norm, [l * 2]), &device)
+                .reshape([1, 1, 1, l, 1, 2]);
+            r + offsets.clone() / norm
+        };
+        // Offsets scale with the box: ± half its size spread over the points.
+        let boxes = |r: Tensor<6>| {
+            let xy = r.clone().narrow(5, 0, 2);
+            let wh = r.narrow(5, 2, 2);
+            xy + offsets.clone() / (p as f64) * wh * 0.5
+        };
         let locations = match reference {
-            Reference::Points(r) => {
-                // Offsets are in pixels of each level: divide by (w_l, h_l).
-                let norm: Vec<f32> = shapes
-                    .iter()
-                    .flat_map(|[hl, wl]| [*wl as f32, *hl as f32])
-                    .collect();
-                let norm = Tensor::<1>::from_data(TensorData::new(norm, [l * 2]), &device)
-                    .reshape([1, 1, 1, l, 1, 2]);
-                r.clone().reshape([b, q, 1, 1, 1, 2]) + offsets / norm
-            }
-            Reference::Boxes(r) => {
-                // Offsets scale with the box: ± half its size spread over the points.
-                let xy = r.clone().narrow(2, 0, 2).reshape([b, q, 1, 1, 1, 2]);
-                let wh = r.clone().narrow(2, 2, 2).reshape([b, q, 1, 1, 1, 2]);
-                xy + offsets / (p as f64) * wh * 0.5
-            }
+            Reference::Points(r) => points(r.clone().reshape([b, q, 1, 1, 1, 2])),
+            Reference::LevelPoints(r) => points(r.clone().reshape([b, q, 1, l, 1, 2])),
+            Reference::Boxes(r) => boxes(r.clone().reshape([b, q, 1, 1, 1, 4])),
+            Reference::LevelBoxes(r) => boxes(r.clone().reshape([b, q, 1, l, 1, 4])),
         };
         let out = msda_core(value, shapes, locations, weights, self.imp);
         ac::linear(&self.output_proj, out)
@@ -416,11 +431,16 @@ pub enum EmitReference<'a> {
     Points(&'a str),
     /// `[N, Q, 4]` normalised cxcywh boxes.
     Boxes(&'a str),
+    /// `[N, Q, L, 2]` per-level points (a padded batch).
+    LevelPoints(&'a str),
+    /// `[N, Q, L, 4]` per-level boxes (a padded batch).
+    LevelBoxes(&'a str),
 }
 
 impl MsDeformAttn {
     /// ONNX emitter of [`MsDeformAttn::forward`]: `query` `[N, Q, d]`, `value` `[N, S, d]`
-    /// over `levels` → `[N, Q, d]`.
+    /// over `levels` → `[N, Q, d]`; `value_mask` `[N, S, 1]` zeroes padded tokens' values.
+    #[allow(clippy::too_many_arguments)]
     pub fn emit(
         &self,
         g: &mut crate::onnx::GraphBuilder,
@@ -429,6 +449,7 @@ impl MsDeformAttn {
         value: &str,
         levels: &crate::onnx::Levels,
         lowering: Msda,
+        value_mask: Option<&str>,
     ) -> crate::Result<String> {
         use crate::onnx::builder::Attr;
         use crate::onnx::emit::linear;
@@ -439,7 +460,10 @@ impl MsDeformAttn {
         );
         let d = self.value_proj.weight.dims()[1] as i64;
         let dh = d / h;
-        let v = linear(g, &self.value_proj, value)?;
+        let mut v = linear(g, &self.value_proj, value)?;
+        if let Some(m) = value_mask {
+            v = g.node("Mul", &[&v, m], vec![]);
+        }
         let s_v = g.ints(&[0, -1, h, dh]);
         let v = g.node("Reshape", &[&v, &s_v], vec![]); // [N, S, H, dh]
         let off = linear(g, &self.sampling_offsets, query)?;
@@ -452,49 +476,52 @@ impl MsDeformAttn {
         // fp16 export: a position off by fp16's 1/2048 moves samples by pixels on big maps.
         g.begin_fp32();
         let aw = g.node("Softmax", &[&aw], vec![("axis", Attr::Int(-1))]); // [N, Q, H, L·P]
-        let loc = match reference {
-            EmitReference::Points(r) => {
-                let norm = match &levels.fixed {
-                    Some(shapes) => {
-                        let norm: Vec<f32> = shapes
-                            .iter()
-                            .flat_map(|[hl, wl]| [*wl as f32, *hl as f32])
-                            .collect();
-                        g.init_f32("msda_norm", &[1, 1, 1, l as usize, 1, 2], &norm)
-                    }
-                    None => {
-                        let wh: Vec<&str> = levels
-                            .levels
-                            .iter()
-                            .flat_map(|lv| [lv.wf.as_str(), lv.hf.as_str()])
-                            .collect();
-                        let all = g.node("Concat", &wh, vec![("axis", Attr::Int(0))]);
-                        let s_n = g.ints(&[1, 1, 1, l, 1, 2]);
-                        g.node("Reshape", &[&all, &s_n], vec![])
-                    }
-                };
-                let s_r = g.ints(&[0, -1, 1, 1, 1, 2]);
-                let r = g.node("Reshape", &[r, &s_r], vec![]);
-                let o = g.node("Div", &[&off, &norm], vec![]);
-                g.node("Add", &[&r, &o], vec![])
-            }
-            EmitReference::Boxes(r) => {
-                let s_r = g.ints(&[0, -1, 1, 1, 1, 4]);
-                let r = g.node("Reshape", &[r, &s_r], vec![]);
-                let (st, m2, e2, e4, ax) = (
-                    g.ints(&[0]),
-                    g.ints(&[2]),
-                    g.ints(&[2]),
-                    g.ints(&[4]),
-                    g.ints(&[5]),
-                );
-                let xy = g.node("Slice", &[&r, &st, &m2, &ax], vec![]);
-                let wh = g.node("Slice", &[&r, &e2, &e4, &ax], vec![]);
-                let k = g.scalar(0.5 / p as f32);
-                let o = g.node("Mul", &[&off, &wh], vec![]);
-                let o = g.node("Mul", &[&o, &k], vec![]);
-                g.node("Add", &[&xy, &o], vec![])
-            }
+        let (r, is_box, per_level) = match reference {
+            EmitReference::Points(r) => (r, false, 1),
+            EmitReference::Boxes(r) => (r, true, 1),
+            EmitReference::LevelPoints(r) => (r, false, l),
+            EmitReference::LevelBoxes(r) => (r, true, l),
+        };
+        let loc = if !is_box {
+            let norm = match &levels.fixed {
+                Some(shapes) => {
+                    let norm: Vec<f32> = shapes
+                        .iter()
+                        .flat_map(|[hl, wl]| [*wl as f32, *hl as f32])
+                        .collect();
+                    g.init_f32("msda_norm", &[1, 1, 1, l as usize, 1, 2], &norm)
+                }
+                None => {
+                    let wh: Vec<&str> = levels
+                        .levels
+                        .iter()
+                        .flat_map(|lv| [lv.wf.as_str(), lv.hf.as_str()])
+                        .collect();
+                    let all = g.node("Concat", &wh, vec![("axis", Attr::Int(0))]);
+                    let s_n = g.ints(&[1, 1, 1, l, 1, 2]);
+                    g.node("Reshape", &[&all, &s_n], vec![])
+                }
+            };
+            let s_r = g.ints(&[0, -1, 1, per_level, 1, 2]);
+            let r = g.node("Reshape", &[r, &s_r], vec![]);
+            let o = g.node("Div", &[&off, &norm], vec![]);
+            g.node("Add", &[&r, &o], vec![])
+        } else {
+            let s_r = g.ints(&[0, -1, 1, per_level, 1, 4]);
+            let r = g.node("Reshape", &[r, &s_r], vec![]);
+            let (st, m2, e2, e4, ax) = (
+                g.ints(&[0]),
+                g.ints(&[2]),
+                g.ints(&[2]),
+                g.ints(&[4]),
+                g.ints(&[5]),
+            );
+            let xy = g.node("Slice", &[&r, &st, &m2, &ax], vec![]);
+            let wh = g.node("Slice", &[&r, &e2, &e4, &ax], vec![]);
+            let k = g.scalar(0.5 / p as f32);
+            let o = g.node("Mul", &[&off, &wh], vec![]);
+            let o = g.node("Mul", &[&o, &k], vec![]);
+            g.node("Add", &[&xy, &o], vec![])
         };
         let sampling = Sampling {
             v: &v,

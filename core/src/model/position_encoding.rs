@@ -32,6 +32,20 @@ impl SinePositionConfig {
     /// The `[2·num_feats, h, w]` embedding: channels `[0, num_feats)` encode y, the rest x;
     /// within each half, even channels are sines and odd ones cosines of the same frequency.
     pub fn embedding(&self, h: usize, w: usize, device: &Device) -> Tensor<3> {
+        self.embedding_valid(h, w, [h, w], device)
+    }
+
+    /// [`SinePositionConfig::embedding`] of a map whose top-left `[vh, vw]` is valid (the
+    /// rest padding), as the official masked encoding: the coordinates are cumulative counts
+    /// of valid cells, normalised by the valid extent of the same column (row). A padded cell
+    /// counts 0 in the padded direction and its coordinate is normalised by 0 + eps.
+    pub fn embedding_valid(
+        &self,
+        h: usize,
+        w: usize,
+        [vh, vw]: [usize; 2],
+        device: &Device,
+    ) -> Tensor<3> {
         let nf = self.num_feats;
         let eps = 1e-6;
         let dim_t: Vec<f64> = (0..nf)
@@ -40,10 +54,19 @@ impl SinePositionConfig {
         let mut out = vec![0f32; 2 * nf * h * w];
         let mut put =
             |c: usize, yy: usize, xx: usize, v: f64| out[(c * h + yy) * w + xx] = v as f32;
+        // (cumulative count, extent) along one axis at index i of a line that is valid or not
+        let coord = |i: usize, valid: usize, line_valid: bool| -> f64 {
+            let (cum, ext) = if line_valid {
+                ((i + 1).min(valid) as f64, valid as f64)
+            } else {
+                (0.0, 0.0)
+            };
+            (cum + self.offset) / (ext + eps) * self.scale
+        };
         for yy in 0..h {
-            let ye = (yy as f64 + 1.0 + self.offset) / (h as f64 + eps) * self.scale;
             for xx in 0..w {
-                let xe = (xx as f64 + 1.0 + self.offset) / (w as f64 + eps) * self.scale;
+                let ye = coord(yy, vh, xx < vw);
+                let xe = coord(xx, vw, yy < vh);
                 for (i, &d) in dim_t.iter().enumerate() {
                     let (py, px) = (ye / d, xe / d);
                     let (vy, vx) = if i % 2 == 0 {

@@ -17,24 +17,11 @@ pub fn token_proposals(shapes: &[[usize; 2]], device: &Device) -> (Tensor<3>, Te
     let mut props = Vec::with_capacity(s * 4);
     let mut valid = Vec::with_capacity(s);
     for (lvl, &[h, w]) in shapes.iter().enumerate() {
-        let wh = 0.05f32 * (1u32 << lvl) as f32;
         for y in 0..h {
             for x in 0..w {
-                let p = [
-                    (x as f32 + 0.5) / w as f32,
-                    (y as f32 + 0.5) / h as f32,
-                    wh,
-                    wh,
-                ];
-                let ok = p.iter().all(|&v| v > 0.01 && v < 0.99);
+                let (p, ok) = super::padding::proposal(lvl, x, y, [h, w]);
                 valid.push(if ok { 1.0f32 } else { 0.0 });
-                for v in p {
-                    props.push(if ok {
-                        (v / (1.0 - v)).ln()
-                    } else {
-                        f32::INFINITY
-                    });
-                }
+                props.extend(p.map(|v| if ok { v } else { f32::INFINITY }));
             }
         }
     }
@@ -135,18 +122,23 @@ impl QuerySelection {
         }
     }
 
-    /// `memory`: `[B, S, d]`; `score`/`regress`: the encoder's class and box branches.
+    /// `memory`: `[B, S, d]`; `score`/`regress`: the encoder's class and box branches; with
+    /// `padding`, padded tokens propose nothing and proposals span each valid region.
     pub fn forward(
         &self,
         memory: Tensor<3>,
         shapes: &[[usize; 2]],
+        padding: Option<&super::padding::Padding>,
         score: impl Fn(Tensor<3>) -> Tensor<3>,
         regress: impl Fn(Tensor<3>) -> Tensor<3>,
     ) -> Selected {
         let device = memory.device();
         let [b, _s, d] = memory.dims();
         let k = self.query_embed.dims()[0];
-        let (props, valid) = token_proposals(shapes, &device);
+        let (props, valid) = match padding {
+            Some(p) => p.proposals(&device),
+            None => token_proposals(shapes, &device),
+        };
         let out = self
             .enc_output_norm
             .forward(ac::linear(&self.enc_output, memory * valid));
@@ -178,10 +170,14 @@ impl QuerySelection {
         levels: &crate::onnx::Levels,
         score: &Linear,
         regress: &super::decoder::BoxHead,
+        padding: Option<&super::padding::EmitPadding>,
     ) -> crate::Result<(String, String)> {
         use crate::onnx::builder::Attr;
         use crate::onnx::emit::{host, layer_norm, linear};
-        let (props, valid) = emit_token_proposals(g, levels)?;
+        let (props, valid) = match padding {
+            Some(p) => (p.proposals.clone(), p.proposal_valid.clone()),
+            None => emit_token_proposals(g, levels)?,
+        };
         let m = g.node("Mul", &[memory, &valid], vec![]);
         let o = linear(g, &self.enc_output, &m)?;
         let o = layer_norm(g, &self.enc_output_norm, &o)?;

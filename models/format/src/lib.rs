@@ -17,6 +17,7 @@
 //! |--------------|---------|----------------|------------------------------------------------|
 //! | `images`     | uint8   | `[N, H, W, 3]` | RGB pixels, already resized to the input size |
 //! | `orig_sizes` | int64   | `[N, 2]`       | original (height, width) of each image         |
+//! | `valid_sizes`| int64   | `[N, 2]`       | letterbox graphs only: (height, width) of each image inside the padded input, top-left |
 //! | `labels`     | int64   | `[N, K]`       | class indices into [`ModelMetadata::classes`]  |
 //! | `scores`     | float32 | `[N, K]`       | sorted descending                              |
 //! | `boxes`      | float32 | `[N, K, 4]`    | xyxy in original-image pixels                  |
@@ -48,6 +49,9 @@ use serde_json::{Map, Value};
 pub const INPUT_IMAGES: &str = "images";
 /// Graph input: int64 `[N, 2]` original (height, width) of each image.
 pub const INPUT_ORIG_SIZES: &str = "orig_sizes";
+/// Graph input of a [`Resize::Letterbox`] graph only: int64 `[N, 2]` (height, width) of each
+/// resized image inside the padded input, which it fills from the top-left corner.
+pub const INPUT_VALID_SIZES: &str = "valid_sizes";
 /// Graph output: int64 `[N, K]` class labels.
 pub const OUTPUT_LABELS: &str = "labels";
 /// Graph output: float32 `[N, K]` scores, sorted descending.
@@ -55,13 +59,21 @@ pub const OUTPUT_SCORES: &str = "scores";
 /// Graph output: float32 `[N, K, 4]` xyxy boxes in original-image pixels.
 pub const OUTPUT_BOXES: &str = "boxes";
 
-/// The graph's input names, in graph order.
+/// The input names of a [`Resize::Stretch`] graph, in graph order.
 pub const INPUTS: [&str; 2] = [INPUT_IMAGES, INPUT_ORIG_SIZES];
+/// The input names of a [`Resize::Letterbox`] graph, in graph order.
+pub const LETTERBOX_INPUTS: [&str; 3] = [INPUT_IMAGES, INPUT_ORIG_SIZES, INPUT_VALID_SIZES];
 /// The graph's output names, in graph order.
 pub const OUTPUTS: [&str; 3] = [OUTPUT_LABELS, OUTPUT_SCORES, OUTPUT_BOXES];
 
-/// The metadata format version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest metadata format version this crate reads. Version 2 added
+/// [`Resize::Letterbox`] and its [`INPUT_VALID_SIZES`] input; a writer records the lowest
+/// version that describes its graph ([`Resize::min_format_version`]), so stretch graphs stay
+/// version 1, byte-identical and readable by older servers, and an older server refuses a
+/// letterbox graph with a clear message instead of feeding it stretched images.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest metadata format version this crate reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 
 /// Prefix of every metadata key owned by this contract; other prefixes are ignored.
 pub const META_PREFIX: &str = "codetr.";
@@ -123,6 +135,28 @@ pub const MAX_DETECTIONS_LIMIT: usize = 10_000;
 pub enum Resize {
     /// Resize both sides independently to the input size, ignoring aspect ratio.
     Stretch,
+    /// Resize keeping the aspect ratio to fit inside the input size, place the image
+    /// top-left and pad the rest; the graph takes each image's valid size
+    /// ([`INPUT_VALID_SIZES`]) and masks the padding (the official Co-DINO test pipeline).
+    Letterbox,
+}
+
+impl Resize {
+    /// The lowest metadata format version that can describe a graph with this resize.
+    pub const fn min_format_version(self) -> u32 {
+        match self {
+            Resize::Stretch => 1,
+            Resize::Letterbox => 2,
+        }
+    }
+
+    /// The graph's input names, in graph order.
+    pub const fn inputs(self) -> &'static [&'static str] {
+        match self {
+            Resize::Stretch => &INPUTS,
+            Resize::Letterbox => &LETTERBOX_INPUTS,
+        }
+    }
 }
 
 /// Which multi-scale deformable attention kernel the graph was exported with.
@@ -184,7 +218,7 @@ macro_rules! plain_string_enum {
     };
 }
 
-plain_string_enum!(Resize { Stretch => "stretch" });
+plain_string_enum!(Resize { Stretch => "stretch", Letterbox => "letterbox" });
 plain_string_enum!(Msda { GridSample => "grid-sample", Gather => "gather" });
 plain_string_enum!(Precision { Fp32 => "fp32", Fp16 => "fp16" });
 
@@ -192,7 +226,8 @@ plain_string_enum!(Precision { Fp32 => "fp32", Fp16 => "fp16" });
 /// `metadata_props` (see the [crate docs](crate) for the encoding).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetadata {
-    /// Metadata format version; must equal [`FORMAT_VERSION`].
+    /// Metadata format version, in [`MIN_FORMAT_VERSION`]`..=`[`FORMAT_VERSION`] and at
+    /// least [`Resize::min_format_version`] of `resize`.
     pub format_version: u32,
     /// Class names; output label `i` means `classes[i]`. Non-empty, names non-blank and unique.
     pub classes: Vec<String>,
@@ -249,7 +284,7 @@ pub enum Error {
     UnsupportedVersion {
         /// The version the model declares.
         found: u32,
-        /// The version this crate supports ([`FORMAT_VERSION`]).
+        /// The newest version this crate supports ([`FORMAT_VERSION`]).
         supported: u32,
     },
     /// A key in the `codetr.` namespace that this format version does not define.
@@ -285,12 +320,13 @@ fn unsupported_version_message(found: u32, supported: u32) -> String {
     if found > supported {
         format!(
             "model metadata format version {found} was made by a newer exporter; \
-             this build supports version {supported}, upgrade it to load this model"
+             this build supports versions {MIN_FORMAT_VERSION} to {supported}, upgrade it to \
+             load this model"
         )
     } else {
         format!(
             "model metadata format version {found} is not supported (this build supports \
-             version {supported}); re-export the model"
+             versions {MIN_FORMAT_VERSION} to {supported}); re-export the model"
         )
     }
 }
@@ -306,11 +342,22 @@ impl ModelMetadata {
     /// Checks every field against the contract; [`from_props`](Self::from_props) runs the same
     /// checks, so metadata that validates always decodes back to itself.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.format_version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.format_version) {
             return Err(Error::UnsupportedVersion {
                 found: self.format_version,
                 supported: FORMAT_VERSION,
             });
+        }
+        if self.format_version < self.resize.min_format_version() {
+            return Err(invalid(
+                META_RESIZE,
+                format!(
+                    "`{}` needs format version {}, the metadata says {}",
+                    self.resize,
+                    self.resize.min_format_version(),
+                    self.format_version
+                ),
+            ));
         }
 
         if self.classes.is_empty() {
@@ -460,7 +507,7 @@ impl ModelMetadata {
         // Version first: a newer format may legitimately have keys we do not know.
         let format_version =
             parse_uint::<u32>(META_FORMAT_VERSION, required(META_FORMAT_VERSION)?)?;
-        if format_version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&format_version) {
             return Err(Error::UnsupportedVersion {
                 found: format_version,
                 supported: FORMAT_VERSION,

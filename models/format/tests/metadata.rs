@@ -10,7 +10,7 @@ fn sample() -> ModelMetadata {
         unreachable!()
     };
     ModelMetadata {
-        format_version: FORMAT_VERSION,
+        format_version: Resize::Stretch.min_format_version(),
         classes: vec!["person".into(), "bicycle".into(), "traffic light".into()],
         input_size: Some([640, 800]),
         resize: Resize::Stretch,
@@ -216,11 +216,11 @@ fn duplicate_codetr_key_is_rejected() {
 
 #[test]
 fn newer_version_says_newer_exporter() {
-    let err = decode(&with(META_FORMAT_VERSION, "2")).unwrap_err();
+    let err = decode(&with(META_FORMAT_VERSION, "3")).unwrap_err();
     assert_eq!(
         err,
         Error::UnsupportedVersion {
-            found: 2,
+            found: 3,
             supported: FORMAT_VERSION
         }
     );
@@ -358,10 +358,17 @@ fn validate_guards_the_writer() {
     let cases: Vec<(ModelMetadata, Option<&str>)> = vec![
         (
             ModelMetadata {
-                format_version: 2,
+                format_version: 3,
                 ..sample()
             },
             None,
+        ),
+        (
+            ModelMetadata {
+                resize: Resize::Letterbox,
+                ..sample()
+            },
+            Some(META_RESIZE),
         ),
         (
             ModelMetadata {
@@ -424,7 +431,7 @@ fn validate_guards_the_writer() {
         let err = meta.try_to_props().unwrap_err();
         assert_eq!(meta.validate().unwrap_err(), err);
         match (key, &err) {
-            (None, Error::UnsupportedVersion { found: 2, .. }) => {}
+            (None, Error::UnsupportedVersion { found: 3, .. }) => {}
             (Some(key), Error::Invalid { key: k, .. }) if k == &key => {}
             _ => panic!("expected error on {key:?}, got {err:?}"),
         }
@@ -444,4 +451,31 @@ fn errors_name_the_key() {
         .collect();
     let err = decode(&props).unwrap_err();
     assert!(err.to_string().contains(META_STD), "{err}");
+}
+
+#[test]
+fn letterbox_graphs_are_version_2_and_stretch_graphs_read_at_both_versions() {
+    // A version-1 reader knows only stretch; letterbox (with its `valid_sizes` input) came
+    // with version 2, and a stretch graph written at version 2 still means stretch.
+    let lb = ModelMetadata {
+        format_version: Resize::Letterbox.min_format_version(),
+        resize: Resize::Letterbox,
+        ..sample()
+    };
+    assert_eq!(lb.format_version, 2);
+    assert_eq!(decode(&lb.try_to_props().unwrap()).unwrap(), lb);
+    let mut props = lb.to_props();
+    props[0].1 = "1".into();
+    assert_invalid(decode(&props), META_RESIZE);
+    let v2 = ModelMetadata {
+        format_version: 2,
+        ..sample()
+    };
+    assert_eq!(decode(&v2.to_props()).unwrap().resize, Resize::Stretch);
+    assert_eq!(Resize::Stretch.min_format_version(), 1);
+    assert_eq!(Resize::Stretch.inputs(), INPUTS);
+    assert_eq!(
+        Resize::Letterbox.inputs(),
+        ["images", "orig_sizes", "valid_sizes"]
+    );
 }

@@ -87,6 +87,7 @@ impl AuxStep<'_> {
             self.enc_shapes,
             None,
             &det.box_heads[..layers],
+            None,
         );
         let (pl, pb) = det.decode_layers(dec);
         let mut sum: Option<Tensor<1>> = None;
