@@ -102,29 +102,42 @@ fn open_session(onnx: &Path, ort_lib: &Path) -> Result<ort::session::Session> {
         .map_err(|e| err(format!("ONNX Runtime cannot load {}: {e}", onnx.display())))
 }
 
-/// One run of the contract graph: `n` images `[n, h, w, 3]` with original sizes → (labels,
-/// scores, boxes), flat.
+/// One run of the contract graph: `n` images `[n, h, w, 3]` with original sizes (and, for a
+/// letterbox graph, each image's valid size in the input) → (labels, scores, boxes), flat.
 fn run_graph(
     session: &mut ort::session::Session,
     pixels: Vec<u8>,
     sizes: &[[u32; 2]],
+    valid: Option<&[[usize; 2]]>,
     [h, w]: [usize; 2],
 ) -> Result<(Vec<i64>, Vec<f32>, Vec<f32>)> {
     let n = sizes.len();
     let images = ort::value::Tensor::from_array(([n, h, w, 3], pixels))
         .map_err(|e| err(format!("input tensor: {e}")))?;
-    let flat: Vec<i64> = sizes
-        .iter()
-        .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
-        .collect();
-    let orig = ort::value::Tensor::from_array(([n, 2], flat))
-        .map_err(|e| err(format!("input tensor: {e}")))?;
-    let out = session
-        .run(ort::inputs![
+    let pairs = |v: Vec<i64>| {
+        ort::value::Tensor::from_array(([n, 2], v)).map_err(|e| err(format!("input tensor: {e}")))
+    };
+    let orig = pairs(
+        sizes
+            .iter()
+            .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
+            .collect(),
+    )?;
+    let out = match valid {
+        Some(v) => {
+            let valid = pairs(v.iter().flatten().map(|&x| x as i64).collect())?;
+            session.run(ort::inputs![
+                codetr_model::INPUT_IMAGES => images,
+                codetr_model::INPUT_ORIG_SIZES => orig,
+                codetr_model::INPUT_VALID_SIZES => valid,
+            ])
+        }
+        None => session.run(ort::inputs![
             codetr_model::INPUT_IMAGES => images,
             codetr_model::INPUT_ORIG_SIZES => orig,
-        ])
-        .map_err(|e| err(format!("ONNX Runtime run failed: {e}")))?;
+        ]),
+    }
+    .map_err(|e| err(format!("ONNX Runtime run failed: {e}")))?;
     let get = |name: &str| {
         out.get(name)
             .ok_or_else(|| err(format!("no output `{name}`")))
@@ -165,6 +178,47 @@ fn resample(px: &[u8], n: usize, [h, w]: [usize; 2], [th, tw]: [usize; 2]) -> Ve
     out
 }
 
+/// A letterboxed batch for a letterbox graph: image `i` of `px` (`[n, h, w, 3]`) resampled
+/// to a valid size that alternates landscape and portrait (the batch mixes both, as a
+/// server's does) and placed top-left in a zero `[h, w]` canvas. Returns the canvas batch and
+/// the valid sizes.
+fn letterboxed(px: &[u8], n: usize, [h, w]: [usize; 2]) -> (Vec<u8>, Vec<[usize; 2]>) {
+    let per = h * w * 3;
+    let mut out = vec![0u8; n * per];
+    let mut valid = Vec::with_capacity(n);
+    for i in 0..n {
+        let v = if i % 2 == 0 {
+            [(h * 3 / 4).saturating_sub(4 * i).max(1), w]
+        } else {
+            [h, (w * 5 / 8 + 2 * i).min(w)]
+        };
+        let img = resample(&px[i * per..(i + 1) * per], 1, [h, w], v);
+        for (y, row) in img.chunks_exact(v[1] * 3).enumerate() {
+            let at = i * per + y * w * 3;
+            out[at..at + row.len()].copy_from_slice(row);
+        }
+        valid.push(v);
+    }
+    (out, valid)
+}
+
+/// The `codetr.resize` a graph declares (a check feeds a letterbox graph padded batches).
+fn graph_resize(session: &ort::session::Session) -> Result<codetr_model::Resize> {
+    let md = session
+        .metadata()
+        .map_err(|e| err(format!("graph metadata: {e}")))?;
+    let keys = md
+        .custom_keys()
+        .map_err(|e| err(format!("graph metadata: {e}")))?;
+    let props: Vec<(String, String)> = keys
+        .into_iter()
+        .filter_map(|k| md.custom(&k).map(|v| (k, v)))
+        .collect();
+    codetr_model::ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map(|m| m.resize)
+        .map_err(|e| err(format!("graph metadata: {e}")))
+}
+
 /// The input sizes a check runs: the preset's; for a dynamic-size graph also a landscape and
 /// a portrait size that are not multiples of the coarsest stride.
 pub fn check_sizes(side: usize, dynamic: bool) -> Vec<[usize; 2]> {
@@ -203,6 +257,7 @@ pub fn check(
     let loader = Loader::new(Arc::new(ds), LoaderConfig::eval(most, size, 1))?;
     let batch = loader.epoch(0, 0).next().ok_or_else(|| err("no batch"))??;
     let mut session = open_session(onnx, ort_lib)?;
+    let letterbox = graph_resize(&session)? == codetr_model::Resize::Letterbox;
     let s = size as usize;
     let sizes_run = check_sizes(s, dynamic);
     let (mut max_s, mut max_b, mut labels_ok) = (0f32, 0f32, true);
@@ -210,12 +265,20 @@ pub fn check(
         let all = resample(&batch.pixels, most, [s, s], hw);
         let per = hw[0] * hw[1] * 3;
         for &n in batches {
-            let px = all[..n * per].to_vec();
+            let (px, valid) = if letterbox {
+                let (px, valid) = letterboxed(&all[..n * per], n, hw);
+                (px, Some(valid))
+            } else {
+                (all[..n * per].to_vec(), None)
+            };
             let sizes: Vec<[u32; 2]> = batch.targets[..n].iter().map(|t| t.orig_size).collect();
             let side = sizes.iter().flatten().copied().max().unwrap_or(1) as f32;
             let x = pixels_to_tensor(&px, n, hw[0], hw[1], &device)?;
-            let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
-            let (o_labels, o_scores, o_boxes) = run_graph(&mut session, px, &sizes, hw)?;
+            let (scores, labels, boxes) = model
+                .detect_padded(x, valid.as_deref(), &sizes)?
+                .to_host()?;
+            let (o_labels, o_scores, o_boxes) =
+                run_graph(&mut session, px, &sizes, valid.as_deref(), hw)?;
             if o_scores.len() != scores.len() || o_boxes.len() != boxes.len() {
                 return Err(err("output shapes differ from the Burn model's"));
             }
@@ -361,6 +424,7 @@ pub fn map_compare(
     let ds = Arc::new(ds);
     let loader = Loader::new(ds.clone(), LoaderConfig::eval(4, size, 1))?;
     let mut session = open_session(onnx, ort_lib)?;
+    let letterbox = graph_resize(&session)? == codetr_model::Resize::Letterbox;
     let s = size as usize;
     let (mut d_burn, mut d_onnx) = (Vec::new(), Vec::new());
     for batch in loader.epoch(0, 0) {
@@ -369,8 +433,15 @@ pub fn map_compare(
         let sizes: Vec<[u32; 2]> = batch.targets.iter().map(|t| t.orig_size).collect();
         let x = pixels_to_tensor(&batch.pixels, n, s, s, &device)?;
         let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
-        let (o_labels, o_scores, o_boxes) =
-            run_graph(&mut session, batch.pixels.clone(), &sizes, [s, s])?;
+        // the loader's images fill the input: a letterbox graph sees them unpadded
+        let full = letterbox.then(|| vec![[s, s]; n]);
+        let (o_labels, o_scores, o_boxes) = run_graph(
+            &mut session,
+            batch.pixels.clone(),
+            &sizes,
+            full.as_deref(),
+            [s, s],
+        )?;
         let k = scores.len() / n.max(1);
         let ko = o_scores.len() / n.max(1);
         for (i, t) in batch.targets.iter().enumerate() {

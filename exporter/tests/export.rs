@@ -693,4 +693,30 @@ fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official
         assert_eq!(meta["codetr.resize"], "letterbox");
         assert_eq!(meta["codetr.format_version"], "2");
     }
+    // `--check` feeds a letterbox graph batches that mix landscape and portrait padding and
+    // compares it with the Burn model on the same padded batch (ORT vs Burn ≤ 1e-4).
+    let lib = ort_library();
+    for dynamic in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_codetr-export"));
+        cmd.arg("--checkpoint")
+            .arg(&pth)
+            .arg("--model-config")
+            .arg(&toml)
+            .arg("--out")
+            .arg(dir.path().join(format!("cli_{dynamic}.onnx")))
+            .args(["--resize", "letterbox", "--check", "--check-batches", "1,3"])
+            .arg("--ort-lib")
+            .arg(&lib);
+        if dynamic {
+            cmd.arg("--dynamic-size");
+        }
+        let st = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&st.stdout);
+        eprintln!("{stdout}");
+        assert!(
+            st.status.success() && stdout.contains("check: PASS"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
 }

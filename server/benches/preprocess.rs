@@ -39,7 +39,13 @@ fn main() -> anyhow::Result<()> {
             let img = decode::decode(bytes, 100_000_000)?;
             let d = t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let px = decode::resize(&img, size, size, &mut resizer)?;
+            let px = decode::resize(
+                &img,
+                size,
+                size,
+                codetr_model::Resize::Stretch,
+                &mut resizer,
+            )?;
             let r = t.elapsed().as_secs_f64();
             std::hint::black_box(px);
             dims = (img.width, img.height);

@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &n in &batches {
         let pixels = image.repeat(n);
-        let sizes = vec![[h, w]; n];
+        let sizes = vec![codetr_serve::engine::ImageSizes::full([h, w]); n];
         let deadline = Duration::from_secs_f64(seconds);
         // Every session runs the same loop on its own thread; runs are summed.
         let per_thread: anyhow::Result<Vec<(u64, Vec<f64>, f64)>> = std::thread::scope(|sc| {

@@ -433,7 +433,7 @@ fn request_id(s: &AppState, req: &Request) -> String {
 
 struct Prepared {
     pixels: Vec<u8>,
-    orig: [u32; 2],
+    sizes: crate::engine::ImageSizes,
     decode: Duration,
     resize: Duration,
 }
@@ -452,7 +452,12 @@ async fn detect(State(s): State<Arc<AppState>>, req: Request) -> Response {
 
 /// Decodes (EXIF, pixel limit) and resizes each image to the graph's `[h, w]` on the blocking
 /// pool, concurrently; a bad image's error names its index when there are several.
-async fn prepare(images: Vec<Bytes>, input_hw: [u32; 2], max_pixels: u64) -> Result<Vec<Prepared>> {
+async fn prepare(
+    images: Vec<Bytes>,
+    input_hw: [u32; 2],
+    resize: codetr_model::Resize,
+    max_pixels: u64,
+) -> Result<Vec<Prepared>> {
     let n = images.len();
     let [h, w] = input_hw;
     let tasks: Vec<_> = images
@@ -468,10 +473,14 @@ async fn prepare(images: Vec<Bytes>, input_hw: [u32; 2], max_pixels: u64) -> Res
                 })?;
                 metrics::counter!(m::IMAGES_DECODED, "outcome" => "ok").increment(1);
                 let t = Instant::now();
-                let pixels = RESIZER.with(|r| decode::resize(&img, w, h, &mut r.borrow_mut()))?;
+                let (pixels, valid) =
+                    RESIZER.with(|r| decode::resize(&img, w, h, resize, &mut r.borrow_mut()))?;
                 Ok(Prepared {
                     pixels,
-                    orig: [img.height, img.width],
+                    sizes: crate::engine::ImageSizes {
+                        orig: [img.height, img.width],
+                        valid,
+                    },
                     decode: decode_t,
                     resize: t.elapsed(),
                 })
@@ -511,7 +520,7 @@ async fn infer(
         let (tx, rx) = oneshot::channel();
         jobs.push(Job {
             pixels: std::mem::take(&mut p.pixels),
-            orig: p.orig,
+            sizes: p.sizes,
             enqueued: now,
             deadline,
             timeout_ms,
@@ -565,7 +574,13 @@ async fn detect_inner(
     }
     let deadline = t0 + Duration::from_millis(params.timeout_ms);
 
-    let mut prepared = prepare(parsed.images, e.model.input_hw, limits.max_pixels).await?;
+    let mut prepared = prepare(
+        parsed.images,
+        e.model.input_hw,
+        e.model.meta.resize,
+        limits.max_pixels,
+    )
+    .await?;
 
     let now = Instant::now();
     if now >= deadline {
@@ -579,8 +594,8 @@ async fn detect_inner(
         .iter()
         .zip(&prepared)
         .map(|(o, p)| ImageResult {
-            width: p.orig[1],
-            height: p.orig[0],
+            width: p.sizes.orig[1],
+            height: p.sizes.orig[0],
             detections: filter::keep(
                 &o.labels,
                 &o.scores,

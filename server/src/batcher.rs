@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
-use crate::engine::Infer;
+use crate::engine::{ImageSizes, Infer};
 use crate::error::{Result, ServeError};
 use crate::metrics as m;
 
@@ -20,8 +20,8 @@ use crate::metrics as m;
 pub struct Job {
     /// `[H, W, 3]` RGB8 at the graph's input size.
     pub pixels: Vec<u8>,
-    /// Original `(height, width)`: the graph scales boxes to it.
-    pub orig: [u32; 2],
+    /// Original and valid size (the graph scales boxes to the original).
+    pub sizes: ImageSizes,
     /// When the job entered the queue.
     pub enqueued: Instant,
     /// Past this the job is not run; it is answered [`ServeError::DeadlineExceeded`].
@@ -186,7 +186,8 @@ pub fn warm_up<R: Infer>(index: usize, runner: &mut R, policy: &mut BatchPolicy)
     let sizes = policy.sizes.clone();
     for (i, &n) in sizes.iter().enumerate() {
         let t = Instant::now();
-        let e = match runner.infer(n, vec![0; n * per], &vec![[h, w]; n]) {
+        let full = ImageSizes::full([h, w]);
+        let e = match runner.infer(n, vec![0; n * per], &vec![full; n]) {
             Ok(_) => {
                 tracing::info!(
                     worker = index,
@@ -210,7 +211,11 @@ pub fn warm_up<R: Infer>(index: usize, runner: &mut R, policy: &mut BatchPolicy)
             "BATCH SIZE DROPPED: warm-up at batch {n} failed ({e}); serving batches up to {largest}"
         );
         runner
-            .infer(largest, vec![0; largest * per], &vec![[h, w]; largest])
+            .infer(
+                largest,
+                vec![0; largest * per],
+                &vec![ImageSizes::full([h, w]); largest],
+            )
             .map_err(|e2| {
                 ServeError::Runtime(format!(
                     "warm-up of worker {index}: batch {n} failed ({e}) and batch {largest}, \
@@ -314,17 +319,17 @@ fn run_batch<R: Infer>(
     let n = jobs.len();
     let padded = policy.padded(n);
     let mut pixels = Vec::with_capacity(padded * per);
-    let mut orig = Vec::with_capacity(padded);
+    let mut sizes = Vec::with_capacity(padded);
     for j in &jobs {
         pixels.extend_from_slice(&j.pixels);
-        orig.push(j.orig);
+        sizes.push(j.sizes);
         metrics::histogram!(m::QUEUE_WAIT).record(now.duration_since(j.enqueued).as_secs_f64());
     }
     // Padding rows are black images of the input size; their outputs are discarded.
     pixels.resize(padded * per, 0);
-    orig.resize(padded, policy.input_hw);
+    sizes.resize(padded, ImageSizes::full(policy.input_hw));
     let t = Instant::now();
-    let result = runner.infer(padded, pixels, &orig);
+    let result = runner.infer(padded, pixels, &sizes);
     let infer = t.elapsed();
     metrics::histogram!(m::INFER_DURATION).record(infer.as_secs_f64());
     metrics::histogram!(m::BATCH_SIZE).record(n as f64);
@@ -373,7 +378,7 @@ mod tests {
     }
 
     impl Infer for Faulty {
-        fn infer(&mut self, n: usize, _: Vec<u8>, _: &[[u32; 2]]) -> Result<BatchOutput> {
+        fn infer(&mut self, n: usize, _: Vec<u8>, _: &[ImageSizes]) -> Result<BatchOutput> {
             self.runs.push(n);
             if n > self.fail_above || (self.failed && self.broken_after_failure) {
                 self.failed = true;
@@ -455,7 +460,7 @@ mod tests {
             waits.push(wait);
             jobs.push(Job {
                 pixels: vec![0; 12],
-                orig: [2, 2],
+                sizes: ImageSizes::full([2, 2]),
                 enqueued: Instant::now(),
                 deadline: Instant::now() + Duration::from_secs(10),
                 timeout_ms: 10_000,

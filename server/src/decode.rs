@@ -3,7 +3,7 @@
 //! orientation, bilinear stretch resize), the same code the trainer evaluates through, with its
 //! errors mapped to HTTP statuses.
 
-use codetr_model::preprocess;
+use codetr_model::{Resize, preprocess};
 use fast_image_resize as fr;
 
 pub use codetr_model::preprocess::Decoded;
@@ -15,20 +15,24 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded> {
     Ok(preprocess::decode(bytes, max_pixels)?)
 }
 
-/// Stretches `img` to the graph's `width`×`height` input.
+/// Brings `img` to the graph's `width`×`height` input as the graph's metadata says:
+/// stretched, or letterboxed (top-left, padded). Returns the pixels and the `[height, width]`
+/// the image covers (the whole input when stretched).
 pub fn resize(
     img: &Decoded,
     width: u32,
     height: u32,
+    how: Resize,
     resizer: &mut fr::Resizer,
-) -> Result<Vec<u8>> {
-    Ok(preprocess::resize_rgb(
-        &img.rgb,
-        [img.width, img.height],
-        None,
-        [width, height],
-        resizer,
-    )?)
+) -> Result<(Vec<u8>, [u32; 2])> {
+    let src = [img.width, img.height];
+    Ok(match how {
+        Resize::Stretch => (
+            preprocess::resize_rgb(&img.rgb, src, None, [width, height], resizer)?,
+            [height, width],
+        ),
+        Resize::Letterbox => preprocess::letterbox_rgb(&img.rgb, src, [width, height], resizer)?,
+    })
 }
 
 #[cfg(test)]
@@ -62,15 +66,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let d = decode(png.get_ref(), 200).expect("at the limit");
-        let out = resize(&d, 4, 4, &mut fr::Resizer::new()).expect("resize");
-        assert_eq!(out, vec![0u8; 48]);
+        let (out, valid) = resize(&d, 4, 4, Resize::Stretch, &mut fr::Resizer::new()).unwrap();
+        assert_eq!((out, valid), (vec![0u8; 48], [4, 4]));
+        // 20×10 letterboxed into 4×4: 4 wide, 2 high, the lower half padding
+        let (out, valid) = resize(&d, 4, 4, Resize::Letterbox, &mut fr::Resizer::new()).unwrap();
+        assert_eq!((out.len(), valid), (48, [2, 4]));
         let broken = Decoded {
             width: 10,
             height: 6,
             rgb: vec![0; 5],
         };
         assert!(matches!(
-            resize(&broken, 4, 4, &mut fr::Resizer::new()),
+            resize(&broken, 4, 4, Resize::Stretch, &mut fr::Resizer::new()),
             Err(ServeError::Internal(_))
         ));
     }

@@ -38,6 +38,28 @@ pub struct Runner {
     pub provider: Provider,
     input_hw: [u32; 2],
     k: usize,
+    /// The graph takes `valid_sizes` (a letterbox graph).
+    letterbox: bool,
+}
+
+/// One image's sizes as the graph takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageSizes {
+    /// Original `(height, width)`: the graph scales boxes to it.
+    pub orig: [u32; 2],
+    /// `(height, width)` of the resized image inside the input, from its top-left corner: the
+    /// whole input for a stretch graph, less for a letterboxed one.
+    pub valid: [u32; 2],
+}
+
+impl ImageSizes {
+    /// An image that fills the whole `[h, w]` input (warm-up and padding rows).
+    pub fn full(hw: [u32; 2]) -> Self {
+        Self {
+            orig: hw,
+            valid: hw,
+        }
+    }
 }
 
 /// A provider that was asked for and did not take, with why.
@@ -103,14 +125,14 @@ pub fn open(
     path: &Path,
     cfg: &RuntimeConfig,
     batch_sizes: &[usize],
-    input_hw: Option<[u32; 2]>,
+    model: Option<&ModelInfo>,
 ) -> Result<(Session, Provider, Vec<ProviderFailure>)> {
     if !path.is_file() {
         return Err(model_err(path, "no such file"));
     }
     let mut failures = Vec::new();
     for &p in &cfg.providers {
-        match try_provider(env, path, cfg, p, batch_sizes, input_hw) {
+        match try_provider(env, path, cfg, p, batch_sizes, model) {
             Ok(s) => return Ok((s, p, failures)),
             Err(ServeError::Model(m)) => return Err(ServeError::Model(m)),
             Err(e) => {
@@ -161,7 +183,7 @@ fn try_provider(
     cfg: &RuntimeConfig,
     p: Provider,
     batch_sizes: &[usize],
-    input_hw: Option<[u32; 2]>,
+    model: Option<&ModelInfo>,
 ) -> Result<Session> {
     let b = builder(env, cfg)?;
     match p {
@@ -211,13 +233,23 @@ fn try_provider(
                     .with_timing_cache_path(&dir);
                 // One optimisation profile spanning the batch sizes the batcher uses, so no
                 // request shape triggers an engine rebuild.
-                if let Some([h, w]) = input_hw {
+                if let Some(model) = model {
+                    let [h, w] = model.input_hw;
                     let shapes = |n: usize| {
-                        format!(
-                            "{}:{n}x{h}x{w}x3,{}:{n}x2",
-                            codetr_model::INPUT_IMAGES,
-                            codetr_model::INPUT_ORIG_SIZES
-                        )
+                        model
+                            .meta
+                            .resize
+                            .inputs()
+                            .iter()
+                            .map(|&name| {
+                                if name == codetr_model::INPUT_IMAGES {
+                                    format!("{name}:{n}x{h}x{w}x3")
+                                } else {
+                                    format!("{name}:{n}x2")
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
                     };
                     let lo = batch_sizes.first().copied().unwrap_or(1);
                     let hi = batch_sizes.last().copied().unwrap_or(1);
@@ -303,16 +335,22 @@ pub fn inspect(session: &Session, path: &Path, input_size: Option<[u32; 2]>) -> 
         Ok(())
     };
     use codetr_model::{
-        INPUT_IMAGES, INPUT_ORIG_SIZES, OUTPUT_BOXES, OUTPUT_LABELS, OUTPUT_SCORES,
+        INPUT_IMAGES, INPUT_ORIG_SIZES, INPUT_VALID_SIZES, OUTPUT_BOXES, OUTPUT_LABELS,
+        OUTPUT_SCORES,
     };
-    check(
-        session.inputs(),
-        &[
-            (INPUT_IMAGES, TensorElementType::Uint8, 4),
-            (INPUT_ORIG_SIZES, TensorElementType::Int64, 2),
-        ],
-        "inputs",
-    )?;
+    // The inputs follow the resize the metadata declares (a letterbox graph, format
+    // version 2, also takes each image's valid size).
+    let inputs: Vec<(&str, TensorElementType, usize)> = meta
+        .resize
+        .inputs()
+        .iter()
+        .map(|&name| match name {
+            INPUT_IMAGES => (name, TensorElementType::Uint8, 4),
+            INPUT_ORIG_SIZES | INPUT_VALID_SIZES => (name, TensorElementType::Int64, 2),
+            other => (other, TensorElementType::Int64, 2),
+        })
+        .collect();
+    check(session.inputs(), &inputs, "inputs")?;
     check(
         session.outputs(),
         &[
@@ -349,14 +387,14 @@ pub fn inspect(session: &Session, path: &Path, input_size: Option<[u32; 2]>) -> 
 /// What the batcher needs of a session: run one padded batch. [`Runner`] is the real one;
 /// tests inject failures with their own.
 pub trait Infer: Send + 'static {
-    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the graph's input size, `orig` the
-    /// `(height, width)` of each original.
-    fn infer(&mut self, n: usize, pixels: Vec<u8>, orig: &[[u32; 2]]) -> Result<BatchOutput>;
+    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the graph's input size, `sizes`
+    /// each image's original and valid size.
+    fn infer(&mut self, n: usize, pixels: Vec<u8>, sizes: &[ImageSizes]) -> Result<BatchOutput>;
 }
 
 impl Infer for Runner {
-    fn infer(&mut self, n: usize, pixels: Vec<u8>, orig: &[[u32; 2]]) -> Result<BatchOutput> {
-        self.run(n, pixels, orig)
+    fn infer(&mut self, n: usize, pixels: Vec<u8>, sizes: &[ImageSizes]) -> Result<BatchOutput> {
+        self.run(n, pixels, sizes)
     }
 }
 
@@ -376,35 +414,42 @@ impl Runner {
             provider,
             input_hw: info.input_hw,
             k: info.meta.max_detections,
+            letterbox: info.meta.resize == codetr_model::Resize::Letterbox,
         }
     }
 
-    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the graph's input size, `orig` the
-    /// `(height, width)` of each original.
-    pub fn run(&mut self, n: usize, pixels: Vec<u8>, orig: &[[u32; 2]]) -> Result<BatchOutput> {
+    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the graph's input size, `sizes`
+    /// each image's original and valid size (the valid size goes to a letterbox graph only).
+    pub fn run(&mut self, n: usize, pixels: Vec<u8>, sizes: &[ImageSizes]) -> Result<BatchOutput> {
         let [h, w] = self.input_hw;
         let want = n * h as usize * w as usize * 3;
-        if pixels.len() != want || orig.len() != n {
+        if pixels.len() != want || sizes.len() != n {
             return Err(ServeError::Internal(format!(
                 "batch of {n}: {} pixel bytes (want {want}), {} sizes",
                 pixels.len(),
-                orig.len()
+                sizes.len()
             )));
         }
         let ie = |e: ort::Error| ServeError::Internal(format!("inference: {e}"));
         let images = Tensor::from_array(([n, h as usize, w as usize, 3], pixels)).map_err(ie)?;
-        let sizes: Vec<i64> = orig
-            .iter()
-            .flat_map(|s| [i64::from(s[0]), i64::from(s[1])])
-            .collect();
-        let sizes = Tensor::from_array(([n, 2], sizes)).map_err(ie)?;
-        let out = self
-            .session
-            .run(ort::inputs![
+        let pairs = |f: fn(&ImageSizes) -> [u32; 2]| -> Vec<i64> {
+            sizes.iter().flat_map(|s| f(s).map(i64::from)).collect()
+        };
+        let orig = Tensor::from_array(([n, 2], pairs(|s| s.orig))).map_err(ie)?;
+        let out = if self.letterbox {
+            let valid = Tensor::from_array(([n, 2], pairs(|s| s.valid))).map_err(ie)?;
+            self.session.run(ort::inputs![
                 codetr_model::INPUT_IMAGES => images,
-                codetr_model::INPUT_ORIG_SIZES => sizes,
+                codetr_model::INPUT_ORIG_SIZES => orig,
+                codetr_model::INPUT_VALID_SIZES => valid,
             ])
-            .map_err(ie)?;
+        } else {
+            self.session.run(ort::inputs![
+                codetr_model::INPUT_IMAGES => images,
+                codetr_model::INPUT_ORIG_SIZES => orig,
+            ])
+        }
+        .map_err(ie)?;
         let k = self.k;
         let get = |name: &str| {
             out.get(name)

@@ -93,7 +93,7 @@ fn load(
     only.providers = vec![provider];
     // TensorRT's optimisation profiles need the input size from the metadata: re-open.
     let first = if provider == config::Provider::Tensorrt {
-        engine::open(env, path, &only, &sizes, Some(model.input_hw))?.0
+        engine::open(env, path, &only, &sizes, Some(&model))?.0
     } else {
         first
     };
@@ -120,7 +120,7 @@ fn load(
     );
     let mut runners = vec![Runner::new(first, provider, &model)];
     for _ in 1..cfg.batching.workers {
-        let (s, _, _) = engine::open(env, path, &only, &sizes, Some(model.input_hw))?;
+        let (s, _, _) = engine::open(env, path, &only, &sizes, Some(&model))?;
         runners.push(Runner::new(s, provider, &model));
     }
     let requested = cfg

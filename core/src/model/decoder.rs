@@ -400,14 +400,15 @@ impl Decoder {
         let mut x = x.to_string();
         let mut reference = reference.to_string();
         let mut last_in = reference.clone();
-        let (ax2, s0, s1) = (g.ints(&[2]), g.ints(&[0]), g.ints(&[1]));
+        // (only a padded graph gets these constants: a stretch graph stays byte-identical)
+        let axes = padding.map(|_| (g.ints(&[2]), g.ints(&[0]), g.ints(&[1])));
         for (layer, head) in self.layers.iter().zip(box_heads) {
             // a padded batch: per-level boxes × valid ratios, the position from level 0's
-            let scaled = padding.map(|p| {
-                let r = g.node("Unsqueeze", &[&reference, &ax2], vec![]); // [N, Q, 1, 4]
+            let scaled = padding.zip(axes.as_ref()).map(|(p, (ax2, s0, s1))| {
+                let r = g.node("Unsqueeze", &[&reference, ax2], vec![]); // [N, Q, 1, 4]
                 let scaled = g.node("Mul", &[&r, &p.ratios4], vec![]); // [N, Q, L, 4]
-                let l0 = g.node("Slice", &[&scaled, &s0, &s1, &ax2], vec![]);
-                let l0 = g.node("Squeeze", &[&l0, &ax2], vec![]);
+                let l0 = g.node("Slice", &[&scaled, s0, s1, ax2], vec![]);
+                let l0 = g.node("Squeeze", &[&l0, ax2], vec![]);
                 (scaled, l0)
             });
             let pos_src = scaled

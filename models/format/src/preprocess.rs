@@ -127,6 +127,40 @@ pub fn resize_rgb(
     Ok(dst.into_vec())
 }
 
+/// The `[height, width]` an `[h, w]` image takes inside an `input` canvas when resized keeping
+/// its aspect ratio to fit (the letterbox): scale `min(H/h, W/w)`, each side rounded as
+/// mmcv's `rescale_size` (`int(side · scale + 0.5)`), at least 1 and at most the canvas.
+pub fn letterbox_size([h, w]: [u32; 2], [ih, iw]: [u32; 2]) -> [u32; 2] {
+    let scale = (f64::from(ih) / f64::from(h.max(1))).min(f64::from(iw) / f64::from(w.max(1)));
+    let side = |v: u32, max: u32| ((f64::from(v) * scale + 0.5) as u32).clamp(1, max);
+    [side(h, ih), side(w, iw)]
+}
+
+/// Letterboxes the packed RGB8 `src` (`width`×`height`) into an `out_w`×`out_h` canvas: resized
+/// keeping its aspect ratio to [`letterbox_size`] (bilinear convolution), placed top-left, the
+/// rest zero. Returns the canvas and the image's `[height, width]` inside it.
+pub fn letterbox_rgb(
+    src: &[u8],
+    [width, height]: [u32; 2],
+    [out_w, out_h]: [u32; 2],
+    resizer: &mut fr::Resizer,
+) -> Result<(Vec<u8>, [u32; 2]), Error> {
+    let [vh, vw] = letterbox_size([height, width], [out_h, out_w]);
+    let inner = resize_rgb(src, [width, height], None, [vw, vh], resizer)?;
+    if [vh, vw] == [out_h, out_w] {
+        return Ok((inner, [vh, vw]));
+    }
+    let (row, out_row) = (vw as usize * 3, out_w as usize * 3);
+    let mut canvas = vec![0u8; out_row * out_h as usize];
+    for (dst, line) in canvas
+        .chunks_exact_mut(out_row)
+        .zip(inner.chunks_exact(row))
+    {
+        dst[..row].copy_from_slice(line);
+    }
+    Ok((canvas, [vh, vw]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +307,34 @@ mod tests {
             resize_rgb(&img[..5], [10, 6], None, [4, 4], &mut r),
             Err(Error::Resize(_))
         ));
+    }
+
+    #[test]
+    fn letterbox_keeps_the_ratio_and_places_the_image_top_left() {
+        // mmcv rescale_size: 640×480 into 800² → scale 1.25 → 800×600 (w × h)
+        assert_eq!(letterbox_size([480, 640], [800, 800]), [600, 800]);
+        assert_eq!(letterbox_size([800, 800], [800, 800]), [800, 800]);
+        // 1×1000 stays at least one pixel high
+        assert_eq!(letterbox_size([1, 1000], [64, 64]), [1, 64]);
+        assert_eq!(letterbox_size([333, 500], [800, 1333]), [800, 1201]);
+        let src: Vec<u8> = (0..4 * 2 * 3).map(|i| i as u8 * 10).collect(); // 4 wide, 2 high
+        let (out, valid) = letterbox_rgb(&src, [4, 2], [8, 8], &mut fr::Resizer::new()).unwrap();
+        assert_eq!(valid, [4, 8]);
+        assert_eq!(out.len(), 8 * 8 * 3);
+        assert!(
+            out[4 * 8 * 3..].iter().all(|&p| p == 0),
+            "rows below the image are padding"
+        );
+        assert!(out[..4 * 8 * 3].iter().any(|&p| p != 0));
+        // an image already at the canvas size is passed through
+        let (same, v) = letterbox_rgb(&src, [4, 2], [4, 2], &mut fr::Resizer::new()).unwrap();
+        assert_eq!((same, v), (src.clone(), [2, 4]));
+        // a portrait image pads on the right
+        let tall: Vec<u8> = vec![200; 2 * 4 * 3]; // 2 wide, 4 high
+        let (out, valid) = letterbox_rgb(&tall, [2, 4], [8, 8], &mut fr::Resizer::new()).unwrap();
+        assert_eq!(valid, [8, 4]);
+        for row in out.chunks_exact(8 * 3) {
+            assert!(row[..4 * 3].iter().all(|&p| p == 200) && row[4 * 3..].iter().all(|&p| p == 0));
+        }
     }
 }
