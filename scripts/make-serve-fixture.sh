@@ -47,4 +47,6 @@ fi
 "$bin/codetr-export" --checkpoint "$out/micro.ckpt" --out "$out/micro.onnx"
 # The same model exported with symbolic H×W (served with --input-size).
 "$bin/codetr-export" --checkpoint "$out/micro.ckpt" --out "$out/micro-dynamic.onnx" --dynamic-size
+# And letterboxed: the server keeps the aspect ratio, pads, and feeds `valid_sizes`.
+"$bin/codetr-export" --checkpoint "$out/micro.ckpt" --out "$out/micro-letterbox.onnx" --resize letterbox
 ls -l "$out"

@@ -693,3 +693,81 @@ fn batch_sizes_above_the_graph_bound_are_never_run() {
     let r = s.post("/v1/detect", "image/jpeg", &sample_jpeg());
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A letterbox graph (`codetr-export --resize letterbox`, format version 2): the server keeps
+/// the aspect ratio, pads below or right, and feeds each image's valid size. An image that
+/// already has its letterbox size is not resampled, so the server's answer must equal ONNX
+/// Runtime (Python) on the same canvas with `valid_sizes` given by hand.
+#[test]
+fn letterbox_graph_is_served_with_padding_and_valid_sizes() {
+    let model = fixtures().join("micro-letterbox.onnx");
+    // 64 wide × 32 high into the 64² input: letterbox size 32 × 64, the lower half padding
+    let (w, h) = (64u32, 32u32);
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 8) as u8, ((x * 7 + y * 13) % 256) as u8])
+    });
+    let png = encode(
+        &image::DynamicImage::ImageRgb8(img.clone()),
+        image::ImageFormat::Png,
+    );
+    let s = Server::start_model(&model, &["--score-threshold", "0"], &[]);
+    let r = s.post("/v1/detect", "image/png", &png);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json();
+    let dets = detections(&got, 0);
+    assert!(!dets.is_empty());
+
+    let mut canvas = vec![0u8; 64 * 64 * 3];
+    canvas[..img.as_raw().len()].copy_from_slice(img.as_raw());
+    let inputs = json!({
+        "images": {"dtype": "uint8", "shape": [1, 64, 64, 3], "data": canvas},
+        "orig_sizes": {"dtype": "int64", "shape": [1, 2], "data": [h, w]},
+        "valid_sizes": {"dtype": "int64", "shape": [1, 2], "data": [h, w]},
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = tmp.path().join("in.json");
+    std::fs::write(&ip, inputs.to_string()).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/onnx_run.py");
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .arg(&model)
+        .arg(&ip)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(want["metadata"]["codetr.resize"], "letterbox");
+    let f = |v: &Value| -> Vec<f64> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (scores, labels, boxes) = (
+        f(&want["outputs"]["scores"]),
+        f(&want["outputs"]["labels"]),
+        f(&want["outputs"]["boxes"]),
+    );
+    assert_eq!(dets.len(), scores.len());
+    for (i, d) in dets.iter().enumerate() {
+        assert_eq!(d["class_id"].as_f64().unwrap(), labels[i], "detection {i}");
+        assert!((d["score"].as_f64().unwrap() - scores[i]).abs() <= 1e-5);
+        let b = &d["box"];
+        for (k, key) in ["x1", "y1", "x2", "y2"].iter().enumerate() {
+            assert!((b[*key].as_f64().unwrap() - boxes[4 * i + k]).abs() <= 1e-3);
+        }
+    }
+    // The stretch graph of the same weights reads the image differently: the padding and
+    // the masks are what make the letterbox answer.
+    let plain = Server::start(&["--score-threshold", "0"]);
+    let other = plain.post("/v1/detect", "image/png", &png).json();
+    let top = |j: &Value| detections(j, 0)[0]["score"].as_f64().unwrap();
+    assert!((top(&other) - top(&got)).abs() > 1e-6);
+}
