@@ -519,11 +519,61 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
 /// on the fixture images are the official model's (≤ 1e-4), the class names come from the
 /// checkpoint, the binary's `--check` passes, and a checkpoint that does not fit exits 2 with
 /// nothing written.
+/// The official small Co-DINO (core/tests/fixtures/official): checkpoint, model config and
+/// the bytes of the official model's outputs (safetensors).
+fn official_fixture() -> (PathBuf, PathBuf, Vec<u8>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/official");
+    let bytes = std::fs::read(dir.join("co_dino_small.outputs.safetensors")).unwrap();
+    (
+        dir.join("co_dino_small.pth"),
+        dir.join("co_dino_small.toml"),
+        bytes,
+    )
+}
+
+/// A graph's outputs (`onnx_run.py`) against the official ones of case `prefix` (128² input):
+/// the largest score difference position by position (a near-tie may swap two detections,
+/// not a score), and how many of all boxes are within 1e-4 × side.
+fn vs_official(
+    got: &serde_json::Value,
+    st: &safetensors::SafeTensors,
+    prefix: &str,
+) -> (f32, usize, usize) {
+    let (ours, refs) = (
+        floats(&got["outputs"]["scores"]),
+        st_f32(st, &format!("{prefix}.scores")),
+    );
+    assert_eq!(ours.len(), refs.len());
+    let worst = ours
+        .iter()
+        .zip(&refs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let (ob, rb) = (
+        floats(&got["outputs"]["boxes"]),
+        st_f32(st, &format!("{prefix}.boxes")),
+    );
+    let close = ob
+        .chunks(4)
+        .zip(rb.chunks(4))
+        .filter(|(a, b)| a.iter().zip(*b).all(|(x, y)| (x - y).abs() <= 128.0 * 1e-4))
+        .count();
+    (worst, close, refs.len())
+}
+
+/// A little-endian f32 tensor of a safetensors file, flat.
+fn st_f32(st: &safetensors::SafeTensors, key: &str) -> Vec<f32> {
+    st.tensor(key)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 #[test]
 fn official_checkpoint_exports_to_a_graph_that_matches_the_official_model() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/official");
-    let pth = fixtures.join("co_dino_small.pth");
-    let toml = fixtures.join("co_dino_small.toml");
+    let (pth, toml, bytes) = official_fixture();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("official.onnx");
     let report = export(&ExportOptions {
@@ -534,38 +584,12 @@ fn official_checkpoint_exports_to_a_graph_that_matches_the_official_model() {
     let imp = report.import.as_ref().unwrap();
     assert!(report.dropped_params > 0 && imp.counters > 0);
 
-    let bytes = std::fs::read(fixtures.join("co_dino_small.outputs.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |k: &str| -> Vec<f32> {
-        st.tensor(k)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    };
     let px = st.tensor("nopad.pixels").unwrap().data().to_vec();
     let got = run_onnx(&out, 2, 128, &px, &[128, 128, 128, 128]);
-    // Sorted scores position by position (a near-tie may swap two detections, not a score).
-    let (ours, refs) = (floats(&got["outputs"]["scores"]), f32s("nopad.scores"));
-    assert_eq!(ours.len(), refs.len());
-    let worst = ours
-        .iter()
-        .zip(&refs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let (worst, close, total) = vs_official(&got, &st, "nopad");
     assert!(worst <= 1e-4, "ONNX vs official scores: {worst}");
-    let (ob, rb) = (floats(&got["outputs"]["boxes"]), f32s("nopad.boxes"));
-    let close = ob
-        .chunks(4)
-        .zip(rb.chunks(4))
-        .filter(|(a, b)| a.iter().zip(*b).all(|(x, y)| (x - y).abs() <= 128.0 * 1e-4))
-        .count();
-    assert!(
-        close * 10 >= refs.len() * 9,
-        "{close}/{} boxes in place",
-        refs.len()
-    );
+    assert!(close * 10 >= total * 9, "{close}/{total} boxes in place");
     use prost::Message;
     let proto =
         codetr_core::onnx::proto::ModelProto::decode(std::fs::read(&out).unwrap().as_slice())
@@ -602,7 +626,7 @@ fn official_checkpoint_exports_to_a_graph_that_matches_the_official_model() {
     let target = dir.path().join("bad.onnx");
     let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
         .arg("--checkpoint")
-        .arg(fixtures.join("co_dino_small_bad.pth"))
+        .arg(pth.with_file_name("co_dino_small_bad.pth"))
         .arg("--model-config")
         .arg(&toml)
         .arg("--out")
@@ -629,19 +653,8 @@ fn official_checkpoint_exports_to_a_graph_that_matches_the_official_model() {
 fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official_model() {
     // The fixture's padded case: image 1 is 96 × 112 top-left in the 128² input. The graph
     // (fixed size and dynamic size) takes `valid_sizes` and must give the official outputs.
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/official");
-    let pth = fixtures.join("co_dino_small.pth");
-    let toml = fixtures.join("co_dino_small.toml");
-    let bytes = std::fs::read(fixtures.join("co_dino_small.outputs.safetensors")).unwrap();
+    let (pth, toml, bytes) = official_fixture();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |k: &str| -> Vec<f32> {
-        st.tensor(k)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    };
     let valid: Vec<i64> = st
         .tensor("pad.valid")
         .unwrap()
@@ -669,26 +682,13 @@ fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official
         let ip = dir.path().join("in.json");
         std::fs::write(&ip, inputs.to_string()).unwrap();
         let got: serde_json::Value = python_json("onnx_run.py", &[out.as_os_str(), ip.as_os_str()]);
-        let (ours, refs) = (floats(&got["outputs"]["scores"]), f32s("pad.scores"));
-        assert_eq!(ours.len(), refs.len());
-        let worst = ours
-            .iter()
-            .zip(&refs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let (ob, rb) = (floats(&got["outputs"]["boxes"]), f32s("pad.boxes"));
-        let close = ob
-            .chunks(4)
-            .zip(rb.chunks(4))
-            .filter(|(a, b)| a.iter().zip(*b).all(|(x, y)| (x - y).abs() <= 128.0 * 1e-4))
-            .count();
+        let (worst, close, total) = vs_official(&got, &st, "pad");
         eprintln!(
             "letterbox graph (dynamic size: {dynamic}) vs official, padded batch: scores \
-             {worst:.2e}, {close}/{} boxes within 1e-4·side",
-            refs.len()
+             {worst:.2e}, {close}/{total} boxes within 1e-4·side"
         );
         assert!(worst <= 1e-4, "ONNX vs official scores: {worst}");
-        assert!(close * 10 >= refs.len() * 9, "{close}/{} boxes", refs.len());
+        assert!(close * 10 >= total * 9, "{close}/{total} boxes");
         let meta = &got["metadata"];
         assert_eq!(meta["codetr.resize"], "letterbox");
         assert_eq!(meta["codetr.format_version"], "2");

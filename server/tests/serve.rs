@@ -662,23 +662,17 @@ fn dynamic_size_graph_is_served_at_the_configured_input_size() {
 fn batch_sizes_above_the_graph_bound_are_never_run() {
     let dir = tempfile::tempdir().unwrap();
     let bounded = dir.path().join("bounded.onnx");
-    let out = std::process::Command::new(common::python())
-        .args([
-            "-c",
-            "import onnx, sys\n\
-             m = onnx.load(sys.argv[1])\n\
-             p = m.metadata_props.add(); p.key = 'codetr.max_batch'; p.value = '2'\n\
-             onnx.save(m, sys.argv[2])",
-        ])
-        .arg(common::micro_model())
-        .arg(&bounded)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let micro = common::micro_model();
+    run_python(&[
+        "-c".as_ref(),
+        "import onnx, sys\n\
+         m = onnx.load(sys.argv[1])\n\
+         p = m.metadata_props.add(); p.key = 'codetr.max_batch'; p.value = '2'\n\
+         onnx.save(m, sys.argv[2])"
+            .as_ref(),
+        micro.as_os_str(),
+        bounded.as_os_str(),
+    ]);
     let s = Server::start_model(&bounded, &["--max-batch-size", "4"], &[]);
     let m = s.get("/v1/models").unwrap().json();
     assert_eq!(m["batching"]["batch_sizes"], json!([1, 2]));
@@ -711,6 +705,9 @@ fn letterbox_graph_is_served_with_padding_and_valid_sizes() {
         image::ImageFormat::Png,
     );
     let s = Server::start_model(&model, &["--score-threshold", "0"], &[]);
+    let info = s.get("/v1/models").unwrap().json();
+    assert_eq!(info["metadata"]["resize"], "letterbox", "{info}");
+    assert_eq!(info["metadata"]["format_version"], 2);
     let r = s.post("/v1/detect", "image/png", &png);
     assert_eq!(r.status, 200, "{}", r.text());
     let got = r.json();
@@ -729,18 +726,8 @@ fn letterbox_graph_is_served_with_padding_and_valid_sizes() {
     std::fs::write(&ip, inputs.to_string()).unwrap();
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/onnx_run.py");
-    let out = std::process::Command::new(python())
-        .arg(&script)
-        .arg(&model)
-        .arg(&ip)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run_python(&[script.as_os_str(), model.as_os_str(), ip.as_os_str()]);
+    let want: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(want["metadata"]["codetr.resize"], "letterbox");
     let f = |v: &Value| -> Vec<f64> {
         v["data"]

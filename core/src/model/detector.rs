@@ -72,6 +72,27 @@ impl DetectorConfig {
     }
 }
 
+/// What the decoder decodes: content queries `[B, Q, d]`, reference boxes `[B, Q, 4]`, the
+/// self-attention mask `[Q, Q]`, the memory `[B, S, d]` and the level shapes.
+pub type Decodable = (
+    Tensor<3>,
+    Tensor<3>,
+    Option<Tensor<2, Bool>>,
+    Tensor<3>,
+    Vec<[usize; 2]>,
+);
+
+/// The inference queries: the selected ones, unextended, unmasked.
+fn selected_queries(memory: Tensor<3>, shapes: Vec<[usize; 2]>, selected: &Selected) -> Decodable {
+    (
+        selected.content.clone(),
+        selected.reference.clone(),
+        None,
+        memory,
+        shapes,
+    )
+}
+
 /// What the backbone, neck and flattening hand to the transformer.
 pub struct Features {
     /// `[B, S, d]` tokens of all levels.
@@ -432,15 +453,7 @@ impl Detector {
 
     /// Full forward pass. `images`: `[B, H, W, 3]` RGB pixels on the 0–255 scale.
     pub fn forward(&self, images: Tensor<4>) -> Result<DetectorOutput> {
-        self.forward_with(images, |memory, shapes, selected| {
-            (
-                selected.content.clone(),
-                selected.reference.clone(),
-                None::<Tensor<2, Bool>>,
-                memory,
-                shapes,
-            )
-        })
+        self.forward_with(images, selected_queries)
     }
 
     /// Forward pass where training may extend the decoder's queries (denoising groups,
@@ -449,17 +462,7 @@ impl Detector {
     pub fn forward_with(
         &self,
         images: Tensor<4>,
-        extend: impl FnOnce(
-            Tensor<3>,
-            Vec<[usize; 2]>,
-            &Selected,
-        ) -> (
-            Tensor<3>,
-            Tensor<3>,
-            Option<Tensor<2, Bool>>,
-            Tensor<3>,
-            Vec<[usize; 2]>,
-        ),
+        extend: impl FnOnce(Tensor<3>, Vec<[usize; 2]>, &Selected) -> Decodable,
     ) -> Result<DetectorOutput> {
         self.forward_padded_with(images, None, extend)
     }
@@ -471,15 +474,7 @@ impl Detector {
         images: Tensor<4>,
         valid: &[[usize; 2]],
     ) -> Result<DetectorOutput> {
-        self.forward_padded_with(images, Some(valid), |memory, shapes, selected| {
-            (
-                selected.content.clone(),
-                selected.reference.clone(),
-                None::<Tensor<2, Bool>>,
-                memory,
-                shapes,
-            )
-        })
+        self.forward_padded_with(images, Some(valid), selected_queries)
     }
 
     /// [`Detector::forward_with`] of a batch padded to `valid` (`None`: not padded).
@@ -487,17 +482,7 @@ impl Detector {
         &self,
         images: Tensor<4>,
         valid: Option<&[[usize; 2]]>,
-        extend: impl FnOnce(
-            Tensor<3>,
-            Vec<[usize; 2]>,
-            &Selected,
-        ) -> (
-            Tensor<3>,
-            Tensor<3>,
-            Option<Tensor<2, Bool>>,
-            Tensor<3>,
-            Vec<[usize; 2]>,
-        ),
+        extend: impl FnOnce(Tensor<3>, Vec<[usize; 2]>, &Selected) -> Decodable,
     ) -> Result<DetectorOutput> {
         self.check_input(&images)?;
         let Features {

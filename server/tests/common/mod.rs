@@ -34,11 +34,17 @@ pub fn ort_library() -> PathBuf {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return PathBuf::from(p);
     }
+    let out = run_python(&[
+        "-c".as_ref(),
+        "import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])".as_ref(),
+    ]);
+    PathBuf::from(String::from_utf8_lossy(&out).trim())
+}
+
+/// Runs CODETR_PYTHON with `args`; panics with its stderr unless it succeeds; its stdout.
+pub fn run_python(args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let out = Command::new(python())
-        .args([
-            "-c",
-            "import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])",
-        ])
+        .args(args)
         .output()
         .expect("run python");
     assert!(
@@ -46,7 +52,7 @@ pub fn ort_library() -> PathBuf {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    out.stdout
 }
 
 pub struct Server {
