@@ -334,20 +334,20 @@ pub fn inspect(session: &Session, path: &Path, input_size: Option<[u32; 2]>) -> 
         }
         Ok(())
     };
-    use codetr_model::{
-        INPUT_IMAGES, INPUT_ORIG_SIZES, INPUT_VALID_SIZES, OUTPUT_BOXES, OUTPUT_LABELS,
-        OUTPUT_SCORES,
-    };
+    use codetr_model::{INPUT_IMAGES, OUTPUT_BOXES, OUTPUT_LABELS, OUTPUT_SCORES};
     // The inputs follow the resize the metadata declares (a letterbox graph, format
     // version 2, also takes each image's valid size).
     let inputs: Vec<(&str, TensorElementType, usize)> = meta
         .resize
         .inputs()
         .iter()
-        .map(|&name| match name {
-            INPUT_IMAGES => (name, TensorElementType::Uint8, 4),
-            INPUT_ORIG_SIZES | INPUT_VALID_SIZES => (name, TensorElementType::Int64, 2),
-            other => (other, TensorElementType::Int64, 2),
+        .map(|&name| {
+            // images uint8 NHWC; the size inputs int64 [N, 2]
+            if name == INPUT_IMAGES {
+                (name, TensorElementType::Uint8, 4)
+            } else {
+                (name, TensorElementType::Int64, 2)
+            }
         })
         .collect();
     check(session.inputs(), &inputs, "inputs")?;

@@ -265,7 +265,7 @@ impl Detector {
                 message: format!("{} sizes for a batch of {b}", valid.len()),
             });
         }
-        Padding::new(valid, [h, w], &[])?;
+        super::padding::check_valid(valid, [h, w])?;
         Ok(self.features_with(images, Some(valid)))
     }
 

@@ -49,6 +49,22 @@ pub fn pixel_mask(valid: &[[usize; 2]], input: [usize; 2], device: &Device) -> T
     Tensor::from_data(TensorData::new(v, [valid.len(), 1, h, w]), device)
 }
 
+/// Checks `1 ≤ valid ≤ input` on both axes for every image.
+pub fn check_valid(valid: &[[usize; 2]], input: [usize; 2]) -> Result<()> {
+    for (i, &[h, w]) in valid.iter().enumerate() {
+        if h == 0 || w == 0 || h > input[0] || w > input[1] {
+            return Err(Error::InvalidArgument {
+                what: "valid sizes",
+                message: format!(
+                    "image {i}: valid {h}x{w} must be at least 1x1 and within the {}x{} input",
+                    input[0], input[1]
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The valid region of every image of a padded batch and its per-level counts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Padding {
@@ -63,20 +79,10 @@ pub struct Padding {
 }
 
 impl Padding {
-    /// Checks `1 ≤ valid ≤ input` on both axes for every image.
+    /// The padding of `valid` sizes (checked by [`check_valid`]) in an `input` canvas whose
+    /// levels have `shapes`.
     pub fn new(valid: &[[usize; 2]], input: [usize; 2], shapes: &[[usize; 2]]) -> Result<Self> {
-        for (i, &[h, w]) in valid.iter().enumerate() {
-            if h == 0 || w == 0 || h > input[0] || w > input[1] {
-                return Err(Error::InvalidArgument {
-                    what: "valid sizes",
-                    message: format!(
-                        "image {i}: valid {h}x{w} must be at least 1x1 and within the \
-                         {}x{} input",
-                        input[0], input[1]
-                    ),
-                });
-            }
-        }
+        check_valid(valid, input)?;
         let counts = valid
             .iter()
             .map(|&[h, w]| {
@@ -313,14 +319,7 @@ pub fn emit_padding(
             g.node("Cast", &[&ok], vec![("to", Attr::Int(1))])
         };
     let nf = pe.num_feats;
-    let dim_t: Vec<f32> = (0..nf)
-        .map(|i| pe.temperature.powf(2.0 * (i / 2) as f64 / nf as f64) as f32)
-        .collect();
-    let even: Vec<f32> = (0..nf).map(|i| f32::from(u8::from(i % 2 == 0))).collect();
-    let odd: Vec<f32> = even.iter().map(|e| 1.0 - e).collect();
-    let dim_t = g.init_f32("pe_dim_t", &[nf], &dim_t);
-    let even = g.init_f32("pe_even", &[nf], &even);
-    let odd = g.init_f32("pe_odd", &[nf], &odd);
+    let tables = pe.emit_tables(g, &[nf]);
     let (offset, eps, tau) = (
         g.scalar(pe.offset as f32),
         g.scalar(1e-6),
@@ -429,12 +428,7 @@ pub fn emit_padding(
             let e = g.node("Div", &[&num, &den], vec![]);
             let e = g.node("Mul", &[&e, &tau], vec![]);
             let e = g.node("Unsqueeze", &[&e, &a3], vec![]); // [N, h, w, 1]
-            let arg = g.node("Div", &[&e, &dim_t], vec![]);
-            let sin = g.node("Sin", &[&arg], vec![]);
-            let cos = g.node("Cos", &[&arg], vec![]);
-            let sin = g.node("Mul", &[&sin, &even], vec![]);
-            let cos = g.node("Mul", &[&cos, &odd], vec![]);
-            g.node("Add", &[&sin, &cos], vec![])
+            tables.sines(g, &e)
         };
         let py = axis(g, &ys, &ch, &a2, &cols3); // rows: [N, h] → [N, h, 1] × valid columns
         let px = axis(g, &xs, &cw, &ax1, &rows3);

@@ -86,14 +86,7 @@ impl SinePositionConfig {
     /// reads at run time: `[h·w, 2·num_feats]`, token-major like the flattened tokens.
     pub fn emit(&self, g: &mut crate::onnx::GraphBuilder, lvl: &crate::onnx::Level) -> String {
         let nf = self.num_feats;
-        let dim_t: Vec<f32> = (0..nf)
-            .map(|i| self.temperature.powf(2.0 * (i / 2) as f64 / nf as f64) as f32)
-            .collect();
-        let even: Vec<f32> = (0..nf).map(|i| f32::from(u8::from(i % 2 == 0))).collect();
-        let odd: Vec<f32> = even.iter().map(|e| 1.0 - e).collect();
-        let dim_t = g.init_f32("pe_dim_t", &[1, nf], &dim_t);
-        let even = g.init_f32("pe_even", &[1, nf], &even);
-        let odd = g.init_f32("pe_odd", &[1, nf], &odd);
+        let tables = self.emit_tables(g, &[1, nf]);
         let eps = g.scalar(1e-6);
         let scale = g.scalar(self.scale as f32);
         let ax1 = g.ints(&[1]);
@@ -103,12 +96,7 @@ impl SinePositionConfig {
             let c = crate::onnx::Level::axis_coords(g, n, offset, &div);
             let c = g.node("Mul", &[&c, &scale], vec![]);
             let c = g.node("Unsqueeze", &[&c, &ax1], vec![]); // [n, 1]
-            let p = g.node("Div", &[&c, &dim_t], vec![]); // [n, nf]
-            let sin = g.node("Sin", &[&p], vec![]);
-            let cos = g.node("Cos", &[&p], vec![]);
-            let sin = g.node("Mul", &[&sin, &even], vec![]);
-            let cos = g.node("Mul", &[&cos, &odd], vec![]);
-            g.node("Add", &[&sin, &cos], vec![])
+            tables.sines(g, &c) // [n, nf]
         };
         let py = axis(g, &lvl.h_scalar, &lvl.hf);
         let px = axis(g, &lvl.w_scalar, &lvl.wf);
@@ -121,6 +109,44 @@ impl SinePositionConfig {
         );
         let flat = g.ints(&[-1, 2 * nf as i64]);
         g.node("Reshape", &[&yx, &flat], vec![])
+    }
+}
+
+/// The encoding's frequencies and channel parities as graph constants ([`SinePositionConfig::
+/// emit_tables`]), shaped to broadcast against coordinates with a trailing axis of 1.
+pub struct EmitTables {
+    dim_t: String,
+    even: String,
+    odd: String,
+}
+
+impl SinePositionConfig {
+    /// The `[.., num_feats]` tables of the graph emitters, shaped `dims`.
+    pub fn emit_tables(&self, g: &mut crate::onnx::GraphBuilder, dims: &[usize]) -> EmitTables {
+        let nf = self.num_feats;
+        let dim_t: Vec<f32> = (0..nf)
+            .map(|i| self.temperature.powf(2.0 * (i / 2) as f64 / nf as f64) as f32)
+            .collect();
+        let even: Vec<f32> = (0..nf).map(|i| f32::from(u8::from(i % 2 == 0))).collect();
+        let odd: Vec<f32> = even.iter().map(|e| 1.0 - e).collect();
+        EmitTables {
+            dim_t: g.init_f32("pe_dim_t", dims, &dim_t),
+            even: g.init_f32("pe_even", dims, &even),
+            odd: g.init_f32("pe_odd", dims, &odd),
+        }
+    }
+}
+
+impl EmitTables {
+    /// Normalised coordinates `[.., 1]` → `[.., num_feats]`: sines on even channels, cosines
+    /// on odd ones, of `coord / dim_t`.
+    pub fn sines(&self, g: &mut crate::onnx::GraphBuilder, coord: &str) -> String {
+        let p = g.node("Div", &[coord, &self.dim_t], vec![]);
+        let sin = g.node("Sin", &[&p], vec![]);
+        let cos = g.node("Cos", &[&p], vec![]);
+        let sin = g.node("Mul", &[&sin, &self.even], vec![]);
+        let cos = g.node("Mul", &[&cos, &self.odd], vec![]);
+        g.node("Add", &[&sin, &cos], vec![])
     }
 }
 
