@@ -39,7 +39,11 @@ struct Case {
 }
 
 fn case(prefix: &str) -> Case {
-    let bytes = std::fs::read(official("co_dino_small.outputs.safetensors")).unwrap();
+    case_of("co_dino_small", prefix)
+}
+
+fn case_of(fixture: &str, prefix: &str) -> Case {
+    let bytes = std::fs::read(official(&format!("{fixture}.outputs.safetensors"))).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let f32s = |k: &str| -> Vec<f32> {
         st.tensor(&format!("{prefix}.{k}"))
@@ -180,7 +184,11 @@ fn official_co_dino_forward_matches_mmdetection_with_padding() {
 
 /// `pad.valid` of the fixture: `[h, w]` per image.
 fn valid_sizes() -> Vec<[usize; 2]> {
-    let bytes = std::fs::read(official("co_dino_small.outputs.safetensors")).unwrap();
+    valid_sizes_of("co_dino_small")
+}
+
+fn valid_sizes_of(fixture: &str) -> Vec<[usize; 2]> {
+    let bytes = std::fs::read(official(&format!("{fixture}.outputs.safetensors"))).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensor("pad.valid")
         .unwrap()
@@ -232,41 +240,38 @@ fn sense_x_layout_imports_the_same_weights() {
     assert_eq!(b.report.layout.stripped_prefix.as_deref(), Some("module."));
     assert_eq!(b.report.layout.outside, 1, "the optimizer's tensor");
     assert_eq!(a.class_names, b.class_names, "meta.CLASSES");
-    let host = |m: &codetr_core::model::Detector| -> BTreeMap<String, Vec<f32>> {
-        m.collect(None, None, false)
-            .into_iter()
-            .map(|t| {
-                let bytes = t.to_bytes().unwrap();
-                let v = bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                (t.name.clone(), v)
-            })
-            .collect()
-    };
     assert_eq!(host(&a.model), host(&b.model));
+}
+
+/// Every tensor of a detector, by path.
+fn host(m: &codetr_core::model::Detector) -> BTreeMap<String, Vec<f32>> {
+    m.collect(None, None, false)
+        .into_iter()
+        .map(|t| {
+            let bytes = t.to_bytes().unwrap();
+            let v = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (t.name.clone(), v)
+        })
+        .collect()
 }
 
 /// The key lists of the full-size official R50 model (both codebases): every key has a home,
 /// and the detector's keys are exactly our paper-r50 detector's tensors, shape for shape.
 #[test]
 fn paper_r50_keys_cover_our_detector_exactly() {
-    let dev = Device::flex();
-    let model = DetectorConfig::paper_r50().init(&dev).unwrap();
-    let ours: BTreeSet<(String, Vec<usize>)> = model
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
-        .into_iter()
-        .map(|t| (t.name.clone(), t.shape.to_vec()))
-        .collect();
     // The official count (PyTorch parameters: BatchNorm running statistics are buffers).
-    let params: usize = ours
-        .iter()
-        .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
+    let (ours, params) = torch_view(&DetectorConfig::paper_r50());
     assert_eq!(params, 48_044_300);
-    for list in ["keys_mmdet3_r50.txt", "keys_sensex_r50.txt"] {
+    check_key_lists(&ours, &["keys_mmdet3_r50.txt", "keys_sensex_r50.txt"]);
+}
+
+/// Every key of the official lists has a home, and the detector's keys are exactly `ours`,
+/// shape for shape.
+fn check_key_lists(ours: &BTreeSet<(String, Vec<usize>)>, lists: &[&str]) {
+    for list in lists {
         let text = std::fs::read_to_string(official(list)).unwrap();
         let mut mapped = BTreeSet::new();
         for line in text.lines() {
@@ -279,7 +284,7 @@ fn paper_r50_keys_cover_our_detector_exactly() {
                 .collect();
             match co_dino::map_key(key) {
                 None => panic!("{list}: {key} has no home"),
-                Some(co_dino::Target::Detector(p)) => {
+                Some(co_dino::Target::Detector(p) | co_dino::Target::DetectorMergeOrder(p)) => {
                     mapped.insert((p, shape));
                 }
                 Some(co_dino::Target::DetectorPacked(ps)) => {
@@ -293,12 +298,104 @@ fn paper_r50_keys_cover_our_detector_exactly() {
             }
         }
         let missing: Vec<_> = ours.difference(&mapped).collect();
-        let extra: Vec<_> = mapped.difference(&ours).collect();
+        let extra: Vec<_> = mapped.difference(ours).collect();
         assert!(
             missing.is_empty() && extra.is_empty(),
             "{list}: ours without an official key {missing:?}; official keys with no tensor of ours {extra:?}"
         );
     }
+}
+
+/// Our tensors as PyTorch names them, with shapes, and the PyTorch parameter count.
+fn torch_view(cfg: &DetectorConfig) -> (BTreeSet<(String, Vec<usize>)>, usize) {
+    let model = cfg.init(&Device::flex()).unwrap();
+    let ours: BTreeSet<(String, Vec<usize>)> = model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.shape.to_vec()))
+        .collect();
+    let params = ours
+        .iter()
+        .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    (ours, params)
+}
+
+/// The full-size official Co-DINO Swin-L (both codebases' key lists, made by
+/// make_official_fixtures.py --swin-keys): every key has a home and our paper-swin-l is the
+/// same detector, tensor for tensor: 218,312,064 parameters (the paper's 218M).
+#[test]
+fn paper_swin_l_keys_cover_our_detector_exactly() {
+    let (ours, params) = torch_view(&DetectorConfig::paper_swin_l());
+    assert_eq!(params, 218_312_064);
+    check_key_lists(&ours, &["keys_mmdet3_swin_l.txt", "keys_sensex_swin_l.txt"]);
+}
+
+fn swin_config() -> DetectorConfig {
+    let text = std::fs::read_to_string(official("co_dino_swin_small.toml")).unwrap();
+    DetectorConfig::from_toml(&text).unwrap()
+}
+
+/// The official Co-DINO with mmdetection's Swin backbone (window 7 on a 120² canvas: maps of
+/// 30, 15, 8 and 4, so every stage pads its windows and stage 1 merges an odd map), batch 2,
+/// without and with padding.
+#[test]
+fn official_swin_co_dino_matches_mmdetection() {
+    let cfg = swin_config();
+    let imported =
+        import_co_dino(&official("co_dino_swin_small.pth"), &cfg, &Device::flex()).unwrap();
+    assert_eq!(imported.report.checked_buffers, 10, "one index per block");
+    let dev = Device::flex();
+    let k = cfg.max_detections;
+    for prefix in ["nopad", "pad"] {
+        let refs = case_of("co_dino_swin_small", prefix);
+        let [b, h, w, _] = refs.shape;
+        let images = pixels_to_tensor(&refs.pixels, b, h, w, &dev).unwrap();
+        let det = if prefix == "pad" {
+            let valid = valid_sizes_of("co_dino_swin_small");
+            assert_eq!(valid, vec![[120, 120], [88, 104]]);
+            let orig: Vec<[u32; 2]> = valid.iter().map(|&[h, w]| [h as u32, w as u32]).collect();
+            imported.model.detect_padded(images, Some(&valid), &orig)
+        } else {
+            imported
+                .model
+                .detect(images, &vec![[h as u32, w as u32]; b])
+        };
+        let (s, l, bx) = det.unwrap().to_host().unwrap();
+        let (ds, db) = compare((&s, &l, &bx), &refs, k, 1e-4);
+        eprintln!(
+            "official Co-DINO Swin vs ours, batch {b}, {h}x{w}, {prefix}: scores {ds:.2e}, \
+             boxes/side {db:.2e}"
+        );
+    }
+}
+
+/// Sense-X's Swin checkpoints (Microsoft's module names, block-major patch merges) give the
+/// same model as mmdetection 3.x's: the fixture's two files hold the same weights in the two
+/// layouts (checked in Python on Sense-X's own SwinTransformerV1: 2.9e-6).
+#[test]
+fn sense_x_swin_layout_imports_the_same_weights() {
+    let cfg = swin_config();
+    let dev = Device::flex();
+    let a = import_co_dino(&official("co_dino_swin_small.pth"), &cfg, &dev).unwrap();
+    let b = import_co_dino(&official("co_dino_swin_small_sensex.pth"), &cfg, &dev).unwrap();
+    assert_eq!(b.report.layout.stripped_prefix.as_deref(), Some("module."));
+    assert_eq!(host(&a.model), host(&b.model));
+    // A ResNet config for a Swin file (and the reverse) says which preset to use.
+    let msg = import_co_dino(&official("co_dino_swin_small.pth"), &small_config(), &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("Swin Transformer") && msg.contains("paper-swin-l"),
+        "{msg}"
+    );
+    let msg = import_co_dino(&official("co_dino_small.pth"), &cfg, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("paper-r50"), "{msg}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use codetr_core::model::backbone::BackboneConfig;
+use codetr_core::model::backbone::ResNetConfig;
 
 /// torchvision ResNet state-dict entries (name, shape) for `depth` at stem width `w`.
 fn torchvision_keys(depth: usize, w: usize, classes: usize) -> Vec<(String, Vec<usize>)> {
@@ -94,8 +94,8 @@ fn first(t: Tensor<1>) -> f32 {
     t.into_data().try_to_vec::<f32>().unwrap()[0]
 }
 
-fn cfg(depth: usize, w: usize) -> BackboneConfig {
-    BackboneConfig {
+fn cfg(depth: usize, w: usize) -> ResNetConfig {
+    ResNetConfig {
         depth,
         frozen_stages: 1,
         out_indices: vec![0, 1, 2, 3],

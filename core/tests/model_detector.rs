@@ -138,7 +138,7 @@ fn backward_reaches_every_trainable_module_and_skips_frozen_ones() {
     let dev = Device::flex().autodiff();
     dev.seed(1);
     let mut cfg = DetectorConfig::tiny();
-    cfg.backbone.frozen_stages = 1;
+    cfg.backbone.resnet_mut().unwrap().frozen_stages = 1;
     cfg.input_size = 128;
     cfg.transformer.num_queries = 30;
     cfg.max_detections = 30;
@@ -156,16 +156,27 @@ fn backward_reaches_every_trainable_module_and_skips_frozen_ones() {
         v.iter().all(|x| x.is_finite()) && v.iter().any(|x| *x != 0.0)
     };
     // layer2 is the first trainable stage; the stem and layer1 are frozen.
-    let w = model.backbone.layer2[0].conv1.weight.val();
+    let w = model.backbone.as_resnet().unwrap().layer2[0]
+        .conv1
+        .weight
+        .val();
     assert!(finite_nonzero(
         w.grad(&grads).expect("layer2 has a gradient")
     ));
     assert!(
-        model.backbone.conv1.weight.val().grad(&grads).is_none(),
+        model
+            .backbone
+            .as_resnet()
+            .unwrap()
+            .conv1
+            .weight
+            .val()
+            .grad(&grads)
+            .is_none(),
         "stem is frozen"
     );
     assert!(
-        model.backbone.layer1[0]
+        model.backbone.as_resnet().unwrap().layer1[0]
             .conv1
             .weight
             .val()

@@ -37,7 +37,7 @@ fn preprocess_backbone_and_neck_match_burn() {
         ];
         let images = g.input("images", ElemType::U8, &dims).unwrap();
         let z = model.emit_normalize(&mut g, &images);
-        let feats = model.backbone.emit(&mut g, &z).unwrap();
+        let feats = model.backbone.emit(&mut g, &z, None).unwrap();
         let outs = model.neck.emit(&mut g, &feats).unwrap();
         for (i, (o, m)) in outs.iter().zip(&maps).enumerate() {
             let [_, c, mh, mw] = m.dims();
@@ -238,7 +238,7 @@ fn group_norm_backbone_exports_and_matches_burn() {
     let dev = Device::flex();
     dev.seed(9);
     let mut cfg = codetr_core::model::DetectorConfig::tiny();
-    cfg.backbone.norm = codetr_core::model::backbone::BackboneNorm::GroupNorm;
+    cfg.backbone.resnet_mut().unwrap().norm = codetr_core::model::backbone::BackboneNorm::GroupNorm;
     cfg.input_size = 128;
     let m = cfg.init(&dev).unwrap();
     full_graph_parity(&m, 128, 128, 2, "tiny group_norm backbone");

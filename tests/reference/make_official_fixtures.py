@@ -36,6 +36,9 @@ Regenerate (downloads several GB; never done by CI):
         mmcv-lite==2.1.0 mmdet==3.3.0
     # a checkout of mmdetection v3.3.0 (for projects/CO-DETR, not in the wheel):
     MMDET_SRC=/path/to/mmdetection /tmp/refenv/bin/python tests/reference/make_official_fixtures.py
+    # the Swin fixtures (co_dino_swin_small*), also checked against Sense-X's own Swin module:
+    MMDET_SRC=... SENSEX_SRC=/path/to/Co-DETR /tmp/refenv/bin/python \\
+        tests/reference/make_official_fixtures.py --swin
     # or a full-size R50 checkpoint with random weights (261 MB) for bench/official_import.sh:
     ... make_official_fixtures.py --full /tmp/co_dino_5scale_r50_random.pth
 """
@@ -98,8 +101,15 @@ def install_shims() -> None:
             mod.get_installed_path = get_installed_path
 
 
-def build_small(full: bool = False):
-    """The official model at the fixture's small dimensions, or (`full`) at the config's own."""
+# The Swin fixture: a small Swin (C=16, windows of 7) on a 120-pixel canvas, so the maps are
+# 30, 15, 8, 4: window padding at every stage and an odd map into a patch merge.
+SWIN_SIDE = 120
+SWIN = dict(embed_dims=16, depths=[2, 2, 4, 2], num_heads=[1, 2, 2, 4], window_size=7)
+
+
+def build_small(full: bool = False, swin: bool = False):
+    """The official model at the fixture's small dimensions, or (`full`) at the config's own;
+    `swin`: the Swin-L config's model (mmdetection's SwinTransformer backbone)."""
     src = os.environ.get("MMDET_SRC")
     if not src or not os.path.isdir(os.path.join(src, "projects", "CO-DETR")):
         sys.exit("set MMDET_SRC to a checkout of mmdetection v3.3.0 (with projects/CO-DETR)")
@@ -113,9 +123,8 @@ def build_small(full: bool = False):
     init_default_scope("mmdet")
     from mmdet.registry import MODELS
 
-    cfg = Config.fromfile(
-        os.path.join(src, "projects/CO-DETR/configs/codino/co_dino_5scale_r50_8xb2_1x_coco.py")
-    )
+    name = "co_dino_5scale_swin_l_16xb1_1x_coco.py" if swin else "co_dino_5scale_r50_8xb2_1x_coco.py"
+    cfg = Config.fromfile(os.path.join(src, "projects/CO-DETR/configs/codino", name))
     importlib.import_module("projects.CO-DETR.codetr")
     m = cfg.model
     m.backbone.init_cfg = None
@@ -124,7 +133,11 @@ def build_small(full: bool = False):
         model.eval()
         return model
     d, ffn, q, c = 64, 128, 30, len(CLASSES)
-    m.backbone.base_channels = 4
+    if swin:
+        m.backbone.update(SWIN)
+        m.backbone.drop_path_rate = 0.0
+    else:
+        m.backbone.base_channels = 4
     m.neck.in_channels = [16, 32, 64, 128]
     m.neck.out_channels = d
     qh = m.query_head
@@ -173,7 +186,7 @@ def redraw(model, seed: int) -> None:
                 v.copy_(r * (1.0 if v.dim() >= 2 else 0.2))
 
 
-def run(model, pixels_rgb: np.ndarray, valid: list[tuple[int, int]]):
+def run(model, pixels_rgb: np.ndarray, valid: list[tuple[int, int]], side: int = SIDE):
     """The official inference: preprocessing + CoDETR.predict (rescale to the input pixels)."""
     from mmdet.structures import DetDataSample
 
@@ -185,7 +198,7 @@ def run(model, pixels_rgb: np.ndarray, valid: list[tuple[int, int]]):
                                                    scale_factor=(1.0, 1.0))))
     with torch.no_grad():
         data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), False)
-        assert tuple(data["inputs"].shape[-2:]) == (SIDE, SIDE), data["inputs"].shape
+        assert tuple(data["inputs"].shape[-2:]) == (side, side), data["inputs"].shape
         res = model.predict(data["inputs"], data["data_samples"], rescale=True)
     scores = np.stack([r.pred_instances.scores.numpy() for r in res]).astype(np.float32)
     labels = np.stack([r.pred_instances.labels.numpy() for r in res]).astype(np.int64)
@@ -196,6 +209,152 @@ def run(model, pixels_rgb: np.ndarray, valid: list[tuple[int, int]]):
 def min_gap(scores: np.ndarray) -> float:
     """Smallest gap between consecutive sorted scores: a near-tie makes the order arbitrary."""
     return float(np.min(-np.diff(scores, axis=1)))
+
+
+def sensex_swin_keys(sd: dict) -> dict:
+    """mmdetection 3.x Swin keys → Sense-X's (Microsoft's SwinTransformerV1) keys and layout.
+
+    The patch merges of Sense-X concatenate the 2×2 neighbourhood block-major in the order
+    (0,0), (1,0), (0,1), (1,1) (`torch.cat([x0, x1, x2, x3])`); mmdetection's `nn.Unfold` is
+    channel-major in the order (0,0), (0,1), (1,0), (1,1). The reorder is mmdetection's own
+    `swin_converter` rule run backwards; `check_sensex_swin` proves it on Sense-X's module."""
+    out = {}
+    for k, v in sd.items():
+        n = k
+        if k.startswith("backbone."):
+            n = (n.replace("patch_embed.projection.", "patch_embed.proj.")
+                  .replace("backbone.stages.", "backbone.layers.")
+                  .replace(".attn.w_msa.", ".attn.")
+                  .replace(".ffn.layers.0.0.", ".mlp.fc1.")
+                  .replace(".ffn.layers.1.", ".mlp.fc2."))
+            if ".downsample." in k:
+                c4 = v.shape[-1]
+                lead = v.shape[:-1]
+                v = v.reshape(*lead, c4 // 4, 4)[..., [0, 2, 1, 3]]
+                v = v.transpose(-1, -2).reshape(*lead, c4).contiguous()
+        out[n] = v
+    return out
+
+
+def check_sensex_swin(model, sensex_sd: dict, side: int) -> float:
+    """Sense-X's own SwinTransformerV1 (from a Co-DETR checkout, `SENSEX_SRC`; its utility
+    imports stubbed: timm's DropPath/to_2tuple/trunc_normal_, mmcv 1.x's registry and
+    BaseModule) on the Sense-X weights vs mmdetection's Swin: the largest difference."""
+    src = os.environ.get("SENSEX_SRC")
+    if not src:
+        sys.exit("set SENSEX_SRC to a checkout of Sense-X/Co-DETR (projects/models/swin_transformer.py)")
+    stubs = {
+        "timm": types.ModuleType("timm"),
+        "timm.models": types.ModuleType("timm.models"),
+        "timm.models.layers": types.ModuleType("timm.models.layers"),
+        "mmcv_custom": types.ModuleType("mmcv_custom"),
+        "mmdet.utils": types.ModuleType("mmdet.utils"),
+        "mmdet.models.builder": types.ModuleType("mmdet.models.builder"),
+        "mmcv.runner": types.ModuleType("mmcv.runner"),
+    }
+    layers = stubs["timm.models.layers"]
+    layers.DropPath = lambda p: torch.nn.Identity()
+    layers.to_2tuple = lambda x: (x, x)
+    layers.trunc_normal_ = torch.nn.init.trunc_normal_
+    stubs["mmcv_custom"].load_checkpoint = None
+    stubs["mmdet.utils"].get_root_logger = None
+
+    class Registry:
+        def register_module(self):
+            return lambda cls: cls
+
+    stubs["mmdet.models.builder"].BACKBONES = Registry()
+
+    class BaseModule(torch.nn.Module):
+        def __init__(self, init_cfg=None):
+            super().__init__()
+
+    stubs["mmcv.runner"].BaseModule = BaseModule
+    saved = {k: sys.modules.get(k) for k in stubs}
+    sys.modules.update(stubs)
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "sensex_swin", os.path.join(src, "projects/models/swin_transformer.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    ref = mod.SwinTransformerV1(embed_dim=SWIN["embed_dims"], depths=SWIN["depths"],
+                                num_heads=SWIN["num_heads"], window_size=SWIN["window_size"],
+                                drop_path_rate=0.0, out_indices=(0, 1, 2, 3))
+    bb = {k[len("module.backbone."):]: v for k, v in sensex_sd.items()
+          if k.startswith("module.backbone.")}
+    ref.load_state_dict(bb, strict=True)
+    ref.eval()
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a = ref(x)
+        b = model.backbone(x)
+    return max(float((p - q).abs().max()) for p, q in zip(a, b))
+
+
+def main_swin() -> None:
+    """The Swin fixtures: co_dino_swin_small{.pth,_sensex.pth,.toml,.outputs.safetensors}."""
+    from safetensors.numpy import save_file
+
+    name, side = "co_dino_swin_small", SWIN_SIDE
+    model = build_small(swin=True)
+    rng = np.random.default_rng(11)
+    nopad = rng.integers(0, 256, (2, side, side, 3), dtype=np.uint8)
+    pad = rng.integers(0, 256, (2, side, side, 3), dtype=np.uint8)
+    pad_valid = [(side, side), (88, 104)]
+    pad[1, 88:, :, :] = 0
+    pad[1, :, 104:, :] = 0
+    for seed in range(100):
+        torch.manual_seed(seed)
+        redraw(model, seed)
+        a = run(model, nopad, [(side, side)] * 2, side)
+        b = run(model, pad, pad_valid, side)
+        gap = min(min_gap(a[0]), min_gap(b[0]))
+        if gap >= 2e-5:
+            break
+        print(f"seed {seed}: near-tie in the top-{TOPK} (gap {gap:.1e}), next seed")
+    print(f"seed {seed}: smallest score gap {gap:.2e}")
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sensex = sensex_swin_keys(sd)
+    sensex = {("module." + k).replace("dn_generator.label_embedding", "label_embedding"): v
+              for k, v in sensex.items()}
+    diff = check_sensex_swin(model, sensex, side)
+    print(f"Sense-X SwinTransformerV1 vs mmdetection SwinTransformer on these weights: {diff:.1e}")
+    assert diff < 1e-4, diff
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.save({"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": CLASSES}},
+                "state_dict": sd}, OUT / f"{name}.pth")
+    torch.save({"meta": {"CLASSES": CLASSES}, "state_dict": sensex}, OUT / f"{name}_sensex.pth")
+    save_file({
+        "nopad.pixels": nopad, "nopad.scores": a[0], "nopad.labels": a[1], "nopad.boxes": a[2],
+        "pad.pixels": pad, "pad.valid": np.array(pad_valid, dtype=np.int64),
+        "pad.scores": b[0], "pad.labels": b[1], "pad.boxes": b[2],
+    }, str(OUT / f"{name}.outputs.safetensors"))
+    (OUT / f"{name}.toml").write_text(f"""# The official Co-DINO 5-scale Swin-L at the dimensions of tests/reference/make_official_fixtures.py --swin.
+preset = "paper-swin-l"
+input_size = {side}
+max_detections = {TOPK}
+
+[backbone]
+embed_dims = {SWIN["embed_dims"]}
+depths = {SWIN["depths"]}
+num_heads = {SWIN["num_heads"]}
+window_size = {SWIN["window_size"]}
+
+[transformer]
+d_model = 64
+encoder_layers = 2
+decoder_layers = 2
+ffn_dim = 128
+num_queries = 30
+""")
+    n = sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked"))
+    print(f"wrote {OUT}/{name}.*: {len(sd)} tensors, {n} parameters")
 
 
 def main() -> None:
@@ -210,6 +369,23 @@ def main() -> None:
         torch.save({"meta": {"dataset_meta": {"classes": classes}},
                     "state_dict": model.state_dict()}, sys.argv[2])
         print(f"wrote {sys.argv[2]}")
+        return
+    if len(sys.argv) == 2 and sys.argv[1] == "--swin":
+        main_swin()
+        return
+    if len(sys.argv) == 2 and sys.argv[1] == "--swin-keys":
+        # The full-size Swin-L checkpoint's keys and shapes in both layouts (coverage test).
+        m = build_small(full=True, swin=True)
+        sd = m.state_dict()
+        # keys as the importer sees them: Sense-X's `module.` prefix already stripped
+        sensex = {k.replace("dn_generator.label_embedding", "label_embedding"): v
+                  for k, v in sensex_swin_keys(sd).items()}
+        for fname, d in (("keys_mmdet3_swin_l.txt", sd), ("keys_sensex_swin_l.txt", sensex)):
+            lines = [f"{k} {tuple(v.shape)}" for k, v in sorted(d.items())]
+            (OUT / fname).write_text("\n".join(lines) + "\n")
+        n = sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked")
+                and not k.endswith("relative_position_index"))
+        print(f"wrote keys_*_swin_l.txt: {len(sd)} tensors, {n} parameters and buffers")
         return
     model = build_small()
     rng = np.random.default_rng(7)

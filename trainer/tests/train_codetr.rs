@@ -96,7 +96,11 @@ fn aux_loss_reaches_encoder_and_backbone_only_through_shared_parts() {
             .grad(&grads)
     ));
     assert!(nonzero4(
-        d.backbone.layer2[0].conv1.weight.val().grad(&grads)
+        d.backbone.as_resnet().unwrap().layer2[0]
+            .conv1
+            .weight
+            .val()
+            .grad(&grads)
     ));
     assert!(nonzero(
         d.decoder.layers[0].ffn.linear1.weight.val().grad(&grads)

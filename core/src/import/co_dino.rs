@@ -16,6 +16,13 @@ pub enum Target {
     /// Our detector's q, k and v projection tensors at these paths: the three row blocks of
     /// the official packed tensor, in that order (`nn.MultiheadAttention`'s `in_proj_*`).
     DetectorPacked([String; 3]),
+    /// Our detector's tensor at this path, from a Sense-X Swin patch merge whose last axis is
+    /// block-major (`[(0,0), (1,0), (0,1), (1,1)] × C`): reordered to ours, channel-major
+    /// (`C × [(0,0), (0,1), (1,0), (1,1)]`).
+    DetectorMergeOrder(String),
+    /// A Swin block's `relative_position_index` buffer: computed by the model, not loaded;
+    /// the importer checks the file's against it.
+    RelativeIndex,
     /// Used only in training; the group names it in the report.
     Training(&'static str),
     /// BatchNorm's `num_batches_tracked`: a counter, not a weight.
@@ -48,6 +55,9 @@ pub fn map_key(key: &str) -> Option<Target> {
     let det = |s: String| Some(Detector(s));
     if key.ends_with("num_batches_tracked") {
         return Some(Counter);
+    }
+    if let Some(t) = map_swin(key) {
+        return Some(t);
     }
     if let Some((_, rest)) = matches(key, "backbone") {
         // mmdetection's ResNet names match torchvision's except the Sequential downsample.
@@ -92,6 +102,68 @@ pub fn map_key(key: &str) -> Option<Target> {
         }
     }
     None
+}
+
+/// Swin backbone keys, in both official layouts: mmdetection 3.x (`stages.N`, `attn.w_msa`,
+/// `ffn.layers`, `patch_embed.projection`) and Sense-X (`layers.N`, `attn`, `mlp.fc1/fc2`,
+/// `patch_embed.proj`, block-major patch merges). `None`: not a Swin key.
+fn map_swin(key: &str) -> Option<Target> {
+    use Target::*;
+    let det = |s: String| Some(Detector(s));
+    for (prefix, sensex) in [("backbone.stages.#", false), ("backbone.layers.#", true)] {
+        let Some((n, rest)) = matches(key, prefix) else {
+            continue;
+        };
+        let stage = n[0];
+        if let Some((_, leaf)) = matches(rest, "downsample") {
+            let ours = format!("backbone.stages.{stage}.downsample.{leaf}");
+            return Some(if sensex {
+                DetectorMergeOrder(ours)
+            } else {
+                Detector(ours)
+            });
+        }
+        let (m, rest) = matches(rest, "blocks.#")?;
+        let block = format!("backbone.stages.{stage}.blocks.{}", m[0]);
+        let attn = rest
+            .strip_prefix("attn.w_msa.")
+            .or_else(|| rest.strip_prefix("attn."));
+        if let Some(leaf) = attn {
+            if leaf == "relative_position_index" {
+                return Some(RelativeIndex);
+            }
+            return det(format!("{block}.attn.{leaf}"));
+        }
+        for (theirs, ours) in [
+            ("ffn.layers.0.0.", "fc1."),
+            ("ffn.layers.1.", "fc2."),
+            ("mlp.fc1.", "fc1."),
+            ("mlp.fc2.", "fc2."),
+            ("norm1.", "norm1."),
+            ("norm2.", "norm2."),
+        ] {
+            if let Some(leaf) = rest.strip_prefix(theirs) {
+                return det(format!("{block}.{ours}{leaf}"));
+            }
+        }
+        return None;
+    }
+    for theirs in [
+        "backbone.patch_embed.projection.",
+        "backbone.patch_embed.proj.",
+    ] {
+        if let Some(leaf) = key.strip_prefix(theirs) {
+            return det(format!("backbone.patch_embed.proj.{leaf}"));
+        }
+    }
+    if let Some(leaf) = key.strip_prefix("backbone.patch_embed.norm.") {
+        return det(format!("backbone.patch_embed.norm.{leaf}"));
+    }
+    // `norm{i}`: the LayerNorm of output i (ResNet's `bn1` / `layerN` never match this).
+    let rest = key.strip_prefix("backbone.norm")?;
+    let (i, leaf) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    det(format!("backbone.norms.{i}.{leaf}"))
 }
 
 /// Keys under `query_head.transformer.`.
@@ -212,6 +284,71 @@ mod tests {
 
     fn det(s: &str) -> Option<Target> {
         Some(Detector(s.to_string()))
+    }
+
+    #[test]
+    fn swin_names_of_both_layouts_map_to_the_same_paths() {
+        for (mmdet3, sensex, ours) in [
+            (
+                "backbone.patch_embed.projection.weight",
+                "backbone.patch_embed.proj.weight",
+                det("backbone.patch_embed.proj.weight"),
+            ),
+            (
+                "backbone.stages.2.blocks.17.attn.w_msa.qkv.bias",
+                "backbone.layers.2.blocks.17.attn.qkv.bias",
+                det("backbone.stages.2.blocks.17.attn.qkv.bias"),
+            ),
+            (
+                "backbone.stages.0.blocks.1.attn.w_msa.relative_position_bias_table",
+                "backbone.layers.0.blocks.1.attn.relative_position_bias_table",
+                det("backbone.stages.0.blocks.1.attn.relative_position_bias_table"),
+            ),
+            (
+                "backbone.stages.0.blocks.1.attn.w_msa.relative_position_index",
+                "backbone.layers.0.blocks.1.attn.relative_position_index",
+                Some(RelativeIndex),
+            ),
+            (
+                "backbone.stages.3.blocks.0.ffn.layers.0.0.weight",
+                "backbone.layers.3.blocks.0.mlp.fc1.weight",
+                det("backbone.stages.3.blocks.0.fc1.weight"),
+            ),
+            (
+                "backbone.stages.3.blocks.0.ffn.layers.1.bias",
+                "backbone.layers.3.blocks.0.mlp.fc2.bias",
+                det("backbone.stages.3.blocks.0.fc2.bias"),
+            ),
+            (
+                "backbone.stages.1.blocks.0.norm2.weight",
+                "backbone.layers.1.blocks.0.norm2.weight",
+                det("backbone.stages.1.blocks.0.norm2.weight"),
+            ),
+            (
+                "backbone.norm3.bias",
+                "backbone.norm3.bias",
+                det("backbone.norms.3.bias"),
+            ),
+        ] {
+            assert_eq!(map_key(mmdet3), ours, "{mmdet3}");
+            assert_eq!(map_key(sensex), ours, "{sensex}");
+        }
+        // Patch merges: the same path, reordered from Sense-X's layout.
+        assert_eq!(
+            map_key("backbone.stages.1.downsample.reduction.weight"),
+            det("backbone.stages.1.downsample.reduction.weight")
+        );
+        assert_eq!(
+            map_key("backbone.layers.1.downsample.norm.bias"),
+            Some(DetectorMergeOrder(
+                "backbone.stages.1.downsample.norm.bias".into()
+            ))
+        );
+        // A ResNet key is not taken for a Swin one.
+        assert_eq!(
+            map_key("backbone.layer1.0.conv1.weight"),
+            det("backbone.layer1.0.conv1.weight")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use burn::store::{ApplyError, ModuleSnapshot, PyTorchToBurnAdapter};
 use burn::tensor::{DType, Device, TensorData};
 
 use crate::error::{Error, Result};
+use crate::model::backbone::BackboneConfig;
 use crate::model::{Detector, DetectorConfig};
 use co_dino::Target;
 use pth::StateDict;
@@ -38,6 +39,8 @@ pub struct ImportReport {
     pub training_only: BTreeMap<String, (usize, usize)>,
     /// BatchNorm `num_batches_tracked` counters (no weight in them).
     pub counters: usize,
+    /// Swin `relative_position_index` buffers: computed by our model, checked equal.
+    pub checked_buffers: usize,
     /// How the state dict sat in the file.
     pub layout: pth::Layout,
     /// Things the caller should tell the user (e.g. class names the file does not give).
@@ -49,12 +52,13 @@ impl ImportReport {
     pub fn summary(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "{} tensors: {} into the detector ({} parameters + {} BatchNorm statistics), {} \
-             BatchNorm counters, {} training-only (not converted)",
+             BatchNorm counters, {} index buffers checked, {} training-only (not converted)",
             self.tensors,
             self.detector_tensors,
             self.detector_param_count(),
             self.bn_statistics,
             self.counters,
+            self.checked_buffers,
             self.training_only.values().map(|(t, _)| t).sum::<usize>(),
         )];
         for (module, n) in &self.detector_params {
@@ -104,6 +108,46 @@ fn shape_of(sd: &StateDict, key: &str) -> Option<Vec<usize>> {
     sd.tensors.get(key).map(|t| t.shape().to_vec())
 }
 
+/// Reorders rows of `4C` values from Sense-X's patch-merge layout (block-major, blocks
+/// (0,0), (1,0), (0,1), (1,1)) to ours (channel-major, (0,0), (0,1), (1,0), (1,1)): block
+/// order `[0, 2, 1, 3]`, which is its own inverse.
+fn merge_order_from_sensex(v: &[f32], c4: usize) -> Vec<f32> {
+    const BLOCK: [usize; 4] = [0, 2, 1, 3];
+    let c = c4 / 4;
+    let mut out = vec![0.0; v.len()];
+    for (src, dst) in v.chunks_exact(c4).zip(out.chunks_exact_mut(c4)) {
+        for ch in 0..c {
+            for (k, &b) in BLOCK.iter().enumerate() {
+                dst[ch * 4 + k] = src[b * c + ch];
+            }
+        }
+    }
+    out
+}
+
+/// A Swin `relative_position_index` must be the standard one for its window (the model
+/// computes it; a different one would be a different network).
+fn check_relative_index(
+    t: &burn::store::pytorch_reader::Tensor,
+) -> std::result::Result<(), String> {
+    let shape = t.shape().to_vec();
+    let n = match shape.as_slice() {
+        [a, b] if a == b => *a,
+        _ => return Err(format!("shape {shape:?} is not [w², w²]")),
+    };
+    let w = (n as f64).sqrt().round() as usize;
+    if w * w != n {
+        return Err(format!("{n} is not a square window"));
+    }
+    let got = pth::read_i64(t)?;
+    if got != crate::model::swin::relative_position_index(w) {
+        return Err(format!(
+            "not the standard relative position index of a {w}×{w} window"
+        ));
+    }
+    Ok(())
+}
+
 /// Loads an official Co-DINO checkpoint into a detector of `base`'s architecture.
 ///
 /// The class count comes from the file (`cls_branches.0`), as does whether the neck's convs
@@ -126,6 +170,22 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
         }
     }
     config.neck.conv_bias = sd.tensors.contains_key("neck.convs.0.conv.bias");
+    let file_swin = sd
+        .tensors
+        .keys()
+        .any(|k| k.starts_with("backbone.patch_embed."));
+    let config_swin = matches!(config.backbone, BackboneConfig::Swin(_));
+    if file_swin != config_swin {
+        let (file, cfg, preset) = if file_swin {
+            ("a Swin Transformer", "a ResNet", "paper-swin-l")
+        } else {
+            ("a ResNet", "a Swin Transformer", "paper-r50")
+        };
+        return Err(fail(vec![format!(
+            "the checkpoint's backbone is {file} but the model config's is {cfg}: start from \
+             the {preset} preset (or a model config with that backbone)"
+        )]));
+    }
     config.validate()?;
 
     let mut report = ImportReport {
@@ -143,6 +203,37 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
         };
         match target {
             Target::Counter => report.counters += 1,
+            Target::RelativeIndex => {
+                report.checked_buffers += 1;
+                if let Err(e) = check_relative_index(t) {
+                    misfit.push(format!("{key}: {e}"));
+                }
+            }
+            Target::DetectorMergeOrder(ours) => {
+                report.detector_tensors += 1;
+                let t = t.clone();
+                tensors.push(deferred(
+                    ours,
+                    DType::F32,
+                    t.shape().into(),
+                    None,
+                    move || {
+                        let data = pth::read_f32(&t).map_err(pack_error)?;
+                        let shape = data.shape().to_vec();
+                        let v: Vec<f32> = data
+                            .try_to_vec()
+                            .map_err(|e| pack_error(format!("{e:?}")))?;
+                        let c4 = *shape.last().unwrap_or(&0);
+                        if c4 % 4 != 0 {
+                            return Err(pack_error(format!(
+                                "`{}`: last axis {c4} is not 4 × channels",
+                                t.name
+                            )));
+                        }
+                        Ok(TensorData::new(merge_order_from_sensex(&v, c4), shape))
+                    },
+                ));
+            }
             Target::Training(group) => {
                 let e = report.training_only.entry(group.to_string()).or_default();
                 e.0 += 1;

@@ -174,6 +174,18 @@ fn read_class_names(path: &Path) -> Vec<String> {
     }
 }
 
+/// Reads a stored int64 tensor (e.g. an index buffer), flat.
+pub fn read_i64(t: &PtTensor) -> std::result::Result<Vec<i64>, String> {
+    if t.dtype() != PtDType::I64 {
+        return Err(format!("`{}` is {:?}, expected int64", t.name, t.dtype()));
+    }
+    let bytes = t.read().map_err(|e| e.to_string())?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
 /// Reads a stored tensor as f32 data of its own shape (f64 / f16 / bf16 are converted; an
 /// integer tensor where weights are expected is an error).
 pub fn read_f32(t: &PtTensor) -> std::result::Result<TensorData, String> {

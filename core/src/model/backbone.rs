@@ -1,5 +1,9 @@
-//! ResNet-18/34/50 backbone with frozen BatchNorm, returning C2..C5 (torchvision v1.5 layout:
-//! the stride of a Bottleneck sits on its 3×3 conv), so torchvision weights map key for key.
+//! The backbone: a ResNet or a Swin Transformer ([`super::swin`]), chosen by the config's
+//! `[backbone]` table (`type = "swin"`; a table without `type` is a ResNet, as every config
+//! written before Swin).
+//!
+//! ResNet-18/34/50 with frozen BatchNorm, returning C2..C5 (torchvision v1.5 layout: the
+//! stride of a Bottleneck sits on its 3×3 conv), so torchvision weights map key for key.
 
 use crate::model::autocast as ac;
 use burn::module::{Module, Param};
@@ -10,12 +14,264 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::swin::{SwinConfig, SwinTransformer};
 use crate::error::{Error, Result};
 
-/// Backbone settings.
+/// Which backbone, with its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackboneConfig {
+    ResNet(ResNetConfig),
+    Swin(SwinConfig),
+}
+
+impl Serialize for BackboneConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            // Untagged, as before Swin existed: old and new ResNet configs read the same.
+            BackboneConfig::ResNet(c) => c.serialize(s),
+            // SwinConfig carries its own `type = "swin"`.
+            BackboneConfig::Swin(c) => c.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BackboneConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        // Through a TOML value (it reads from JSON headers too): `type` picks the struct,
+        // whose own `deny_unknown_fields` then names any stray key.
+        let mut v = toml::Value::deserialize(d)?;
+        let kind = match v.get("type") {
+            None => "resnet".to_string(),
+            Some(toml::Value::String(k)) => k.clone(),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "backbone `type` must be a string, got {other}"
+                )));
+            }
+        };
+        match kind.as_str() {
+            "resnet" => {
+                if let Some(t) = v.as_table_mut() {
+                    t.remove("type");
+                }
+                v.try_into().map(BackboneConfig::ResNet)
+            }
+            "swin" => v.try_into().map(BackboneConfig::Swin),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "unknown backbone type {other:?} (known: resnet, swin)"
+                )));
+            }
+        }
+        .map_err(|e: toml::de::Error| D::Error::custom(e.message()))
+    }
+}
+
+impl BackboneConfig {
+    /// Which of the four stages' maps are returned, as indices 0..=3.
+    pub fn out_indices(&self) -> &[usize] {
+        match self {
+            BackboneConfig::ResNet(c) => &c.out_indices,
+            BackboneConfig::Swin(c) => &c.out_indices,
+        }
+    }
+
+    /// Channels of the returned maps, in order.
+    pub fn out_channels(&self) -> Vec<usize> {
+        let c = match self {
+            BackboneConfig::ResNet(c) => c.stage_channels(),
+            BackboneConfig::Swin(c) => c.stage_channels(),
+        };
+        self.out_indices().iter().map(|&i| c[i]).collect()
+    }
+
+    /// Strides of the returned maps, in order (4, 8, 16, 32 for stages 0..=3, both kinds).
+    pub fn out_strides(&self) -> Vec<usize> {
+        self.out_indices().iter().map(|&i| 4 << i).collect()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            BackboneConfig::ResNet(c) => c.validate(),
+            BackboneConfig::Swin(c) => c.validate(),
+        }
+    }
+
+    /// The ResNet settings, when the backbone is a ResNet.
+    pub fn resnet(&self) -> Option<&ResNetConfig> {
+        match self {
+            BackboneConfig::ResNet(c) => Some(c),
+            BackboneConfig::Swin(_) => None,
+        }
+    }
+
+    /// The ResNet settings to edit, when the backbone is a ResNet.
+    pub fn resnet_mut(&mut self) -> Option<&mut ResNetConfig> {
+        match self {
+            BackboneConfig::ResNet(c) => Some(c),
+            BackboneConfig::Swin(_) => None,
+        }
+    }
+
+    /// Short description for logs, e.g. `ResNet-50 (width 64)` or `Swin (C=192, [2, 2, 18, 2])`.
+    pub fn describe(&self) -> String {
+        match self {
+            BackboneConfig::ResNet(c) => format!("ResNet-{} (width {})", c.depth, c.base_width),
+            BackboneConfig::Swin(c) => format!(
+                "Swin (C={}, depths {:?}, window {})",
+                c.embed_dims, c.depths, c.window_size
+            ),
+        }
+    }
+
+    pub fn init(&self, device: &Device) -> Result<Backbone> {
+        Ok(match self {
+            BackboneConfig::ResNet(c) => Backbone::ResNet(c.init(device)?),
+            BackboneConfig::Swin(c) => Backbone::Swin(c.init(device)?),
+        })
+    }
+}
+
+/// The backbone module. Its parameter paths are the variant's own (`backbone.conv1.weight`,
+/// `backbone.stages.0…`): the hand-written [`Module`] below adds no segment for the variant,
+/// so checkpoints written before Swin existed load unchanged.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per detector, never in a collection
+pub enum Backbone {
+    ResNet(ResNet),
+    Swin(SwinTransformer),
+}
+
+impl Backbone {
+    /// `x`: normalised images `[B, 3, H, W]` → the selected maps, strides 4·2^i.
+    pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        match self {
+            Backbone::ResNet(m) => m.forward(x),
+            Backbone::Swin(m) => m.forward(x),
+        }
+    }
+
+    /// ONNX emitter of [`Backbone::forward`]. `size`: the fixed input `[h, w]`, `None` for a
+    /// graph of dynamic size (a Swin backbone needs a fixed one).
+    pub fn emit(
+        &self,
+        g: &mut crate::onnx::GraphBuilder,
+        x: &str,
+        size: Option<[usize; 2]>,
+    ) -> Result<Vec<String>> {
+        match (self, size) {
+            (Backbone::ResNet(m), _) => m.emit(g, x),
+            (Backbone::Swin(m), Some(hw)) => m.emit(g, x, hw),
+            (Backbone::Swin(_), None) => Err(Error::InvalidArgument {
+                what: "export",
+                message: "a Swin backbone is exported at a fixed input size (its window \
+                          padding and shift masks are laid out for it); give --input-size"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The ResNet, when the backbone is one.
+    pub fn as_resnet(&self) -> Option<&ResNet> {
+        match self {
+            Backbone::ResNet(m) => Some(m),
+            Backbone::Swin(_) => None,
+        }
+    }
+
+    /// Loads torchvision-format ResNet weights ([`ResNet::load_torchvision`]); a Swin
+    /// backbone refuses them.
+    pub fn load_torchvision(self, path: &std::path::Path) -> Result<(Self, WeightsReport)> {
+        match self {
+            Backbone::ResNet(m) => {
+                let (m, report) = m.load_torchvision(path)?;
+                Ok((Backbone::ResNet(m), report))
+            }
+            Backbone::Swin(_) => Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: "torchvision ResNet weights do not fit a Swin backbone (start from an \
+                          official Co-DINO Swin checkpoint with `--checkpoint` instead)"
+                    .into(),
+            }),
+        }
+    }
+}
+
+/// Variant-transparent, like burn's own `Option<M>`.
+impl Module for Backbone {
+    fn collect_devices(&self, devices: Vec<Device>) -> Vec<Device> {
+        match self {
+            Backbone::ResNet(m) => m.collect_devices(devices),
+            Backbone::Swin(m) => m.collect_devices(devices),
+        }
+    }
+
+    fn fork(self, device: &Device) -> Self {
+        match self {
+            Backbone::ResNet(m) => Backbone::ResNet(m.fork(device)),
+            Backbone::Swin(m) => Backbone::Swin(m.fork(device)),
+        }
+    }
+
+    fn to_device(self, device: &Device) -> Self {
+        match self {
+            Backbone::ResNet(m) => Backbone::ResNet(m.to_device(device)),
+            Backbone::Swin(m) => Backbone::Swin(m.to_device(device)),
+        }
+    }
+
+    fn train(self) -> Self {
+        match self {
+            Backbone::ResNet(m) => Backbone::ResNet(m.train()),
+            Backbone::Swin(m) => Backbone::Swin(m.train()),
+        }
+    }
+
+    fn valid(&self) -> Self {
+        match self {
+            Backbone::ResNet(m) => Backbone::ResNet(m.valid()),
+            Backbone::Swin(m) => Backbone::Swin(m.valid()),
+        }
+    }
+
+    fn materialize(self) -> Self {
+        match self {
+            Backbone::ResNet(m) => Backbone::ResNet(m.materialize()),
+            Backbone::Swin(m) => Backbone::Swin(m.materialize()),
+        }
+    }
+
+    fn visit<V: burn::module::ModuleVisitor>(&self, visitor: &mut V) {
+        match self {
+            Backbone::ResNet(m) => m.visit(visitor),
+            Backbone::Swin(m) => m.visit(visitor),
+        }
+    }
+
+    fn map<M: burn::module::ModuleMapper>(self, mapper: &mut M) -> Self {
+        match self {
+            Backbone::ResNet(m) => Backbone::ResNet(m.map(mapper)),
+            Backbone::Swin(m) => Backbone::Swin(m.map(mapper)),
+        }
+    }
+}
+
+impl burn::module::ModuleDisplayDefault for Backbone {
+    fn content(&self, content: burn::module::Content) -> Option<burn::module::Content> {
+        match self {
+            Backbone::ResNet(m) => content.add_single(m).optional(),
+            Backbone::Swin(m) => content.add_single(m).optional(),
+        }
+    }
+}
+
+impl burn::module::ModuleDisplay for Backbone {}
+
+/// ResNet settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackboneConfig {
+pub struct ResNetConfig {
     /// 18, 34 or 50.
     pub depth: usize,
     /// Stages whose parameters never train: 0 = none, 1 = stem + layer1 (Co-DINO), … up to 4.
@@ -50,7 +306,7 @@ impl BackboneNorm {
     }
 }
 
-impl BackboneConfig {
+impl ResNetConfig {
     pub fn resnet(depth: usize) -> Self {
         Self {
             depth,

@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::backbone::{BackboneConfig, BackboneNorm};
+use super::backbone::{BackboneConfig, BackboneNorm, ResNetConfig};
 use super::msda::MsdaImpl;
 use super::neck::NeckConfig;
+use super::swin::SwinConfig;
 use crate::error::{Error, Result};
 
 /// Transformer dimensions (encoder, decoder, queries).
@@ -48,7 +49,7 @@ pub struct DetectorConfig {
     pub transformer: TransformerConfig,
 }
 
-pub const PRESETS: [&str; 2] = ["tiny", "paper-r50"];
+pub const PRESETS: [&str; 3] = ["tiny", "paper-r50", "paper-swin-l"];
 
 impl DetectorConfig {
     /// The official Co-DINO 5-scale R50 dimensions at a square 800 input.
@@ -60,13 +61,13 @@ impl DetectorConfig {
             max_detections: 300,
             pixel_mean: [123.675, 116.28, 103.53],
             pixel_std: [58.395, 57.12, 57.375],
-            backbone: BackboneConfig {
+            backbone: BackboneConfig::ResNet(ResNetConfig {
                 depth: 50,
                 frozen_stages: 1,
                 out_indices: vec![0, 1, 2, 3],
                 base_width: 64,
                 norm: BackboneNorm::FrozenBn,
-            },
+            }),
             neck: NeckConfig {
                 extra_levels: 1,
                 gn_groups: 32,
@@ -87,6 +88,17 @@ impl DetectorConfig {
         }
     }
 
+    /// The official Co-DINO 5-scale Swin-L dimensions (`co_dino_5scale_swin_l_16xb1_1x_coco`
+    /// and its Objects365 fine-tune): `paper-r50` with a Swin-L backbone (window 12) whose four
+    /// maps (192–1536 channels) feed the same neck and transformer.
+    pub fn paper_swin_l() -> Self {
+        Self {
+            preset: "paper-swin-l".into(),
+            backbone: BackboneConfig::Swin(SwinConfig::large()),
+            ..Self::paper_r50()
+        }
+    }
+
     /// Small enough to train on 2 CPU cores: ResNet-18 at half width, 4 levels (strides
     /// 8–64) at 256 px, d=128, 2+3 layers, 100 queries.
     pub fn tiny() -> Self {
@@ -95,13 +107,13 @@ impl DetectorConfig {
             num_classes: 10,
             input_size: 256,
             max_detections: 100,
-            backbone: BackboneConfig {
+            backbone: BackboneConfig::ResNet(ResNetConfig {
                 depth: 18,
                 frozen_stages: 0,
                 out_indices: vec![1, 2, 3],
                 base_width: 32,
                 norm: BackboneNorm::FrozenBn,
-            },
+            }),
             neck: NeckConfig {
                 extra_levels: 1,
                 gn_groups: 32,
@@ -125,6 +137,7 @@ impl DetectorConfig {
         match name {
             "tiny" => Ok(Self::tiny()),
             "paper-r50" => Ok(Self::paper_r50()),
+            "paper-swin-l" => Ok(Self::paper_swin_l()),
             other => Err(Error::InvalidArgument {
                 what: "preset",
                 message: format!("unknown preset {other:?} (known: {})", PRESETS.join(", ")),
@@ -168,7 +181,7 @@ impl DetectorConfig {
 
     /// Number of feature levels the transformer sees.
     pub fn num_levels(&self) -> usize {
-        self.backbone.out_indices.len() + self.neck.extra_levels
+        self.backbone.out_indices().len() + self.neck.extra_levels
     }
 
     /// Strides of the levels, e.g. [8, 16, 32, 64].
@@ -248,7 +261,8 @@ impl DetectorConfig {
 }
 
 /// Level shapes for an `h × w` input: ResNet stem (s2 conv k7 p3, s2 maxpool k3 p1) then s2
-/// convs, then the neck's k3 s2 p1 extra levels — all `ceil`-like `(n - 1) / 2 + 1`.
+/// convs, then the neck's k3 s2 p1 extra levels — all `ceil`-like `(n - 1) / 2 + 1`. A Swin
+/// backbone gives the same: its padded 4×4 patches are `⌈n/4⌉`, its padded merges `⌈n/2⌉`.
 pub fn level_shapes_for(cfg: &DetectorConfig, h: usize, w: usize) -> Vec<[usize; 2]> {
     let half = |n: usize| (n.saturating_sub(1)) / 2 + 1;
     let mut cur = [half(half(h)), half(half(w))]; // C2, stride 4
@@ -261,7 +275,7 @@ pub fn level_shapes_for(cfg: &DetectorConfig, h: usize, w: usize) -> Vec<[usize;
     }
     let mut out: Vec<[usize; 2]> = cfg
         .backbone
-        .out_indices
+        .out_indices()
         .iter()
         .map(|&i| by_stage[i])
         .collect();
@@ -306,6 +320,39 @@ mod tests {
     }
 
     #[test]
+    fn swin_preset_has_the_r50_levels_and_round_trips() {
+        let s = DetectorConfig::paper_swin_l();
+        s.validate().unwrap();
+        assert_eq!(s.level_shapes(), DetectorConfig::paper_r50().level_shapes());
+        assert_eq!(s.backbone.out_channels(), vec![192, 384, 768, 1536]);
+        let text = s.to_toml().unwrap();
+        assert!(text.contains("type = \"swin\""), "{text}");
+        assert_eq!(DetectorConfig::from_toml(&text).unwrap(), s);
+        // through JSON as well (the checkpoint header)
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<DetectorConfig>(&json).unwrap(), s);
+        let r = DetectorConfig::paper_r50();
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            !json.contains("\"type\""),
+            "ResNet configs stay untagged: {json}"
+        );
+        assert_eq!(serde_json::from_str::<DetectorConfig>(&json).unwrap(), r);
+        // a preset's backbone can be overridden field by field
+        let c = DetectorConfig::from_toml(
+            "preset = \"paper-swin-l\"\n[backbone]\nwindow_size = 7\ndepths = [2, 2, 6, 2]\n",
+        )
+        .unwrap();
+        match &c.backbone {
+            BackboneConfig::Swin(sw) => assert_eq!((sw.window_size, sw.depths[2]), (7, 6)),
+            other => panic!("{other:?}"),
+        }
+        // `type = "resnet"` is accepted and means the same as no type
+        let c = DetectorConfig::from_toml("preset = \"tiny\"\n[backbone]\ntype = \"resnet\"\n");
+        assert_eq!(c.unwrap(), DetectorConfig::tiny());
+    }
+
+    #[test]
     fn toml_overrides_any_field_of_the_preset() {
         let c = DetectorConfig::from_toml(
             "preset = \"tiny\"\nnum_classes = 3\n[transformer]\nnum_queries = 50\nmsda = \"grid-sample\"\n[backbone]\ndepth = 34\n",
@@ -314,7 +361,7 @@ mod tests {
         assert_eq!(c.num_classes, 3);
         assert_eq!(c.transformer.num_queries, 50);
         assert_eq!(c.transformer.msda, MsdaImpl::GridSample);
-        assert_eq!(c.backbone.depth, 34);
+        assert_eq!(c.backbone.resnet().map(|r| r.depth), Some(34));
         assert_eq!(c.transformer.d_model, 128);
         let round = DetectorConfig::from_toml(&c.to_toml().unwrap()).unwrap();
         assert_eq!(round, c);
@@ -331,6 +378,15 @@ mod tests {
                 "multiple of num_heads",
             ),
             ("preset = \"tiny\"\n[backbone]\ndepth = 101", "101"),
+            (
+                "preset = \"tiny\"\n[backbone]\ntype = \"vit\"",
+                "unknown backbone type \"vit\"",
+            ),
+            ("preset = \"paper-swin-l\"\n[backbone]\ndepth = 50", "depth"),
+            (
+                "preset = \"paper-swin-l\"\n[backbone]\nnum_heads = [5, 12, 24, 48]",
+                "multiples of num_heads",
+            ),
             ("preset = \"tiny\"\ninput_size = 16", "input_size"),
             (
                 "preset = \"tiny\"\n[transformer]\nnum_queries = 100000",

@@ -7,7 +7,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
-use super::backbone::ResNet;
+use super::backbone::Backbone;
 use super::config::DetectorConfig;
 use super::decoder::{BoxHead, Decoder, DecoderOutput, inverse_sigmoid};
 use super::encoder::Encoder;
@@ -122,7 +122,7 @@ pub struct DetectorOutput {
 
 #[derive(Module, Debug)]
 pub struct Detector {
-    pub backbone: ResNet,
+    pub backbone: Backbone,
     pub neck: ChannelMapper,
     /// `[L, d]` added to the position encoding of level l.
     pub level_embed: Param<Tensor<2>>,
@@ -360,7 +360,7 @@ impl Detector {
             let m = super::padding::emit_pixel_mask(g, v, [ih, iw]);
             z = g.node("Mul", &[&z, &m], vec![]);
         }
-        let feats = self.backbone.emit(g, &z)?;
+        let feats = self.backbone.emit(g, &z, size)?;
         let maps = self.neck.emit(g, &feats)?;
         let d = self.config.transformer.d_model as i64;
         let flat = g.ints(&[0, d, -1]);

@@ -18,6 +18,7 @@ pub mod position_encoding;
 pub mod postprocess;
 pub mod predict;
 pub mod query_selection;
+pub mod swin;
 
 pub use config::{DetectorConfig, TransformerConfig};
 pub use detector::{Detector, DetectorOutput};

@@ -319,9 +319,8 @@ fn print_info(model: &Detector) {
         c.level_strides()
     );
     println!(
-        "ResNet-{} (width {}), d={} heads={} points={} encoder={} decoder={} ffn={} queries={} max_detections={}",
-        c.backbone.depth,
-        c.backbone.base_width,
+        "{}, d={} heads={} points={} encoder={} decoder={} ffn={} queries={} max_detections={}",
+        c.backbone.describe(),
         t.d_model,
         t.num_heads,
         t.num_points,
