@@ -141,6 +141,7 @@ fn main() -> ExitCode {
             let bad_input = matches!(
                 e,
                 codetr_export::ExportError::Core(codetr_core::Error::Import { .. })
+                    | codetr_export::ExportError::Option(_)
             );
             return ExitCode::from(if bad_input { 2 } else { 1 });
         }

@@ -522,18 +522,23 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
 /// The official small Co-DINO (core/tests/fixtures/official): checkpoint, model config and
 /// the bytes of the official model's outputs (safetensors).
 fn official_fixture() -> (PathBuf, PathBuf, Vec<u8>) {
+    official_fixture_named("co_dino_small")
+}
+
+/// Checkpoint, model config and official outputs of fixture `name`.
+fn official_fixture_named(name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/official");
-    let bytes = std::fs::read(dir.join("co_dino_small.outputs.safetensors")).unwrap();
+    let bytes = std::fs::read(dir.join(format!("{name}.outputs.safetensors"))).unwrap();
     (
-        dir.join("co_dino_small.pth"),
-        dir.join("co_dino_small.toml"),
+        dir.join(format!("{name}.pth")),
+        dir.join(format!("{name}.toml")),
         bytes,
     )
 }
 
-/// A graph's outputs (`onnx_run.py`) against the official ones of case `prefix` (128² input):
-/// the largest score difference position by position (a near-tie may swap two detections,
-/// not a score), and how many of all boxes are within 1e-4 × side.
+/// A graph's outputs (`onnx_run.py`) against the official ones of case `prefix`: the largest
+/// score difference position by position (a near-tie may swap two detections, not a score),
+/// and how many of all boxes are within 1e-4 × the input side.
 fn vs_official(
     got: &serde_json::Value,
     st: &safetensors::SafeTensors,
@@ -553,10 +558,11 @@ fn vs_official(
         floats(&got["outputs"]["boxes"]),
         st_f32(st, &format!("{prefix}.boxes")),
     );
+    let side = st.tensor(&format!("{prefix}.pixels")).unwrap().shape()[1] as f32;
     let close = ob
         .chunks(4)
         .zip(rb.chunks(4))
-        .filter(|(a, b)| a.iter().zip(*b).all(|(x, y)| (x - y).abs() <= 128.0 * 1e-4))
+        .filter(|(a, b)| a.iter().zip(*b).all(|(x, y)| (x - y).abs() <= side * 1e-4))
         .count();
     (worst, close, refs.len())
 }
@@ -719,4 +725,97 @@ fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official
             String::from_utf8_lossy(&st.stderr)
         );
     }
+}
+
+/// The official Co-DINO with a Swin backbone (window 7, 120² input: every stage pads its
+/// windows, an odd map is merged): the stretch graph gives the official unpadded outputs, the
+/// letterbox graph the official padded ones, `--check` passes, and a dynamic-size graph is
+/// refused with a clear error (exit 2, nothing written).
+#[test]
+fn official_swin_checkpoint_exports_to_graphs_that_match_the_official_model() {
+    let (pth, toml, bytes) = official_fixture_named("co_dino_swin_small");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let side = 120usize;
+    for (resize, prefix) in [
+        (codetr_model::Resize::Stretch, "nopad"),
+        (codetr_model::Resize::Letterbox, "pad"),
+    ] {
+        let out = dir.path().join(format!("swin_{prefix}.onnx"));
+        export(&ExportOptions {
+            model_config: Some(toml.clone()),
+            resize,
+            ..ExportOptions::new(&pth, &out)
+        })
+        .unwrap();
+        let px = st
+            .tensor(&format!("{prefix}.pixels"))
+            .unwrap()
+            .data()
+            .to_vec();
+        let valid: Vec<i64> = if prefix == "pad" {
+            st.tensor("pad.valid")
+                .unwrap()
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        } else {
+            vec![side as i64; 4]
+        };
+        let mut inputs = serde_json::json!({
+            "images": {"dtype": "uint8", "shape": [2, side, side, 3], "data": px},
+            "orig_sizes": {"dtype": "int64", "shape": [2, 2], "data": valid},
+        });
+        if prefix == "pad" {
+            inputs["valid_sizes"] = serde_json::json!(
+                {"dtype": "int64", "shape": [2, 2], "data": valid}
+            );
+        }
+        let ip = dir.path().join("in.json");
+        std::fs::write(&ip, inputs.to_string()).unwrap();
+        let got: serde_json::Value = python_json("onnx_run.py", &[out.as_os_str(), ip.as_os_str()]);
+        let (worst, close, total) = vs_official(&got, &st, prefix);
+        eprintln!(
+            "Swin {resize:?} graph vs official, {prefix}: scores {worst:.2e}, {close}/{total} \
+             boxes within 1e-4·side"
+        );
+        assert!(worst <= 1e-4, "ONNX vs official scores: {worst}");
+        assert!(close * 10 >= total * 9, "{close}/{total} boxes");
+    }
+    let lib = ort_library();
+    let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
+        .arg("--checkpoint")
+        .arg(&pth)
+        .arg("--model-config")
+        .arg(&toml)
+        .arg("--out")
+        .arg(dir.path().join("cli.onnx"))
+        .args(["--resize", "letterbox", "--check", "--check-batches", "1,2"])
+        .arg("--ort-lib")
+        .arg(&lib)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&st.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        st.status.success() && stdout.contains("check: PASS"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let target = dir.path().join("dynamic.onnx");
+    let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
+        .arg("--checkpoint")
+        .arg(&pth)
+        .arg("--model-config")
+        .arg(&toml)
+        .arg("--out")
+        .arg(&target)
+        .arg("--dynamic-size")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(st.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("fixed input size"), "{stderr}");
+    assert!(!target.exists());
 }
