@@ -125,19 +125,6 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let mut exported_cfg = cfg.clone();
     exported_cfg.max_detections = k;
     model.config = exported_cfg;
-    if opts.dynamic_size
-        && matches!(
-            cfg.backbone,
-            codetr_core::model::backbone::BackboneConfig::Swin(_)
-        )
-    {
-        return Err(ExportError::Option(format!(
-            "--dynamic-size: a Swin backbone is exported at a fixed input size (its window \
-             padding and shift masks are laid out for it); set the size with `input_size` in \
-             the model config (now {})",
-            cfg.input_size
-        )));
-    }
     let side = cfg.input_size as usize;
     let size = (!opts.dynamic_size).then_some([side, side]);
     let g = model.emit_with(size, opts.msda, opts.resize)?;

@@ -728,23 +728,25 @@ fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official
 }
 
 /// The official Co-DINO with a Swin backbone (window 7, 120² input: every stage pads its
-/// windows, an odd map is merged): the stretch graph gives the official unpadded outputs, the
-/// letterbox graph the official padded ones, `--check` passes, and a dynamic-size graph is
-/// refused with a clear error (exit 2, nothing written).
+/// windows, an odd map is merged): the stretch graph gives the official unpadded outputs and
+/// the letterbox graphs (fixed and dynamic size) the official padded ones; `--check` passes,
+/// for the dynamic graph at two more sizes (other paddings, shift masks built in the graph).
 #[test]
 fn official_swin_checkpoint_exports_to_graphs_that_match_the_official_model() {
     let (pth, toml, bytes) = official_fixture_named("co_dino_swin_small");
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let side = 120usize;
-    for (resize, prefix) in [
-        (codetr_model::Resize::Stretch, "nopad"),
-        (codetr_model::Resize::Letterbox, "pad"),
+    for (resize, prefix, dynamic) in [
+        (codetr_model::Resize::Stretch, "nopad", false),
+        (codetr_model::Resize::Letterbox, "pad", false),
+        (codetr_model::Resize::Letterbox, "pad", true),
     ] {
-        let out = dir.path().join(format!("swin_{prefix}.onnx"));
+        let out = dir.path().join(format!("swin_{prefix}_{dynamic}.onnx"));
         export(&ExportOptions {
             model_config: Some(toml.clone()),
             resize,
+            dynamic_size: dynamic,
             ..ExportOptions::new(&pth, &out)
         })
         .unwrap();
@@ -777,45 +779,34 @@ fn official_swin_checkpoint_exports_to_graphs_that_match_the_official_model() {
         let got: serde_json::Value = python_json("onnx_run.py", &[out.as_os_str(), ip.as_os_str()]);
         let (worst, close, total) = vs_official(&got, &st, prefix);
         eprintln!(
-            "Swin {resize:?} graph vs official, {prefix}: scores {worst:.2e}, {close}/{total} \
-             boxes within 1e-4·side"
+            "Swin {resize:?} graph (dynamic size: {dynamic}) vs official, {prefix}: scores \
+             {worst:.2e}, {close}/{total} boxes within 1e-4·side"
         );
         assert!(worst <= 1e-4, "ONNX vs official scores: {worst}");
         assert!(close * 10 >= total * 9, "{close}/{total} boxes");
     }
     let lib = ort_library();
-    let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
-        .arg("--checkpoint")
-        .arg(&pth)
-        .arg("--model-config")
-        .arg(&toml)
-        .arg("--out")
-        .arg(dir.path().join("cli.onnx"))
-        .args(["--resize", "letterbox", "--check", "--check-batches", "1,2"])
-        .arg("--ort-lib")
-        .arg(&lib)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&st.stdout);
-    eprintln!("{stdout}");
-    assert!(
-        st.status.success() && stdout.contains("check: PASS"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let target = dir.path().join("dynamic.onnx");
-    let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
-        .arg("--checkpoint")
-        .arg(&pth)
-        .arg("--model-config")
-        .arg(&toml)
-        .arg("--out")
-        .arg(&target)
-        .arg("--dynamic-size")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&st.stderr);
-    assert_eq!(st.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("fixed input size"), "{stderr}");
-    assert!(!target.exists());
+    for dynamic in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_codetr-export"));
+        cmd.arg("--checkpoint")
+            .arg(&pth)
+            .arg("--model-config")
+            .arg(&toml)
+            .arg("--out")
+            .arg(dir.path().join(format!("cli_{dynamic}.onnx")))
+            .args(["--resize", "letterbox", "--check", "--check-batches", "1,2"])
+            .arg("--ort-lib")
+            .arg(&lib);
+        if dynamic {
+            cmd.arg("--dynamic-size");
+        }
+        let st = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&st.stdout);
+        eprintln!("{stdout}");
+        assert!(
+            st.status.success() && stdout.contains("check: PASS"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
 }

@@ -153,22 +153,16 @@ impl Backbone {
     }
 
     /// ONNX emitter of [`Backbone::forward`]. `size`: the fixed input `[h, w]`, `None` for a
-    /// graph of dynamic size (a Swin backbone needs a fixed one).
+    /// graph of dynamic size.
     pub fn emit(
         &self,
         g: &mut crate::onnx::GraphBuilder,
         x: &str,
         size: Option<[usize; 2]>,
     ) -> Result<Vec<String>> {
-        match (self, size) {
-            (Backbone::ResNet(m), _) => m.emit(g, x),
-            (Backbone::Swin(m), Some(hw)) => m.emit(g, x, hw),
-            (Backbone::Swin(_), None) => Err(Error::InvalidArgument {
-                what: "export",
-                message: "a Swin backbone is exported at a fixed input size (its window \
-                          padding and shift masks are laid out for it); give --input-size"
-                    .into(),
-            }),
+        match self {
+            Backbone::ResNet(m) => m.emit(g, x),
+            Backbone::Swin(m) => m.emit(g, x, size),
         }
     }
 

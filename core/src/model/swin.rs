@@ -497,14 +497,111 @@ impl SwinTransformer {
 
 // ---- ONNX -------------------------------------------------------------------------------
 
-/// `axis` of `x` rolled by `shift` (positive: towards the end), as two Slices and a Concat.
-fn emit_roll(g: &mut GraphBuilder, x: &str, axis: i64, n: usize, shift: i64) -> String {
-    let cut = (n as i64 - shift).rem_euclid(n as i64);
+/// A map dimension in the graph: a constant at a fixed input size, an int64 `[1]` value
+/// derived from `Shape` under `--dynamic-size` (never a ScatterND into a shape).
+#[derive(Debug, Clone)]
+enum Dim {
+    Fixed(i64),
+    Dyn(String),
+}
+
+impl Dim {
+    /// Dimension `axis` of `x`.
+    fn of(g: &mut GraphBuilder, x: &str, axis: i64) -> Dim {
+        let shape = g.node("Shape", &[x], vec![]);
+        let (a, b) = (g.ints(&[axis]), g.ints(&[axis + 1]));
+        Dim::Dyn(g.node("Slice", &[&shape, &a, &b], vec![]))
+    }
+
+    fn value(&self, g: &mut GraphBuilder) -> String {
+        match self {
+            Dim::Fixed(v) => g.ints(&[*v]),
+            Dim::Dyn(s) => s.clone(),
+        }
+    }
+
+    fn binary(&self, g: &mut GraphBuilder, op: &str, other: &Dim, f: fn(i64, i64) -> i64) -> Dim {
+        match (self, other) {
+            (Dim::Fixed(a), Dim::Fixed(b)) => Dim::Fixed(f(*a, *b)),
+            _ => {
+                let (a, b) = (self.value(g), other.value(g));
+                Dim::Dyn(g.node(op, &[&a, &b], vec![]))
+            }
+        }
+    }
+
+    fn add(&self, g: &mut GraphBuilder, other: &Dim) -> Dim {
+        self.binary(g, "Add", other, |a, b| a + b)
+    }
+
+    fn mul(&self, g: &mut GraphBuilder, other: &Dim) -> Dim {
+        self.binary(g, "Mul", other, |a, b| a * b)
+    }
+
+    /// `self / k`, rounded down (sizes are non-negative).
+    fn div(&self, g: &mut GraphBuilder, k: i64) -> Dim {
+        self.binary(g, "Div", &Dim::Fixed(k), |a, b| a / b)
+    }
+
+    /// `self mod k`.
+    fn rem(&self, g: &mut GraphBuilder, k: i64) -> Dim {
+        self.binary(g, "Mod", &Dim::Fixed(k), |a, b| a % b)
+    }
+
+    /// The padding that brings `self` to a multiple of `m`: `(m − self mod m) mod m`.
+    fn pad_to(&self, g: &mut GraphBuilder, m: i64) -> Dim {
+        let r = self.rem(g, m);
+        Dim::Fixed(m).binary(g, "Sub", &r, |a, b| a - b).rem(g, m)
+    }
+
+    fn is_zero(&self) -> bool {
+        matches!(self, Dim::Fixed(0))
+    }
+}
+
+/// int64 `[k]` of `dims`: a constant when all are fixed, else their Concat.
+fn shape_of(g: &mut GraphBuilder, dims: &[Dim]) -> String {
+    if let Some(v) = dims
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(v) => Some(*v),
+            Dim::Dyn(_) => None,
+        })
+        .collect::<Option<Vec<i64>>>()
+    {
+        return g.ints(&v);
+    }
+    let parts: Vec<String> = dims.iter().map(|d| d.value(g)).collect();
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    g.node("Concat", &refs, vec![("axis", Attr::Int(0))])
+}
+
+/// `axis` of `x` rolled by `shift` (positive: towards the end), as two Slices and a Concat;
+/// negative Slice bounds count from the end, so no size is needed.
+fn emit_roll(g: &mut GraphBuilder, x: &str, axis: i64, shift: i64) -> String {
     let ax = g.ints(&[axis]);
-    let (z, c, e) = (g.ints(&[0]), g.ints(&[cut]), g.ints(&[n as i64]));
-    let tail = g.node("Slice", &[x, &c, &e, &ax], vec![]);
-    let head = g.node("Slice", &[x, &z, &c, &ax], vec![]);
+    let (z, end, cut) = (g.ints(&[0]), g.ints(&[i64::MAX]), g.ints(&[-shift]));
+    // shift > 0: x[n−s:] then x[:n−s]; shift < 0: x[|s|:] then x[:|s|].
+    let tail = g.node("Slice", &[x, &cut, &end, &ax], vec![]);
+    let head = g.node("Slice", &[x, &z, &cut, &ax], vec![]);
     g.node("Concat", &[&tail, &head], vec![("axis", Attr::Int(axis))])
+}
+
+/// Right/bottom zero padding of `[B, H, W, C]` (pads of `[B, C, H, W]` with `nchw`).
+fn emit_pad_hw(g: &mut GraphBuilder, x: &str, pb: &Dim, pr: &Dim, nchw: bool) -> String {
+    if pb.is_zero() && pr.is_zero() {
+        return x.to_string();
+    }
+    let z = || Dim::Fixed(0);
+    let ends = if nchw {
+        [z(), z(), pb.clone(), pr.clone()]
+    } else {
+        [z(), pb.clone(), pr.clone(), z()]
+    };
+    let mut dims = vec![z(), z(), z(), z()];
+    dims.extend(ends);
+    let pads = shape_of(g, &dims);
+    g.node("Pad", &[x, &pads], vec![])
 }
 
 /// The exact (erf) GELU, `x·(1 + erf(x/√2))/2`: opset 17 has no Gelu node.
@@ -518,24 +615,55 @@ fn emit_gelu(g: &mut GraphBuilder, x: &str) -> String {
     g.node("Mul", &[&y, &half], vec![])
 }
 
-/// Right/bottom zero padding of `[B, H, W, C]`.
-fn emit_pad_hw(g: &mut GraphBuilder, x: &str, pb: usize, pr: usize) -> String {
-    if pb + pr == 0 {
-        return x.to_string();
-    }
-    let pads = g.ints(&[0, 0, 0, 0, 0, pb as i64, pr as i64, 0]);
-    g.node("Pad", &[x, &pads], vec![])
+/// [`shift_mask`] in the graph for a padded map of symbolic size: float `[nW, 1, w², w²]`.
+fn emit_shift_mask(g: &mut GraphBuilder, hp: &Dim, wp: &Dim, w: usize, shift: usize) -> String {
+    // region of every row / column: (i ≥ n − w) + (i ≥ n − shift), 0..=2
+    let region = |g: &mut GraphBuilder, n: &Dim| {
+        let n = n.value(g);
+        let sq = g.ints(&[0]);
+        let ns = g.node("Squeeze", &[&n, &sq], vec![]);
+        let (z, one) = (g.init_i64("r0", &[], &[0]), g.init_i64("r1", &[], &[1]));
+        let i = g.node("Range", &[&z, &ns, &one], vec![]);
+        let ge = |g: &mut GraphBuilder, back: usize| {
+            let b = g.ints(&[back as i64]);
+            let edge = g.node("Sub", &[&n, &b], vec![]);
+            let ge = g.node("GreaterOrEqual", &[&i, &edge], vec![]);
+            g.node("Cast", &[&ge], vec![("to", Attr::Int(7))])
+        };
+        let (a, b) = (ge(g, w), ge(g, shift));
+        g.node("Add", &[&a, &b], vec![])
+    };
+    let (ry, rx) = (region(g, hp), region(g, wp));
+    let three = g.ints(&[3]);
+    let ry = g.node("Mul", &[&ry, &three], vec![]);
+    let ax1 = g.ints(&[1]);
+    let ry = g.node("Unsqueeze", &[&ry, &ax1], vec![]);
+    let labels = g.node("Add", &[&ry, &rx], vec![]); // [hp, wp]
+    let wi = w as i64;
+    let (nh, nw) = (hp.div(g, wi), wp.div(g, wi));
+    let split = shape_of(g, &[nh, Dim::Fixed(wi), nw, Dim::Fixed(wi)]);
+    let l = g.node("Reshape", &[&labels, &split], vec![]);
+    let l = g.node(
+        "Transpose",
+        &[&l],
+        vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+    );
+    let flat = g.ints(&[-1, wi * wi]);
+    let l = g.node("Reshape", &[&l, &flat], vec![]); // [nW, n]
+    let (a2, a1) = (g.ints(&[2]), g.ints(&[1]));
+    let q = g.node("Unsqueeze", &[&l, &a2], vec![]);
+    let k = g.node("Unsqueeze", &[&l, &a1], vec![]);
+    let same = g.node("Equal", &[&q, &k], vec![]);
+    let diff = g.node("Not", &[&same], vec![]);
+    let diff = g.node("Cast", &[&diff], vec![("to", Attr::Int(1))]);
+    let hundred = g.scalar(-100.0);
+    let m = g.node("Mul", &[&diff, &hundred], vec![]);
+    g.node("Unsqueeze", &[&m, &a1], vec![])
 }
 
 impl WindowAttention {
-    /// ONNX emitter of [`WindowAttention::forward`]; `mask`: an initializer `[nW, 1, w², w²]`
-    /// and its `nW`.
-    pub fn emit(
-        &self,
-        g: &mut GraphBuilder,
-        x: &str,
-        mask: Option<(&str, usize)>,
-    ) -> Result<String> {
+    /// ONNX emitter of [`WindowAttention::forward`]; `mask`: float `[nW, 1, w², w²]` and `nW`.
+    fn emit(&self, g: &mut GraphBuilder, x: &str, mask: Option<(&str, &Dim)>) -> Result<String> {
         use crate::onnx::emit::{host, linear as lin};
         let c = self.qkv.weight.dims()[0];
         let (h, n) = (self.num_heads, self.window * self.window);
@@ -579,7 +707,8 @@ impl WindowAttention {
         let mut attn = g.node("Add", &[&attn, &bias], vec![]);
         if let Some((m, nw)) = mask {
             // [B·nW, h, n, n] → [B, nW, h, n, n] + [nW, 1, n, n] → back
-            let to5 = g.ints(&[-1, nw as i64, h as i64, n as i64, n as i64]);
+            let (hh, nn) = (Dim::Fixed(h as i64), Dim::Fixed(n as i64));
+            let to5 = shape_of(g, &[Dim::Fixed(-1), nw.clone(), hh, nn.clone(), nn]);
             let a5 = g.node("Reshape", &[&attn, &to5], vec![]);
             let s = g.node("Add", &[&a5, m], vec![]);
             let to4 = g.ints(&[-1, h as i64, n as i64, n as i64]);
@@ -599,66 +728,79 @@ impl WindowAttention {
 }
 
 impl SwinBlock {
-    /// ONNX emitter of [`SwinBlock::forward`] at a known map size: `x` `[B, h·w, C]`.
-    pub fn emit(&self, g: &mut GraphBuilder, x: &str, [h, w]: [usize; 2]) -> Result<String> {
+    /// ONNX emitter of [`SwinBlock::forward`]: `x` `[B, h·w, C]` of an `[h, w]` map.
+    fn emit(&self, g: &mut GraphBuilder, x: &str, h: &Dim, w: &Dim) -> Result<String> {
         use crate::onnx::emit::{layer_norm, linear as lin};
-        let c = self.norm1.gamma.dims()[0] as i64;
-        let ws = self.attn.window;
-        let (pb, pr) = (pad_to(h, ws), pad_to(w, ws));
-        let (hp, wp) = (h + pb, w + pr);
+        let c = Dim::Fixed(self.norm1.gamma.dims()[0] as i64);
+        let ws = self.attn.window as i64;
+        let (pb, pr) = (h.pad_to(g, ws), w.pad_to(g, ws));
+        let (hp, wp) = (h.add(g, &pb), w.add(g, &pr));
         let s = self.shift as i64;
         let y = layer_norm(g, &self.norm1, x)?;
-        let to_map = g.ints(&[-1, h as i64, w as i64, c]);
+        let to_map = shape_of(g, &[Dim::Fixed(-1), h.clone(), w.clone(), c.clone()]);
         let y = g.node("Reshape", &[&y, &to_map], vec![]);
-        let mut y = emit_pad_hw(g, &y, pb, pr);
+        let mut y = emit_pad_hw(g, &y, &pb, &pr, false);
         if s > 0 {
-            y = emit_roll(g, &y, 1, hp, -s);
-            y = emit_roll(g, &y, 2, wp, -s);
+            y = emit_roll(g, &y, 1, -s);
+            y = emit_roll(g, &y, 2, -s);
         }
-        let (nh, nw, wsi) = ((hp / ws) as i64, (wp / ws) as i64, ws as i64);
-        let part = g.ints(&[-1, nh, wsi, nw, wsi, c]);
+        let (nh, nw) = (hp.div(g, ws), wp.div(g, ws));
+        let wsd = Dim::Fixed(ws);
+        let part = shape_of(
+            g,
+            &[
+                Dim::Fixed(-1),
+                nh.clone(),
+                wsd.clone(),
+                nw.clone(),
+                wsd.clone(),
+                c.clone(),
+            ],
+        );
         let y = g.node("Reshape", &[&y, &part], vec![]);
         let y = g.node(
             "Transpose",
             &[&y],
             vec![("perm", Attr::Ints(vec![0, 1, 3, 2, 4, 5]))],
         );
-        let flat = g.ints(&[-1, wsi * wsi, c]);
+        let cv = self.norm1.gamma.dims()[0] as i64;
+        let flat = g.ints(&[-1, ws * ws, cv]);
         let windows = g.node("Reshape", &[&y, &flat], vec![]);
-        let nwin = (hp / ws) * (wp / ws);
-        let mask = (s > 0).then(|| {
-            let n = ws * ws;
-            g.init_f32(
-                "shift_mask",
-                &[nwin, 1, n, n],
-                &shift_mask(hp, wp, ws, self.shift),
-            )
+        let nwin = nh.mul(g, &nw);
+        let mask = (s > 0).then(|| match (&hp, &wp) {
+            (Dim::Fixed(a), Dim::Fixed(b)) => {
+                let n = (ws * ws) as usize;
+                g.init_f32(
+                    "shift_mask",
+                    &[((a / ws) * (b / ws)) as usize, 1, n, n],
+                    &shift_mask(*a as usize, *b as usize, ws as usize, self.shift),
+                )
+            }
+            _ => emit_shift_mask(g, &hp, &wp, ws as usize, self.shift),
         });
         let y = self
             .attn
-            .emit(g, &windows, mask.as_deref().map(|m| (m, nwin)))?;
-        let unpart = g.ints(&[-1, nh, nw, wsi, wsi, c]);
+            .emit(g, &windows, mask.as_deref().map(|m| (m, &nwin)))?;
+        let unpart = shape_of(g, &[Dim::Fixed(-1), nh, nw, wsd.clone(), wsd, c.clone()]);
         let y = g.node("Reshape", &[&y, &unpart], vec![]);
         let y = g.node(
             "Transpose",
             &[&y],
             vec![("perm", Attr::Ints(vec![0, 1, 3, 2, 4, 5]))],
         );
-        let to_pad = g.ints(&[-1, hp as i64, wp as i64, c]);
+        let to_pad = shape_of(g, &[Dim::Fixed(-1), hp, wp, c.clone()]);
         let mut y = g.node("Reshape", &[&y, &to_pad], vec![]);
         if s > 0 {
-            y = emit_roll(g, &y, 1, hp, s);
-            y = emit_roll(g, &y, 2, wp, s);
+            y = emit_roll(g, &y, 1, s);
+            y = emit_roll(g, &y, 2, s);
         }
-        if pb + pr > 0 {
-            let (st, en, ax) = (
-                g.ints(&[0, 0]),
-                g.ints(&[h as i64, w as i64]),
-                g.ints(&[1, 2]),
-            );
+        if !(pb.is_zero() && pr.is_zero()) {
+            let st = g.ints(&[0, 0]);
+            let en = shape_of(g, &[h.clone(), w.clone()]);
+            let ax = g.ints(&[1, 2]);
             y = g.node("Slice", &[&y, &st, &en, &ax], vec![]);
         }
-        let to_tokens = g.ints(&[-1, (h * w) as i64, c]);
+        let to_tokens = g.ints(&[0, -1, cv]);
         let y = g.node("Reshape", &[&y, &to_tokens], vec![]);
         let x = g.node("Add", &[x, &y], vec![]);
         let f = layer_norm(g, &self.norm2, &x)?;
@@ -670,23 +812,27 @@ impl SwinBlock {
 }
 
 impl PatchMerging {
-    /// ONNX emitter of [`PatchMerging::forward`] at a known map size.
-    pub fn emit(&self, g: &mut GraphBuilder, x: &str, [h, w]: [usize; 2]) -> Result<String> {
+    /// ONNX emitter of [`PatchMerging::forward`]: `x` `[B, h·w, C]` → `[B, ⌈h/2⌉·⌈w/2⌉, 2C]`.
+    fn emit(&self, g: &mut GraphBuilder, x: &str, h: &Dim, w: &Dim) -> Result<String> {
         use crate::onnx::emit::{layer_norm, linear as lin};
         let c = self.norm.gamma.dims()[0] as i64 / 4;
-        let (pb, pr) = (h % 2, w % 2);
-        let to_map = g.ints(&[-1, h as i64, w as i64, c]);
+        let to_map = shape_of(g, &[Dim::Fixed(-1), h.clone(), w.clone(), Dim::Fixed(c)]);
         let y = g.node("Reshape", &[x, &to_map], vec![]);
-        let y = emit_pad_hw(g, &y, pb, pr);
-        let (h2, w2) = (((h + pb) / 2) as i64, ((w + pr) / 2) as i64);
-        let split = g.ints(&[-1, h2, 2, w2, 2, c]);
+        let (pb, pr) = (h.rem(g, 2), w.rem(g, 2));
+        let y = emit_pad_hw(g, &y, &pb, &pr, false);
+        let (h2, w2) = (h.add(g, &pb).div(g, 2), w.add(g, &pr).div(g, 2));
+        let two = Dim::Fixed(2);
+        let split = shape_of(
+            g,
+            &[Dim::Fixed(-1), h2, two.clone(), w2, two, Dim::Fixed(c)],
+        );
         let y = g.node("Reshape", &[&y, &split], vec![]);
         let y = g.node(
             "Transpose",
             &[&y],
             vec![("perm", Attr::Ints(vec![0, 1, 3, 5, 2, 4]))],
         );
-        let flat = g.ints(&[-1, h2 * w2, 4 * c]);
+        let flat = g.ints(&[0, -1, 4 * c]);
         let y = g.node("Reshape", &[&y, &flat], vec![]);
         let y = layer_norm(g, &self.norm, &y)?;
         lin(g, &self.reduction, &y)
@@ -694,28 +840,27 @@ impl PatchMerging {
 }
 
 impl SwinTransformer {
-    /// ONNX emitter of [`SwinTransformer::forward`]: `x` normalised NCHW of the fixed input
-    /// size `[h, w]` → the selected maps (NCHW).
-    pub fn emit(&self, g: &mut GraphBuilder, x: &str, [h, w]: [usize; 2]) -> Result<Vec<String>> {
+    /// ONNX emitter of [`SwinTransformer::forward`]: `x` normalised NCHW → the selected maps
+    /// (NCHW). `size`: the fixed input `[h, w]` (every shape a constant), or `None` for a graph
+    /// of dynamic size (shapes, paddings and shift masks derived from `Shape` in the graph).
+    pub fn emit(
+        &self,
+        g: &mut GraphBuilder,
+        x: &str,
+        size: Option<[usize; 2]>,
+    ) -> Result<Vec<String>> {
         use crate::onnx::emit::{conv2d, layer_norm};
-        let x = if pad_to(h, PATCH) + pad_to(w, PATCH) > 0 {
-            let pads = g.ints(&[
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                pad_to(h, PATCH) as i64,
-                pad_to(w, PATCH) as i64,
-            ]);
-            g.node("Pad", &[x, &pads], vec![])
-        } else {
-            x.to_string()
+        let p = PATCH as i64;
+        let (h, w) = match size {
+            Some([h, w]) => (Dim::Fixed(h as i64), Dim::Fixed(w as i64)),
+            None => (Dim::of(g, x, 2), Dim::of(g, x, 3)),
         };
+        let (pb, pr) = (h.pad_to(g, p), w.pad_to(g, p));
+        let x = emit_pad_hw(g, x, &pb, &pr, true);
         let y = conv2d(g, &self.patch_embed.proj, &x, None)?;
         let c0 = self.patch_embed.norm.gamma.dims()[0] as i64;
-        let (mut hh, mut ww) = (h.div_ceil(PATCH), w.div_ceil(PATCH));
+        let mut hh = h.add(g, &pb).div(g, p);
+        let mut ww = w.add(g, &pr).div(g, p);
         let flat = g.ints(&[0, c0, -1]);
         let y = g.node("Reshape", &[&y, &flat], vec![]);
         let y = g.node(
@@ -727,7 +872,7 @@ impl SwinTransformer {
         let mut outs = Vec::with_capacity(self.norms.len());
         for (s, stage) in self.stages.iter().enumerate() {
             for block in &stage.blocks {
-                t = block.emit(g, &t, [hh, ww])?;
+                t = block.emit(g, &t, &hh, &ww)?;
             }
             if let Some(Some(norm)) = self.norms.get(s) {
                 let c = norm.gamma.dims()[0] as i64;
@@ -737,12 +882,14 @@ impl SwinTransformer {
                     &[&o],
                     vec![("perm", Attr::Ints(vec![0, 2, 1]))],
                 );
-                let to = g.ints(&[0, c, hh as i64, ww as i64]);
+                let to = shape_of(g, &[Dim::Fixed(0), Dim::Fixed(c), hh.clone(), ww.clone()]);
                 outs.push(g.node("Reshape", &[&o, &to], vec![]));
             }
             if let Some(m) = &stage.downsample {
-                t = m.emit(g, &t, [hh, ww])?;
-                (hh, ww) = (hh.div_ceil(2), ww.div_ceil(2));
+                t = m.emit(g, &t, &hh, &ww)?;
+                let one = Dim::Fixed(1);
+                hh = hh.add(g, &one).div(g, 2);
+                ww = ww.add(g, &one).div(g, 2);
             }
         }
         Ok(outs)
