@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Converting an official Co-DINO checkpoint: wall time and peak RSS of `codetr-train import`
-# (.pth → codetr checkpoint) and `codetr-export` (.pth → ONNX, paper-r50 at 800²), against the
-# file's size. The issue's bounds: under a minute, peak RSS under 3× the file.
+# (.pth → codetr checkpoint) and `codetr-export` (.pth → ONNX at 800², the official preset of
+# the file's backbone), against the file's size. The issue's bounds: under a minute, peak RSS
+# under 3× the file.
 #
-# PTH: the official checkpoint (e.g. co_dino_5scale_r50_1x_coco.pth). Without it, a full-size
-# R50 checkpoint with random weights is made by tests/reference/make_official_fixtures.py
-# --full, which needs REF_PY (a Python with torch, mmengine, mmcv-lite, mmdet 3.3.0) and
-# MMDET_SRC (a checkout of mmdetection v3.3.0). Writes bench/results/official_import.json.
+# ARCH: r50 (default) or swin-l. PTH: the official checkpoint (e.g.
+# co_dino_5scale_r50_1x_coco.pth). Without it, a full-size checkpoint of ARCH with random
+# weights is made by tests/reference/make_official_fixtures.py --full / --full-swin, which needs
+# REF_PY (a Python with torch, mmengine, mmcv-lite, mmdet 3.3.0) and MMDET_SRC (a checkout of
+# mmdetection v3.3.0). Writes bench/results/official_import.json (r50) or
+# bench/results/official_import_swin_l.json.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,12 +17,18 @@ cd "$ROOT"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+ARCH="${ARCH:-r50}"
+case "$ARCH" in
+    r50) FULL=--full; RESULT=bench/results/official_import.json ;;
+    swin-l) FULL=--full-swin; RESULT=bench/results/official_import_swin_l.json ;;
+    *) echo "ARCH must be r50 or swin-l, got $ARCH" >&2; exit 2 ;;
+esac
 PTH="${PTH:-}"
 if [ -z "$PTH" ]; then
-    PTH="$WORK/co_dino_5scale_r50_random.pth"
+    PTH="$WORK/co_dino_5scale_${ARCH}_random.pth"
     : "${REF_PY:?set PTH to an official checkpoint, or REF_PY and MMDET_SRC to make one}"
     : "${MMDET_SRC:?set MMDET_SRC to a checkout of mmdetection v3.3.0}"
-    MMDET_SRC="$MMDET_SRC" "$REF_PY" tests/reference/make_official_fixtures.py --full "$PTH" \
+    MMDET_SRC="$MMDET_SRC" "$REF_PY" tests/reference/make_official_fixtures.py "$FULL" "$PTH" \
         2>/dev/null
 fi
 
@@ -49,12 +58,13 @@ read -r EXPORT_S EXPORT_KIB < <(measure "$TARGET_DIR/release/codetr-export" \
     --checkpoint "$PTH" --out "$WORK/imported.onnx")
 grep -E "imported|nodes" "$WORK/out.log"
 
-python3 - "$BYTES" "$EXPORT_S" "$EXPORT_KIB" "${IMPORTS[@]}" <<'PY'
+python3 - "$RESULT" "$ARCH" "$BYTES" "$EXPORT_S" "$EXPORT_KIB" "${IMPORTS[@]}" <<'PY'
 import json, os, sys
-b, e_s, e_k, *imports = sys.argv[1:]
+out, arch, b, e_s, e_k, *imports = sys.argv[1:]
 b = int(b)
 runs = [(float(s), int(k) * 1024) for s, k in (r.split() for r in imports)]
 res = {
+    "arch": arch,
     "checkpoint_bytes": b,
     "import": {"runs": len(runs),
                "seconds_max": max(s for s, _ in runs),
@@ -64,9 +74,8 @@ res = {
     "export_800": {"seconds": float(e_s), "peak_rss_bytes": int(e_k) * 1024,
                    "rss_over_file": round(int(e_k) * 1024 / b, 3)},
     "machine": f"{os.cpu_count()} cores",
-    "command": "bash bench/official_import.sh",
+    "command": f"ARCH={arch} bash bench/official_import.sh",
 }
-out = "bench/results/official_import.json"
 with open(out, "w") as f:
     json.dump(res, f, indent=2)
     f.write("\n")

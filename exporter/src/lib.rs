@@ -50,7 +50,7 @@ pub struct ExportOptions {
     /// graph reaches 2^31 elements at that batch (see [`shapes`]).
     pub serve_batch: u64,
     /// Model config (TOML) for an official PyTorch checkpoint, whose file does not describe
-    /// its architecture (default: the `paper-r50` preset). Our checkpoints carry their own.
+    /// its architecture (default: the `paper-r50` preset, `paper-swin-l` for a Swin backbone). Our checkpoints carry their own.
     pub model_config: Option<PathBuf>,
     /// How the server brings images to the input size: `Stretch`, or `Letterbox` (keep the
     /// aspect ratio, pad; the graph gains the `valid_sizes` input and masks the padding).
@@ -206,11 +206,12 @@ pub struct Loaded {
 }
 
 /// Loads one of our checkpoints, or imports an official Co-DINO `.pth` (recognised by its
-/// content, not its name) with the architecture of `model_config` (TOML; default `paper-r50`).
+/// content, not its name) with the architecture of `model_config` (TOML; default: `paper-r50`, or
+/// `paper-swin-l` for a checkpoint with a Swin backbone).
 pub fn load_source(ckpt: &Path, model_config: Option<&Path>, device: &Device) -> Result<Loaded> {
     if codetr_core::import::pth::looks_like_pytorch(ckpt) {
         let base = match model_config {
-            None => codetr_core::model::DetectorConfig::paper_r50(),
+            None => codetr_core::import::official_preset(ckpt)?,
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| codetr_core::Error::io(p, e))?;
                 codetr_core::model::DetectorConfig::from_toml(&text)?

@@ -21,7 +21,8 @@ struct Cli {
     checkpoint: PathBuf,
     /// Model config (TOML, e.g. `preset = "paper-r50"` plus overrides) describing an official
     /// checkpoint's architecture; the class count is read from the file. Default: the
-    /// `paper-r50` preset (Co-DINO 5-scale R50). Not used with our own checkpoints.
+    /// `paper-r50` preset (Co-DINO 5-scale R50), or `paper-swin-l` (Co-DINO 5-scale Swin-L)
+    /// when the checkpoint's backbone is a Swin Transformer. Not used with our own checkpoints.
     #[arg(long)]
     model_config: Option<PathBuf>,
     /// Output .onnx path (default: the checkpoint path with .onnx). Written atomically.

@@ -39,7 +39,8 @@ Regenerate (downloads several GB; never done by CI):
     # the Swin fixtures (co_dino_swin_small*), also checked against Sense-X's own Swin module:
     MMDET_SRC=... SENSEX_SRC=/path/to/Co-DETR /tmp/refenv/bin/python \\
         tests/reference/make_official_fixtures.py --swin
-    # or a full-size R50 checkpoint with random weights (261 MB) for bench/official_import.sh:
+    # or a full-size R50 (261 MB) or Swin-L (`--full-swin`, 942 MB) checkpoint with random
+    # weights for bench/official_import.sh:
     ... make_official_fixtures.py --full /tmp/co_dino_5scale_r50_random.pth
 """
 
@@ -360,11 +361,11 @@ num_queries = 30
 def main() -> None:
     from safetensors.numpy import save_file
 
-    if len(sys.argv) == 3 and sys.argv[1] == "--full":
+    if len(sys.argv) == 3 and sys.argv[1] in ("--full", "--full-swin"):
         # A full-size official R50 checkpoint (random weights, 80 COCO-sized classes) for the
         # conversion benchmark (bench/official_import.sh); nothing is written to the fixtures.
         torch.manual_seed(0)
-        model = build_small(full=True)
+        model = build_small(full=True, swin=sys.argv[1] == "--full-swin")
         classes = tuple(f"class_{i}" for i in range(80))
         torch.save({"meta": {"dataset_meta": {"classes": classes}},
                     "state_dict": model.state_dict()}, sys.argv[2])

@@ -148,6 +148,22 @@ fn check_relative_index(
     Ok(())
 }
 
+/// The official preset matching a checkpoint's backbone, for when the user names no model
+/// config: `paper-swin-l` for a Swin backbone (`backbone.patch_embed.*`), else `paper-r50`.
+/// Only the pickle is parsed; no tensor is read.
+pub fn official_preset(path: &Path) -> Result<DetectorConfig> {
+    let sd = StateDict::open(path)?;
+    let swin = sd
+        .tensors
+        .keys()
+        .any(|k| k.starts_with("backbone.patch_embed."));
+    Ok(if swin {
+        DetectorConfig::paper_swin_l()
+    } else {
+        DetectorConfig::paper_r50()
+    })
+}
+
 /// Loads an official Co-DINO checkpoint into a detector of `base`'s architecture.
 ///
 /// The class count comes from the file (`cls_branches.0`), as does whether the neck's convs

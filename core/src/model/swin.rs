@@ -186,28 +186,17 @@ impl SwinConfig {
 
 /// A Linear with the official Swin initialisation (normal, std 0.02; zero bias).
 fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
-    LinearConfig::new(d_in, d_out)
+    let mut l = LinearConfig::new(d_in, d_out)
         .with_bias(bias)
         .with_initializer(Initializer::Normal {
             mean: 0.0,
             std: 0.02,
         })
-        .init(device)
-        .map_bias_zero(device)
-}
-
-trait ZeroBias {
-    fn map_bias_zero(self, device: &Device) -> Self;
-}
-
-impl ZeroBias for Linear {
-    fn map_bias_zero(mut self, device: &Device) -> Self {
-        if let Some(b) = &self.bias {
-            let d = b.dims()[0];
-            self.bias = Some(Param::from_tensor(Tensor::zeros([d], device)));
-        }
-        self
+        .init(device);
+    if bias {
+        l.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
     }
+    l
 }
 
 /// The 4×4 stride-4 patch projection and its LayerNorm.

@@ -13,7 +13,7 @@ use codetr_data::{CocoDataset, LoadOptions};
 /// Which model: a preset, optionally overridden by a TOML file.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// Preset: tiny or paper-r50.
+    /// Preset: tiny, paper-r50 or paper-swin-l.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// TOML model config (`preset = ...` plus any overrides); replaces --preset.
@@ -200,8 +200,9 @@ pub struct ImportArgs {
     /// unpickled: nothing in the file runs.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// The checkpoint's architecture: --preset (default paper-r50, the official 5-scale R50)
-    /// or --config TOML. The class count is read from the file.
+    /// The checkpoint's architecture: --preset or --config TOML; by default the official
+    /// 5-scale preset of the checkpoint's backbone (paper-r50 or paper-swin-l). The class
+    /// count is read from the file.
     #[command(flatten)]
     pub model: ImportModelArgs,
     /// Output codetr checkpoint (written atomically): the detector's weights, ready for
@@ -213,9 +214,10 @@ pub struct ImportArgs {
 /// `import`'s model flags: as `ModelArgs`, with the official preset as default.
 #[derive(clap::Args)]
 pub struct ImportModelArgs {
-    /// Preset: paper-r50 (Co-DINO 5-scale R50) or tiny.
-    #[arg(long, default_value = "paper-r50")]
-    pub preset: String,
+    /// Preset: paper-r50 (Co-DINO 5-scale R50), paper-swin-l (Co-DINO 5-scale Swin-L) or
+    /// tiny. Default: paper-r50 or paper-swin-l, by the checkpoint's backbone.
+    #[arg(long)]
+    pub preset: Option<String>,
     /// TOML model config (`preset = ...` plus any overrides); replaces --preset.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -223,11 +225,14 @@ pub struct ImportModelArgs {
 
 impl ImportArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let base = ModelArgs {
-            preset: self.model.preset,
-            config: self.model.config,
-        }
-        .resolve()?;
+        let base = match (self.model.preset, self.model.config) {
+            (None, None) => codetr_core::import::official_preset(&self.checkpoint)?,
+            (preset, config) => ModelArgs {
+                preset: preset.unwrap_or_else(|| "paper-r50".into()),
+                config,
+            }
+            .resolve()?,
+        };
         let device = burn::tensor::Device::flex();
         let started = std::time::Instant::now();
         let imported = codetr_core::import::import_co_dino(&self.checkpoint, &base, &device)?;

@@ -26,7 +26,7 @@ pub struct FitArgs {
     /// A dataset root as written by `synth` (uses DIR/train and DIR/val).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Model preset (tiny, paper-r50); replaces the config's [model] table.
+    /// Model preset (tiny, paper-r50, paper-swin-l); replaces the config's [model] table.
     #[arg(long)]
     pub preset: Option<String>,
     /// Number of auxiliary heads: 0 = plain DINO, 1 = +ATSS, 2 = +ATSS+Faster-RCNN.
