@@ -701,16 +701,28 @@ fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official
     }
     // `--check` feeds a letterbox graph batches that mix landscape and portrait padding and
     // compares it with the Burn model on the same padded batch (ORT vs Burn ≤ 1e-4).
+    letterbox_checks_pass(&pth, &toml, dir.path(), "1,3");
+}
+
+/// `codetr-export --resize letterbox --check` of an official checkpoint passes, at the fixed
+/// size and at dynamic size (which also checks two other input sizes).
+fn letterbox_checks_pass(pth: &Path, toml: &Path, dir: &Path, batches: &str) {
     let lib = ort_library();
     for dynamic in [false, true] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_codetr-export"));
         cmd.arg("--checkpoint")
-            .arg(&pth)
+            .arg(pth)
             .arg("--model-config")
-            .arg(&toml)
+            .arg(toml)
             .arg("--out")
-            .arg(dir.path().join(format!("cli_{dynamic}.onnx")))
-            .args(["--resize", "letterbox", "--check", "--check-batches", "1,3"])
+            .arg(dir.join(format!("cli_{dynamic}.onnx")))
+            .args([
+                "--resize",
+                "letterbox",
+                "--check",
+                "--check-batches",
+                batches,
+            ])
             .arg("--ort-lib")
             .arg(&lib);
         if dynamic {
@@ -785,28 +797,5 @@ fn official_swin_checkpoint_exports_to_graphs_that_match_the_official_model() {
         assert!(worst <= 1e-4, "ONNX vs official scores: {worst}");
         assert!(close * 10 >= total * 9, "{close}/{total} boxes");
     }
-    let lib = ort_library();
-    for dynamic in [false, true] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_codetr-export"));
-        cmd.arg("--checkpoint")
-            .arg(&pth)
-            .arg("--model-config")
-            .arg(&toml)
-            .arg("--out")
-            .arg(dir.path().join(format!("cli_{dynamic}.onnx")))
-            .args(["--resize", "letterbox", "--check", "--check-batches", "1,2"])
-            .arg("--ort-lib")
-            .arg(&lib);
-        if dynamic {
-            cmd.arg("--dynamic-size");
-        }
-        let st = cmd.output().unwrap();
-        let stdout = String::from_utf8_lossy(&st.stdout);
-        eprintln!("{stdout}");
-        assert!(
-            st.status.success() && stdout.contains("check: PASS"),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-    }
+    letterbox_checks_pass(&pth, &toml, dir.path(), "1,2");
 }

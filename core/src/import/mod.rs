@@ -217,6 +217,7 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
             unknown.push(key.clone());
             continue;
         };
+        let reorder = matches!(target, Target::DetectorMergeOrder(_));
         match target {
             Target::Counter => report.counters += 1,
             Target::RelativeIndex => {
@@ -225,7 +226,12 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
                     misfit.push(format!("{key}: {e}"));
                 }
             }
-            Target::DetectorMergeOrder(ours) => {
+            Target::Training(group) => {
+                let e = report.training_only.entry(group.to_string()).or_default();
+                e.0 += 1;
+                e.1 += t.num_elements();
+            }
+            Target::Detector(ours) | Target::DetectorMergeOrder(ours) => {
                 report.detector_tensors += 1;
                 let t = t.clone();
                 tensors.push(deferred(
@@ -235,6 +241,9 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
                     None,
                     move || {
                         let data = pth::read_f32(&t).map_err(pack_error)?;
+                        if !reorder {
+                            return Ok(data);
+                        }
                         let shape = data.shape().to_vec();
                         let v: Vec<f32> = data
                             .try_to_vec()
@@ -248,22 +257,6 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
                         }
                         Ok(TensorData::new(merge_order_from_sensex(&v, c4), shape))
                     },
-                ));
-            }
-            Target::Training(group) => {
-                let e = report.training_only.entry(group.to_string()).or_default();
-                e.0 += 1;
-                e.1 += t.num_elements();
-            }
-            Target::Detector(ours) => {
-                report.detector_tensors += 1;
-                let t = t.clone();
-                tensors.push(deferred(
-                    ours,
-                    DType::F32,
-                    t.shape().into(),
-                    None,
-                    move || pth::read_f32(&t).map_err(pack_error),
                 ));
             }
             Target::DetectorPacked(ours) => {
