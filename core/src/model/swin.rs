@@ -150,8 +150,8 @@ impl SwinConfig {
                     )
                 })
                 .collect();
-            // The last stage merges nothing; neither does one past the last returned map
-            // (its merge would feed a stage that is never run).
+            // The last stage merges nothing; neither does the stage of the last returned map
+            // (its merge would feed a stage that is never built).
             let downsample = (s < 3 && s < last).then(|| PatchMerging {
                 norm: LayerNormConfig::new(4 * c).init(device),
                 reduction: linear(4 * c, 2 * c, false, device),
