@@ -228,6 +228,17 @@ def draw_weights(model, nopad, pad, pad_valid, side):
     return a, b
 
 
+def write_config(name: str, arch: str, preset: str, side: int, flag: str,
+                 backbone: list[str]) -> None:
+    """Our model config for a fixture: the preset, the small transformer, `backbone` lines."""
+    script = "tests/reference/make_official_fixtures.py" + (f" {flag}" if flag else "")
+    lines = [f"# The official Co-DINO 5-scale {arch} at the dimensions of {script}.",
+             f'preset = "{preset}"', f"input_size = {side}", f"max_detections = {TOPK}", "",
+             "[backbone]", *backbone, "", "[transformer]", "d_model = 64",
+             "encoder_layers = 2", "decoder_layers = 2", "ffn_dim = 128", "num_queries = 30"]
+    (OUT / f"{name}.toml").write_text("\n".join(lines) + "\n")
+
+
 def sensex_swin_keys(sd: dict) -> dict:
     """mmdetection 3.x Swin keys → Sense-X's (Microsoft's SwinTransformerV1) keys and layout.
 
@@ -343,24 +354,12 @@ def main_swin() -> None:
         "pad.pixels": pad, "pad.valid": np.array(pad_valid, dtype=np.int64),
         "pad.scores": b[0], "pad.labels": b[1], "pad.boxes": b[2],
     }, str(OUT / f"{name}.outputs.safetensors"))
-    (OUT / f"{name}.toml").write_text(f"""# The official Co-DINO 5-scale Swin-L at the dimensions of tests/reference/make_official_fixtures.py --swin.
-preset = "paper-swin-l"
-input_size = {side}
-max_detections = {TOPK}
-
-[backbone]
-embed_dims = {SWIN["embed_dims"]}
-depths = {SWIN["depths"]}
-num_heads = {SWIN["num_heads"]}
-window_size = {SWIN["window_size"]}
-
-[transformer]
-d_model = 64
-encoder_layers = 2
-decoder_layers = 2
-ffn_dim = 128
-num_queries = 30
-""")
+    write_config(name, "Swin-L", "paper-swin-l", side, "--swin", [
+        f"embed_dims = {SWIN['embed_dims']}",
+        f"depths = {SWIN['depths']}",
+        f"num_heads = {SWIN['num_heads']}",
+        f"window_size = {SWIN['window_size']}",
+    ])
     n = sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked"))
     print(f"wrote {OUT}/{name}.*: {len(sd)} tensors, {n} parameters")
 
@@ -434,21 +433,7 @@ def main() -> None:
         "pad.pixels": pad, "pad.valid": np.array(pad_valid, dtype=np.int64),
         "pad.scores": b[0], "pad.labels": b[1], "pad.boxes": b[2],
     }, str(OUT / f"{NAME}.outputs.safetensors"))
-    (OUT / f"{NAME}.toml").write_text(f"""# The official Co-DINO 5-scale R50 at the dimensions of tests/reference/make_official_fixtures.py.
-preset = "paper-r50"
-input_size = {SIDE}
-max_detections = {TOPK}
-
-[backbone]
-base_width = 4
-
-[transformer]
-d_model = 64
-encoder_layers = 2
-decoder_layers = 2
-ffn_dim = 128
-num_queries = 30
-""")
+    write_config(NAME, "R50", "paper-r50", SIDE, "", ["base_width = 4"])
     n = sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked"))
     print(f"wrote {OUT}/{NAME}.*: {len(sd)} tensors, {n} parameters")
 
