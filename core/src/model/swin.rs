@@ -388,8 +388,14 @@ impl SwinBlock {
         }
     }
 
-    /// `x`: `[B, H·W, C]` tokens of an `[h, w]` map → same shape.
-    pub fn forward(&self, x: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<3> {
+    /// `x`: `[B, H·W, C]` tokens of an `[h, w]` map → same shape. `mask`: the stage's shift
+    /// mask, made by the first shifted block and shared by the others (same map, same windows).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        [h, w]: [usize; 2],
+        mask: &mut Option<Tensor<3>>,
+    ) -> Tensor<3> {
         let [b, _, c] = x.dims();
         let ws = self.attn.window;
         let (pb, pr) = (pad_to(h, ws), pad_to(w, ws));
@@ -407,11 +413,14 @@ impl SwinBlock {
             .permute([0, 1, 3, 2, 4, 5])
             .reshape([b * (hp / ws) * (wp / ws), ws * ws, c]);
         let mask = (s > 0).then(|| {
-            let nw = (hp / ws) * (wp / ws);
-            Tensor::<3>::from_data(
-                TensorData::new(shift_mask(hp, wp, ws, s), [nw, ws * ws, ws * ws]),
-                &x.device(),
-            )
+            mask.get_or_insert_with(|| {
+                let nw = (hp / ws) * (wp / ws);
+                Tensor::<3>::from_data(
+                    TensorData::new(shift_mask(hp, wp, ws, s), [nw, ws * ws, ws * ws]),
+                    &x.device(),
+                )
+            })
+            .clone()
         });
         let mut y = self
             .attn
@@ -467,8 +476,9 @@ impl SwinTransformer {
             .forward(y.reshape([b, c, hh * ww]).swap_dims(1, 2));
         let mut outs = Vec::with_capacity(self.norms.len());
         for (s, stage) in self.stages.iter().enumerate() {
+            let mut mask = None;
             for block in &stage.blocks {
-                t = block.forward(t, [hh, ww]);
+                t = block.forward(t, [hh, ww], &mut mask);
             }
             if let Some(Some(norm)) = self.norms.get(s) {
                 let c = t.dims()[2];
@@ -717,8 +727,16 @@ impl WindowAttention {
 }
 
 impl SwinBlock {
-    /// ONNX emitter of [`SwinBlock::forward`]: `x` `[B, h·w, C]` of an `[h, w]` map.
-    fn emit(&self, g: &mut GraphBuilder, x: &str, h: &Dim, w: &Dim) -> Result<String> {
+    /// ONNX emitter of [`SwinBlock::forward`]: `x` `[B, h·w, C]` of an `[h, w]` map; `mask`
+    /// the stage's shift mask, emitted once.
+    fn emit(
+        &self,
+        g: &mut GraphBuilder,
+        x: &str,
+        h: &Dim,
+        w: &Dim,
+        mask: &mut Option<String>,
+    ) -> Result<String> {
         use crate::onnx::emit::{layer_norm, linear as lin};
         let c = Dim::Fixed(self.norm1.gamma.dims()[0] as i64);
         let ws = self.attn.window as i64;
@@ -756,20 +774,21 @@ impl SwinBlock {
         let flat = g.ints(&[-1, ws * ws, cv]);
         let windows = g.node("Reshape", &[&y, &flat], vec![]);
         let nwin = nh.mul(g, &nw);
-        let mask = (s > 0).then(|| match (&hp, &wp) {
-            (Dim::Fixed(a), Dim::Fixed(b)) => {
-                let n = (ws * ws) as usize;
-                g.init_f32(
-                    "shift_mask",
-                    &[((a / ws) * (b / ws)) as usize, 1, n, n],
-                    &shift_mask(*a as usize, *b as usize, ws as usize, self.shift),
-                )
-            }
-            _ => emit_shift_mask(g, &hp, &wp, ws as usize, self.shift),
-        });
-        let y = self
-            .attn
-            .emit(g, &windows, mask.as_deref().map(|m| (m, &nwin)))?;
+        if s > 0 && mask.is_none() {
+            *mask = Some(match (&hp, &wp) {
+                (Dim::Fixed(a), Dim::Fixed(b)) => {
+                    let n = (ws * ws) as usize;
+                    g.init_f32(
+                        "shift_mask",
+                        &[((a / ws) * (b / ws)) as usize, 1, n, n],
+                        &shift_mask(*a as usize, *b as usize, ws as usize, self.shift),
+                    )
+                }
+                _ => emit_shift_mask(g, &hp, &wp, ws as usize, self.shift),
+            });
+        }
+        let shifted = mask.as_deref().filter(|_| s > 0).map(|m| (m, &nwin));
+        let y = self.attn.emit(g, &windows, shifted)?;
         let unpart = shape_of(g, &[Dim::Fixed(-1), nh, nw, wsd.clone(), wsd, c.clone()]);
         let y = g.node("Reshape", &[&y, &unpart], vec![]);
         let y = g.node(
@@ -860,8 +879,9 @@ impl SwinTransformer {
         let mut t = layer_norm(g, &self.patch_embed.norm, &y)?;
         let mut outs = Vec::with_capacity(self.norms.len());
         for (s, stage) in self.stages.iter().enumerate() {
+            let mut mask = None;
             for block in &stage.blocks {
-                t = block.emit(g, &t, &hh, &ww)?;
+                t = block.emit(g, &t, &hh, &ww, &mut mask)?;
             }
             if let Some(Some(norm)) = self.norms.get(s) {
                 let c = norm.gamma.dims()[0] as i64;
