@@ -20,6 +20,10 @@ checkpoints as a user would have them and runs the official inference on fixed u
       pad.pixels    uint8 [2, 128, 128, 3] (image 1 valid 96×112, zero elsewhere)
                     pad.valid int64 [2, 2] (h, w)     and pad.{scores,labels,boxes}
       boxes are xyxy in input pixels, top-50 over queries × classes, sorted by score.
+  core/tests/fixtures/official/co_dino_small.aux.safetensors   (`--aux`, from the committed
+      co_dino_small.pth) the training heads' reference: the official adapter, ATSS, RPN and
+      RoI heads and both positive-query projections run on a fixed random encoder memory,
+      fixed RoIs and boxes (trainer/tests/official_heads.rs).
 
 The official test config ends with soft-NMS (iou 0.8) after the query head's top-k; our graph is
 NMS-free by design, so it is removed here (`test_cfg[0].nms`) and the fixture is the detector's
@@ -34,11 +38,14 @@ Regenerate (downloads several GB; never done by CI):
     python3 -m venv /tmp/refenv
     /tmp/refenv/bin/pip install torch==2.15.0 safetensors numpy mmengine==0.10.7 \\
         mmcv-lite==2.1.0 mmdet==3.3.0
+    /tmp/refenv/bin/pip install --no-deps torchvision==0.29.2   # RoIAlign for --aux
     # a checkout of mmdetection v3.3.0 (for projects/CO-DETR, not in the wheel):
     MMDET_SRC=/path/to/mmdetection /tmp/refenv/bin/python tests/reference/make_official_fixtures.py
     # the Swin fixtures (co_dino_swin_small*), also checked against Sense-X's own Swin module:
     MMDET_SRC=... SENSEX_SRC=/path/to/Co-DETR /tmp/refenv/bin/python \\
         tests/reference/make_official_fixtures.py --swin
+    # the training heads' reference (after the default run):
+    MMDET_SRC=... /tmp/refenv/bin/python tests/reference/make_official_fixtures.py --aux
     # or a full-size R50 (261 MB) or Swin-L (`--full-swin`, 942 MB) checkpoint with random
     # weights for bench/official_import.sh:
     ... make_official_fixtures.py --full /tmp/co_dino_5scale_r50_random.pth
@@ -158,6 +165,8 @@ def build_small(full: bool = False, swin: bool = False):
     m.rpn_head.in_channels = m.rpn_head.feat_channels = d
     for r in m.roi_head:
         r.bbox_roi_extractor.out_channels = d
+        # mmcv-lite has no compiled RoIAlign: torchvision's (same algorithm, `aligned`).
+        r.bbox_roi_extractor.roi_layer.use_torchvision = True
         r.bbox_head.in_channels, r.bbox_head.fc_out_channels, r.bbox_head.num_classes = d, 32, c
     for b in m.bbox_head:
         b.in_channels, b.feat_channels, b.num_classes = d, d, c
@@ -364,6 +373,82 @@ def main_swin() -> None:
     print(f"wrote {OUT}/{name}.*: {len(sd)} tensors, {n} parameters")
 
 
+def main_aux() -> None:
+    """The auxiliary heads' reference: the committed `co_dino_small.pth` loaded into the official
+    model, whose training-only modules run on fixed random inputs (no loss, no sampling: the
+    weights and the layouts are what is checked)."""
+    from safetensors.numpy import save_file
+
+    model = build_small()
+    from mmdet.models.layers import inverse_sigmoid  # after build_small's shims
+    ck = torch.load(OUT / f"{NAME}.pth", weights_only=False)  # our own fixture file
+    model.load_state_dict(ck["state_dict"], strict=True)
+    g = torch.Generator().manual_seed(11)
+    b, d, c = 2, 64, len(CLASSES)
+    # The encoder levels of a 128² input (strides 4 … 64) and the adapter's extra level.
+    shapes = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    memory = torch.randn(b, sum(h * w for h, w in shapes), d, generator=g)
+    with torch.no_grad():
+        # CoDINOHead.loss: the memory back into maps, + the downsample of the coarsest.
+        outs, start = [], 0
+        for h, w in shapes:
+            outs.append(memory[:, start:start + h * w].permute(0, 2, 1).reshape(b, d, h, w))
+            start += h * w
+        outs.append(model.query_head.downsample(outs[-1]))
+        sizes = [o.shape[-2:] for o in outs]
+
+        def flat(xs, k):
+            return torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, k) for x in xs], 1)
+
+        atss = model.bbox_head[0]
+        cls, reg, ctr = atss(outs)
+        atss_reg = flat(reg, 4)
+        atss_anchors = torch.cat(atss.prior_generator.grid_priors(sizes, device="cpu"), 0)
+        atss_boxes = atss.bbox_coder.decode(atss_anchors[None].expand(b, -1, -1), atss_reg)
+        rpn_cls, rpn_reg = model.rpn_head(outs)
+        rpn_deltas = flat(rpn_reg, 4)
+        rpn_anchors = torch.cat(model.rpn_head.prior_generator.grid_priors(sizes, device="cpu"), 0)
+        rpn_boxes = model.rpn_head.bbox_coder.decode(rpn_anchors[None].expand(b, -1, -1),
+                                                     rpn_deltas)
+        # RoIs of every size, so each of the 5 levels is picked (finest_scale 56).
+        n = 12
+        side = torch.exp(torch.linspace(np.log(6.0), np.log(120.0), n))
+        rois = []
+        for i in range(b):
+            wh = side[:, None] * (0.7 + 0.6 * torch.rand(n, 2, generator=g))
+            x1y1 = torch.rand(n, 2, generator=g) * (128.0 - wh).clamp(min=1.0)
+            rois.append(torch.cat([torch.full((n, 1), float(i)), x1y1, x1y1 + wh], 1))
+        rois = torch.cat(rois, 0)
+        roi = model.roi_head[0]
+        feats = roi.bbox_roi_extractor(outs[:roi.bbox_roi_extractor.num_inputs], rois)
+        roi_cls, roi_reg = roi.bbox_head(feats)
+        r = rois.shape[0]
+        roi_boxes = roi.bbox_head.bbox_coder.decode(
+            rois[:, None, 1:].expand(-1, c, -1).reshape(-1, 4), roi_reg.reshape(-1, 4)
+        ).reshape(r, 4 * c)
+        # The positive queries of both heads on normalised cxcywh boxes: head 0 is the RoI
+        # head's, 1 the ATSS head's (CoDETR.loss's order).
+        boxes = 0.1 + 0.8 * torch.rand(b, 9, 4, generator=g)
+        tr = model.query_head.transformer
+        pq = [tr.aux_pos_trans_norm[i](tr.aux_pos_trans[i](
+            tr.get_proposal_pos_embed(inverse_sigmoid(boxes)))) for i in range(2)]
+    npf = lambda t: t.detach().numpy().astype(np.float32)  # noqa: E731
+    save_file({
+        "memory": npf(memory), "shapes": np.array(shapes, dtype=np.int64),
+        "adapter.extra": npf(outs[-1]),
+        "atss.cls": npf(flat(cls, c)), "atss.reg": npf(atss_reg),
+        "atss.ctr": npf(flat(ctr, 1)[..., 0]), "atss.anchors": npf(atss_anchors),
+        "atss.boxes": npf(atss_boxes),
+        "rpn.objectness": npf(flat(rpn_cls, 1)[..., 0]), "rpn.deltas": npf(rpn_deltas),
+        "rpn.anchors": npf(rpn_anchors), "rpn.boxes": npf(rpn_boxes),
+        "roi.rois": npf(rois), "roi.cls": npf(roi_cls), "roi.reg": npf(roi_reg),
+        "roi.boxes": npf(roi_boxes),
+        "queries.boxes": npf(boxes), "queries.rcnn": npf(pq[0]), "queries.atss": npf(pq[1]),
+    }, str(OUT / f"{NAME}.aux.safetensors"))
+    print(f"wrote {OUT}/{NAME}.aux.safetensors: {r} RoIs, {atss_anchors.shape[0]} ATSS and "
+          f"{rpn_anchors.shape[0]} RPN anchors")
+
+
 def main() -> None:
     from safetensors.numpy import save_file
 
@@ -376,6 +461,9 @@ def main() -> None:
         torch.save({"meta": {"dataset_meta": {"classes": classes}},
                     "state_dict": model.state_dict()}, sys.argv[2])
         print(f"wrote {sys.argv[2]}")
+        return
+    if len(sys.argv) == 2 and sys.argv[1] == "--aux":
+        main_aux()
         return
     if len(sys.argv) == 2 and sys.argv[1] == "--swin":
         main_swin()

@@ -280,3 +280,50 @@ fn a_k2_loss_reads_back_few_small_tensors() {
     assert!(terms > 20, "{terms} terms");
     assert!(loss.value.is_finite());
 }
+
+/// Training heads saved before the adapter's conv had a bias (the official one has) resume
+/// with a zero bias; a record missing anything else is still an error.
+#[test]
+fn heads_saved_without_the_adapter_bias_load_with_a_zero_bias() {
+    use burn::module::Module;
+    use codetr_train::train::codetr::TrainHeads;
+    let dev = Device::flex();
+    dev.seed(3);
+    let cfg = small_k2_config("");
+    let det = cfg.detector().unwrap();
+    let fresh = || TrainHeads::new(&det, cfg.co.k, &cfg.co, &dev).unwrap();
+    let mut old = fresh();
+    old.adapter.as_mut().unwrap().downsample.conv.bias = None;
+    let gn_before = old.adapter.as_ref().unwrap().downsample.gn.gamma.clone();
+    let loaded = fresh().load_saved(old.clone().into_record()).unwrap();
+    let a = loaded.adapter.as_ref().unwrap();
+    let bias = a.downsample.conv.bias.as_ref().unwrap().val();
+    assert_eq!(bias.abs().max().into_scalar::<f32>(), 0.0);
+    let same = a
+        .downsample
+        .gn
+        .gamma
+        .as_ref()
+        .unwrap()
+        .val()
+        .equal(gn_before.as_ref().unwrap().val());
+    assert!(
+        same.all().into_scalar::<bool>(),
+        "the record's weights are loaded"
+    );
+    // A current record loads as it is.
+    let now = fresh();
+    let again = fresh().load_saved(now.clone().into_record()).unwrap();
+    assert!(
+        again
+            .label_embed
+            .val()
+            .equal(now.label_embed.val())
+            .all()
+            .into_scalar::<bool>()
+    );
+    // One more tensor missing: not the old layout, an error.
+    let mut older = old;
+    older.atss.as_mut().unwrap().cls_out.bias = None;
+    assert!(fresh().load_saved(older.into_record()).is_err());
+}

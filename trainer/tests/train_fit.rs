@@ -707,3 +707,101 @@ fn half_precision_steps_train_and_f16_scaling_resumes_exactly() {
         assert_eq!(x["loss"], y["loss"], "step {}", x["step"]);
     }
 }
+
+/// An official Co-DINO checkpoint to a fine-tuning run: `codetr-train import` writes the
+/// detector and the file's auxiliary heads, and a `fit --init` run with the [co] it prints
+/// starts from both (the fixture's 7 classes on synthetic images whose first 7 categories
+/// carry those names).
+#[test]
+fn import_an_official_checkpoint_then_fine_tune_from_its_heads() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path());
+    let official = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/official");
+    let names = ["person", "bicycle", "car", "dog", "cat", "chair", "cup"];
+    let data = tmp.path().join("seven");
+    for split in ["train", "val"] {
+        let (src, dst) = (tmp.path().join(split), data.join(split));
+        std::fs::create_dir_all(&dst).unwrap();
+        let mut gt: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("instances.json")).unwrap())
+                .unwrap();
+        let cats: Vec<serde_json::Value> = gt["categories"].as_array().unwrap()[..7]
+            .iter()
+            .zip(names)
+            .map(|(c, n)| {
+                let mut c = c.clone();
+                c["name"] = n.into();
+                c
+            })
+            .collect();
+        let kept: Vec<i64> = cats.iter().map(|c| c["id"].as_i64().unwrap()).collect();
+        let anns: Vec<serde_json::Value> = gt["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| kept.contains(&a["category_id"].as_i64().unwrap()))
+            .cloned()
+            .collect();
+        gt["categories"] = cats.into();
+        gt["annotations"] = anns.into();
+        std::fs::write(dst.join("instances.json"), gt.to_string()).unwrap();
+        std::os::unix::fs::symlink(src.join("images"), dst.join("images")).unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_codetr-train");
+    let ckpt = tmp.path().join("official.ckpt");
+    let out = std::process::Command::new(bin)
+        .args(["import", "--checkpoint"])
+        .arg(official.join("co_dino_small.pth"))
+        .arg("--config")
+        .arg(official.join("co_dino_small.toml"))
+        .arg("--out")
+        .arg(&ckpt)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("training heads (K = 2)") && stdout.contains("roi.fc_dim = 32"),
+        "{stdout}"
+    );
+
+    let run = tmp.path().join("run");
+    let mut cfg = config(&data, run.clone(), 1);
+    let model: toml::Table =
+        toml::from_str(&std::fs::read_to_string(official.join("co_dino_small.toml")).unwrap())
+            .unwrap();
+    cfg.model = model;
+    cfg.schedule.batch_size = 2;
+    cfg.co.k = 2;
+    cfg.co.query_features = false;
+    cfg.co.roi.fc_dim = 32;
+    cfg.co.roi.samples = 64;
+    cfg.co.rpn.pre_nms = 200;
+    cfg.co.rpn.post_nms = 100;
+    cfg.run.init = Some(ckpt);
+    let path = tmp.path().join("run.toml");
+    std::fs::write(&path, cfg.to_toml().unwrap()).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["fit", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("detector and training heads loaded"),
+        "the official heads did not load: {stderr}"
+    );
+    let log = &log_lines(&run)[0];
+    for term in ["atss.loss_cls", "rpn.loss_cls", "roi.loss_cls"] {
+        assert!(
+            log[term].as_f64().is_some_and(f64::is_finite),
+            "{term}: {log}"
+        );
+    }
+}

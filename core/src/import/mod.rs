@@ -88,6 +88,10 @@ pub struct Imported {
     /// SHA-256 of the `.pth` file.
     pub sha256: String,
     pub report: ImportReport,
+    /// The training-only tensors of the file (auxiliary heads, denoising embedding,
+    /// positive-query projections) by official key, unread: the trainer maps them onto its
+    /// training heads; inference has no use for them.
+    pub training: BTreeMap<String, pth::PtTensor>,
 }
 
 /// A tensor that could not be read, in the form burn's deferred tensors report.
@@ -212,6 +216,7 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
     let mut unknown = Vec::new();
     let mut misfit = Vec::new();
     let mut tensors = Vec::new();
+    let mut training = BTreeMap::new();
     for (key, t) in &sd.tensors {
         let Some(target) = co_dino::map_key(key) else {
             unknown.push(key.clone());
@@ -230,6 +235,7 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
                 let e = report.training_only.entry(group.to_string()).or_default();
                 e.0 += 1;
                 e.1 += t.num_elements();
+                training.insert(key.clone(), t.clone());
             }
             Target::Detector(ours) | Target::DetectorMergeOrder(ours) => {
                 report.detector_tensors += 1;
@@ -376,5 +382,6 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
         class_names,
         sha256: sd.sha256.clone(),
         report,
+        training,
     })
 }

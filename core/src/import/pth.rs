@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use burn::store::pytorch_reader::{
-    DType as PtDType, PickleValue, PytorchReader, Tensor as PtTensor,
-};
+/// A tensor of the file, read only when asked ([`read_f32`]).
+pub use burn::store::pytorch_reader::Tensor as PtTensor;
+use burn::store::pytorch_reader::{DType as PtDType, PickleValue, PytorchReader};
 use burn::tensor::{DType, TensorData};
 use sha2::{Digest, Sha256};
 

@@ -1,7 +1,7 @@
 //! Multi-scale adapter (paper §3.2): the encoder memory, reshaped back into its L maps, plus
 //! one more level by a 3×3 stride-2 conv + GroupNorm on the coarsest — the aux heads' pyramid.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::Result;
@@ -9,13 +9,13 @@ use codetr_core::model::neck::{ConvGn, NeckConfig};
 
 #[derive(Module, Debug)]
 pub struct MultiScaleAdapter {
-    /// `d → d`, 3×3 stride 2, + GN(32).
+    /// `d → d`, 3×3 stride 2 with bias (the official `nn.Conv2d`), + GN(32).
     pub downsample: ConvGn,
 }
 
 impl MultiScaleAdapter {
     pub fn new(d: usize, device: &Device) -> Result<Self> {
-        // The neck's extra-level block is exactly this conv + GN.
+        // The neck's extra-level block is this conv + GN.
         let neck = NeckConfig {
             extra_levels: 1,
             gn_groups: 32,
@@ -30,6 +30,12 @@ impl MultiScaleAdapter {
                     what: "adapter",
                     message: "no extra level built".into(),
                 })?;
+        // The official adapter's conv has a bias, so ours holds one for imported weights. It
+        // starts at zero and draws nothing from the seed: a fresh run is the network (and the
+        // random stream) it was before the bias existed, and heads saved without it load with
+        // a zero bias (`TrainHeads::load_saved`).
+        let mut downsample = downsample;
+        downsample.conv.bias = Some(Param::from_tensor(Tensor::zeros([d], device)));
         Ok(Self { downsample })
     }
 

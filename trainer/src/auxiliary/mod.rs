@@ -6,6 +6,7 @@
 pub mod adapter;
 pub mod atss_assigner;
 pub mod atss_head;
+pub mod official;
 pub mod positive_queries;
 pub mod rcnn_targets;
 pub mod roi_align_plan;

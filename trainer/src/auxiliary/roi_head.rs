@@ -73,6 +73,19 @@ impl RoiHead {
     }
 }
 
+impl RoiHead {
+    /// `feats`: `[R, pool·pool, d]` ([`roi_features`]) → class logits `[R, C + 1]` (background
+    /// last) and class-specific deltas `[R, 4C]`.
+    pub fn forward(&self, feats: Tensor<3>) -> (Tensor<2>, Tensor<2>) {
+        let [r, pp, d] = feats.dims();
+        let x = relu(ac::linear(
+            &self.fc2,
+            relu(ac::linear(&self.fc1, feats.reshape([r, pp * d]))),
+        ));
+        (ac::linear(&self.cls, x.clone()), ac::linear(&self.reg, x))
+    }
+}
+
 /// The sampled RoIs of a batch with their targets.
 pub struct RoiSamples {
     /// Per image: RoI boxes (pixels) — positives first, then negatives.
@@ -183,14 +196,9 @@ pub fn roi_loss(
     gts: &[Vec<[f32; 4]>],
 ) -> RoiLoss {
     let device = feats.device();
-    let [r, pp, d] = feats.dims();
+    let r = feats.dims()[0];
     let c = head.reg.weight.dims()[1] / 4;
-    let x = relu(ac::linear(
-        &head.fc2,
-        relu(ac::linear(&head.fc1, feats.reshape([r, pp * d]))),
-    ));
-    let logits = ac::linear(&head.cls, x.clone()); // [R, C+1]
-    let deltas = ac::linear(&head.reg, x); // [R, 4C]
+    let (logits, deltas) = head.forward(feats);
     let mut target = Vec::with_capacity(r);
     let mut pos_rows = Vec::new();
     let mut pos_boxes = Vec::new();

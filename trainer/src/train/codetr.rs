@@ -3,6 +3,7 @@
 //! heads and their positive-query projections), and the loss of one batch (paper eq. 6).
 
 use burn::module::{Module, Param};
+use burn::store::{ModuleRecord, ModuleSnapshot, RecordError};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::branches::{AtssBranch, AuxBranch, AuxStep, RcnnBranch, layer_prefix};
@@ -65,6 +66,46 @@ impl TrainHeads {
             roi: (k >= 2).then(|| RoiHead::new(d, cfg.num_classes, &co.roi, device)),
             rcnn_queries: (k >= 2).then(|| PositiveQueryProj::new(d, device)),
         })
+    }
+
+    /// These heads with a saved record's weights. Heads saved before the adapter's conv had a
+    /// bias (the official one has) lack exactly that tensor: they load with a zero bias, which
+    /// is the network they were trained as. Anything else missing is the record's error.
+    pub fn load_saved(self, record: ModuleRecord) -> std::result::Result<Self, RecordError> {
+        let strict = self.clone().try_load_record(record.clone());
+        let Err(e) = strict else { return strict };
+        let Some(bias) = self
+            .adapter
+            .as_ref()
+            .and_then(|a| a.downsample.conv.bias.clone())
+        else {
+            return Err(e);
+        };
+        if record.len() + 1 != self.collect(None, None, false).len() {
+            return Err(e);
+        }
+        // Mark the bias, load what the record has, and check the mark is what stayed.
+        let n = bias.dims()[0];
+        let device = bias.device();
+        let mut marked = self;
+        if let Some(a) = marked.adapter.as_mut() {
+            a.downsample.conv.bias = Some(Param::from_tensor(Tensor::full([n], f32::NAN, &device)));
+        }
+        let mut loaded = marked.try_load_record(record.allow_partial(true))?;
+        let Some(a) = loaded.adapter.as_mut() else {
+            return Err(e);
+        };
+        let untouched = a
+            .downsample
+            .conv
+            .bias
+            .as_ref()
+            .is_some_and(|b| b.val().is_nan().all().into_scalar());
+        if !untouched {
+            return Err(e);
+        }
+        a.downsample.conv.bias = Some(Param::from_tensor(Tensor::zeros([n], &device)));
+        Ok(loaded)
     }
 }
 

@@ -135,7 +135,7 @@ fn load_train(path: &Path, device: &Device) -> Result<Loaded> {
         &state.config.co,
         device,
     )?
-    .try_load_record(record)
+    .load_saved(record)
     .map_err(|e| ck_err(path, format!("train_heads do not fit: {e}")))?;
     let optim = adamw(state.config.schedule.weight_decay)
         .from_bytes(Bytes::from_bytes_vec(section("optimizer")?))
@@ -191,7 +191,7 @@ fn warm_start(
                 .map_err(|e| ck_err(path, format!("train_heads: {e}")))?;
             // A step checkpoint of a run with other heads (another K) is still a valid start
             // for the detector; its heads are not.
-            match fresh.clone().try_load_record(record) {
+            match fresh.clone().load_saved(record) {
                 Ok(h) => {
                     tracing::info!(path = %path.display(), step = header.step,
                         "warm start: detector and training heads loaded");

@@ -9,6 +9,8 @@ use codetr_core::model::checkpoint;
 use codetr_core::model::{Detector, DetectorConfig};
 use codetr_data::eval;
 use codetr_data::{CocoDataset, LoadOptions};
+use codetr_train::auxiliary::official;
+use codetr_train::train::config::CoConfig;
 
 /// Which model: a preset, optionally overridden by a TOML file.
 #[derive(clap::Args)]
@@ -206,7 +208,9 @@ pub struct ImportArgs {
     #[command(flatten)]
     pub model: ImportModelArgs,
     /// Output codetr checkpoint (written atomically): the detector's weights, ready for
-    /// `codetr-export`, `validate`, `predict` or `fit --init`.
+    /// `codetr-export`, `validate`, `predict` or `fit --init`, and the file's auxiliary
+    /// training heads (ATSS, RPN, RoI, positive-query projections, denoising embedding) for
+    /// a `fit --init` run whose [co] matches them.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -240,16 +244,48 @@ impl ImportArgs {
         for line in imported.report.summary() {
             println!("  {line}");
         }
+        let mut meta = serde_json::json!({
+            "imported_from": self.checkpoint.display().to_string(),
+            "source_sha256": imported.sha256,
+        });
+        let mut sections = vec![];
+        if !imported.training.is_empty() {
+            // The auxiliary heads come along, for `fit --init` with the [co] printed here.
+            let co =
+                official::co_config_of(&imported.training, &CoConfig::default(), &imported.config)?;
+            let (heads, report) =
+                official::load_official_heads(&imported.training, &imported.config, &co, &device)?;
+            println!(
+                "  training heads (K = {}): {} official tensors, {} parameters loaded",
+                co.k, report.tensors, report.params
+            );
+            for f in &report.filled {
+                println!("    filled: {f}");
+            }
+            println!(
+                "  to fine-tune with them, `fit --init {}` with [co] k = {}, query_features = \
+                 {}, roi.fc_dim = {}, roi.pool = {} (other [co] keys as the defaults: the \
+                 official anchors)",
+                self.out.display(),
+                co.k,
+                co.query_features,
+                co.roi.fc_dim,
+                co.roi.pool
+            );
+            meta["co"] = serde_json::to_value(&co)?;
+            let bytes = heads
+                .into_record()
+                .into_bytes()
+                .map_err(|e| anyhow::anyhow!("cannot serialise the training heads: {e}"))?;
+            sections.push(("train_heads".to_string(), bytes.to_vec()));
+        }
         let h = checkpoint::save(
             &self.out,
             &imported.model,
             &imported.class_names,
             0,
-            serde_json::json!({
-                "imported_from": self.checkpoint.display().to_string(),
-                "source_sha256": imported.sha256,
-            }),
-            vec![],
+            meta,
+            sections,
         )?;
         println!(
             "wrote {} in {:.1} s (weights sha256 {})",
