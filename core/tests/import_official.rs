@@ -479,6 +479,44 @@ fn unreadable_files_are_errors_not_panics() {
     assert!(err.unwrap().to_string().contains("no such file"));
 }
 
+/// A `torch.save` archive whose root name has 21 characters: its first central-directory entry
+/// is as long as the ZIP64 end records, and the ZIP reader under burn's misreads it. It is read
+/// through a copy without those (redundant) records: the tensors, the class names and the
+/// file's own digest come through, and the copy is gone afterwards.
+#[test]
+fn an_archive_whose_zip64_records_mislead_the_zip_reader_is_read() {
+    use codetr_core::import::pth::{StateDict, zip64_tail_misread};
+    let path = official("zip64_tail.pth");
+    assert!(zip64_tail_misread(&path).unwrap().is_some());
+    assert!(
+        zip64_tail_misread(&official("co_dino_small.pth"))
+            .unwrap()
+            .is_none(),
+        "an ordinary torch.save archive is read as it is"
+    );
+    let sd = StateDict::open(&path).unwrap();
+    assert!(sd.layout.zip64_records_set_aside);
+    assert_eq!(sd.class_names, ["a", "b"]);
+    let w = codetr_core::import::pth::read_f32(&sd.tensors["w"]).unwrap();
+    assert_eq!(w.shape().to_vec(), [2, 3]);
+    assert_eq!(
+        w.try_to_vec::<f32>().unwrap(),
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    );
+    let b = codetr_core::import::pth::read_f32(&sd.tensors["b"]).unwrap();
+    assert_eq!(b.try_to_vec::<f32>().unwrap(), [0.5, -1.0]);
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(std::fs::read(&path).unwrap());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(sd.sha256, hex, "the digest is the original file's");
+    let ours = format!("codetr-{}-", std::process::id());
+    let left = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with(&ours));
+    assert!(!left, "the repaired copy is removed");
+}
+
 /// The file's `meta` unpickles to `os.system("touch /tmp/codetr-pickle-executed")` under
 /// `torch.load(weights_only=False)`; parsing it must not run anything.
 #[test]

@@ -20,6 +20,8 @@ checkpoints as a user would have them and runs the official inference on fixed u
       pad.pixels    uint8 [2, 128, 128, 3] (image 1 valid 96×112, zero elsewhere)
                     pad.valid int64 [2, 2] (h, w)     and pad.{scores,labels,boxes}
       boxes are xyxy in input pixels, top-50 over queries × classes, sorted by score.
+  core/tests/fixtures/official/zip64_tail.pth   (`--zip64-tail`) two tensors in an archive whose
+      root name has 21 characters: the ZIP64 end records mislead the ZIP reader (pth.rs)
   core/tests/fixtures/official/co_dino_small.aux.safetensors   (`--aux`, from the committed
       co_dino_small.pth) the training heads' reference: the official adapter, ATSS, RPN and
       RoI heads and both positive-query projections run on a fixed random encoder memory,
@@ -461,6 +463,19 @@ def main() -> None:
         torch.save({"meta": {"dataset_meta": {"classes": classes}},
                     "state_dict": model.state_dict()}, sys.argv[2])
         print(f"wrote {sys.argv[2]}")
+        return
+    if len(sys.argv) == 2 and sys.argv[1] == "--zip64-tail":
+        # torch.save names the archive's root after the file: a 21-character root makes the
+        # first central-directory entry exactly as long as the ZIP64 end records (76 bytes),
+        # which misleads the ZIP reader under burn's (core/src/import/pth.rs).
+        import shutil
+        import tempfile
+        tmp = pathlib.Path(tempfile.mkdtemp()) / ("r" * 21 + ".pth")
+        torch.save({"meta": {"CLASSES": ("a", "b")},
+                    "state_dict": {"w": torch.arange(6.0).reshape(2, 3),
+                                   "b": torch.tensor([0.5, -1.0])}}, tmp)
+        shutil.move(tmp, OUT / "zip64_tail.pth")
+        print(f"wrote {OUT}/zip64_tail.pth")
         return
     if len(sys.argv) == 2 and sys.argv[1] == "--aux":
         main_aux()

@@ -48,6 +48,9 @@ pub struct Layout {
     pub outside: usize,
     /// EMA shadow tensors (mmdetection's `ema_*` buffers) left aside: the live weights are used.
     pub ema_shadows: usize,
+    /// The archive was read through a copy without its redundant ZIP64 end records, which the
+    /// ZIP reader misreads in this file ([`zip64_tail_misread`]).
+    pub zip64_records_set_aside: bool,
 }
 
 /// True when `path` starts like a PyTorch file: a ZIP archive (`torch.save` since 1.6) or a
@@ -85,19 +88,110 @@ fn file_sha256(path: &Path) -> Result<String> {
     Ok(crate::model::checkpoint::hex(&h.finalize()))
 }
 
+/// Where `torch.save`'s archive misleads the ZIP reader under burn's PyTorch reader (zip
+/// 9.8.1). `torch.save` writes ZIP64 end records (76 bytes) between the central directory and
+/// the end record, even for small files. That reader looks for the directory where it would
+/// start if it ended at the end record; when the first directory entry is itself 76 bytes long
+/// (an archive root name of 21 characters: 46 + 21 + `/data.pkl`), a directory entry sits
+/// there, the reader starts one entry late and fails ("Invalid Central Directory header").
+/// Returns `(directory end, end record offset)` when `path` is such a file and the ZIP64
+/// records are redundant (no field of the end record is saturated), else `None`.
+pub fn zip64_tail_misread(path: &Path) -> std::io::Result<Option<(u64, u64)>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let tail_len = len.min(65_535 + 22);
+    f.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    f.read_exact(&mut tail)?;
+    let Some(at) = tail.windows(4).rposition(|w| w == b"PK\x05\x06") else {
+        return Ok(None);
+    };
+    let Some(eocd) = tail.get(at..at + 22) else {
+        return Ok(None);
+    };
+    let u16_at = |i: usize| u16::from_le_bytes([eocd[i], eocd[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes([eocd[i], eocd[i + 1], eocd[i + 2], eocd[i + 3]]);
+    let (entries, cd_size, cd_offset) = (u16_at(10), u32_at(12), u32_at(16));
+    if entries == u16::MAX || cd_size == u32::MAX || cd_offset == u32::MAX {
+        return Ok(None); // the ZIP64 records carry real values: the reader uses them
+    }
+    let eocd_offset = len - tail_len + at as u64;
+    let cd_end = u64::from(cd_offset) + u64::from(cd_size);
+    if cd_end >= eocd_offset {
+        return Ok(None);
+    }
+    let mut magic = [0u8; 4];
+    f.seek(SeekFrom::Start(cd_end))?;
+    f.read_exact(&mut magic)?;
+    if magic != *b"PK\x06\x06" {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::Start(eocd_offset - u64::from(cd_size)))?;
+    f.read_exact(&mut magic)?;
+    Ok((magic == *b"PK\x01\x02").then_some((cd_end, eocd_offset)))
+}
+
+/// A copy of `path` without the bytes between `cd_end` and `eocd_offset` (the ZIP64 records),
+/// in the temp dir; the caller removes it once the reader holds it open.
+fn copy_without_zip64_records(path: &Path, cd_end: u64, eocd_offset: u64) -> Result<PathBuf> {
+    use std::io::{Seek, SeekFrom, Write};
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let tmp = std::env::temp_dir().join(format!("codetr-{}-{stamp}.pth", std::process::id()));
+    let copy = || -> std::io::Result<()> {
+        let mut src = std::fs::File::open(path)?;
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        std::io::copy(&mut (&mut src).take(cd_end), &mut dst)?;
+        src.seek(SeekFrom::Start(eocd_offset))?;
+        std::io::copy(&mut src, &mut dst)?;
+        dst.flush()
+    };
+    copy().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        bad(
+            path,
+            format!(
+                "this archive needs a repaired copy to be read (its ZIP64 end records mislead \
+                 the ZIP reader) and it could not be written to {}: {e}",
+                tmp.display()
+            ),
+        )
+    })?;
+    Ok(tmp)
+}
+
 impl StateDict {
     /// Opens `path` and finds its model state dict. Tensor bytes are not read here.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(bad(path, "no such file"));
         }
-        let reader = PytorchReader::new(path)
-            .map_err(|e| bad(path, format!("not a readable PyTorch checkpoint: {e}")))?;
+        let mut layout = Layout::default();
+        let (reader, class_names) = match zip64_tail_misread(path) {
+            Ok(Some((cd_end, eocd_offset))) => {
+                // Read through a copy without the redundant records. The reader keeps its file
+                // handles, so the copy's name is removed as soon as it is open.
+                let copy = copy_without_zip64_records(path, cd_end, eocd_offset)?;
+                let opened = PytorchReader::new(&copy);
+                let names = read_class_names(&copy);
+                let _ = std::fs::remove_file(&copy);
+                layout.zip64_records_set_aside = true;
+                (opened, names)
+            }
+            _ => (PytorchReader::new(path), read_class_names(path)),
+        };
+        let reader =
+            reader.map_err(|e| bad(path, format!("not a readable PyTorch checkpoint: {e}")))?;
         let all = reader.into_tensors();
         if all.is_empty() {
             return Err(bad(path, "the file holds no tensors"));
         }
-        let mut layout = Layout::default();
         // The state dict's container: mmengine / mmdetection write {meta, state_dict,
         // optimizer, …}; other trainers use `model`. A bare state dict has neither.
         let container = ["state_dict", "model"]
@@ -133,7 +227,6 @@ impl StateDict {
         let before = tensors.len();
         tensors.retain(|k, _| !k.starts_with("ema_"));
         layout.ema_shadows = before - tensors.len();
-        let class_names = read_class_names(path);
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
