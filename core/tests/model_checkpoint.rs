@@ -80,6 +80,23 @@ fn round_trip_gives_identical_outputs_and_header() {
     )
     .unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&p2).unwrap());
+    // The model section is the record's burnpack bytes (streamed through a scratch file,
+    // which is gone), and it loads as a record.
+    let (_, sections) = codetr_core::model::checkpoint::read(&p).unwrap();
+    let record = burn::module::Module::into_record(model.clone())
+        .into_bytes()
+        .unwrap();
+    assert_eq!(
+        sections[0].1,
+        record.to_vec(),
+        "the model section is the record's bytes"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["m.ckpt", "m2.ckpt"], "no scratch file is left");
 }
 
 #[test]

@@ -14,6 +14,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes the concatenation of `parts` to `path` atomically, without joining them in memory
 /// first (a checkpoint's sections are each as large as the model).
 pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
+    write_atomic_with(path, |f| {
+        for part in parts {
+            f.write_all(part)?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes what `fill` writes to `path` atomically (for content streamed from elsewhere, e.g.
+/// another file, that should never be whole in memory).
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -29,9 +43,7 @@ pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
     let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        for part in parts {
-            f.write_all(part).map_err(|e| Error::io(&tmp, e))?;
-        }
+        fill(&mut f).map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;

@@ -128,6 +128,9 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let side = cfg.input_size as usize;
     let size = (!opts.dynamic_size).then_some([side, side]);
     let g = model.emit_with(size, opts.msda, opts.resize)?;
+    // The graph holds its own copy of every weight: the model's goes before the graph is
+    // encoded (the peak memory of converting a large checkpoint is copies of its weights).
+    drop(model);
     let nodes = g.num_nodes();
     let weights = g.num_weights();
     let mut meta = ModelMetadata {

@@ -52,7 +52,7 @@ impl ImportReport {
     pub fn summary(&self) -> Vec<String> {
         let mut lines = vec![format!(
             "{} tensors: {} into the detector ({} parameters + {} BatchNorm statistics), {} \
-             BatchNorm counters, {} index buffers checked, {} training-only (not converted)",
+             BatchNorm counters, {} index buffers checked, {} training-only (not part of the detector)",
             self.tensors,
             self.detector_tensors,
             self.detector_param_count(),
@@ -65,7 +65,7 @@ impl ImportReport {
             lines.push(format!("  detector {module:<10} {n:>11} parameters"));
         }
         for (group, (t, n)) in &self.training_only {
-            lines.push(format!("  skipped  {group}: {t} tensors, {n} parameters"));
+            lines.push(format!("  training {group}: {t} tensors, {n} parameters"));
         }
         lines.extend(self.notes.iter().map(|n| format!("  note: {n}")));
         lines

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 pub use burn::store::pytorch_reader::Tensor as PtTensor;
 use burn::store::pytorch_reader::{DType as PtDType, PickleValue, PytorchReader};
 use burn::tensor::{DType, TensorData};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -71,21 +70,6 @@ fn bad(path: &Path, message: impl Into<String>) -> Error {
         path: path.to_path_buf(),
         message: message.into(),
     }
-}
-
-/// Streams the file through SHA-256.
-fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(crate::model::checkpoint::hex(&h.finalize()))
 }
 
 /// Where `torch.save`'s archive misleads the ZIP reader under burn's PyTorch reader (zip
@@ -232,7 +216,7 @@ impl StateDict {
             tensors,
             layout,
             class_names,
-            sha256: file_sha256(path)?,
+            sha256: crate::model::checkpoint::file_len_sha256(path)?.1,
         })
     }
 }

@@ -5,10 +5,12 @@
 //!
 //! Layout: `b"CODETRCK"` | u32 LE header length | header JSON | section bytes in header order.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use burn::module::Module;
-use burn::store::ModuleRecord;
+use burn::store::burn_pack::Writer;
+use burn::store::{ModuleRecord, ModuleSnapshot};
 use burn::tensor::{Bytes, Device};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -77,7 +79,6 @@ impl CheckpointHeader {
 /// SHA-256 over the detector's tensors in name order: each one's path, dtype, shape and
 /// little-endian bytes. Parameter ids (random per process) are left out on purpose.
 pub fn weights_sha256(model: &Detector) -> Result<String> {
-    use burn::store::ModuleSnapshot;
     let mut tensors = model.collect(None, None, false);
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
     let mut h = Sha256::new();
@@ -129,42 +130,89 @@ pub fn save(
             ),
         ));
     }
-    // Before the record exists: the digest's per-tensor copies are freed first.
     let weights_sha256 = weights_sha256(model)?;
-    let model_bytes = model
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| corrupt(path, format!("cannot serialise the model: {e}")))?;
-    // The sections are written from where they lie: no joined copy of a model-sized file.
-    let mut blobs: Vec<(&str, &[u8])> = vec![("model", &model_bytes[..])];
-    blobs.extend(
-        extra_sections
-            .iter()
-            .map(|(n, b)| (n.as_str(), b.as_slice())),
-    );
-    let header = CheckpointHeader {
-        format_version: FORMAT_VERSION,
-        config: model.config().clone(),
-        class_names: class_names.to_vec(),
-        step,
-        meta,
-        sections: blobs
-            .iter()
-            .map(|(name, b)| Section {
-                name: name.to_string(),
-                len: b.len() as u64,
-                sha256: hex(&Sha256::digest(b)),
-            })
-            .collect(),
-        weights_sha256,
+    // The model section (a burnpack record, as `into_record().into_bytes()` makes it) is
+    // streamed one tensor at a time into a scratch file beside `path`, hashed from there and
+    // copied into the checkpoint: the model is never in memory twice (a record plus its bytes
+    // would be two more copies: the peak of converting a 946 MB official checkpoint).
+    let scratch = scratch_path(path)?;
+    let result = (|| {
+        Writer::new(model.collect(None, None, false))
+            .auto_extension(false)
+            .write_to_file_in_place(&scratch)
+            .map_err(|e| corrupt(path, format!("cannot serialise the model: {e}")))?;
+        let (model_len, model_sha) = file_len_sha256(&scratch)?;
+        let mut sections = vec![Section {
+            name: "model".into(),
+            len: model_len,
+            sha256: model_sha,
+        }];
+        sections.extend(extra_sections.iter().map(|(name, b)| Section {
+            name: name.clone(),
+            len: b.len() as u64,
+            sha256: hex(&Sha256::digest(b)),
+        }));
+        let header = CheckpointHeader {
+            format_version: FORMAT_VERSION,
+            config: model.config().clone(),
+            class_names: class_names.to_vec(),
+            step,
+            meta,
+            sections,
+            weights_sha256,
+        };
+        let json = serde_json::to_vec(&header).map_err(|e| corrupt(path, e.to_string()))?;
+        let json_len = (json.len() as u32).to_le_bytes();
+        codetr_data::fsutil::write_atomic_with(path, |f| {
+            f.write_all(MAGIC)?;
+            f.write_all(&json_len)?;
+            f.write_all(&json)?;
+            let copied = std::io::copy(&mut std::fs::File::open(&scratch)?, f)?;
+            if copied != model_len {
+                return Err(std::io::Error::other(format!(
+                    "the model section changed while it was copied ({copied} of {model_len} bytes)"
+                )));
+            }
+            for (_, b) in &extra_sections {
+                f.write_all(b)?;
+            }
+            Ok(())
+        })?;
+        Ok(header)
+    })();
+    let _ = std::fs::remove_file(&scratch);
+    result
+}
+
+/// A scratch file name beside `path` (same file system, cleaned up by the caller).
+fn scratch_path(path: &Path) -> Result<std::path::PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| corrupt(path, "the path has no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
-    let json = serde_json::to_vec(&header).map_err(|e| corrupt(path, e.to_string()))?;
-    let json_len = (json.len() as u32).to_le_bytes();
-    let mut parts: Vec<&[u8]> = vec![MAGIC, &json_len, &json];
-    parts.extend(blobs.iter().map(|(_, b)| *b));
-    codetr_data::fsutil::write_atomic_parts(path, &parts)?;
-    Ok(header)
+    Ok(dir.join(format!(".{name}.model.tmp{}", std::process::id())))
+}
+
+/// Length and SHA-256 of a file, streamed.
+pub(crate) fn file_len_sha256(path: &Path) -> Result<(u64, String)> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((len, hex(&h.finalize())))
 }
 
 /// Reads and verifies a checkpoint: header, section lengths and hashes.
