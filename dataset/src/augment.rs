@@ -1,4 +1,5 @@
-//! Training-time augmentation and the stretch resize every batch goes through.
+//! Training-time augmentation and the resize every batch goes through (a stretch to the square,
+//! or to the letterboxed region of it).
 //!
 //! Order per image: random crop → horizontal flip → stretch-resize to the batch's square size
 //! (one fast_image_resize pass does crop+resize) → photometric jitter. Every random choice
@@ -141,18 +142,18 @@ impl Geometry {
     }
 }
 
-/// Maps the sample's boxes through `geom` into a `size`×`size` output frame, dropping boxes
+/// Maps the sample's boxes through `geom` into an `out_w`×`out_h` output frame, dropping boxes
 /// that fall (mostly) outside the crop or become smaller than `min_box_size` source pixels.
 /// Returns boxes as `[x1, y1, x2, y2]` in output pixels.
 pub fn transform_boxes(
     sample: &Sample,
     geom: &Geometry,
-    size: u32,
+    [out_w, out_h]: [u32; 2],
     min_box_size: f32,
     min_visible_fraction: f32,
 ) -> (Vec<[f32; 4]>, Vec<usize>) {
     let [left, top, cw, ch] = geom.crop.map(|v| v as f32);
-    let (sx, sy) = (size as f32 / cw, size as f32 / ch);
+    let (sx, sy) = (out_w as f32 / cw, out_h as f32 / ch);
     let mut boxes = Vec::with_capacity(sample.boxes.len());
     let mut labels = Vec::with_capacity(sample.labels.len());
     for (b, &label) in sample.boxes.iter().zip(&sample.labels) {
@@ -170,7 +171,7 @@ pub fn transform_boxes(
         }
         let (mut ox1, mut ox2) = (x1 * sx, x2 * sx);
         if geom.hflip {
-            (ox1, ox2) = (size as f32 - ox2, size as f32 - ox1);
+            (ox1, ox2) = (out_w as f32 - ox2, out_w as f32 - ox1);
         }
         boxes.push([ox1, y1 * sy, ox2, y2 * sy]);
         labels.push(label);
@@ -270,7 +271,7 @@ mod tests {
     fn identity_geometry_scales_boxes_to_the_square() {
         let s = sample(vec![[20.0, 10.0, 60.0, 50.0]]);
         let g = Geometry::identity(200, 100);
-        let (b, l) = transform_boxes(&s, &g, 100, 2.0, 0.3);
+        let (b, l) = transform_boxes(&s, &g, [100, 100], 2.0, 0.3);
         assert_eq!(l, vec![0]);
         assert_eq!(b, vec![[10.0, 10.0, 30.0, 50.0]]);
     }
@@ -282,7 +283,7 @@ mod tests {
             crop: [0.0, 0.0, 200.0, 100.0],
             hflip: true,
         };
-        let (b, _) = transform_boxes(&s, &g, 100, 2.0, 0.3);
+        let (b, _) = transform_boxes(&s, &g, [100, 100], 2.0, 0.3);
         assert_eq!(b, vec![[75.0, 0.0, 100.0, 100.0]]);
     }
 
@@ -298,7 +299,7 @@ mod tests {
             crop: [10.0, 10.0, 100.0, 80.0],
             hflip: false,
         };
-        let (b, l) = transform_boxes(&s, &g, 100, 2.0, 0.3);
+        let (b, l) = transform_boxes(&s, &g, [100, 100], 2.0, 0.3);
         assert_eq!(l, vec![0, 2]);
         assert_eq!(b[0], [0.0, 0.0, 20.0, 25.0]);
         assert_eq!(b[1], [80.0, 37.5, 100.0, 62.5]);
@@ -324,7 +325,7 @@ mod tests {
         assert!(px(37, 22) > 200);
         assert!(px(12, 22) < 50);
         let s = sample(vec![[20.0, 40.0, 30.0, 50.0]]);
-        let (b, _) = transform_boxes(&s, &g, 50, 1.0, 0.3);
+        let (b, _) = transform_boxes(&s, &g, [50, 50], 1.0, 0.3);
         assert_eq!(b[0], [35.0, 20.0, 40.0, 25.0]);
     }
 

@@ -16,6 +16,8 @@ use super::augment::{self, AugmentConfig, Geometry, Sample};
 use super::coco::{CocoDataset, decode_rgb};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+pub use codetr_model::Resize;
+use codetr_model::preprocess::letterbox_size;
 
 /// Loader settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,6 +37,10 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// `None`: no augmentation (evaluation).
     pub augment: Option<AugmentConfig>,
+    /// Stretch each (cropped) image to the square, or letterbox it: resized keeping its aspect
+    /// ratio to fit, top-left, the rest zero (the official Co-DINO pipeline; the model then
+    /// masks the padding).
+    pub resize: Resize,
 }
 
 impl Default for LoaderConfig {
@@ -48,13 +54,14 @@ impl Default for LoaderConfig {
             drop_last: true,
             seed: 0,
             augment: Some(AugmentConfig::default()),
+            resize: Resize::Stretch,
         }
     }
 }
 
 impl LoaderConfig {
     /// The settings for evaluation: one size, no shuffle, no augmentation, keep every image.
-    pub fn eval(batch_size: usize, size: u32, workers: usize) -> Self {
+    pub fn eval(batch_size: usize, size: u32, workers: usize, resize: Resize) -> Self {
         Self {
             batch_size,
             sizes: vec![size],
@@ -64,6 +71,7 @@ impl LoaderConfig {
             drop_last: false,
             seed: 0,
             augment: None,
+            resize,
         }
     }
 
@@ -101,7 +109,8 @@ pub struct Target {
     pub orig_size: [u32; 2],
     /// Contiguous class labels.
     pub labels: Vec<usize>,
-    /// `[cx, cy, w, h]` normalised to [0, 1] by the batch's square size.
+    /// `[cx, cy, w, h]` normalised to [0, 1] by the image's region of the canvas (its
+    /// `Batch::valid` size: the whole square under stretch), as DINO's targets are.
     pub boxes: Vec<[f32; 4]>,
 }
 
@@ -117,11 +126,26 @@ pub struct Batch {
     /// model normalises identically in training and serving.
     pub pixels: Vec<u8>,
     pub targets: Vec<Target>,
+    /// Per image, the `[height, width]` its pixels take in the canvas, top-left (the whole
+    /// `[size, size]` under stretch; less under letterbox, the rest zero).
+    pub valid: Vec<[u32; 2]>,
 }
 
 impl Batch {
     pub fn len(&self) -> usize {
         self.targets.len()
+    }
+
+    /// The valid sizes when some image does not fill the canvas (the model must mask the
+    /// padding), else `None`.
+    pub fn padded(&self) -> Option<Vec<[usize; 2]>> {
+        let full = [self.size, self.size];
+        self.valid.iter().any(|v| *v != full).then(|| {
+            self.valid
+                .iter()
+                .map(|&[h, w]| [h as usize, w as usize])
+                .collect()
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -199,6 +223,7 @@ impl Loader {
         let per = size as usize * size as usize * 3;
         let mut pixels = Vec::with_capacity(images.len() * per);
         let mut targets = Vec::with_capacity(images.len());
+        let mut valid = Vec::with_capacity(images.len());
         for (k, &ii) in images.iter().enumerate() {
             let rec = self
                 .dataset
@@ -241,13 +266,34 @@ impl Loader {
                 ),
                 None => (Geometry::identity(rec.width, rec.height), 0.0, 0.0),
             };
-            let (boxes, labels) = augment::transform_boxes(&sample, &geom, size, min_size, min_vis);
-            let mut px = augment::crop_resize_rgb(&img, &geom, size, size, resizer)?;
+            // The image's region of the canvas: the square, or the crop letterboxed into it.
+            let [vh, vw] = match self.cfg.resize {
+                Resize::Stretch => [size, size],
+                Resize::Letterbox => {
+                    let [_, _, cw, ch] = geom.crop;
+                    let side = |v: f64| (v.round() as u32).max(1);
+                    letterbox_size([side(ch), side(cw)], [size, size])
+                }
+            };
+            let (boxes, labels) =
+                augment::transform_boxes(&sample, &geom, [vw, vh], min_size, min_vis);
+            let mut px = augment::crop_resize_rgb(&img, &geom, vw, vh, resizer)?;
             if let Some(a) = &self.cfg.augment {
                 augment::photometric_jitter(&mut px, a, &mut img_rng);
             }
-            pixels.extend_from_slice(&px);
-            let s = size as f32;
+            if [vh, vw] == [size, size] {
+                pixels.extend_from_slice(&px);
+            } else {
+                let (row, canvas_row) = (vw as usize * 3, size as usize * 3);
+                for y in 0..size as usize {
+                    let start = pixels.len();
+                    pixels.resize(start + canvas_row, 0);
+                    if y < vh as usize {
+                        pixels[start..start + row].copy_from_slice(&px[y * row..(y + 1) * row]);
+                    }
+                }
+            }
+            let (sw, sh) = (vw as f32, vh as f32);
             targets.push(Target {
                 image_id: rec.id,
                 orig_size: sample.orig_size,
@@ -256,14 +302,15 @@ impl Loader {
                     .iter()
                     .map(|b| {
                         [
-                            (b[0] + b[2]) / (2.0 * s),
-                            (b[1] + b[3]) / (2.0 * s),
-                            (b[2] - b[0]) / s,
-                            (b[3] - b[1]) / s,
+                            (b[0] + b[2]) / (2.0 * sw),
+                            (b[1] + b[3]) / (2.0 * sh),
+                            (b[2] - b[0]) / sw,
+                            (b[3] - b[1]) / sh,
                         ]
                     })
                     .collect(),
             });
+            valid.push([vh, vw]);
         }
         Ok(Batch {
             epoch,
@@ -271,6 +318,7 @@ impl Loader {
             size,
             pixels,
             targets,
+            valid,
         })
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use codetr_data::loader::Resize;
 use codetr_data::rng::Rng;
 use codetr_data::{AugmentConfig, CocoDataset, LoadOptions, Loader, LoaderConfig};
 use serde_json::json;
@@ -52,6 +53,86 @@ fn train_cfg(workers: usize) -> LoaderConfig {
         drop_last: true,
         seed: 11,
         augment: Some(AugmentConfig::default()),
+        resize: Resize::Stretch,
+    }
+}
+
+/// Letterboxed batches: each image keeps its aspect ratio in its `valid` region (top-left, the
+/// official rounding), the rest of the canvas is zero, and its targets are normalised by that
+/// region, so without augmentation they are the boxes relative to the original image; the
+/// bright box lands where its target says. With augmentation the same holds of the crop.
+#[test]
+fn letterboxed_batches_keep_the_ratio_and_normalise_targets_by_the_image_region() {
+    let (_d, ds) = dataset(6);
+    let size = 100u32;
+    let loader = Loader::new(
+        ds.clone(),
+        LoaderConfig::eval(6, size, 2, Resize::Letterbox),
+    )
+    .unwrap();
+    let batch = loader.epoch(0, 0).next().unwrap().unwrap();
+    assert!(batch.padded().is_some());
+    let s = size as usize;
+    for (i, (t, &[vh, vw])) in batch.targets.iter().zip(&batch.valid).enumerate() {
+        let rec = ds.images.iter().find(|r| r.id == t.image_id).unwrap();
+        let want = codetr_model::preprocess::letterbox_size([rec.height, rec.width], [size, size]);
+        assert_eq!([vh, vw], want, "image {i}");
+        assert!(vh == size || vw == size, "one side fills the canvas");
+        let px = &batch.pixels[i * s * s * 3..(i + 1) * s * s * 3];
+        for y in 0..s {
+            for x in 0..s {
+                if y >= vh as usize || x >= vw as usize {
+                    assert_eq!(&px[(y * s + x) * 3..(y * s + x) * 3 + 3], &[0, 0, 0]);
+                }
+            }
+        }
+        // The one box: its target is the original box relative to the original image.
+        let o = &rec.objects.iter().find(|o| !o.iscrowd).unwrap().bbox;
+        let (w, h) = (rec.width as f32, rec.height as f32);
+        let orig = [
+            (o[0] + o[2]) / 2.0 / w,
+            (o[1] + o[3]) / 2.0 / h,
+            (o[2] - o[0]) / w,
+            (o[3] - o[1]) / h,
+        ];
+        for (a, b) in t.boxes[0].iter().zip(orig) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "image {i}: {:?} vs {orig:?}",
+                t.boxes[0]
+            );
+        }
+        // …and the bright square is there in the canvas.
+        let (cx, cy) = (
+            (t.boxes[0][0] * vw as f32) as usize,
+            (t.boxes[0][1] * vh as f32) as usize,
+        );
+        assert!(
+            px[(cy * s + cx) * 3] > 200,
+            "image {i}: box centre not bright"
+        );
+    }
+    // With augmentation (crops, flips, jitter): the canvas outside each region stays zero and
+    // every target lies within its region.
+    let cfg = LoaderConfig {
+        resize: Resize::Letterbox,
+        ..train_cfg(2)
+    };
+    for batch in Loader::new(ds, cfg).unwrap().epoch(1, 0) {
+        let batch = batch.unwrap();
+        let s = batch.size as usize;
+        for (i, (t, &[vh, vw])) in batch.targets.iter().zip(&batch.valid).enumerate() {
+            assert!(vh as usize <= s && vw as usize <= s && (vh as usize == s || vw as usize == s));
+            let px = &batch.pixels[i * s * s * 3..(i + 1) * s * s * 3];
+            let outside: u64 = (0..s * s)
+                .filter(|&k| k / s >= vh as usize || k % s >= vw as usize)
+                .map(|k| u64::from(px[k * 3]) + u64::from(px[k * 3 + 1]) + u64::from(px[k * 3 + 2]))
+                .sum();
+            assert_eq!(outside, 0, "padding is zero");
+            for b in &t.boxes {
+                assert!(b.iter().all(|v| (0.0..=1.0 + 1e-6).contains(v)), "{b:?}");
+            }
+        }
     }
 }
 
@@ -124,7 +205,7 @@ fn every_image_once_per_epoch_and_multiscale_sizes_used() {
 #[test]
 fn eval_loader_keeps_geometry_and_drops_crowd_targets() {
     let (_d, ds) = dataset(4);
-    let loader = Loader::new(ds.clone(), LoaderConfig::eval(3, 100, 2)).unwrap();
+    let loader = Loader::new(ds.clone(), LoaderConfig::eval(3, 100, 2, Resize::Stretch)).unwrap();
     let batches: Vec<_> = loader.epoch(0, 0).map(Result::unwrap).collect();
     assert_eq!(batches.len(), 2);
     assert_eq!(batches[1].len(), 1);
@@ -192,7 +273,7 @@ fn augmented_boxes_follow_the_pixels() {
 fn a_broken_image_is_an_error_item_not_a_panic() {
     let (d, ds) = dataset(6);
     std::fs::write(d.path().join("images/002.png"), b"garbage").unwrap();
-    let loader = Loader::new(ds, LoaderConfig::eval(2, 64, 2)).unwrap();
+    let loader = Loader::new(ds, LoaderConfig::eval(2, 64, 2, Resize::Stretch)).unwrap();
     let results: Vec<_> = loader.epoch(0, 0).collect();
     assert_eq!(results.len(), 3);
     assert!(results[0].is_ok() && results[2].is_ok());

@@ -254,7 +254,10 @@ pub fn check(
         )));
     }
     ds.images.truncate(most);
-    let loader = Loader::new(Arc::new(ds), LoaderConfig::eval(most, size, 1))?;
+    let loader = Loader::new(
+        Arc::new(ds),
+        LoaderConfig::eval(most, size, 1, codetr_model::Resize::Stretch),
+    )?;
     let batch = loader.epoch(0, 0).next().ok_or_else(|| err("no batch"))??;
     let mut session = open_session(onnx, ort_lib)?;
     let letterbox = graph_resize(&session)? == codetr_model::Resize::Letterbox;
@@ -422,7 +425,10 @@ pub fn map_compare(
     }
     let ids: std::collections::HashSet<u64> = ds.images.iter().map(|i| i.id).collect();
     let ds = Arc::new(ds);
-    let loader = Loader::new(ds.clone(), LoaderConfig::eval(4, size, 1))?;
+    let loader = Loader::new(
+        ds.clone(),
+        LoaderConfig::eval(4, size, 1, codetr_model::Resize::Stretch),
+    )?;
     let mut session = open_session(onnx, ort_lib)?;
     let letterbox = graph_resize(&session)? == codetr_model::Resize::Letterbox;
     let s = size as usize;

@@ -81,6 +81,31 @@ pub fn generate_anchors(
     out
 }
 
+/// mmdet's `valid_flags` for one image of a padded batch: an anchor (in [`generate_anchors`]
+/// order) is valid when its location lies within the image's `[h, w]` pixels, i.e. row
+/// `y < ⌈h / stride⌉` and column `x < ⌈w / stride⌉` of its level. With the training configs'
+/// `allowed_border = -1` these are the anchors the heads assign and supervise; the rest (over
+/// the padding) take no part in the loss.
+pub fn valid_anchor_flags(
+    level_shapes: &[[usize; 2]],
+    strides: &[usize],
+    per_location: usize,
+    [vh, vw]: [f32; 2],
+) -> Vec<bool> {
+    let mut out = Vec::new();
+    for (&[h, w], &stride) in level_shapes.iter().zip(strides) {
+        let s = stride as f32;
+        let (rows, cols) = ((vh / s).ceil() as usize, (vw / s).ceil() as usize);
+        for y in 0..h {
+            for x in 0..w {
+                let ok = y < rows && x < cols;
+                out.extend(std::iter::repeat_n(ok, per_location));
+            }
+        }
+    }
+    out
+}
+
 /// ATSS's anchors: one square of side `octave_base_scale · stride` per location (the
 /// generator with `ratios = [1]`, one scale per octave), index = level start + `y · w + x`.
 pub fn square_anchors(
@@ -94,6 +119,25 @@ pub fn square_anchors(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn valid_flags_follow_the_image_region_level_by_level() {
+        // Two levels (4×4 at stride 8, 2×2 at 16), 2 anchors per location, an image of 20×9
+        // pixels (h × w): level 0 keeps rows < 3 and columns < 2, level 1 rows < 2, cols < 1.
+        let f = valid_anchor_flags(&[[4, 4], [2, 2]], &[8, 16], 2, [20.0, 9.0]);
+        assert_eq!(f.len(), (16 + 4) * 2);
+        let at =
+            |level_start: usize, w: usize, y: usize, x: usize| f[level_start + (y * w + x) * 2];
+        assert!(at(0, 4, 2, 1) && !at(0, 4, 3, 1) && !at(0, 4, 2, 2));
+        assert!(at(32, 2, 1, 0) && !at(32, 2, 1, 1));
+        assert_eq!(f.iter().filter(|&&v| v).count(), (3 * 2 + 2) * 2);
+        // The whole canvas: every anchor.
+        assert!(
+            valid_anchor_flags(&[[4, 4]], &[8], 1, [32.0, 32.0])
+                .iter()
+                .all(|&v| v)
+        );
+    }
 
     fn close(a: [f32; 4], b: [f32; 4]) -> bool {
         a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4)

@@ -12,7 +12,7 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use codetr_core::model::autocast as ac;
 
 use super::atss_assigner::{atss_assign, centerness_target};
-use crate::loss::focal::{bce_with_logits, sigmoid_focal_sum};
+use crate::loss::focal::{bce_with_logits, sigmoid_focal_sum, sigmoid_focal_weighted_sum};
 use codetr_core::geometry::anchors::square_anchors;
 use codetr_core::geometry::coder::{DeltaCoder, decode_deltas};
 use codetr_core::geometry::tensor::iou_giou_aligned;
@@ -141,37 +141,57 @@ pub fn pyramid_anchors(
     (square_anchors(shapes, strides, cfg.octave_base_scale), per)
 }
 
-/// Targets' normalised cxcywh boxes → pixel xyxy at the `size`² input.
-pub fn gt_pixels(t: &Target, size: f32) -> Vec<[f32; 4]> {
+/// Targets' normalised cxcywh boxes → pixel xyxy, the boxes being normalised by the image's
+/// `[h, w]` region of the canvas (the whole square under stretch).
+pub fn gt_pixels(t: &Target, [h, w]: [f32; 2]) -> Vec<[f32; 4]> {
     t.boxes
         .iter()
-        .map(|[cx, cy, w, h]| {
+        .map(|[cx, cy, bw, bh]| {
             [
-                (cx - w / 2.0) * size,
-                (cy - h / 2.0) * size,
-                (cx + w / 2.0) * size,
-                (cy + h / 2.0) * size,
+                (cx - bw / 2.0) * w,
+                (cy - bh / 2.0) * h,
+                (cx + bw / 2.0) * w,
+                (cy + bh / 2.0) * h,
             ]
         })
         .collect()
 }
 
-/// ATSS assignment of every image.
+/// ATSS assignment of every image: `gts` in pixels; `inside[i]`, image i's valid anchors
+/// (`None`: all, the image fills the canvas). As mmdet, an image's assignment runs on its
+/// valid anchors only (top-k per level among them).
 pub fn assign(
     anchors: &[[f32; 4]],
     per_level: &[usize],
-    targets: &[Target],
-    size: f32,
+    gts: &[Vec<[f32; 4]>],
+    inside: &[Option<Vec<bool>>],
     cfg: &AtssConfig,
 ) -> AtssPositives {
-    let pairs = targets
+    let pairs = gts
         .iter()
-        .map(|t| {
-            let gts = gt_pixels(t, size);
-            let a = atss_assign(anchors, per_level, &gts, cfg.topk);
+        .zip(inside)
+        .map(|(g, flags)| {
+            let Some(flags) = flags else {
+                let a = atss_assign(anchors, per_level, g, cfg.topk);
+                return a
+                    .gt
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, g)| g.map(|g| (i, g)))
+                    .collect();
+            };
+            let keep: Vec<usize> = (0..anchors.len()).filter(|&i| flags[i]).collect();
+            let sub: Vec<[f32; 4]> = keep.iter().map(|&i| anchors[i]).collect();
+            let mut sub_per_level = Vec::with_capacity(per_level.len());
+            let mut start = 0;
+            for &n in per_level {
+                sub_per_level.push(flags[start..start + n].iter().filter(|&&v| v).count());
+                start += n;
+            }
+            let a = atss_assign(&sub, &sub_per_level, g, cfg.topk);
             a.gt.iter()
                 .enumerate()
-                .filter_map(|(i, g)| g.map(|g| (i, g)))
+                .filter_map(|(i, gi)| gi.map(|gi| (keep[i], gi)))
                 .collect()
         })
         .collect();
@@ -185,13 +205,15 @@ pub struct AtssLoss {
     pub centerness: Tensor<1>,
 }
 
-/// ATSS loss of `out` given the assignment.
+/// ATSS loss of `out` given the assignment: `gts` in pixels; `inside` as [`assign`]'s (an
+/// anchor outside its image takes no part in the classification term either).
 pub fn atss_loss(
     out: &AtssOutput,
     anchors: &[[f32; 4]],
     positives: &AtssPositives,
     targets: &[Target],
-    size: f32,
+    gts: &[Vec<[f32; 4]>],
+    inside: &[Option<Vec<bool>>],
 ) -> AtssLoss {
     let device = out.cls.device();
     let [b, a, c] = out.cls.dims();
@@ -200,8 +222,7 @@ pub fn atss_loss(
     let mut anc = Vec::new();
     let mut gt = Vec::new();
     let mut ctr_t = Vec::new();
-    for (i, (pairs, t)) in positives.pairs.iter().zip(targets).enumerate() {
-        let gts = gt_pixels(t, size);
+    for (i, ((pairs, t), gts)) in positives.pairs.iter().zip(targets).zip(gts).enumerate() {
         for &(ai, gi) in pairs {
             hot.push(((i * a + ai) * c + t.labels[gi]) as i64);
             idx.push((i * a + ai) as i64);
@@ -220,7 +241,20 @@ pub fn atss_loss(
         onehot = onehot.select_assign(0, hot, Tensor::ones([p], &device), IndexingUpdateOp::Add);
     }
     let onehot = onehot.reshape([b * a, c]);
-    let cls = sigmoid_focal_sum(out.cls.clone().reshape([b * a, c]), onehot, 0.25, 2.0) / num_pos;
+    let logits = out.cls.clone().reshape([b * a, c]);
+    let cls = if inside.iter().all(Option::is_none) {
+        sigmoid_focal_sum(logits, onehot, 0.25, 2.0) / num_pos
+    } else {
+        let w: Vec<f32> = inside
+            .iter()
+            .flat_map(|f| match f {
+                Some(f) => f.iter().map(|&v| f32::from(u8::from(v))).collect(),
+                None => vec![1.0; a],
+            })
+            .collect();
+        let w = Tensor::<2>::from_data(TensorData::new(w, [b * a, 1]), &device);
+        sigmoid_focal_weighted_sum(logits, onehot, w, 0.25, 2.0) / num_pos
+    };
     if p == 0 {
         let zero = out.reg.clone().sum() * 0.0 + out.ctr.clone().sum() * 0.0;
         return AtssLoss {
@@ -278,8 +312,16 @@ mod tests {
         let pos = AtssPositives {
             pairs: vec![vec![(0, 0)]],
         };
-        let loss = atss_loss(&out, &anchors, &pos, std::slice::from_ref(&t), 100.0);
-        let gt = gt_pixels(&t, 100.0)[0];
+        let gts = vec![gt_pixels(&t, [100.0, 100.0])];
+        let loss = atss_loss(
+            &out,
+            &anchors,
+            &pos,
+            std::slice::from_ref(&t),
+            &gts,
+            &[None],
+        );
+        let gt = gts[0][0];
         let ctr = centerness_target(anchors[0], gt);
         assert!(
             ctr < 0.5,

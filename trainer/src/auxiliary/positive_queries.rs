@@ -75,33 +75,38 @@ pub struct QueryGroup {
 /// Builds the group: each image's positives (random subset if more than the cap), then random
 /// non-positive candidates as background padding (the official `use_zero_padding = False`).
 /// `candidates[i]`: image i's candidate boxes (ATSS: all anchors; Faster-RCNN: its sampled
-/// RoIs), xyxy pixels at `size`²; `pairs[i]`: (candidate, gt) positives; `labels/gt_boxes[i]`:
-/// its targets.
+/// RoIs), xyxy canvas pixels; `pairs[i]`: (candidate, gt) positives; `labels/gt_boxes[i]`:
+/// its targets; `valid[i]`: its `[h, w]` region of the canvas (boxes are normalised by it, and
+/// a candidate centred outside it is no background query).
 pub fn build_group(
     candidates: &[&[[f32; 4]]],
     pairs: &[Vec<(usize, usize)>],
     labels: &[&[usize]],
     gt_boxes: &[&[[f32; 4]]],
-    size: f32,
+    valid: &[[f32; 2]],
     max_per_image: usize,
     rng: &mut Rng,
 ) -> QueryGroup {
     let most = pairs.iter().map(Vec::len).max().unwrap_or(0);
     let fewest = candidates.iter().map(|c| c.len()).min().unwrap_or(0);
     let group = most.min(max_per_image).max(9).min(fewest.max(1));
-    let norm = |b: [f32; 4]| {
-        [
-            (b[0] + b[2]) / 2.0 / size,
-            (b[1] + b[3]) / 2.0 / size,
-            (b[2] - b[0]) / size,
-            (b[3] - b[1]) / size,
-        ]
-    };
     let mut slots = Vec::with_capacity(pairs.len());
     let mut positives = Vec::new();
     let mut uncapped = 0;
     for (i, p) in pairs.iter().enumerate() {
         let boxes = candidates[i];
+        // Normalised by the image's region of the canvas, as its targets are.
+        let [vh, vw] = valid[i];
+        let norm = |b: [f32; 4]| {
+            [
+                (b[0] + b[2]) / 2.0 / vw,
+                (b[1] + b[3]) / 2.0 / vh,
+                (b[2] - b[0]) / vw,
+                (b[3] - b[1]) / vh,
+            ]
+        };
+        // A candidate centred over the padding is no query of this image.
+        let inside = |b: [f32; 4]| (b[0] + b[2]) / 2.0 < vw && (b[1] + b[3]) / 2.0 < vh;
         uncapped += p.len();
         let mut chosen: Vec<(usize, usize)> = p.clone();
         if chosen.len() > group {
@@ -119,7 +124,9 @@ pub fn build_group(
             });
         }
         let used: std::collections::HashSet<usize> = p.iter().map(|x| x.0).collect();
-        let mut negatives: Vec<usize> = (0..boxes.len()).filter(|a| !used.contains(a)).collect();
+        let mut negatives: Vec<usize> = (0..boxes.len())
+            .filter(|&a| !used.contains(&a) && inside(boxes[a]))
+            .collect();
         rng.shuffle(&mut negatives);
         for &a in negatives.iter().take(group - s.len()) {
             s.push((a, norm(boxes[a])));
@@ -191,7 +198,15 @@ mod tests {
         let gts: Vec<&[[f32; 4]]> = vec![&g0, &g1];
         let mut rng = Rng::new(0);
         let cands: Vec<&[[f32; 4]]> = vec![&anchors, &anchors];
-        let g = build_group(&cands, &pairs, &labels, &gts, 100.0, 20, &mut rng);
+        let g = build_group(
+            &cands,
+            &pairs,
+            &labels,
+            &gts,
+            &[[100.0, 100.0]; 2],
+            20,
+            &mut rng,
+        );
         assert_eq!(g.size, 20);
         assert_eq!(g.uncapped_positives, 31);
         assert_eq!(

@@ -12,6 +12,7 @@ use codetr_core::model::autocast as ac;
 use serde::{Deserialize, Serialize};
 
 use super::rcnn_targets::{AssignedGt, MaxIouAssigner, batched_nms, random_sample};
+use crate::error::Error;
 use crate::loss::focal::bce_with_logits;
 use codetr_core::geometry::anchors::{anchors_per_location, generate_anchors};
 use codetr_core::geometry::coder::DeltaCoder;
@@ -148,11 +149,13 @@ pub struct RpnLoss {
     pub bbox: Tensor<1>,
 }
 
-/// Assigns and samples anchors for every image, returns the RPN loss.
+/// Assigns and samples anchors for every image, returns the RPN loss. `inside[i]`: image i's
+/// valid anchors (`None`: all); as mmdet, only those are assigned and sampled.
 pub fn rpn_loss(
     out: &RpnOutput,
     anchors: &[[f32; 4]],
     gts: &[Vec<[f32; 4]>],
+    inside: &[Option<Vec<bool>>],
     cfg: &RpnConfig,
     rng: &mut Rng,
 ) -> RpnLoss {
@@ -169,19 +172,32 @@ pub fn rpn_loss(
     let mut cls_t = Vec::new();
     let mut pos_idx = Vec::new();
     let mut pos_t = Vec::new();
-    for (i, g) in gts.iter().enumerate() {
-        let a = assigner.assign(anchors, g);
+    for (i, (g, flags)) in gts.iter().zip(inside).enumerate() {
+        // The image's anchors: all, or its valid ones (`keep` maps back to the pyramid's).
+        let keep: Option<Vec<usize>> = flags
+            .as_ref()
+            .map(|f| (0..anchors.len()).filter(|&k| f[k]).collect());
+        let sub: Vec<[f32; 4]>;
+        let own: &[[f32; 4]] = match &keep {
+            Some(k) => {
+                sub = k.iter().map(|&j| anchors[j]).collect();
+                &sub
+            }
+            None => anchors,
+        };
+        let global = |j: usize| keep.as_ref().map_or(j, |k| k[j]);
+        let a = assigner.assign(own, g);
         let s = random_sample(&a, cfg.samples, cfg.pos_fraction, &mut |k| rng.below(k));
         for &p in &s.pos {
-            cls_idx.push((i * n + p) as i64);
+            cls_idx.push((i * n + global(p)) as i64);
             cls_t.push(1.0f32);
             if let AssignedGt::Positive(gi) = a.gt[p] {
-                pos_idx.push((i * n + p) as i64);
-                pos_t.extend(coder.encode(anchors[p], g[gi]));
+                pos_idx.push((i * n + global(p)) as i64);
+                pos_t.extend(coder.encode(own[p], g[gi]));
             }
         }
         for &q in &s.neg {
-            cls_idx.push((i * n + q) as i64);
+            cls_idx.push((i * n + global(q)) as i64);
             cls_t.push(0.0);
         }
     }
@@ -209,8 +225,8 @@ pub fn rpn_loss(
 }
 
 /// Proposals of every image (pixels, no gradient): per level the `pre_nms` best anchors by
-/// objectness (ties by lower index), decoded and clipped to the image, empty boxes dropped, NMS
-/// per level, the best `post_nms` kept.
+/// objectness (ties by lower index), decoded and clipped to the image's `valid` `[h, w]`
+/// region, empty boxes dropped, NMS per level, the best `post_nms` kept.
 ///
 /// The top-k runs on the device; one read brings back, per image and level, the k scores,
 /// their anchor indices and deltas, and two checks: how many scores reach the k-th (more than
@@ -221,7 +237,7 @@ pub fn proposals(
     out: &RpnOutput,
     anchors: &[[f32; 4]],
     levels: &[usize],
-    size: f32,
+    valid: &[[f32; 2]],
     cfg: &RpnConfig,
 ) -> crate::Result<Vec<Vec<[f32; 4]>>> {
     let [b, n] = out.objectness.dims();
@@ -259,6 +275,13 @@ pub fn proposals(
     let coder = DeltaCoder { stds: [1.0; 4] };
     let mut all = Vec::with_capacity(b);
     for i in 0..b {
+        let [vh, vw] = valid
+            .get(i)
+            .copied()
+            .ok_or_else(|| Error::InvalidArgument {
+                what: "proposals",
+                message: format!("{} valid sizes for a batch of {b}", valid.len()),
+            })?;
         let mut boxes = Vec::new();
         let mut sc = Vec::new();
         let mut ids = Vec::new();
@@ -293,9 +316,13 @@ pub fn proposals(
                 host_top_k(&scores, &deltas, k)
             };
             for c in cands {
-                let bx = coder
-                    .decode(anchors[start + c.index], c.deltas)
-                    .map(|v| v.clamp(0.0, size));
+                let d = coder.decode(anchors[start + c.index], c.deltas);
+                let bx = [
+                    d[0].clamp(0.0, vw),
+                    d[1].clamp(0.0, vh),
+                    d[2].clamp(0.0, vw),
+                    d[3].clamp(0.0, vh),
+                ];
                 if bx[2] > bx[0] && bx[3] > bx[1] {
                     boxes.push(bx);
                     sc.push(c.score);
@@ -442,7 +469,7 @@ mod tests {
             };
             let size = 48.0;
             crate::host::reset();
-            let got = proposals(&out, &anchors, &levels, size, &cfg).unwrap();
+            let got = proposals(&out, &anchors, &levels, &[[size, size]; 2], &cfg).unwrap();
             let reads = crate::host::snapshot().reads;
             assert_eq!(
                 got,

@@ -21,10 +21,27 @@ pub fn quality_focal_sum(x: Tensor<2>, t: Tensor<2>, beta: f64) -> Tensor<1> {
 /// Sigmoid focal loss summed over `[N, C]` with binary targets `t`:
 /// `α_t (1 − p_t)^γ BCE(x, t)`.
 pub fn sigmoid_focal_sum(x: Tensor<2>, t: Tensor<2>, alpha: f64, gamma: f64) -> Tensor<1> {
+    sigmoid_focal(x, t, alpha, gamma).sum()
+}
+
+/// [`sigmoid_focal_sum`] with each row weighted by `w` `[N, 1]` (0 leaves a row out: an
+/// anchor over an image's padding).
+pub fn sigmoid_focal_weighted_sum(
+    x: Tensor<2>,
+    t: Tensor<2>,
+    w: Tensor<2>,
+    alpha: f64,
+    gamma: f64,
+) -> Tensor<1> {
+    (sigmoid_focal(x, t, alpha, gamma) * w).sum()
+}
+
+/// The element-wise sigmoid focal loss `[N, C]`.
+fn sigmoid_focal(x: Tensor<2>, t: Tensor<2>, alpha: f64, gamma: f64) -> Tensor<2> {
     let p = sigmoid(x.clone());
     let p_t = p.clone() * t.clone() + (p.neg() + 1.0) * (t.clone().neg() + 1.0);
     let alpha_t = t.clone() * alpha + (t.clone().neg() + 1.0) * (1.0 - alpha);
-    (bce_with_logits(x, t) * alpha_t * (p_t.neg() + 1.0).powf_scalar(gamma)).sum()
+    bce_with_logits(x, t) * alpha_t * (p_t.neg() + 1.0).powf_scalar(gamma)
 }
 
 #[cfg(test)]

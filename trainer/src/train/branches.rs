@@ -16,6 +16,8 @@ use crate::auxiliary::roi_head::{RoiHead, roi_features, roi_loss, sample_rois};
 use crate::auxiliary::rpn_head::{RpnHead, proposals, pyramid_rpn_anchors, rpn_loss};
 use crate::error::Result;
 use crate::loss::criterion::assigned_loss;
+use codetr_core::geometry::anchors::valid_anchor_flags;
+use codetr_core::model::padding::Padding;
 use codetr_data::loader::Target;
 use codetr_data::rng::Rng;
 
@@ -33,8 +35,13 @@ pub struct AuxStep<'a> {
     pub memory: Tensor<3>,
     pub enc_shapes: &'a [[usize; 2]],
     pub targets: &'a [Target],
-    /// Input side in pixels.
+    /// Input side in pixels (the square canvas).
     pub size: f32,
+    /// Per image, its `[h, w]` pixels in the canvas (the whole square under stretch).
+    pub valid: Vec<[f32; 2]>,
+    /// The padding of a letterboxed batch (the positive queries' decoder pass masks it as the
+    /// main one does); `None` when every image fills the canvas.
+    pub padding: Option<Padding>,
     /// Per image: gt labels, normalised cxcywh boxes, and pixel xyxy boxes.
     pub labels: Vec<&'a [usize]>,
     pub gts_norm: Vec<&'a [[f32; 4]]>,
@@ -54,6 +61,18 @@ struct QuerySource<'c> {
 }
 
 impl AuxStep<'_> {
+    /// Per image, its valid anchors of the pyramid at `per_location` anchors per location
+    /// (`None`: the image fills the canvas, every anchor is valid).
+    fn inside(&self, per_location: usize) -> Vec<Option<Vec<bool>>> {
+        self.valid
+            .iter()
+            .map(|&v| {
+                (v != [self.size, self.size])
+                    .then(|| valid_anchor_flags(&self.shapes, &self.strides, per_location, v))
+            })
+            .collect()
+    }
+
     /// One positive-query group through the shared decoder (its own pass: isolated from the
     /// matching and dn queries), supervised by its assignment on every layer, weighted λ1;
     /// added to `total` as one sum over the layers.
@@ -72,7 +91,7 @@ impl AuxStep<'_> {
             src.pairs,
             &self.labels,
             &self.gts_norm,
-            self.size,
+            &self.valid,
             co.max_positive_queries,
             rng,
         );
@@ -87,7 +106,7 @@ impl AuxStep<'_> {
             self.enc_shapes,
             None,
             &det.box_heads[..layers],
-            None,
+            self.padding.as_ref(),
         );
         let (pl, pb) = det.decode_layers(dec);
         let mut sum: Option<Tensor<1>> = None;
@@ -154,10 +173,11 @@ impl AuxBranch for AtssBranch<'_> {
     ) -> Result<()> {
         let co = &step.cfg.co;
         let (anchors, per_level) = pyramid_anchors(&step.shapes, &step.strides, &co.atss);
-        let pos = assign(&anchors, &per_level, step.targets, step.size, &co.atss);
+        let inside = step.inside(1);
+        let pos = assign(&anchors, &per_level, &step.gts_px, &inside, &co.atss);
         if co.aux_loss {
             let o = self.head.forward(&step.maps);
-            let l = atss_loss(&o, &anchors, &pos, step.targets, step.size);
+            let l = atss_loss(&o, &anchors, &pos, step.targets, &step.gts_px, &inside);
             let a = &co.atss;
             *total = total.clone()
                 + (l.cls.clone() * a.cls_weight
@@ -216,7 +236,7 @@ impl AuxBranch for RcnnBranch<'_> {
         let co = &step.cfg.co;
         let ro = self.rpn.forward(&step.maps);
         let (anchors, levels) = pyramid_rpn_anchors(&step.shapes, &step.strides, &co.rpn);
-        let props = proposals(&ro, &anchors, &levels, step.size, &co.rpn)?;
+        let props = proposals(&ro, &anchors, &levels, &step.valid, &co.rpn)?;
         let samples = sample_rois(&props, &step.gts_px, &co.roi, rng);
         let enc_strides = step.model.detector.config().level_strides();
         let feats = roi_features(
@@ -227,7 +247,8 @@ impl AuxBranch for RcnnBranch<'_> {
             &co.roi,
         )?;
         if co.aux_loss {
-            let rl = rpn_loss(&ro, &anchors, &step.gts_px, &co.rpn, rng);
+            let inside = step.inside(self.rpn.num_anchors);
+            let rl = rpn_loss(&ro, &anchors, &step.gts_px, &inside, &co.rpn, rng);
             let ol = roi_loss(
                 self.roi,
                 feats.clone(),

@@ -19,6 +19,7 @@ use crate::loss::criterion::{Terms, assigned_loss, matched_loss};
 use crate::loss::matcher::MatchCosts;
 use crate::train::denoising::{self, DnQueries, attention_mask};
 use codetr_core::model::detector::{DetectorOutput, pixels_to_tensor};
+use codetr_core::model::padding::Padding;
 use codetr_core::model::{Detector, DetectorConfig};
 use codetr_data::loader::{Batch, Target};
 use codetr_data::rng::Rng;
@@ -188,28 +189,34 @@ impl CoDetr {
         let images = pixels_to_tensor(&batch.pixels, batch.len(), s, s, &device)?;
         let targets = &batch.targets;
         let dn = denoising::generate(targets, det_cfg.num_classes, &cfg.dn, rng);
-        let out = self.detector.forward_with(images, |memory, shapes, sel| {
-            let Some(dn) = &dn else {
-                return (
-                    sel.content.clone(),
-                    sel.reference.clone(),
-                    None,
+        // A letterboxed batch: the model masks each image's padding (DINO's img_masks).
+        let padded = batch.padded();
+        let out = self.detector.forward_padded_with(
+            images,
+            padded.as_deref(),
+            |memory, shapes, sel| {
+                let Some(dn) = &dn else {
+                    return (
+                        sel.content.clone(),
+                        sel.reference.clone(),
+                        None,
+                        memory,
+                        shapes,
+                    );
+                };
+                let (c, r) = self.dn_inputs(dn, &device);
+                let q = det_cfg.transformer.num_queries;
+                let (n, mask) = attention_mask(Some((dn.num_groups, dn.group_size)), q, &[]);
+                let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [n, n]), &device);
+                (
+                    Tensor::cat(vec![c, sel.content.clone()], 1),
+                    Tensor::cat(vec![r, sel.reference.clone()], 1),
+                    Some(mask),
                     memory,
                     shapes,
-                );
-            };
-            let (c, r) = self.dn_inputs(dn, &device);
-            let q = det_cfg.transformer.num_queries;
-            let (n, mask) = attention_mask(Some((dn.num_groups, dn.group_size)), q, &[]);
-            let mask = Tensor::<2, Bool>::from_data(TensorData::new(mask, [n, n]), &device);
-            (
-                Tensor::cat(vec![c, sel.content.clone()], 1),
-                Tensor::cat(vec![r, sel.reference.clone()], 1),
-                Some(mask),
-                memory,
-                shapes,
-            )
-        })?;
+                )
+            },
+        )?;
         let mut terms = TermLog::new();
         let mut total = Tensor::<1>::zeros([1], &device);
         one_to_one_loss(&out, dn.as_ref(), targets, cfg, &mut total, &mut terms)?;
@@ -230,6 +237,15 @@ impl CoDetr {
             let mut strides = det_cfg.level_strides();
             strides.push(strides.last().copied().unwrap_or(32) * 2);
             let size = batch.size as f32;
+            let valid: Vec<[f32; 2]> = batch
+                .valid
+                .iter()
+                .map(|&[h, w]| [h as f32, w as f32])
+                .collect();
+            let padding = match &padded {
+                Some(v) => Some(Padding::new(v, [s, s], &out.shapes)?),
+                None => None,
+            };
             let step = AuxStep {
                 model: self,
                 cfg,
@@ -240,9 +256,15 @@ impl CoDetr {
                 enc_shapes: &out.shapes,
                 targets,
                 size,
+                padding,
                 labels: targets.iter().map(|t| t.labels.as_slice()).collect(),
                 gts_norm: targets.iter().map(|t| t.boxes.as_slice()).collect(),
-                gts_px: targets.iter().map(|t| gt_pixels(t, size)).collect(),
+                gts_px: targets
+                    .iter()
+                    .zip(&valid)
+                    .map(|(t, &v)| gt_pixels(t, v))
+                    .collect(),
+                valid,
                 aux_weight: cfg.co.lambda2 * out.logits.len() as f64,
             };
             for branch in self.branches() {

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::loss::criterion::LossWeights;
 use crate::train::denoising::DnConfig;
 use codetr_core::model::DetectorConfig;
+use codetr_data::loader::Resize;
 
 /// Where the data is: COCO splits as written by `codetr-train synth` (`DIR/instances.json` +
 /// `DIR/images/`).
@@ -19,6 +20,10 @@ pub struct DataConfig {
     pub val: PathBuf,
     /// Validate on at most this many val images (0 = all).
     pub val_images: usize,
+    /// `stretch` (each image to the square) or `letterbox` (keep the aspect ratio, pad, and
+    /// mask the padding: the official Co-DINO pipeline; export with `--resize letterbox`).
+    /// Training and validation both.
+    pub resize: Resize,
 }
 
 impl Default for DataConfig {
@@ -27,6 +32,7 @@ impl Default for DataConfig {
             train: PathBuf::from("data/synth/train"),
             val: PathBuf::from("data/synth/val"),
             val_images: 0,
+            resize: Resize::Stretch,
         }
     }
 }

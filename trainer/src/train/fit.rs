@@ -27,7 +27,7 @@ use codetr_core::model::{Detector, checkpoint};
 use codetr_data::coco::{CocoDataset, CocoFile, LoadOptions};
 use codetr_data::eval::{Detection, EvalSummary, coco_detections, evaluate};
 use codetr_data::loader::Batch;
-use codetr_data::loader::{Loader, LoaderConfig};
+use codetr_data::loader::{Loader, LoaderConfig, Resize};
 use codetr_data::rng::Rng;
 
 use super::loss_scale::{LossScale, ScaledStep};
@@ -214,18 +214,21 @@ pub fn validate(
     ds: &Arc<CocoDataset>,
     limit: usize,
     workers: usize,
+    resize: Resize,
 ) -> Result<EvalSummary> {
-    let (gt, dts) = detect_split(detector, ds, limit, workers)?;
+    let (gt, dts) = detect_split(detector, ds, limit, workers, resize)?;
     Ok(evaluate(&gt, &ds.json_path, &dts)?)
 }
 
-/// Runs `detector` over (up to `limit`) images of `ds` (the evaluation resize) and returns the
-/// ground truth of those images and every detection, in the COCO results format.
+/// Runs `detector` over (up to `limit`) images of `ds` (the evaluation resize: stretched to
+/// the square, or letterboxed into it with the padding masked) and returns the ground truth of
+/// those images and every detection, in the COCO results format.
 pub fn detect_split(
     detector: &Detector,
     ds: &Arc<CocoDataset>,
     limit: usize,
     workers: usize,
+    resize: Resize,
 ) -> Result<(CocoFile, Vec<Detection>)> {
     let size = detector.config().input_size;
     let mut subset = (**ds).clone();
@@ -233,7 +236,10 @@ pub fn detect_split(
         subset.images.truncate(limit);
     }
     let ids: std::collections::HashSet<u64> = subset.images.iter().map(|i| i.id).collect();
-    let loader = Loader::new(Arc::new(subset), LoaderConfig::eval(8, size, workers))?;
+    let loader = Loader::new(
+        Arc::new(subset),
+        LoaderConfig::eval(8, size, workers, resize),
+    )?;
     let device = detector.level_embed.val().device();
     let mut dts = Vec::new();
     for batch in loader.epoch(0, 0) {
@@ -241,7 +247,7 @@ pub fn detect_split(
         let s = batch.size as usize;
         let x = pixels_to_tensor(&batch.pixels, batch.len(), s, s, &device)?;
         let sizes: Vec<[u32; 2]> = batch.targets.iter().map(|t| t.orig_size).collect();
-        let det = detector.detect(x, &sizes)?;
+        let det = detector.detect_padded(x, batch.padded().as_deref(), &sizes)?;
         let (scores, labels, boxes) = det.to_host()?;
         let k = scores.len() / batch.len().max(1);
         for (i, t) in batch.targets.iter().enumerate() {
@@ -442,7 +448,13 @@ fn validate_and_keep_best(
     class_names: &[String],
     bar: &indicatif::ProgressBar,
 ) -> Result<EvalSummary> {
-    let s = validate(evaluated, val, cfg.data.val_images, cfg.run.workers)?;
+    let s = validate(
+        evaluated,
+        val,
+        cfg.data.val_images,
+        cfg.run.workers,
+        cfg.data.resize,
+    )?;
     let mut e = serde_json::to_value(s).map_err(|e| Error::InvalidArgument {
         what: "eval",
         message: e.to_string(),
@@ -509,6 +521,7 @@ fn data(
             sizes: cfg.schedule.sizes.clone(),
             workers: cfg.run.workers,
             seed: cfg.run.seed,
+            resize: cfg.data.resize,
             ..LoaderConfig::default()
         },
     )?;

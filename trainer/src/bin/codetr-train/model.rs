@@ -58,6 +58,11 @@ pub struct ValidateArgs {
     /// Print one JSON object (AP, AP50, ..., ARl as fractions) instead of the 12 lines.
     #[arg(long)]
     pub json: bool,
+    /// How images meet the model's square input: stretch, or letterbox (aspect ratio kept,
+    /// padding masked; for models trained with `[data] resize = "letterbox"` and imported
+    /// official checkpoints).
+    #[arg(long, default_value = "stretch")]
+    pub resize: codetr_data::loader::Resize,
 }
 
 impl ValidateArgs {
@@ -69,11 +74,12 @@ impl ValidateArgs {
             out_detections,
             workers,
             json,
+            resize,
         } = self;
         let device = burn::tensor::Device::flex();
         let (m, _) = checkpoint::load(&ckpt, &device)?;
         let ds = Arc::new(CocoDataset::load_split(&data, LoadOptions::default())?);
-        let (gt, dts) = codetr_train::train::fit::detect_split(&m, &ds, limit, workers)?;
+        let (gt, dts) = codetr_train::train::fit::detect_split(&m, &ds, limit, workers, resize)?;
         if let Some(out) = &out_detections {
             codetr_data::fsutil::write_atomic(out, &serde_json::to_vec(&dts)?)?;
         }
