@@ -328,3 +328,55 @@ fn heads_saved_without_the_adapter_bias_load_with_a_zero_bias() {
     older.atss.as_mut().unwrap().cls_out.bias = None;
     assert!(fresh().load_saved(older.into_record()).is_err());
 }
+
+/// A letterboxed batch: what the padding holds does not change the K = 2 loss (the model masks
+/// the normalised input, every attention and every anchor over it), its valid region does,
+/// and the padded forward is really taken (a batch whose images fill the canvas gives another
+/// loss than the same pixels declared padded).
+#[test]
+fn letterboxed_loss_ignores_what_the_padding_holds() {
+    let (cfg, model, _) = small_k2_model("");
+    let mut b = batch(128);
+    // image 0: 128 × 96 (h × w), image 1: 80 × 128; boxes normalised by those regions
+    b.valid = vec![[128, 96], [80, 128]];
+    let zero_padding = |b: &mut Batch, fill: &dyn Fn(usize) -> u8| {
+        for (i, &[vh, vw]) in b.valid.clone().iter().enumerate() {
+            for y in 0..128usize {
+                for x in 0..128usize {
+                    if y >= vh as usize || x >= vw as usize {
+                        for c in 0..3 {
+                            let k = ((i * 128 + y) * 128 + x) * 3 + c;
+                            b.pixels[k] = fill(k);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let loss = |b: &Batch| {
+        let mut rng = Rng::new(0);
+        let l = model.loss(b, &cfg, &mut rng).unwrap();
+        (l.value, l.terms)
+    };
+    zero_padding(&mut b, &|_| 0);
+    let (zeros, terms) = loss(&b);
+    for k in [
+        "atss.loss_cls",
+        "rpn.loss_cls",
+        "roi.loss_cls",
+        "pos0.loss_cls",
+        "pos1.loss_cls",
+    ] {
+        assert!(
+            terms.iter().any(|(n, v)| n == k && v.is_finite()),
+            "{k} missing: {terms:?}"
+        );
+    }
+    zero_padding(&mut b, &|k| (k * 37 % 251) as u8);
+    let (noise, _) = loss(&b);
+    assert_eq!(zeros, noise, "the padding's pixels reached the loss");
+    let mut full = b.clone();
+    full.valid = vec![[128, 128]; 2];
+    let (unpadded, _) = loss(&full);
+    assert_ne!(zeros, unpadded, "the valid sizes were not used");
+}

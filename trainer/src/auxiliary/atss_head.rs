@@ -287,6 +287,68 @@ pub fn atss_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codetr_core::geometry::anchors::valid_anchor_flags;
+
+    /// An image of 50 × 30 pixels in a 64² canvas: its assignment on the canvas pyramid's valid
+    /// anchors is the assignment on the pyramid of its own region (the same anchors), and the
+    /// classification term does not see the logits of the anchors over the padding.
+    #[test]
+    fn an_image_region_assigns_and_scores_only_its_own_anchors() {
+        // anchors of 16 and 32 pixels, so the gts' IoUs vary across candidates
+        let cfg = AtssConfig {
+            topk: 3,
+            octave_base_scale: 2.0,
+            ..AtssConfig::default()
+        };
+        let (canvas, strides) = ([[8, 8], [4, 4]], [8, 16]);
+        let (anchors, per_level) = pyramid_anchors(&canvas, &strides, &cfg);
+        let flags = valid_anchor_flags(&canvas, &strides, 1, [50.0, 30.0]);
+        let gts = vec![vec![[2.0, 5.0, 28.0, 45.0], [14.0, 20.0, 30.0, 49.0]]];
+        let got = assign(&anchors, &per_level, &gts, &[Some(flags.clone())], &cfg);
+        let (own, own_per_level) = pyramid_anchors(&[[7, 4], [4, 2]], &strides, &cfg);
+        let want = assign(&own, &own_per_level, &gts, &[None], &cfg);
+        let boxes = |p: &AtssPositives, a: &[[f32; 4]]| -> Vec<([f32; 4], usize)> {
+            p.pairs[0].iter().map(|&(ai, gi)| (a[ai], gi)).collect()
+        };
+        assert!(!want.pairs[0].is_empty());
+        assert_eq!(boxes(&got, &anchors), boxes(&want, &own));
+        assert!(got.pairs[0].iter().all(|&(ai, _)| flags[ai]));
+
+        let device = Device::flex();
+        let n = anchors.len();
+        let t = Target {
+            image_id: 1,
+            orig_size: [50, 30],
+            labels: vec![0, 1],
+            boxes: vec![],
+        };
+        let cls_loss = |outside: f32| {
+            let cls: Vec<f32> = (0..n * 2)
+                .map(|k| {
+                    if flags[k / 2] {
+                        0.3 - (k % 5) as f32 * 0.2
+                    } else {
+                        outside
+                    }
+                })
+                .collect();
+            let out = AtssOutput {
+                cls: Tensor::from_data(TensorData::new(cls, [1, n, 2]), &device),
+                reg: Tensor::zeros([1, n, 4], &device),
+                ctr: Tensor::zeros([1, n], &device),
+            };
+            let l = atss_loss(
+                &out,
+                &anchors,
+                &got,
+                std::slice::from_ref(&t),
+                &gts,
+                &[Some(flags.clone())],
+            );
+            l.cls.into_scalar::<f32>()
+        };
+        assert_eq!(cls_loss(-3.0), cls_loss(5.0));
+    }
 
     /// One positive whose centerness target is below 1: the GIoU term is divided by the
     /// centerness sum clamped at 1 (mmdet), so it is (1 − GIoU) × centerness, not (1 − GIoU).

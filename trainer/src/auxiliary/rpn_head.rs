@@ -396,7 +396,61 @@ fn level_ranges(levels: &[usize], n: usize) -> crate::Result<Vec<(usize, usize)>
 mod tests {
     use super::*;
     use burn::tensor::Device;
+    use codetr_core::geometry::anchors::valid_anchor_flags;
     use codetr_data::rng::Rng;
+
+    /// An image of 40 × 24 pixels in a 64² canvas: the RPN loss samples only its valid anchors
+    /// (what the others predict does not matter), and its proposals stay within it.
+    #[test]
+    fn an_image_region_samples_and_proposes_only_within_it() {
+        let dev = Device::flex();
+        let cfg = RpnConfig {
+            samples: 64,
+            pre_nms: 50,
+            ..RpnConfig::default()
+        };
+        let (shapes, strides) = ([[8, 8], [4, 4]], [8, 16]);
+        let (anchors, levels) = pyramid_rpn_anchors(&shapes, &strides, &cfg);
+        let a = anchors_per_location(cfg.scales_per_octave, cfg.ratios.len());
+        let flags = valid_anchor_flags(&shapes, &strides, a, [40.0, 24.0]);
+        let n = anchors.len();
+        let gts = vec![vec![[2.0, 3.0, 20.0, 30.0]]];
+        let loss = |outside: f32| {
+            let obj: Vec<f32> = (0..n)
+                .map(|k| {
+                    if flags[k] {
+                        (k % 7) as f32 * 0.3 - 1.0
+                    } else {
+                        outside
+                    }
+                })
+                .collect();
+            let del: Vec<f32> = (0..n * 4).map(|k| (k % 5) as f32 * 0.05).collect();
+            let out = RpnOutput {
+                objectness: Tensor::from_data(TensorData::new(obj, [1, n]), &dev),
+                deltas: Tensor::from_data(TensorData::new(del, [1, n, 4]), &dev),
+            };
+            let l = rpn_loss(
+                &out,
+                &anchors,
+                &gts,
+                &[Some(flags.clone())],
+                &cfg,
+                &mut Rng::new(3),
+            );
+            let props = proposals(&out, &anchors, &levels, &[[40.0, 24.0]], &cfg).unwrap();
+            (
+                l.cls.into_scalar::<f32>(),
+                l.bbox.into_scalar::<f32>(),
+                props,
+            )
+        };
+        let (c0, b0, props) = loss(-4.0);
+        let (c1, b1, _) = loss(6.0);
+        assert_eq!((c0, b0), (c1, b1));
+        assert!(!props[0].is_empty());
+        assert!(props[0].iter().all(|p| p[2] <= 24.0 && p[3] <= 40.0));
+    }
 
     /// The proposals as computed before the device top-k: every score and delta read back,
     /// each level sorted on the host.
