@@ -99,8 +99,24 @@ fn pack_error(message: String) -> burn_pack::Error {
     burn_pack::Error::ValidationError(message)
 }
 
+/// One tensor that did not fit, as the import errors list it.
+pub fn apply_error(e: &ApplyError) -> String {
+    match e {
+        ApplyError::ShapeMismatch {
+            path,
+            expected,
+            found,
+        } => format!(
+            "{path}: the checkpoint's shape {:?} does not fit the config's {:?}",
+            found.as_slice(),
+            expected.as_slice()
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Lists at most `n` items and says how many more there are.
-fn listing(items: &[String], n: usize) -> String {
+pub fn listing(items: &[String], n: usize) -> String {
     let mut s = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
     if items.len() > n {
         s.push_str(&format!(", … ({} more)", items.len() - n));
@@ -307,18 +323,7 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
         ));
     }
     for e in &result.errors {
-        misfit.push(match e {
-            ApplyError::ShapeMismatch {
-                path,
-                expected,
-                found,
-            } => format!(
-                "{path}: the checkpoint's shape {:?} does not fit the config's {:?}",
-                found.as_slice(),
-                expected.as_slice()
-            ),
-            other => other.to_string(),
-        });
+        misfit.push(apply_error(e));
     }
     if !misfit.is_empty() {
         problems.push(format!(

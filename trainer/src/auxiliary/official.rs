@@ -31,9 +31,10 @@ use std::collections::BTreeMap;
 use burn::module::Param;
 use burn::store::bridge::deferred;
 use burn::store::burn_pack::Error as PackError;
-use burn::store::{ApplyError, ModuleSnapshot, PyTorchToBurnAdapter};
+use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use codetr_core::import::pth::{self, PtTensor};
+use codetr_core::import::{apply_error, listing};
 use codetr_core::model::DetectorConfig;
 
 use crate::error::{Error, Result};
@@ -315,30 +316,15 @@ pub fn load_official_heads(
         problems.push(format!(
             "{} training tensors have no home in codetr's training heads: {}",
             unknown.len(),
-            unknown.join(", ")
+            listing(&unknown, 12)
         ));
     }
-    let misfit: Vec<String> = result
-        .errors
-        .iter()
-        .map(|e| match e {
-            ApplyError::ShapeMismatch {
-                path,
-                expected,
-                found,
-            } => format!(
-                "{path}: the file's {:?} does not fit ours {:?}",
-                found.as_slice(),
-                expected.as_slice()
-            ),
-            other => other.to_string(),
-        })
-        .collect();
+    let misfit: Vec<String> = result.errors.iter().map(apply_error).collect();
     if !misfit.is_empty() {
         problems.push(format!(
             "{} tensors do not fit: {}",
             misfit.len(),
-            misfit.join(", ")
+            listing(&misfit, 12)
         ));
     }
     if !result.unused.is_empty() {
@@ -346,7 +332,7 @@ pub fn load_official_heads(
             "{} tensors have no place in heads of K = {}: {}",
             result.unused.len(),
             co.k,
-            result.unused.join(", ")
+            listing(&result.unused, 12)
         ));
     }
     // Ours, not the file's: the ATSS towers' conv biases (the official ConvModule before GN has
@@ -366,7 +352,7 @@ pub fn load_official_heads(
         problems.push(format!(
             "{} tensors of the training heads are not in the file: {}",
             missing.len(),
-            missing.join(", ")
+            listing(&missing, 12)
         ));
     }
     if !problems.is_empty() {
