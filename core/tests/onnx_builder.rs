@@ -150,6 +150,22 @@ fn same_graph_same_bytes_and_no_partial_files() {
     let bad = dir.path().join("missing-dir").join("m.onnx");
     assert!(write(&build(), &bad).is_err());
     assert!(!dir.path().join("missing-dir").exists());
+    // The streamed file is `encode`'s bytes, with every part present (doc strings, a graph
+    // name, value infos, metadata) and without a graph.
+    let mut m = build();
+    m.doc_string = "a doc".into();
+    if let Some(g) = m.graph.as_mut() {
+        g.doc_string = "graph doc".into();
+        g.value_info = g.output.clone();
+    }
+    let p = dir.path().join("m.onnx");
+    let n = write(&m, &p).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    assert_eq!(bytes, encode(&m));
+    assert_eq!(n, bytes.len() as u64);
+    m.graph = None;
+    write(&m, &p).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), encode(&m));
 }
 
 #[test]

@@ -179,15 +179,14 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         .into_iter()
         .map(|(key, value)| codetr_core::onnx::proto::StringStringEntryProto { key, value })
         .collect();
-    let bytes = codetr_core::onnx::builder::encode(&proto);
-    codetr_data::fsutil::write_atomic(&opts.out, &bytes)?;
+    let bytes = codetr_core::onnx::builder::write(&proto, &opts.out)? as usize;
     Ok(ExportReport {
         out: opts.out.clone(),
         nodes,
         weights,
         dropped_params,
         import,
-        bytes: bytes.len(),
+        bytes,
         input_size: size,
         max_detections: k,
         fp16,

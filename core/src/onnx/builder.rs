@@ -329,7 +329,79 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-/// Writes a model atomically (temp + fsync + rename): no partial file on any error.
-pub fn write(model: &ModelProto, path: &std::path::Path) -> Result<()> {
-    Ok(codetr_data::fsutil::write_atomic(path, &encode(model))?)
+/// Writes a model atomically (temp + fsync + rename): no partial file on any error. The bytes
+/// are [`encode`]'s, streamed message by message (never the whole model a second time in
+/// memory: a weight is encoded, written and dropped). Returns the file's length.
+pub fn write(model: &ModelProto, path: &std::path::Path) -> Result<u64> {
+    let mut written = 0u64;
+    codetr_data::fsutil::write_atomic_with(path, |f| {
+        written = write_to(model, f)?;
+        Ok(())
+    })?;
+    Ok(written)
+}
+
+/// Streams [`encode`]'s bytes to `out`; returns how many. prost encodes a message's fields in
+/// tag order, so the model is its fields tagged below `graph` (7), the graph field (key,
+/// length, then the graph's own fields in tag order, one repeated message at a time), and the
+/// fields tagged above it (`opset_import` is 8).
+pub fn write_to(model: &ModelProto, out: &mut impl std::io::Write) -> std::io::Result<u64> {
+    use prost::encoding::{WireType, encode_key, encode_varint, message, string};
+    let Some(graph) = &model.graph else {
+        let bytes = model.encode_to_vec();
+        out.write_all(&bytes)?;
+        return Ok(bytes.len() as u64);
+    };
+    let head = ModelProto {
+        ir_version: model.ir_version,
+        opset_import: Vec::new(),
+        producer_name: model.producer_name.clone(),
+        producer_version: model.producer_version.clone(),
+        domain: model.domain.clone(),
+        model_version: model.model_version,
+        doc_string: model.doc_string.clone(),
+        graph: None,
+        metadata_props: Vec::new(),
+    };
+    let mut buf = head.encode_to_vec();
+    encode_key(7, WireType::LengthDelimited, &mut buf);
+    encode_varint(graph.encoded_len() as u64, &mut buf);
+    let mut total = 0u64;
+    let mut flush = |buf: &mut Vec<u8>, out: &mut dyn std::io::Write| -> std::io::Result<()> {
+        out.write_all(buf)?;
+        total += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    };
+    for n in &graph.node {
+        message::encode(1, n, &mut buf);
+    }
+    if !graph.name.is_empty() {
+        string::encode(2, &graph.name, &mut buf);
+    }
+    flush(&mut buf, out)?;
+    for t in &graph.initializer {
+        message::encode(5, t, &mut buf);
+        flush(&mut buf, out)?;
+    }
+    if !graph.doc_string.is_empty() {
+        string::encode(10, &graph.doc_string, &mut buf);
+    }
+    for (tag, values) in [
+        (11, &graph.input),
+        (12, &graph.output),
+        (13, &graph.value_info),
+    ] {
+        for v in values {
+            message::encode(tag, v, &mut buf);
+        }
+    }
+    let tail = ModelProto {
+        opset_import: model.opset_import.clone(),
+        metadata_props: model.metadata_props.clone(),
+        ..ModelProto::default()
+    };
+    tail.encode(&mut buf).map_err(std::io::Error::other)?;
+    flush(&mut buf, out)?;
+    Ok(total)
 }
