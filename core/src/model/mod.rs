@@ -19,6 +19,7 @@ pub mod postprocess;
 pub mod predict;
 pub mod query_selection;
 pub mod swin;
+pub mod topk;
 
 pub use config::{DetectorConfig, TransformerConfig};
 pub use detector::{Detector, DetectorOutput};

@@ -55,7 +55,7 @@ pub fn postprocess(
     let [b, q, c] = logits.dims();
     let k = k.min(q * c);
     let probs = sigmoid(logits).reshape([b, q * c]);
-    let (scores, index) = probs.topk_with_indices(k, 1);
+    let (scores, index) = super::topk::topk_ties_by_index(probs, k);
     let labels = index.clone().remainder_scalar(c as i64);
     let query = index.div_scalar(c as i64);
     let picked = boxes.gather(1, query.reshape([b, k, 1]).expand([b, k, 4]));

@@ -146,7 +146,8 @@ impl QuerySelection {
         let c = logits.dims()[2];
         let coords_unact = regress(out) + props; // [B, S, 4]
         let best = logits.clone().max_dim(2).reshape([b, logits.dims()[1]]);
-        let (_, indices) = best.topk_with_indices(k, 1); // [B, K]
+        // ties by lower index, as the graph's TopK: which tied tokens become queries matters
+        let (_, indices) = super::topk::topk_ties_by_index(best, k); // [B, K]
         let idx3 = |n: usize| indices.clone().reshape([b, k, 1]).expand([b, k, n]);
         let sel_coords = coords_unact.gather(1, idx3(4));
         let enc_boxes = burn::tensor::activation::sigmoid(sel_coords);
