@@ -398,9 +398,8 @@ fn sense_x_swin_layout_imports_the_same_weights() {
     assert!(msg.contains("paper-r50"), "{msg}");
     // Without a config, the CLIs start from the official preset of the file's backbone.
     let preset = |f: &str| {
-        codetr_core::import::official_preset(&official(f))
-            .unwrap()
-            .preset
+        let sd = codetr_core::import::pth::StateDict::open(&official(f)).unwrap();
+        codetr_core::import::official_preset(&sd).preset
     };
     assert_eq!(preset("co_dino_swin_small_sensex.pth"), "paper-swin-l");
     assert_eq!(preset("co_dino_small.pth"), "paper-r50");

@@ -212,14 +212,15 @@ pub struct Loaded {
 /// `paper-swin-l` for a checkpoint with a Swin backbone).
 pub fn load_source(ckpt: &Path, model_config: Option<&Path>, device: &Device) -> Result<Loaded> {
     if codetr_core::import::pth::looks_like_pytorch(ckpt) {
+        let sd = codetr_core::import::pth::StateDict::open(ckpt)?;
         let base = match model_config {
-            None => codetr_core::import::official_preset(ckpt)?,
+            None => codetr_core::import::official_preset(&sd),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| codetr_core::Error::io(p, e))?;
                 codetr_core::model::DetectorConfig::from_toml(&text)?
             }
         };
-        let imported = codetr_core::import::import_co_dino(ckpt, &base, device)?;
+        let imported = codetr_core::import::import_state_dict(sd, &base, device)?;
         let report = imported.report;
         return Ok(Loaded {
             model: imported.model,

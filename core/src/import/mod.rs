@@ -168,31 +168,43 @@ fn check_relative_index(
     Ok(())
 }
 
-/// The official preset matching a checkpoint's backbone, for when the user names no model
-/// config: `paper-swin-l` for a Swin backbone (`backbone.patch_embed.*`), else `paper-r50`.
-/// Only the pickle is parsed; no tensor is read.
-pub fn official_preset(path: &Path) -> Result<DetectorConfig> {
-    let sd = StateDict::open(path)?;
-    let swin = sd
-        .tensors
+/// Whether the state dict's backbone is a Swin Transformer (`backbone.patch_embed.*`).
+fn has_swin_backbone(sd: &StateDict) -> bool {
+    sd.tensors
         .keys()
-        .any(|k| k.starts_with("backbone.patch_embed."));
-    Ok(if swin {
+        .any(|k| k.starts_with("backbone.patch_embed."))
+}
+
+/// The official preset matching a checkpoint's backbone, for when the user names no model
+/// config: `paper-swin-l` for a Swin backbone, else `paper-r50`. No tensor is read.
+pub fn official_preset(sd: &StateDict) -> DetectorConfig {
+    if has_swin_backbone(sd) {
         DetectorConfig::paper_swin_l()
     } else {
         DetectorConfig::paper_r50()
-    })
+    }
 }
 
-/// Loads an official Co-DINO checkpoint into a detector of `base`'s architecture.
+/// Loads an official Co-DINO checkpoint into a detector of `base`'s architecture
+/// ([`import_state_dict`] of the opened file).
+pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Result<Imported> {
+    import_state_dict(StateDict::open(path)?, base, device)
+}
+
+/// Loads an opened official state dict into a detector of `base`'s architecture (open the file
+/// once, e.g. to pick `base` with [`official_preset`] first).
 ///
 /// The class count comes from the file (`cls_branches.0`), as does whether the neck's convs
 /// carry a bias (the official ChannelMapper's do not); everything else is `base`'s, and a
 /// tensor that does not fit it is an error naming it.
-pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Result<Imported> {
-    let sd = StateDict::open(path)?;
+pub fn import_state_dict(
+    sd: StateDict,
+    base: &DetectorConfig,
+    device: &Device,
+) -> Result<Imported> {
+    let path = sd.path.clone();
     let fail = |problems: Vec<String>| Error::Import {
-        path: path.to_path_buf(),
+        path: path.clone(),
         problems: problems.join("\n  "),
     };
 
@@ -206,10 +218,7 @@ pub fn import_co_dino(path: &Path, base: &DetectorConfig, device: &Device) -> Re
         }
     }
     config.neck.conv_bias = sd.tensors.contains_key("neck.convs.0.conv.bias");
-    let file_swin = sd
-        .tensors
-        .keys()
-        .any(|k| k.starts_with("backbone.patch_embed."));
+    let file_swin = has_swin_backbone(&sd);
     let config_swin = matches!(config.backbone, BackboneConfig::Swin(_));
     if file_swin != config_swin {
         let (file, cfg, preset) = if file_swin {

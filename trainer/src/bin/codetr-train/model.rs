@@ -235,8 +235,10 @@ pub struct ImportModelArgs {
 
 impl ImportArgs {
     pub fn run(self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let sd = codetr_core::import::pth::StateDict::open(&self.checkpoint)?;
         let base = match (self.model.preset, self.model.config) {
-            (None, None) => codetr_core::import::official_preset(&self.checkpoint)?,
+            (None, None) => codetr_core::import::official_preset(&sd),
             (preset, config) => ModelArgs {
                 preset: preset.unwrap_or_else(|| "paper-r50".into()),
                 config,
@@ -244,8 +246,7 @@ impl ImportArgs {
             .resolve()?,
         };
         let device = burn::tensor::Device::flex();
-        let started = std::time::Instant::now();
-        let imported = codetr_core::import::import_co_dino(&self.checkpoint, &base, &device)?;
+        let imported = codetr_core::import::import_state_dict(sd, &base, &device)?;
         println!("{}:", self.checkpoint.display());
         for line in imported.report.summary() {
             println!("  {line}");
