@@ -46,6 +46,7 @@ pub fn synthetic_check_data(images: usize) -> Result<tempfile::TempDir> {
     let cfg = SynthConfig {
         train: 0,
         val: images,
+        test: 0,
         seed: CHECK_SEED,
         width: 256,
         height: 256,

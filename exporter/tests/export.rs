@@ -49,6 +49,7 @@ fn small_val_set_and_model(dir: &Path, val: usize, seed: u64) -> (PathBuf, Detec
         &SynthConfig {
             train: 1,
             val,
+            test: 0,
             seed,
             width: 160,
             height: 120,
@@ -214,6 +215,7 @@ fn training_checkpoint_exports_without_its_aux_heads() {
         &SynthConfig {
             train: 4,
             val: 2,
+            test: 0,
             seed: 1,
             width: 128,
             height: 128,

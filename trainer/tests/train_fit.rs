@@ -15,6 +15,7 @@ fn dataset(dir: &Path) {
         &SynthConfig {
             train: 8,
             val: 4,
+            test: 3,
             seed: 5,
             width: 128,
             height: 128,
@@ -81,6 +82,7 @@ fn trains_logs_every_term_and_loss_decreases() {
     cfg.co.rpn.post_nms = 100;
     cfg.co.roi.samples = 64;
     cfg.co.roi.fc_dim = 64;
+    cfg.data.test = Some(tmp.path().join("test"));
     let report = fit(cfg.clone(), false, false).unwrap();
     assert_eq!(report.steps, 16);
     let log = log_lines(&run);
@@ -116,6 +118,7 @@ fn trains_logs_every_term_and_loss_decreases() {
     assert!(run.join("eval.jsonl").is_file());
     let (header, _) = checkpoint::read(&run.join("best/model.ckpt")).unwrap();
     assert_eq!(header.class_names.len(), 10);
+    held_out_test_is_reported_not_selected(&run, &tmp.path().join("test"), &report, &header);
     assert!(run.join("checkpoints/step-00000016.ckpt").is_file());
     assert!(run.join("config.toml").is_file());
     // the plot of the run is a real PNG
@@ -125,6 +128,39 @@ fn trains_logs_every_term_and_loss_decreases() {
     assert_eq!((img.width(), img.height()), (1200, 900));
     // a second fresh run into the same dir is refused, not overwritten
     assert!(fit(cfg, false, false).is_err());
+}
+
+/// The held-out split is evaluated beside val and logged under "test"; its numbers are those of
+/// an independent `validate` of the saved best model on that split; `best/` records them but
+/// was picked on val.
+fn held_out_test_is_reported_not_selected(
+    run: &Path,
+    test_dir: &Path,
+    report: &codetr_train::train::fit::FitReport,
+    best: &checkpoint::CheckpointHeader,
+) {
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(run.join("eval.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = evals.last().unwrap();
+    let logged = last["test"]["AP"].as_f64().expect("test metrics logged");
+    let final_test = report.final_test.as_ref().expect("final test eval");
+    assert_eq!(logged, final_test.ap);
+    assert_eq!(last["AP"].as_f64().unwrap(), report.final_eval.unwrap().ap);
+    assert_eq!(best.meta["test"]["AP"].as_f64(), Some(logged));
+    assert_eq!(best.meta["val"]["AP"].as_f64(), report.best_ap);
+    let device = burn::tensor::Device::flex();
+    let (det, _) = checkpoint::load(&run.join("best/model.ckpt"), &device).unwrap();
+    let ds = std::sync::Arc::new(
+        codetr_data::CocoDataset::load_split(test_dir, Default::default()).unwrap(),
+    );
+    assert_eq!(ds.images.len(), 3);
+    let again = codetr_train::train::fit::validate(&det, &ds, 0, 1, codetr_data::loader::Resize::Stretch).unwrap();
+    for (k, v) in [("AP", again.ap), ("AP50", again.ap50), ("AR100", again.ar100)] {
+        assert_eq!(last["test"][k].as_f64(), Some(v), "{k}");
+    }
 }
 
 #[test]
@@ -379,6 +415,28 @@ fn bad_runs_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no checkpoints"), "{e}");
+    // a test split that is missing, or whose classes are not the training split's
+    dataset(tmp.path());
+    let mut cfg = config(tmp.path(), tmp.path().join("t1"), 4);
+    cfg.data.test = Some(tmp.path().join("nope"));
+    let e = fit(cfg.clone(), false, false).unwrap_err().to_string();
+    assert!(e.contains("nope") && e.contains("instances.json"), "{e}");
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(other.join("images")).unwrap();
+    for e in std::fs::read_dir(tmp.path().join("test/images")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), other.join("images").join(e.file_name())).unwrap();
+    }
+    let json = std::fs::read_to_string(tmp.path().join("test/instances.json")).unwrap();
+    std::fs::write(
+        other.join("instances.json"),
+        json.replace("\"crescent\"", "\"moon\""),
+    )
+    .unwrap();
+    cfg.data.test = Some(other);
+    cfg.run.out = tmp.path().join("t2");
+    let e = fit(cfg, false, false).unwrap_err().to_string();
+    assert!(e.contains("data.test") && e.contains("moon"), "{e}");
 }
 
 #[test]
@@ -817,6 +875,7 @@ fn letterboxed_k2_run_trains_and_validates() {
         &SynthConfig {
             train: 8,
             val: 4,
+            test: 0,
             seed: 6,
             width: 160,
             height: 96,

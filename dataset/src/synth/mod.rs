@@ -1,7 +1,9 @@
 //! Deterministic synthetic COCO dataset: textured shapes on cluttered backgrounds.
 //!
-//! Layout written by [`generate`]: `OUT/{train,val}/instances.json` (COCO, category ids
-//! 1..=10, image and annotation ids from 1 per split) and `OUT/{train,val}/images/NNNNNN.jpg`.
+//! Layout written by [`generate`]: `OUT/{train,val,test}/instances.json` (COCO, category ids
+//! 1..=10, image and annotation ids from 1 per split) and `OUT/{train,val,test}/images/NNNNNN.jpg`.
+//! `val` is for choosing (the best checkpoint, a schedule), `test` is held out for reporting:
+//! nothing in training or selection reads it.
 //!
 //! Each image is a pure function of `(seed, split, image index)`: it draws from its own
 //! [`Rng::fork`] stream, so images are independent of each other and of the number of worker
@@ -101,8 +103,10 @@ const MEDIUM_AREA: f64 = 96.0 * 96.0;
 pub struct SynthConfig {
     /// Number of training images.
     pub train: usize,
-    /// Number of validation images.
+    /// Number of validation images (for selection).
     pub val: usize,
+    /// Number of held-out test images (for reporting only); 0 writes no `test/` folder.
+    pub test: usize,
     pub seed: u64,
     /// Image width in pixels (64..=4096).
     pub width: u32,
@@ -111,12 +115,13 @@ pub struct SynthConfig {
 }
 
 impl Default for SynthConfig {
-    /// 2000 + 300 images of 256×256: enough variety to train a tiny detector, small enough to
-    /// generate in seconds and to train on on 2 CPU cores.
+    /// 2000 + 300 + 300 images of 256×256: enough variety to train a tiny detector, small
+    /// enough to generate in seconds and to train on on 2 CPU cores.
     fn default() -> Self {
         Self {
             train: 2000,
             val: 300,
+            test: 300,
             seed: 0,
             width: 256,
             height: 256,
@@ -141,6 +146,7 @@ impl SynthConfig {
         for (what, v) in [
             ("synthetic train image count", self.train),
             ("synthetic val image count", self.val),
+            ("synthetic test image count", self.test),
         ] {
             if v > MAX_IMAGES_PER_SPLIT {
                 return Err(Error::InvalidArgument {
@@ -149,10 +155,10 @@ impl SynthConfig {
                 });
             }
         }
-        if self.train + self.val == 0 {
+        if self.train + self.val + self.test == 0 {
             return Err(Error::InvalidArgument {
                 what: "synthetic image counts",
-                message: "train and val are both 0; ask for at least one image".into(),
+                message: "train, val and test are all 0; ask for at least one image".into(),
             });
         }
         Ok(())
@@ -164,6 +170,8 @@ impl SynthConfig {
 pub enum Split {
     Train,
     Val,
+    /// Held out: never trained on, never used to pick anything.
+    Test,
 }
 
 impl Split {
@@ -171,6 +179,7 @@ impl Split {
         match self {
             Split::Train => "train",
             Split::Val => "val",
+            Split::Test => "test",
         }
     }
 
@@ -178,6 +187,7 @@ impl Split {
         match self {
             Split::Train => 0x0074_7261_696e,
             Split::Val => 0x0076_616c,
+            Split::Test => 0x7465_7374,
         }
     }
 }
@@ -295,6 +305,9 @@ pub struct SynthStats {
     pub height: u32,
     pub train: SplitStats,
     pub val: SplitStats,
+    /// Absent when no test split was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<SplitStats>,
 }
 
 fn pct(n: usize, total: usize) -> f64 {
@@ -348,7 +361,11 @@ impl std::fmt::Display for SynthStats {
             self.height,
             CLASS_NAMES.len()
         )?;
-        write!(f, "{}{}", self.train, self.val)
+        write!(f, "{}{}", self.train, self.val)?;
+        match &self.test {
+            Some(t) => write!(f, "{t}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -387,8 +404,8 @@ pub enum Progress {
 /// A receiver of [`Progress`], called from the worker threads.
 pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
 
-/// Writes `out/train/{instances.json,images/}` and `out/val/...`. A split with 0 images still
-/// gets its (empty) `instances.json`. Files of a previous run that the new json does not list
+/// Writes `out/train/{instances.json,images/}`, `out/val/...` and, when `cfg.test > 0`,
+/// `out/test/...`. A train or val split with 0 images still gets its (empty) `instances.json`. Files of a previous run that the new json does not list
 /// are left alone.
 pub fn generate(
     out: &Path,
@@ -415,10 +432,14 @@ pub fn generate_with_threads(
         }
     };
     report(Progress::Start {
-        images: (cfg.train + cfg.val) as u64,
+        images: (cfg.train + cfg.val + cfg.test) as u64,
     });
     let train = generate_split(out, cfg, Split::Train, cfg.train, threads, &report)?;
     let val = generate_split(out, cfg, Split::Val, cfg.val, threads, &report)?;
+    let test = match cfg.test {
+        0 => None,
+        n => Some(generate_split(out, cfg, Split::Test, n, threads, &report)?),
+    };
     report(Progress::Done);
     Ok(SynthStats {
         seed: cfg.seed,
@@ -426,6 +447,7 @@ pub fn generate_with_threads(
         height: cfg.height,
         train,
         val,
+        test,
     })
 }
 

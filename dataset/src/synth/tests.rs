@@ -6,6 +6,7 @@ fn small_cfg(seed: u64) -> SynthConfig {
     SynthConfig {
         train: 24,
         val: 6,
+        test: 5,
         seed,
         width: 128,
         height: 96,
@@ -39,7 +40,7 @@ fn same_seed_gives_identical_bytes_regardless_of_threads() {
     let sb = generate_with_threads(b.path(), &small_cfg(5), None, 3).unwrap();
     assert_eq!(sa, sb);
     let fa = all_files(a.path());
-    assert_eq!(fa.len(), 2 + 24 + 6);
+    assert_eq!(fa.len(), 3 + 24 + 6 + 5);
     assert!(
         fa == all_files(b.path()),
         "same seed must give byte-identical files"
@@ -55,7 +56,8 @@ fn same_seed_gives_identical_bytes_regardless_of_threads() {
 fn written_dataset_passes_the_strict_loader() {
     let dir = tempfile::tempdir().unwrap();
     let stats = generate(dir.path(), &small_cfg(1), None).unwrap();
-    for (split, st) in [("train", &stats.train), ("val", &stats.val)] {
+    let test = stats.test.as_ref().expect("a test split was asked for");
+    for (split, st) in [("train", &stats.train), ("val", &stats.val), ("test", test)] {
         let ds = CocoDataset::load_split(&dir.path().join(split), LoadOptions::default()).unwrap();
         assert_eq!(ds.images.len(), st.images);
         assert_eq!(ds.num_classes(), CLASS_NAMES.len());
@@ -123,6 +125,7 @@ fn invalid_configs_are_rejected() {
         SynthConfig {
             train: 0,
             val: 0,
+            test: 0,
             ..small_cfg(0)
         },
     ] {
@@ -133,11 +136,57 @@ fn invalid_configs_are_rejected() {
     let cfg = SynthConfig {
         train: 2,
         val: 0,
+        test: 0,
         ..small_cfg(0)
     };
     let st = generate(dir.path(), &cfg, None).unwrap();
     assert_eq!((st.train.images, st.val.images), (2, 0));
     CocoDataset::load_split(&dir.path().join("val"), LoadOptions::default()).unwrap();
+    // No test split asked for: none written, none in the stats.
+    assert!(st.test.is_none());
+    assert!(!dir.path().join("test").exists());
+    assert!(!serde_json::to_string(&st).unwrap().contains("\"test\""));
+}
+
+#[test]
+fn held_out_test_split_is_its_own_stream_and_leaves_train_and_val_unchanged() {
+    // The test split must not repeat an image of train or val (its own stream), and asking
+    // for it must not change a byte of train or val (a dataset made before the split existed
+    // stays the same dataset).
+    let with = tempfile::tempdir().unwrap();
+    let without = tempfile::tempdir().unwrap();
+    generate(with.path(), &small_cfg(3), None).unwrap();
+    let no_test = SynthConfig {
+        test: 0,
+        ..small_cfg(3)
+    };
+    generate(without.path(), &no_test, None).unwrap();
+    let fw = all_files(with.path());
+    let fo = all_files(without.path());
+    let not_test: Vec<_> = fw
+        .iter()
+        .filter(|(p, _)| !p.starts_with("test"))
+        .cloned()
+        .collect();
+    assert!(not_test == fo, "train/val bytes changed when a test split was added");
+    let test_images: Vec<_> = fw
+        .iter()
+        .filter(|(p, _)| p.starts_with("test/images"))
+        .collect();
+    assert_eq!(test_images.len(), 5);
+    for (p, bytes) in &test_images {
+        assert!(
+            fo.iter().all(|(_, other)| other != bytes),
+            "{} repeats a train/val image",
+            p.display()
+        );
+    }
+    // A pure function of (seed, split, index): the same index renders differently per split.
+    for i in 0..5 {
+        let t = render_image(&small_cfg(3), Split::Test, i);
+        let v = render_image(&small_cfg(3), Split::Val, i);
+        assert_ne!(t.image.as_raw(), v.image.as_raw());
+    }
 }
 
 #[test]

@@ -20,6 +20,13 @@ pub struct DataConfig {
     pub val: PathBuf,
     /// Validate on at most this many val images (0 = all).
     pub val_images: usize,
+    /// A held-out split (the synth layout) evaluated beside val at every validation, for
+    /// reporting only: `eval.jsonl` gets its metrics under `"test"`, and `best/` is still
+    /// picked on val. None: no test evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<PathBuf>,
+    /// Evaluate on at most this many test images (0 = all).
+    pub test_images: usize,
     /// `stretch` (each image to the square) or `letterbox` (keep the aspect ratio, pad, and
     /// mask the padding: the official Co-DINO pipeline; export with `--resize letterbox`).
     /// Training and validation both.
@@ -32,6 +39,8 @@ impl Default for DataConfig {
             train: PathBuf::from("data/synth/train"),
             val: PathBuf::from("data/synth/val"),
             val_images: 0,
+            test: None,
+            test_images: 0,
             resize: Resize::Stretch,
         }
     }

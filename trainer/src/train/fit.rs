@@ -323,7 +323,10 @@ pub struct FitReport {
     pub seconds: f64,
     pub last_loss: f32,
     pub best_ap: Option<f64>,
+    /// The last validation on val.
     pub final_eval: Option<EvalSummary>,
+    /// The last evaluation on the held-out test split, when the run has one.
+    pub final_test: Option<EvalSummary>,
 }
 
 /// Trains from scratch (`resume = false`) or continues the run in `cfg.run.out`.
@@ -438,29 +441,45 @@ fn log_line(
     serde_json::Value::Object(line)
 }
 
-/// Evaluates `evaluated` (the EMA or the model) on `val`, appends the summary to
-/// `eval.jsonl`, and saves it as `best/model.ckpt` when its AP beats the best so far.
+/// Evaluates `evaluated` (the EMA or the model) on val (and the held-out test split when the
+/// run has one), appends the summaries to `eval.jsonl` (test under `"test"`), and saves it as
+/// `best/model.ckpt` when its val AP beats the best so far. Test never picks anything.
 fn validate_and_keep_best(
     evaluated: &Detector,
-    val: &Arc<CocoDataset>,
+    data: &RunData,
     cfg: &FitConfig,
     state: &mut TrainState,
-    class_names: &[String],
     bar: &indicatif::ProgressBar,
-) -> Result<EvalSummary> {
+) -> Result<(EvalSummary, Option<EvalSummary>)> {
     let s = validate(
         evaluated,
-        val,
+        &data.val,
         cfg.data.val_images,
         cfg.run.workers,
         cfg.data.resize,
     )?;
-    let mut e = serde_json::to_value(s).map_err(|e| Error::InvalidArgument {
-        what: "eval",
-        message: e.to_string(),
-    })?;
+    let t = match &data.test {
+        Some(test) => Some(validate(
+            evaluated,
+            test,
+            cfg.data.test_images,
+            cfg.run.workers,
+            cfg.data.resize,
+        )?),
+        None => None,
+    };
+    let json = |v: &EvalSummary| {
+        serde_json::to_value(v).map_err(|e| Error::InvalidArgument {
+            what: "eval",
+            message: e.to_string(),
+        })
+    };
+    let mut e = json(&s)?;
     if let Some(o) = e.as_object_mut() {
         o.insert("step".into(), state.step.into());
+        if let Some(t) = &t {
+            o.insert("test".into(), json(t)?);
+        }
     }
     let ep = cfg.run.out.join("eval.jsonl");
     let mut f = std::fs::OpenOptions::new()
@@ -470,39 +489,71 @@ fn validate_and_keep_best(
         .map_err(io(&ep))?;
     writeln!(f, "{e}").map_err(io(&ep))?;
     bar.suspend(|| tracing::info!(step = state.step, ap = s.ap, ap50 = s.ap50, "val"));
+    if let Some(t) = &t {
+        bar.suspend(|| tracing::info!(step = state.step, ap = t.ap, ap50 = t.ap50, "test"));
+    }
     if state.best_ap.is_none_or(|b| s.ap > b) {
         state.best_ap = Some(s.ap);
         state.best_step = Some(state.step);
-        let meta = serde_json::json!({ "val": s, "step": state.step });
+        let mut meta = serde_json::json!({ "val": s, "step": state.step });
+        if let Some(t) = &t {
+            meta["test"] = json(t)?;
+        }
         checkpoint::save(
             &cfg.run.out.join("best").join("model.ckpt"),
             evaluated,
-            class_names,
+            &data.class_names,
             state.step,
             meta,
             vec![],
         )?;
     }
-    Ok(s)
+    Ok((s, t))
 }
 
-/// The run's data: the training loader, the val split, the class names (checked against
-/// the model's `num_classes`) and the optimizer steps per epoch (each takes `accumulate`
-/// batches; a partial group at the end of an epoch is dropped, as the loader drops a partial
-/// batch).
-fn data(
-    cfg: &FitConfig,
-    num_classes: usize,
-) -> Result<(Loader, Arc<CocoDataset>, Vec<String>, u64)> {
+/// What [`fit`] reads: the training loader, the val split, the held-out test split (if
+/// any), the class names and the optimizer steps per epoch.
+struct RunData {
+    loader: Loader,
+    val: Arc<CocoDataset>,
+    test: Option<Arc<CocoDataset>>,
+    class_names: Vec<String>,
+    per_epoch: u64,
+}
+
+/// An evaluation split whose classes must be the training split's: the evaluator matches
+/// detections to ground truth by category id, so a different class list would score nonsense.
+fn eval_split(dir: &Path, what: &'static str, class_names: &[String]) -> Result<Arc<CocoDataset>> {
+    let ds = CocoDataset::load_split(dir, LoadOptions::default())?;
+    if ds.class_names() != class_names {
+        return Err(Error::InvalidArgument {
+            what,
+            message: format!(
+                "{} has classes {:?} but the training split has {:?}",
+                dir.display(),
+                ds.class_names(),
+                class_names
+            ),
+        });
+    }
+    Ok(Arc::new(ds))
+}
+
+/// The run's data: the training loader, the val and test splits (their classes checked
+/// against train's), the class names (checked against the model's `num_classes`) and the
+/// optimizer steps per epoch (each takes `accumulate` batches; a partial group at the end of
+/// an epoch is dropped, as the loader drops a partial batch).
+fn data(cfg: &FitConfig, num_classes: usize) -> Result<RunData> {
     let train = Arc::new(CocoDataset::load_split(
         &cfg.data.train,
         LoadOptions::default(),
     )?);
-    let val = Arc::new(CocoDataset::load_split(
-        &cfg.data.val,
-        LoadOptions::default(),
-    )?);
     let class_names = train.class_names();
+    let val = eval_split(&cfg.data.val, "data.val", &class_names)?;
+    let test = match &cfg.data.test {
+        Some(dir) => Some(eval_split(dir, "data.test", &class_names)?),
+        None => None,
+    };
     if class_names.len() != num_classes {
         return Err(Error::InvalidArgument {
             what: "data",
@@ -536,7 +587,13 @@ fn data(
             ),
         });
     }
-    Ok((loader, val, class_names, per_epoch))
+    Ok(RunData {
+        loader,
+        val,
+        test,
+        class_names,
+        per_epoch,
+    })
 }
 
 /// The run's progress bar (hidden without `progress`), at `step` of `steps`.
@@ -651,7 +708,8 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
         truncate_log(&out.join("eval.jsonl"), state.step)?;
     }
 
-    let (loader, val, class_names, per_epoch) = data(&cfg, model.detector.config().num_classes)?;
+    let run_data = data(&cfg, model.detector.config().num_classes)?;
+    let (loader, per_epoch) = (&run_data.loader, run_data.per_epoch);
     let accumulate = cfg.schedule.accumulate.max(1);
     let eval_every = if cfg.run.eval_every > 0 {
         cfg.run.eval_every
@@ -668,6 +726,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
     let started = Instant::now();
     let mut last_loss = f32::NAN;
     let mut final_eval = None;
+    let mut final_test = None;
     let mut images_seen = 0usize;
     while state.step < steps {
         let epoch = state.step / per_epoch;
@@ -743,9 +802,9 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
                     Some(e) => e.clone(),
                     None => model.detector.valid(),
                 };
-                let s =
-                    validate_and_keep_best(&evaluated, &val, &cfg, &mut state, &class_names, &bar)?;
+                let (s, t) = validate_and_keep_best(&evaluated, &run_data, &cfg, &mut state, &bar)?;
                 final_eval = Some(s);
+                final_test = t;
             }
             if state.step % cfg.run.checkpoint_every == 0 || state.step == steps {
                 log.flush().map_err(io(&log_path))?;
@@ -756,7 +815,7 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
                     ema.as_ref(),
                     &optim,
                     &state,
-                    &class_names,
+                    &run_data.class_names,
                     serde_json::Value::Null,
                 )?;
                 prune(&ckdir, cfg.run.keep_last)?;
@@ -770,5 +829,6 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
         last_loss,
         best_ap: state.best_ap,
         final_eval,
+        final_test,
     })
 }

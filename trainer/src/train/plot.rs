@@ -1,5 +1,6 @@
 //! `codetr-train plot RUN_DIR`: a PNG of a run's loss curves (total and the main terms,
-//! smoothed, log scale) and its validation AP / AP50, from `log.jsonl` and `eval.jsonl`.
+//! smoothed, log scale) and its val AP / AP50 (and the held-out test split's, when the run
+//! evaluates one), from `log.jsonl` and `eval.jsonl`.
 
 use std::path::Path;
 
@@ -164,17 +165,21 @@ pub fn plot_run(run: &Path, out: &Path) -> Result<bool> {
                 .map_err(draw_err)?;
         }
 
-        let ap = |key: &str| -> Vec<(f64, f64)> {
+        // val (which picks best/) and, when the run has one, the held-out test split
+        let ap = |split: &str, key: &str| -> Vec<(f64, f64)> {
             evals
                 .iter()
-                .filter_map(|e| Some((e.get("step")?.as_f64()?, e.get(key)?.as_f64()?)))
+                .filter_map(|e| {
+                    let m = if split == "test" { e.get("test")? } else { e };
+                    Some((e.get("step")?.as_f64()?, m.get(key)?.as_f64()?))
+                })
                 .collect()
         };
         let mut chart = ChartBuilder::on(&bottom);
         chart.margin(12);
         if font {
             chart
-                .caption("validation (COCO mAP)", ("sans-serif", 22))
+                .caption("evaluation (COCO mAP)", ("sans-serif", 22))
                 .x_label_area_size(32)
                 .y_label_area_size(56);
         }
@@ -189,8 +194,12 @@ pub fn plot_run(run: &Path, out: &Path) -> Result<bool> {
                 .draw()
                 .map_err(draw_err)?;
         }
-        for (i, key) in ["AP", "AP50"].iter().enumerate() {
-            let pts = ap(key);
+        let series = [("val", "AP"), ("val", "AP50"), ("test", "AP"), ("test", "AP50")];
+        for (i, (split, key)) in series.into_iter().enumerate() {
+            let pts = ap(split, key);
+            if pts.is_empty() {
+                continue;
+            }
             let color = Palette99::pick(i + 1).to_rgba();
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
@@ -200,7 +209,7 @@ pub fn plot_run(run: &Path, out: &Path) -> Result<bool> {
                 .map_err(draw_err)?;
             if font {
                 drawn
-                    .label(*key)
+                    .label(format!("{split} {key}"))
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
             }
         }

@@ -9,7 +9,7 @@ use codetr_data::eval;
 use codetr_data::synth::{self, SynthConfig};
 use codetr_data::{CocoDataset, LoadOptions, Loader, LoaderConfig};
 
-/// Write a deterministic synthetic COCO dataset (DIR/{train,val}/instances.json + images/).
+/// Write a deterministic synthetic COCO dataset (DIR/{train,val,test}/instances.json + images/).
 #[derive(clap::Args)]
 pub struct SynthArgs {
     /// Output directory (created; existing split folders are overwritten file by file).
@@ -18,9 +18,13 @@ pub struct SynthArgs {
     /// Number of training images.
     #[arg(long, default_value_t = SynthConfig::default().train)]
     pub train: usize,
-    /// Number of validation images.
+    /// Number of validation images: the split that picks the best checkpoint.
     #[arg(long, default_value_t = SynthConfig::default().val)]
     pub val: usize,
+    /// Number of held-out test images (DIR/test): drawn from their own stream of the seed,
+    /// never trained on or used for selection; report accuracy on them. 0 writes no test split.
+    #[arg(long, default_value_t = SynthConfig::default().test)]
+    pub test: usize,
     /// Seed: the same seed and flags give byte-identical files.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -38,6 +42,7 @@ impl SynthArgs {
             out,
             train,
             val,
+            test,
             seed,
             size,
             no_stats_file,
@@ -45,6 +50,7 @@ impl SynthArgs {
         let cfg = SynthConfig {
             train,
             val,
+            test,
             seed,
             width: size.0,
             height: size.1,

@@ -23,7 +23,8 @@ pub struct FitArgs {
     /// other flags are ignored).
     #[arg(long, conflicts_with_all = ["config", "data", "preset", "k", "steps", "batch_size", "accumulate", "precision", "checkpoint_every", "seed", "out", "init"])]
     pub resume: Option<PathBuf>,
-    /// A dataset root as written by `synth` (uses DIR/train and DIR/val).
+    /// A dataset root as written by `synth`: trains on DIR/train, picks `best/` on DIR/val,
+    /// and, when DIR/test exists, reports the held-out test split beside each validation.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Model preset (tiny, paper-r50, paper-swin-l); replaces the config's [model] table.
@@ -111,6 +112,8 @@ impl FitArgs {
             if let Some(d) = data {
                 cfg.data.train = d.join("train");
                 cfg.data.val = d.join("val");
+                let test = d.join("test");
+                cfg.data.test = test.join("instances.json").is_file().then_some(test);
             }
             if let Some(p) = preset {
                 let mut t = toml::Table::new();
