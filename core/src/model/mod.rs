@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod detector;
+pub mod drop_path;
 pub mod encoder;
 pub mod msda;
 pub mod msda_chunked;

@@ -11,6 +11,7 @@
 //! mmdetection 3.x's `nn.Unfold` order); the importer reorders Sense-X's block-major weights.
 
 use crate::model::autocast as ac;
+use crate::model::drop_path::drop_path;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -49,6 +50,11 @@ pub struct SwinConfig {
     /// Parameters that never train: 0 = none; n ≥ 1 = the patch embedding and the first n
     /// stages with their output norms (mmdetection's `frozen_stages = n`).
     pub frozen_stages: usize,
+    /// Stochastic depth in training: the rate of the last block, rising linearly from 0 over
+    /// all blocks ([`super::drop_path`]); 0 = off. Official Co-DINO Swin-L: 0.3 (1x schedule).
+    /// Inference and export never drop anything.
+    #[serde(default)]
+    pub drop_path_rate: f64,
 }
 
 /// The tag value of [`SwinConfig::kind`].
@@ -71,6 +77,7 @@ impl SwinConfig {
             mlp_ratio: 4,
             out_indices: vec![0, 1, 2, 3],
             frozen_stages: 0,
+            drop_path_rate: 0.3,
         }
     }
 
@@ -108,6 +115,12 @@ impl SwinConfig {
         if self.frozen_stages > 4 {
             return bad(format!("frozen_stages {} > 4", self.frozen_stages));
         }
+        if !(0.0..1.0).contains(&self.drop_path_rate) {
+            return bad(format!(
+                "drop_path_rate {} is outside [0, 1)",
+                self.drop_path_rate
+            ));
+        }
         if self.out_indices.is_empty()
             || self.out_indices.iter().any(|&i| i > 3)
             || self.out_indices.windows(2).any(|w| w[0] >= w[1])
@@ -136,18 +149,23 @@ impl SwinConfig {
             patch_embed
         };
         let last = *self.out_indices.last().unwrap_or(&3);
+        // over all blocks of the four stages, built or not (the official schedule)
+        let rates = super::drop_path::rates(self.drop_path_rate, self.depths.iter().sum());
         let mut stages = Vec::with_capacity(4);
         for (s, &c) in ch.iter().enumerate() {
+            let first = self.depths[..s].iter().sum::<usize>();
             let blocks = (0..self.depths[s])
                 .map(|j| {
-                    SwinBlock::new(
+                    let mut b = SwinBlock::new(
                         c,
                         self.num_heads[s],
                         self.window_size,
                         if j % 2 == 1 { self.window_size / 2 } else { 0 },
                         c * self.mlp_ratio,
                         device,
-                    )
+                    );
+                    b.drop_path = rates[first + j];
+                    b
                 })
                 .collect();
             // The last stage merges nothing; neither does the stage of the last returned map
@@ -233,6 +251,8 @@ pub struct SwinBlock {
     pub fc2: Linear,
     /// 0 (regular windows) or `window / 2` (shifted windows, every second block).
     pub shift: usize,
+    /// Stochastic-depth rate of both residual branches (training only, [`super::drop_path`]).
+    pub drop_path: f64,
 }
 
 /// 2×2 neighbourhoods → one token: LayerNorm over the `4C` concatenation, then `4C → 2C`.
@@ -385,6 +405,7 @@ impl SwinBlock {
             fc1: linear(c, hidden, true, device),
             fc2: linear(hidden, c, true, device),
             shift,
+            drop_path: 0.0,
         }
     }
 
@@ -432,12 +453,12 @@ impl SwinBlock {
             y = y.roll(&[s as i64, s as i64], &[1, 2]);
         }
         let y = y.slice([0..b, 0..h, 0..w, 0..c]).reshape([b, h * w, c]);
-        let x = x + y;
+        let x = x + drop_path(y, self.drop_path);
         let f = ac::linear(
             &self.fc2,
             gelu(ac::linear(&self.fc1, self.norm2.forward(x.clone()))),
         );
-        x + f
+        x + drop_path(f, self.drop_path)
     }
 }
 

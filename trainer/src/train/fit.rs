@@ -32,6 +32,7 @@ use codetr_data::rng::Rng;
 
 use super::loss_scale::{LossScale, ScaledStep};
 use codetr_core::model::autocast::Autocast;
+use codetr_core::model::drop_path::StochasticDepth;
 
 /// What a checkpoint records about the run besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -614,8 +615,10 @@ fn progress_bar(progress: bool, steps: u64, step: u64) -> indicatif::ProgressBar
 
 /// Forward and backward of each batch of one step; with several batches each loss is divided
 /// by their number and the gradients are summed. Denoising noise is drawn per batch from
-/// (seed, step·N + i): with one batch exactly what a step always drew. The forward runs in the
-/// run's precision; the loss is multiplied by `loss_scale` before backward (1: untouched).
+/// (seed, step·N + i): with one batch exactly what a step always drew, and so are the
+/// stochastic-depth masks of a backbone that has them (their own stream; a model without drop
+/// path draws nothing). The forward runs in the run's precision; the loss is multiplied by
+/// `loss_scale` before backward (1: untouched).
 fn gradients(
     model: &CoDetr,
     micro: &[Batch],
@@ -630,9 +633,11 @@ fn gradients(
     let (mut loss_sum, mut terms): (f32, Vec<(String, f32)>) = (0.0, Vec::new());
     for (i, batch) in micro.iter().enumerate() {
         let t0 = Instant::now();
-        let mut rng = Rng::fork(cfg.run.seed ^ 0xD1_5EED, step * n as u64 + i as u64);
+        let stream = step * n as u64 + i as u64;
+        let mut rng = Rng::fork(cfg.run.seed ^ 0xD1_5EED, stream);
         let loss = {
             let _autocast = Autocast::enter(cfg.schedule.precision);
+            let _depth = StochasticDepth::enter(Rng::fork(cfg.run.seed ^ 0xD2_0FA7, stream));
             model.loss(batch, cfg, &mut rng)?
         };
         t_forward += t0.elapsed().as_secs_f64();
