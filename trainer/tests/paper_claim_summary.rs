@@ -18,7 +18,9 @@ fn run(runs: &Path, name: &str, evals: &[(u64, f64, f64)]) {
     let ev: String = evals
         .iter()
         .map(|(s, v, t)| {
-            format!("{{\"step\":{s},\"AP\":{v},\"AP50\":0.0,\"test\":{{\"AP\":{t},\"AP50\":0.0}}}}\n")
+            format!(
+                "{{\"step\":{s},\"AP\":{v},\"AP50\":0.0,\"test\":{{\"AP\":{t},\"AP50\":0.0}}}}\n"
+            )
         })
         .collect();
     std::fs::write(d.join("eval.jsonl"), ev).unwrap();
@@ -100,5 +102,8 @@ fn verdicts_means_and_picked_steps_are_the_hand_computed_ones() {
     assert_eq!(verdict("k1", "k1-nopq").1, "needs ≥ 2 seeds per arm");
     let text = std::fs::read_to_string(&md).unwrap();
     assert!(text.contains("k0-s3 (step 5)"), "{text}");
-    assert!(text.contains("| 10 |"), "the curve has its step-10 row: {text}");
+    assert!(
+        text.contains("| 10 |"),
+        "the curve has its step-10 row: {text}"
+    );
 }

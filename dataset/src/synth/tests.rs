@@ -168,7 +168,10 @@ fn held_out_test_split_is_its_own_stream_and_leaves_train_and_val_unchanged() {
         .filter(|(p, _)| !p.starts_with("test"))
         .cloned()
         .collect();
-    assert!(not_test == fo, "train/val bytes changed when a test split was added");
+    assert!(
+        not_test == fo,
+        "train/val bytes changed when a test split was added"
+    );
     let test_images: Vec<_> = fw
         .iter()
         .filter(|(p, _)| p.starts_with("test/images"))

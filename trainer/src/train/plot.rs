@@ -194,7 +194,12 @@ pub fn plot_run(run: &Path, out: &Path) -> Result<bool> {
                 .draw()
                 .map_err(draw_err)?;
         }
-        let series = [("val", "AP"), ("val", "AP50"), ("test", "AP"), ("test", "AP50")];
+        let series = [
+            ("val", "AP"),
+            ("val", "AP50"),
+            ("test", "AP"),
+            ("test", "AP50"),
+        ];
         for (i, (split, key)) in series.into_iter().enumerate() {
             let pts = ap(split, key);
             if pts.is_empty() {
