@@ -178,29 +178,34 @@ if [ -f "$PLAN" ]; then
 else
   if [ "$STEPS" = auto ]; then
     # every run for CAL_STEPS steps, side by side, then one eval of val + test (the last step
-    # always evaluates): the slowest run's median step time and (wall − training) per eval
+    # always evaluates): the slowest run's step time (the 75th percentile after 2 warm-up
+    # steps: a K = 2 step grows as the RPN starts to find objects) and (wall − training) per
+    # eval; with more runs than PARALLEL they go in waves, each paying the whole schedule
     cal=$WORK/calibration
     rm -rf "$cal"; mkdir -p "$cal"
     run_all "$cal" "$CAL_STEPS" 0 "$DEADLINE_S"
-    read -r STEPS EVAL_EVERY < <("$PY" - "$cal" "$BUDGET_S" "$CAL_STEPS" <<'P' 2>>"$OUT/log.txt"
+    waves=$(( (${#RUNS[@]} + PARALLEL - 1) / PARALLEL ))
+    read -r STEPS EVAL_EVERY < <("$PY" - "$cal" "$BUDGET_S" "$CAL_STEPS" "$waves" <<'P' 2>>"$OUT/log.txt"
 import json, statistics, sys
 from pathlib import Path
-cal, budget, n = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+cal, budget, n, waves = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 worst_step = worst_eval = 0.0
 for log in cal.glob("*/log.jsonl"):
     secs = [json.loads(l)["seconds"] for l in log.read_text().splitlines() if l.strip()]
     wall = cal / (log.parent.name + ".wall")
     if len(secs) < n or not wall.exists():
         continue
-    step = statistics.median(secs[2:] or secs)
+    steady = sorted(secs[2:] or secs)
+    step = steady[min(len(steady) - 1, (3 * len(steady)) // 4)]
     worst_step = max(worst_step, step)
     worst_eval = max(worst_eval, float(wall.read_text()) - sum(secs))
 if worst_step == 0:
     sys.exit("calibration: no run finished")
 evals = 8  # evaluations per run: the AP curve's points
-steps = int((budget - (evals + 1) * worst_eval) / worst_step) // evals * evals
+steps = int((budget / waves - (evals + 1) * worst_eval) / worst_step) // evals * evals
 print(max(steps, 0), max(steps // evals, 0))
-print(f"calibration: slowest step {worst_step:.3f} s, eval+startup {worst_eval:.1f} s under load", file=sys.stderr)
+print(f"calibration: slowest step {worst_step:.3f} s, eval+startup {worst_eval:.1f} s under load, "
+      f"{waves} wave(s) of runs", file=sys.stderr)
 P
 )
     [ "${STEPS:-0}" -gt 0 ] 2>/dev/null || { log "calibration left no steps within BUDGET_S=$BUDGET_S (see above)"; exit 1; }
