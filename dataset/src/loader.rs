@@ -41,6 +41,10 @@ pub struct LoaderConfig {
     /// ratio to fit, top-left, the rest zero (the official Co-DINO pipeline; the model then
     /// masks the padding).
     pub resize: Resize,
+    /// `[short, long]`: when letterboxing, the scale is also capped at short side ≤ short and
+    /// long side ≤ long (the official `(1333, 800)` keep-ratio resize; see
+    /// `codetr_model::preprocess::letterbox_size`). `None`: the canvas alone caps it.
+    pub letterbox_limits: Option<[u32; 2]>,
 }
 
 impl Default for LoaderConfig {
@@ -55,6 +59,7 @@ impl Default for LoaderConfig {
             seed: 0,
             augment: Some(AugmentConfig::default()),
             resize: Resize::Stretch,
+            letterbox_limits: None,
         }
     }
 }
@@ -72,6 +77,7 @@ impl LoaderConfig {
             seed: 0,
             augment: None,
             resize,
+            letterbox_limits: None,
         }
     }
 
@@ -96,6 +102,14 @@ impl LoaderConfig {
         }
         if let Some(a) = &self.augment {
             a.validate()?;
+        }
+        if let Some([short, long]) = self.letterbox_limits
+            && (short == 0 || short > long || self.resize != Resize::Letterbox)
+        {
+            return bad(format!(
+                "letterbox_limits [{short}, {long}] must be [short, long] with 0 < short <= \
+                 long, and only with resize = letterbox"
+            ));
         }
         Ok(())
     }
@@ -272,7 +286,11 @@ impl Loader {
                 Resize::Letterbox => {
                     let [_, _, cw, ch] = geom.crop;
                     let side = |v: f64| (v.round() as u32).max(1);
-                    letterbox_size([side(ch), side(cw)], [size, size])
+                    letterbox_size(
+                        [side(ch), side(cw)],
+                        [size, size],
+                        self.cfg.letterbox_limits,
+                    )
                 }
             };
             let (boxes, labels) =

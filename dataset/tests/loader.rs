@@ -54,6 +54,7 @@ fn train_cfg(workers: usize) -> LoaderConfig {
         seed: 11,
         augment: Some(AugmentConfig::default()),
         resize: Resize::Stretch,
+        letterbox_limits: None,
     }
 }
 
@@ -65,52 +66,73 @@ fn train_cfg(workers: usize) -> LoaderConfig {
 fn letterboxed_batches_keep_the_ratio_and_normalise_targets_by_the_image_region() {
     let (_d, ds) = dataset(6);
     let size = 100u32;
-    let loader = Loader::new(
-        ds.clone(),
-        LoaderConfig::eval(6, size, 2, Resize::Letterbox),
-    )
-    .unwrap();
-    let batch = loader.epoch(0, 0).next().unwrap().unwrap();
-    assert!(batch.padded().is_some());
-    let s = size as usize;
-    for (i, (t, &[vh, vw])) in batch.targets.iter().zip(&batch.valid).enumerate() {
-        let rec = ds.images.iter().find(|r| r.id == t.image_id).unwrap();
-        let want = codetr_model::preprocess::letterbox_size([rec.height, rec.width], [size, size]);
-        assert_eq!([vh, vw], want, "image {i}");
-        assert!(vh == size || vw == size, "one side fills the canvas");
-        let px = &batch.pixels[i * s * s * 3..(i + 1) * s * s * 3];
-        for y in 0..s {
-            for x in 0..s {
-                if y >= vh as usize || x >= vw as usize {
-                    assert_eq!(&px[(y * s + x) * 3..(y * s + x) * 3 + 3], &[0, 0, 0]);
+    // without limits the canvas caps the scale; with [short, long] = [40, 70] the limits do
+    // (the official keep-ratio rule), leaving more of the canvas as padding
+    for limits in [None, Some([40, 70])] {
+        let loader = Loader::new(
+            ds.clone(),
+            LoaderConfig {
+                letterbox_limits: limits,
+                ..LoaderConfig::eval(6, size, 2, Resize::Letterbox)
+            },
+        )
+        .unwrap();
+        let batch = loader.epoch(0, 0).next().unwrap().unwrap();
+        assert!(batch.padded().is_some());
+        let s = size as usize;
+        for (i, (t, &[vh, vw])) in batch.targets.iter().zip(&batch.valid).enumerate() {
+            let rec = ds.images.iter().find(|r| r.id == t.image_id).unwrap();
+            let want = codetr_model::preprocess::letterbox_size(
+                [rec.height, rec.width],
+                [size, size],
+                limits,
+            );
+            assert_eq!([vh, vw], want, "image {i}");
+            match limits {
+                None => assert!(vh == size || vw == size, "one side fills the canvas"),
+                Some([short, long]) => {
+                    let (lo, hi) = (vh.min(vw), vh.max(vw));
+                    assert!(lo <= short && hi <= long, "image {i}: {vh}x{vw}");
+                    assert!(
+                        lo + 1 >= short || hi + 1 >= long,
+                        "a limit is reached: {vh}x{vw}"
+                    );
                 }
             }
-        }
-        // The one box: its target is the original box relative to the original image.
-        let o = &rec.objects.iter().find(|o| !o.iscrowd).unwrap().bbox;
-        let (w, h) = (rec.width as f32, rec.height as f32);
-        let orig = [
-            (o[0] + o[2]) / 2.0 / w,
-            (o[1] + o[3]) / 2.0 / h,
-            (o[2] - o[0]) / w,
-            (o[3] - o[1]) / h,
-        ];
-        for (a, b) in t.boxes[0].iter().zip(orig) {
+            let px = &batch.pixels[i * s * s * 3..(i + 1) * s * s * 3];
+            for y in 0..s {
+                for x in 0..s {
+                    if y >= vh as usize || x >= vw as usize {
+                        assert_eq!(&px[(y * s + x) * 3..(y * s + x) * 3 + 3], &[0, 0, 0]);
+                    }
+                }
+            }
+            // The one box: its target is the original box relative to the original image.
+            let o = &rec.objects.iter().find(|o| !o.iscrowd).unwrap().bbox;
+            let (w, h) = (rec.width as f32, rec.height as f32);
+            let orig = [
+                (o[0] + o[2]) / 2.0 / w,
+                (o[1] + o[3]) / 2.0 / h,
+                (o[2] - o[0]) / w,
+                (o[3] - o[1]) / h,
+            ];
+            for (a, b) in t.boxes[0].iter().zip(orig) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "image {i}: {:?} vs {orig:?}",
+                    t.boxes[0]
+                );
+            }
+            // …and the bright square is there in the canvas.
+            let (cx, cy) = (
+                (t.boxes[0][0] * vw as f32) as usize,
+                (t.boxes[0][1] * vh as f32) as usize,
+            );
             assert!(
-                (a - b).abs() < 1e-5,
-                "image {i}: {:?} vs {orig:?}",
-                t.boxes[0]
+                px[(cy * s + cx) * 3] > 200,
+                "image {i}: box centre not bright"
             );
         }
-        // …and the bright square is there in the canvas.
-        let (cx, cy) = (
-            (t.boxes[0][0] * vw as f32) as usize,
-            (t.boxes[0][1] * vh as f32) as usize,
-        );
-        assert!(
-            px[(cy * s + cx) * 3] > 200,
-            "image {i}: box centre not bright"
-        );
     }
     // With augmentation (crops, flips, jitter): the canvas outside each region stays zero and
     // every target lies within its region.

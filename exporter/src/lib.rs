@@ -55,6 +55,10 @@ pub struct ExportOptions {
     /// How the server brings images to the input size: `Stretch`, or `Letterbox` (keep the
     /// aspect ratio, pad; the graph gains the `valid_sizes` input and masks the padding).
     pub resize: Resize,
+    /// `[short, long]` keep-ratio scale limits a server applies before letterboxing (the
+    /// official pipeline's `[800, 1333]`); letterbox graphs only. Metadata only: the graph
+    /// reads each image's valid size from its input.
+    pub letterbox_limits: Option<[u32; 2]>,
 }
 
 impl ExportOptions {
@@ -72,6 +76,7 @@ impl ExportOptions {
             serve_batch: 8,
             model_config: None,
             resize: Resize::Stretch,
+            letterbox_limits: None,
         }
     }
 }
@@ -151,7 +156,9 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             Precision::Fp32
         }),
         max_batch: None,
+        letterbox_limits: opts.letterbox_limits,
     };
+    meta.format_version = meta.min_format_version();
     let props = meta.try_to_props()?;
     let mut proto = g.finish(opts.opset, "codetr-export", props);
     let fp16 = if opts.fp16 {

@@ -53,6 +53,13 @@ struct Cli {
     /// version 2, which servers older than this one refuse.
     #[arg(long, default_value = "stretch", value_parser = resize_parser())]
     resize: Resize,
+    /// With `--resize letterbox`: cap the keep-ratio scale at SHORT,LONG (short side ≤ SHORT,
+    /// long side ≤ LONG, as mmcv's `Resize(scale=(LONG, SHORT), keep_ratio=True)`). The
+    /// official Co-DINO test pipeline is `800,1333`; give the model a canvas of at least LONG
+    /// (`input_size = 1333` in --model-config) for its exact scale in both orientations.
+    /// Written to the metadata (format version 3): the server letterboxes with it.
+    #[arg(long, value_delimiter = ',', num_args = 1, value_name = "SHORT,LONG")]
+    letterbox_limits: Option<Vec<u32>>,
     /// After writing, run the graph in ONNX Runtime (CPU) and the Burn model on the same real
     /// images at several batch sizes; exit 1 if scores or boxes (÷ image side) differ by more
     /// than 1e-4 or any label differs.
@@ -113,6 +120,19 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    let letterbox_limits = match cli.letterbox_limits.as_deref() {
+        None => None,
+        Some(&[short, long]) if cli.resize == Resize::Letterbox && 0 < short && short <= long => {
+            Some([short, long])
+        }
+        Some(v) => {
+            eprintln!(
+                "error: invalid option: --letterbox-limits {v:?}: give SHORT,LONG with \
+                 0 < SHORT <= LONG, together with --resize letterbox"
+            );
+            return ExitCode::from(2);
+        }
+    };
     let opts = ExportOptions {
         out: cli.out.unwrap_or_else(|| default_out(&cli.checkpoint)),
         checkpoint: cli.checkpoint,
@@ -124,6 +144,7 @@ fn main() -> ExitCode {
         serve_batch: cli.serve_batch,
         model_config: cli.model_config.clone(),
         resize: cli.resize,
+        letterbox_limits,
     };
     if let Some(Err(e)) = cli
         .check_data

@@ -675,10 +675,13 @@ fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official
     let dir = tempfile::tempdir().unwrap();
     for dynamic in [false, true] {
         let out = dir.path().join(format!("letterbox_{dynamic}.onnx"));
+        // the dynamic graph also records keep-ratio limits (metadata only: same graph)
+        let limits = dynamic.then_some([96, 128]);
         export(&ExportOptions {
             model_config: Some(toml.clone()),
             resize: codetr_model::Resize::Letterbox,
             dynamic_size: dynamic,
+            letterbox_limits: limits,
             ..ExportOptions::new(&pth, &out)
         })
         .unwrap();
@@ -699,7 +702,34 @@ fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official
         assert!(close * 10 >= total * 9, "{close}/{total} boxes");
         let meta = &got["metadata"];
         assert_eq!(meta["codetr.resize"], "letterbox");
-        assert_eq!(meta["codetr.format_version"], "2");
+        if dynamic {
+            assert_eq!(meta["codetr.format_version"], "3");
+            assert_eq!(meta["codetr.letterbox_limits"], "[96,128]");
+        } else {
+            assert_eq!(meta["codetr.format_version"], "2");
+            assert!(meta.get("codetr.letterbox_limits").is_none());
+        }
+    }
+    // limits without letterbox, or not SHORT,LONG: exit 2, nothing written
+    for args in [
+        ["--resize", "stretch", "--letterbox-limits", "800,1333"],
+        ["--resize", "letterbox", "--letterbox-limits", "1333,800"],
+        ["--resize", "letterbox", "--letterbox-limits", "800"],
+    ] {
+        let out = dir.path().join("refused.onnx");
+        let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
+            .arg("--checkpoint")
+            .arg(&pth)
+            .arg("--model-config")
+            .arg(&toml)
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(st.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&st.stderr).contains("--letterbox-limits"));
+        assert!(!out.exists());
     }
     // `--check` feeds a letterbox graph batches that mix landscape and portrait padding and
     // compares it with the Burn model on the same padded batch (ORT vs Burn ≤ 1e-4).

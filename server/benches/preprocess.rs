@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
                 size,
                 size,
                 codetr_model::Resize::Stretch,
+                None,
                 &mut resizer,
             )?;
             let r = t.elapsed().as_secs_f64();

@@ -455,7 +455,7 @@ async fn detect(State(s): State<Arc<AppState>>, req: Request) -> Response {
 async fn prepare(
     images: Vec<Bytes>,
     input_hw: [u32; 2],
-    resize: codetr_model::Resize,
+    (resize, limits): (codetr_model::Resize, Option<[u32; 2]>),
     max_pixels: u64,
 ) -> Result<Vec<Prepared>> {
     let n = images.len();
@@ -473,8 +473,8 @@ async fn prepare(
                 })?;
                 metrics::counter!(m::IMAGES_DECODED, "outcome" => "ok").increment(1);
                 let t = Instant::now();
-                let (pixels, valid) =
-                    RESIZER.with(|r| decode::resize(&img, w, h, resize, &mut r.borrow_mut()))?;
+                let (pixels, valid) = RESIZER
+                    .with(|r| decode::resize(&img, w, h, resize, limits, &mut r.borrow_mut()))?;
                 Ok(Prepared {
                     pixels,
                     sizes: crate::engine::ImageSizes {
@@ -577,7 +577,7 @@ async fn detect_inner(
     let mut prepared = prepare(
         parsed.images,
         e.model.input_hw,
-        e.model.meta.resize,
+        (e.model.meta.resize, e.model.meta.letterbox_limits),
         limits.max_pixels,
     )
     .await?;

@@ -16,13 +16,15 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Decoded> {
 }
 
 /// Brings `img` to the graph's `width`×`height` input as the graph's metadata says:
-/// stretched, or letterboxed (top-left, padded). Returns the pixels and the `[height, width]`
-/// the image covers (the whole input when stretched).
+/// stretched, or letterboxed (top-left, padded; the scale capped by the metadata's
+/// `letterbox_limits` when set). Returns the pixels and the `[height, width]` the image covers
+/// (the whole input when stretched).
 pub fn resize(
     img: &Decoded,
     width: u32,
     height: u32,
     how: Resize,
+    limits: Option<[u32; 2]>,
     resizer: &mut fr::Resizer,
 ) -> Result<(Vec<u8>, [u32; 2])> {
     let src = [img.width, img.height];
@@ -31,7 +33,9 @@ pub fn resize(
             preprocess::resize_rgb(&img.rgb, src, None, [width, height], resizer)?,
             [height, width],
         ),
-        Resize::Letterbox => preprocess::letterbox_rgb(&img.rgb, src, [width, height], resizer)?,
+        Resize::Letterbox => {
+            preprocess::letterbox_rgb(&img.rgb, src, [width, height], limits, resizer)?
+        }
     })
 }
 
@@ -66,10 +70,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let d = decode(png.get_ref(), 200).expect("at the limit");
-        let (out, valid) = resize(&d, 4, 4, Resize::Stretch, &mut fr::Resizer::new()).unwrap();
+        let (out, valid) =
+            resize(&d, 4, 4, Resize::Stretch, None, &mut fr::Resizer::new()).unwrap();
         assert_eq!((out, valid), (vec![0u8; 48], [4, 4]));
         // 20×10 letterboxed into 4×4: 4 wide, 2 high, the lower half padding
-        let (out, valid) = resize(&d, 4, 4, Resize::Letterbox, &mut fr::Resizer::new()).unwrap();
+        let (out, valid) =
+            resize(&d, 4, 4, Resize::Letterbox, None, &mut fr::Resizer::new()).unwrap();
         assert_eq!((out.len(), valid), (48, [2, 4]));
         let broken = Decoded {
             width: 10,
@@ -77,7 +83,14 @@ mod tests {
             rgb: vec![0; 5],
         };
         assert!(matches!(
-            resize(&broken, 4, 4, Resize::Stretch, &mut fr::Resizer::new()),
+            resize(
+                &broken,
+                4,
+                4,
+                Resize::Stretch,
+                None,
+                &mut fr::Resizer::new()
+            ),
             Err(ServeError::Internal(_))
         ));
     }

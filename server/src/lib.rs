@@ -338,6 +338,7 @@ mod tests {
             msda: None,
             precision: None,
             max_batch,
+            letterbox_limits: None,
         };
         engine::ModelInfo {
             path: "m.onnx".into(),

@@ -758,3 +758,85 @@ fn letterbox_graph_is_served_with_padding_and_valid_sizes() {
     let top = |j: &Value| detections(j, 0)[0]["score"].as_f64().unwrap();
     assert!((top(&other) - top(&got)).abs() > 1e-6);
 }
+
+/// A letterbox graph with keep-ratio limits (`codetr-export --letterbox-limits`, format version
+/// 3, the official `(1333, 800)` rule at micro scale): the server caps the scale at the limits,
+/// not at the canvas. A 64×32 image in the 64² canvas with limits [16, 48] (short, long) takes
+/// 32×16 (scale ½: short side 32 → 16), where the canvas alone would give 64×32. A constant
+/// image resamples exactly, so the answer must equal ONNX Runtime on the canvas built by hand
+/// with the limited valid size, and differ from the unlimited one.
+#[test]
+fn letterbox_limits_cap_the_scale_as_the_metadata_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let limited = dir.path().join("limited.onnx");
+    let base = fixtures().join("micro-letterbox.onnx");
+    run_python(&[
+        "-c".as_ref(),
+        "import onnx, sys\n\
+         m = onnx.load(sys.argv[1])\n\
+         [p for p in m.metadata_props if p.key == 'codetr.format_version'][0].value = '3'\n\
+         p = m.metadata_props.add(); p.key = 'codetr.letterbox_limits'; p.value = '[16,48]'\n\
+         onnx.save(m, sys.argv[2])"
+            .as_ref(),
+        base.as_os_str(),
+        limited.as_os_str(),
+    ]);
+    let (w, h, rgb) = (64u32, 32u32, [90u8, 160, 210]);
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let png = encode(
+        &image::DynamicImage::ImageRgb8(img),
+        image::ImageFormat::Png,
+    );
+    let s = Server::start_model(&limited, &["--score-threshold", "0"], &[]);
+    let info = s.get("/v1/models").unwrap().json();
+    assert_eq!(info["metadata"]["format_version"], 3, "{info}");
+    assert_eq!(info["metadata"]["letterbox_limits"], json!([16, 48]));
+    let r = s.post("/v1/detect", "image/png", &png);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = detections(&r.json(), 0).clone();
+    assert!(!got.is_empty());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ort = |[vh, vw]: [u32; 2]| -> (Vec<f64>, Vec<f64>) {
+        let mut canvas = vec![0u8; 64 * 64 * 3];
+        for y in 0..vh as usize {
+            for x in 0..vw as usize {
+                canvas[(y * 64 + x) * 3..(y * 64 + x) * 3 + 3].copy_from_slice(&rgb);
+            }
+        }
+        let inputs = json!({
+            "images": {"dtype": "uint8", "shape": [1, 64, 64, 3], "data": canvas},
+            "orig_sizes": {"dtype": "int64", "shape": [1, 2], "data": [h, w]},
+            "valid_sizes": {"dtype": "int64", "shape": [1, 2], "data": [vh, vw]},
+        });
+        let ip = tmp.path().join(format!("in-{vh}.json"));
+        std::fs::write(&ip, inputs.to_string()).unwrap();
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/onnx_run.py");
+        let out = run_python(&[script.as_os_str(), limited.as_os_str(), ip.as_os_str()]);
+        let want: Value = serde_json::from_slice(&out).unwrap();
+        let f = |v: &Value| -> Vec<f64> {
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        };
+        (f(&want["outputs"]["scores"]), f(&want["outputs"]["boxes"]))
+    };
+    let (scores, boxes) = ort([16, 32]);
+    assert_eq!(got.len(), scores.len());
+    for (i, d) in got.iter().enumerate() {
+        assert!(
+            (d["score"].as_f64().unwrap() - scores[i]).abs() <= 1e-5,
+            "detection {i}"
+        );
+        for (k, key) in ["x1", "y1", "x2", "y2"].iter().enumerate() {
+            assert!((d["box"][*key].as_f64().unwrap() - boxes[4 * i + k]).abs() <= 1e-3);
+        }
+    }
+    // without the limits the same image fills 32×64 of the canvas: another answer
+    let (unlimited, _) = ort([32, 64]);
+    assert!((unlimited[0] - scores[0]).abs() > 1e-6);
+}

@@ -157,9 +157,14 @@ fn held_out_test_is_reported_not_selected(
         codetr_data::CocoDataset::load_split(test_dir, Default::default()).unwrap(),
     );
     assert_eq!(ds.images.len(), 3);
-    let again =
-        codetr_train::train::fit::validate(&det, &ds, 0, 1, codetr_data::loader::Resize::Stretch)
-            .unwrap();
+    let again = codetr_train::train::fit::validate(
+        &det,
+        &ds,
+        0,
+        1,
+        (codetr_data::loader::Resize::Stretch, None),
+    )
+    .unwrap();
     for (k, v) in [
         ("AP", again.ap),
         ("AP50", again.ap50),
@@ -986,8 +991,13 @@ fn swin_stochastic_depth_changes_training_and_resumes_exactly() {
     let val = std::sync::Arc::new(
         codetr_data::CocoDataset::load_split(&tmp.path().join("val"), Default::default()).unwrap(),
     );
-    let again =
-        codetr_train::train::fit::validate(&det, &val, 0, 1, codetr_data::loader::Resize::Stretch)
-            .unwrap();
+    let again = codetr_train::train::fit::validate(
+        &det,
+        &val,
+        0,
+        1,
+        (codetr_data::loader::Resize::Stretch, None),
+    )
+    .unwrap();
     assert_eq!(last["AP"].as_f64(), Some(again.ap));
 }

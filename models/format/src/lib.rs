@@ -70,8 +70,11 @@ pub const OUTPUTS: [&str; 3] = [OUTPUT_LABELS, OUTPUT_SCORES, OUTPUT_BOXES];
 /// [`Resize::Letterbox`] and its [`INPUT_VALID_SIZES`] input; a writer records the lowest
 /// version that describes its graph ([`Resize::min_format_version`]), so stretch graphs stay
 /// version 1, byte-identical and readable by older servers, and an older server refuses a
-/// letterbox graph with a clear message instead of feeding it stretched images.
-pub const FORMAT_VERSION: u32 = 2;
+/// letterbox graph with a clear message instead of feeding it stretched images. Version 3
+/// added [`ModelMetadata::letterbox_limits`] (the official keep-ratio scale limits): a graph
+/// that sets them is version 3, so a server that would ignore them refuses it instead of
+/// feeding it images at the wrong scale.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest metadata format version this crate reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 
@@ -103,6 +106,9 @@ pub const META_MSDA: &str = "codetr.msda";
 pub const META_PRECISION: &str = "codetr.precision";
 /// Optional metadata key: [`ModelMetadata::max_batch`], decimal integer.
 pub const META_MAX_BATCH: &str = "codetr.max_batch";
+/// Optional metadata key (format version 3): [`ModelMetadata::letterbox_limits`], JSON
+/// `[short, long]`.
+pub const META_LETTERBOX_LIMITS: &str = "codetr.letterbox_limits";
 
 /// The required metadata keys, in the order [`ModelMetadata::to_props`] writes them.
 pub const METADATA_KEYS: &[&str] = &[
@@ -120,7 +126,12 @@ pub const METADATA_KEYS: &[&str] = &[
 
 /// The optional metadata keys, in the order [`ModelMetadata::to_props`] writes them
 /// (after all of [`METADATA_KEYS`]).
-pub const OPTIONAL_METADATA_KEYS: &[&str] = &[META_MSDA, META_PRECISION, META_MAX_BATCH];
+pub const OPTIONAL_METADATA_KEYS: &[&str] = &[
+    META_MSDA,
+    META_PRECISION,
+    META_MAX_BATCH,
+    META_LETTERBOX_LIMITS,
+];
 
 /// Smallest accepted side of [`ModelMetadata::input_size`].
 pub const MIN_INPUT_SIDE: u32 = 16;
@@ -259,6 +270,11 @@ pub struct ModelMetadata {
     /// fails with a kernel error that leaves the GPU context unusable, so the server never
     /// runs one.
     pub max_batch: Option<u64>,
+    /// `[short, long]`: a [`Resize::Letterbox`] graph's keep-ratio scale limits, `scale =
+    /// min(canvas fit, long / max(h, w), short / min(h, w))` (mmcv's `Resize(scale=(long,
+    /// short), keep_ratio=True)`; the official Co-DINO test pipeline is `[800, 1333]`). `None`:
+    /// the canvas alone caps the scale. Needs format version 3.
+    pub letterbox_limits: Option<[u32; 2]>,
 }
 
 /// Why metadata could not be encoded or decoded, or an image not preprocessed.
@@ -339,6 +355,17 @@ fn invalid(key: &'static str, message: impl Into<String>) -> Error {
 }
 
 impl ModelMetadata {
+    /// The lowest format version that describes this metadata: what writers record, so a graph
+    /// that needs nothing new stays readable by older servers, byte for byte.
+    pub fn min_format_version(&self) -> u32 {
+        let limits = if self.letterbox_limits.is_some() {
+            3
+        } else {
+            1
+        };
+        self.resize.min_format_version().max(limits)
+    }
+
     /// Checks every field against the contract; [`from_props`](Self::from_props) runs the same
     /// checks, so metadata that validates always decodes back to itself.
     pub fn validate(&self) -> Result<(), Error> {
@@ -358,6 +385,36 @@ impl ModelMetadata {
                     self.format_version
                 ),
             ));
+        }
+
+        if let Some([short, long]) = self.letterbox_limits {
+            if self.resize != Resize::Letterbox {
+                return Err(invalid(
+                    META_LETTERBOX_LIMITS,
+                    format!(
+                        "set on a `{}` graph; only letterbox graphs have them",
+                        self.resize
+                    ),
+                ));
+            }
+            if self.format_version < 3 {
+                return Err(invalid(
+                    META_LETTERBOX_LIMITS,
+                    format!(
+                        "needs format version 3, the metadata says {}",
+                        self.format_version
+                    ),
+                ));
+            }
+            if short == 0 || short > long || long > MAX_INPUT_SIDE * 4 {
+                return Err(invalid(
+                    META_LETTERBOX_LIMITS,
+                    format!(
+                        "[{short}, {long}] is not [short, long] with 1 <= short <= long <= {}",
+                        MAX_INPUT_SIDE * 4
+                    ),
+                ));
+            }
         }
 
         if self.classes.is_empty() {
@@ -465,6 +522,9 @@ impl ModelMetadata {
         if let Some(n) = self.max_batch {
             props.push((META_MAX_BATCH, n.to_string()));
         }
+        if let Some(l) = self.letterbox_limits {
+            props.push((META_LETTERBOX_LIMITS, to_json(&l)));
+        }
         props
             .into_iter()
             .map(|(key, value)| (key.to_owned(), value))
@@ -541,6 +601,10 @@ impl ModelMetadata {
             max_batch: ours
                 .get(META_MAX_BATCH)
                 .map(|v| parse_uint(META_MAX_BATCH, v))
+                .transpose()?,
+            letterbox_limits: ours
+                .get(META_LETTERBOX_LIMITS)
+                .map(|v| parse_json(META_LETTERBOX_LIMITS, v))
                 .transpose()?,
         };
         meta.validate()?;

@@ -130,22 +130,35 @@ pub fn resize_rgb(
 /// The `[height, width]` an `[h, w]` image takes inside an `input` canvas when resized keeping
 /// its aspect ratio to fit (the letterbox): scale `min(H/h, W/w)`, each side rounded as
 /// mmcv's `rescale_size` (`int(side · scale + 0.5)`), at least 1 and at most the canvas.
-pub fn letterbox_size([h, w]: [u32; 2], [ih, iw]: [u32; 2]) -> [u32; 2] {
-    let scale = (f64::from(ih) / f64::from(h.max(1))).min(f64::from(iw) / f64::from(w.max(1)));
+///
+/// `limits` `[short, long]` caps the scale as mmcv's keep-ratio `Resize(scale=(long, short))`
+/// does: `min(long / max(h, w), short / min(h, w))` — the official Co-DINO test pipeline's
+/// `(1333, 800)`. With a canvas of at least `long` on both sides that is exactly the official
+/// size for every orientation; a smaller canvas scales further down to fit.
+pub fn letterbox_size([h, w]: [u32; 2], [ih, iw]: [u32; 2], limits: Option<[u32; 2]>) -> [u32; 2] {
+    let (hf, wf) = (f64::from(h.max(1)), f64::from(w.max(1)));
+    let mut scale = (f64::from(ih) / hf).min(f64::from(iw) / wf);
+    if let Some([short, long]) = limits {
+        scale = scale
+            .min(f64::from(long) / hf.max(wf))
+            .min(f64::from(short) / hf.min(wf));
+    }
     let side = |v: u32, max: u32| ((f64::from(v) * scale + 0.5) as u32).clamp(1, max);
     [side(h, ih), side(w, iw)]
 }
 
 /// Letterboxes the packed RGB8 `src` (`width`×`height`) into an `out_w`×`out_h` canvas: resized
-/// keeping its aspect ratio to [`letterbox_size`] (bilinear convolution), placed top-left, the
-/// rest zero. Returns the canvas and the image's `[height, width]` inside it.
+/// keeping its aspect ratio to [`letterbox_size`] (bilinear convolution, scale capped by
+/// `limits` `[short, long]` when given), placed top-left, the rest zero. Returns the canvas and
+/// the image's `[height, width]` inside it.
 pub fn letterbox_rgb(
     src: &[u8],
     [width, height]: [u32; 2],
     [out_w, out_h]: [u32; 2],
+    limits: Option<[u32; 2]>,
     resizer: &mut fr::Resizer,
 ) -> Result<(Vec<u8>, [u32; 2]), Error> {
-    let [vh, vw] = letterbox_size([height, width], [out_h, out_w]);
+    let [vh, vw] = letterbox_size([height, width], [out_h, out_w], limits);
     let inner = resize_rgb(src, [width, height], None, [vw, vh], resizer)?;
     if [vh, vw] == [out_h, out_w] {
         return Ok((inner, [vh, vw]));
@@ -309,16 +322,57 @@ mod tests {
         ));
     }
 
+    /// The official test pipeline's keep-ratio resize, `Resize(scale=(1333, 800))`: these are
+    /// mmcv 2.1's `rescale_size((w, h), (1333, 800))`, printed in the reference venv, as
+    /// [h, w]. In a 1333² canvas the limits alone decide; a smaller canvas scales further.
+    #[test]
+    fn letterbox_limits_give_the_official_rescale_size() {
+        let official = Some([800, 1333]);
+        for ([w, h], [ow, oh]) in [
+            ([640, 480], [1067, 800]),
+            ([480, 640], [800, 1067]),
+            ([333, 500], [800, 1201]),
+            ([1000, 1], [1333, 1]),
+            ([1920, 1080], [1333, 750]),
+            ([500, 2000], [333, 1333]),
+            ([800, 800], [800, 800]),
+        ] {
+            assert_eq!(
+                letterbox_size([h, w], [1333, 1333], official),
+                [oh, ow],
+                "{w}x{h}"
+            );
+        }
+        // an 800² canvas is the old behaviour (the canvas is the tighter cap)
+        assert_eq!(letterbox_size([480, 640], [800, 800], official), [600, 800]);
+        assert_eq!(
+            letterbox_size([480, 640], [800, 800], None),
+            letterbox_size([480, 640], [800, 800], official)
+        );
+        let src = vec![7u8; 10 * 20 * 3]; // 10 wide, 20 high
+        let (out, valid) = letterbox_rgb(
+            &src,
+            [10, 20],
+            [64, 64],
+            Some([8, 12]),
+            &mut fr::Resizer::new(),
+        )
+        .unwrap();
+        assert_eq!(valid, [12, 6], "long side capped at 12, short at 8");
+        assert_eq!(out.len(), 64 * 64 * 3);
+    }
+
     #[test]
     fn letterbox_keeps_the_ratio_and_places_the_image_top_left() {
         // mmcv rescale_size: 640×480 into 800² → scale 1.25 → 800×600 (w × h)
-        assert_eq!(letterbox_size([480, 640], [800, 800]), [600, 800]);
-        assert_eq!(letterbox_size([800, 800], [800, 800]), [800, 800]);
+        assert_eq!(letterbox_size([480, 640], [800, 800], None), [600, 800]);
+        assert_eq!(letterbox_size([800, 800], [800, 800], None), [800, 800]);
         // 1×1000 stays at least one pixel high
-        assert_eq!(letterbox_size([1, 1000], [64, 64]), [1, 64]);
-        assert_eq!(letterbox_size([333, 500], [800, 1333]), [800, 1201]);
+        assert_eq!(letterbox_size([1, 1000], [64, 64], None), [1, 64]);
+        assert_eq!(letterbox_size([333, 500], [800, 1333], None), [800, 1201]);
         let src: Vec<u8> = (0..4 * 2 * 3).map(|i| i as u8 * 10).collect(); // 4 wide, 2 high
-        let (out, valid) = letterbox_rgb(&src, [4, 2], [8, 8], &mut fr::Resizer::new()).unwrap();
+        let (out, valid) =
+            letterbox_rgb(&src, [4, 2], [8, 8], None, &mut fr::Resizer::new()).unwrap();
         assert_eq!(valid, [4, 8]);
         assert_eq!(out.len(), 8 * 8 * 3);
         assert!(
@@ -327,11 +381,12 @@ mod tests {
         );
         assert!(out[..4 * 8 * 3].iter().any(|&p| p != 0));
         // an image already at the canvas size is passed through
-        let (same, v) = letterbox_rgb(&src, [4, 2], [4, 2], &mut fr::Resizer::new()).unwrap();
+        let (same, v) = letterbox_rgb(&src, [4, 2], [4, 2], None, &mut fr::Resizer::new()).unwrap();
         assert_eq!((same, v), (src.clone(), [2, 4]));
         // a portrait image pads on the right
         let tall: Vec<u8> = vec![200; 2 * 4 * 3]; // 2 wide, 4 high
-        let (out, valid) = letterbox_rgb(&tall, [2, 4], [8, 8], &mut fr::Resizer::new()).unwrap();
+        let (out, valid) =
+            letterbox_rgb(&tall, [2, 4], [8, 8], None, &mut fr::Resizer::new()).unwrap();
         assert_eq!(valid, [8, 4]);
         for row in out.chunks_exact(8 * 3) {
             assert!(row[..4 * 3].iter().all(|&p| p == 200) && row[4 * 3..].iter().all(|&p| p == 0));

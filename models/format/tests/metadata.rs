@@ -23,6 +23,7 @@ fn sample() -> ModelMetadata {
         msda: Some(Msda::GridSample),
         precision: Some(Precision::Fp16),
         max_batch: Some(19),
+        letterbox_limits: None,
     }
 }
 
@@ -84,7 +85,10 @@ fn encoding_is_exact_and_in_fixed_order() {
     assert_eq!(got, expected);
     let keys: Vec<&str> = got.iter().map(|(k, _)| *k).collect();
     let mut expected_keys = METADATA_KEYS.to_vec();
+    // every optional key but the letterbox limits, which only letterbox graphs carry (their
+    // place, last, is checked in letterbox_limits_are_version_3_letterbox_only_and_checked)
     expected_keys.extend(OPTIONAL_METADATA_KEYS);
+    assert_eq!(expected_keys.pop(), Some(META_LETTERBOX_LIMITS));
     assert_eq!(keys, expected_keys);
 }
 
@@ -216,11 +220,11 @@ fn duplicate_codetr_key_is_rejected() {
 
 #[test]
 fn newer_version_says_newer_exporter() {
-    let err = decode(&with(META_FORMAT_VERSION, "3")).unwrap_err();
+    let err = decode(&with(META_FORMAT_VERSION, "4")).unwrap_err();
     assert_eq!(
         err,
         Error::UnsupportedVersion {
-            found: 3,
+            found: 4,
             supported: FORMAT_VERSION
         }
     );
@@ -358,7 +362,7 @@ fn validate_guards_the_writer() {
     let cases: Vec<(ModelMetadata, Option<&str>)> = vec![
         (
             ModelMetadata {
-                format_version: 3,
+                format_version: 4,
                 ..sample()
             },
             None,
@@ -431,7 +435,7 @@ fn validate_guards_the_writer() {
         let err = meta.try_to_props().unwrap_err();
         assert_eq!(meta.validate().unwrap_err(), err);
         match (key, &err) {
-            (None, Error::UnsupportedVersion { found: 3, .. }) => {}
+            (None, Error::UnsupportedVersion { found: 4, .. }) => {}
             (Some(key), Error::Invalid { key: k, .. }) if k == &key => {}
             _ => panic!("expected error on {key:?}, got {err:?}"),
         }
@@ -478,4 +482,51 @@ fn letterbox_graphs_are_version_2_and_stretch_graphs_read_at_both_versions() {
         Resize::Letterbox.inputs(),
         ["images", "orig_sizes", "valid_sizes"]
     );
+}
+
+#[test]
+fn letterbox_limits_are_version_3_letterbox_only_and_checked() {
+    let lb = ModelMetadata {
+        resize: Resize::Letterbox,
+        letterbox_limits: Some([800, 1333]),
+        ..sample()
+    };
+    assert_eq!(lb.min_format_version(), 3);
+    let lb = ModelMetadata {
+        format_version: lb.min_format_version(),
+        ..lb
+    };
+    let props = lb.try_to_props().unwrap();
+    assert_eq!(
+        props.last().unwrap(),
+        &(META_LETTERBOX_LIMITS.to_owned(), "[800,1333]".to_owned())
+    );
+    assert_eq!(decode(&props).unwrap(), lb);
+    // without limits a letterbox graph stays version 2 (readable by older servers)
+    let plain = ModelMetadata {
+        letterbox_limits: None,
+        ..lb.clone()
+    };
+    assert_eq!(plain.min_format_version(), 2);
+    // a version-2 reader would ignore the limits and letterbox at the wrong scale: refused
+    let mut v2 = props.clone();
+    v2[0].1 = "2".into();
+    assert_invalid(decode(&v2), META_LETTERBOX_LIMITS);
+    // limits on a stretch graph, or not [short, long]
+    let stretch = ModelMetadata {
+        resize: Resize::Stretch,
+        ..lb.clone()
+    };
+    assert_invalid(decode(&stretch.to_props()), META_LETTERBOX_LIMITS);
+    for bad in [
+        "[1333,800]",
+        "[0,10]",
+        "[800]",
+        "\"800,1333\"",
+        "[800,1333,1]",
+    ] {
+        let mut p = props.clone();
+        p.last_mut().unwrap().1 = bad.into();
+        assert_invalid(decode(&p), META_LETTERBOX_LIMITS);
+    }
 }

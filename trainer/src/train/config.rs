@@ -31,6 +31,10 @@ pub struct DataConfig {
     /// mask the padding: the official Co-DINO pipeline; export with `--resize letterbox`).
     /// Training and validation both.
     pub resize: Resize,
+    /// With `letterbox`: `[short, long]` caps of the keep-ratio scale (the official pipeline's
+    /// `[800, 1333]`), training and validation both. None: the square canvas alone caps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub letterbox_limits: Option<[u32; 2]>,
 }
 
 impl Default for DataConfig {
@@ -42,6 +46,7 @@ impl Default for DataConfig {
             test: None,
             test_images: 0,
             resize: Resize::Stretch,
+            letterbox_limits: None,
         }
     }
 }

@@ -210,26 +210,28 @@ fn warm_start(
 }
 
 /// Runs `detector` over (up to `limit`) images of `ds` and returns COCO mAP against its json.
+/// `limits`: the letterbox's `[short, long]` scale caps (see [`detect_split`]).
 pub fn validate(
     detector: &Detector,
     ds: &Arc<CocoDataset>,
     limit: usize,
     workers: usize,
-    resize: Resize,
+    (resize, limits): (Resize, Option<[u32; 2]>),
 ) -> Result<EvalSummary> {
-    let (gt, dts) = detect_split(detector, ds, limit, workers, resize)?;
+    let (gt, dts) = detect_split(detector, ds, limit, workers, (resize, limits))?;
     Ok(evaluate(&gt, &ds.json_path, &dts)?)
 }
 
 /// Runs `detector` over (up to `limit`) images of `ds` (the evaluation resize: stretched to
-/// the square, or letterboxed into it with the padding masked) and returns the ground truth of
-/// those images and every detection, in the COCO results format.
+/// the square, or letterboxed into it with the padding masked, its scale capped by `limits`
+/// `[short, long]` when given) and returns the ground truth of those images and every
+/// detection, in the COCO results format.
 pub fn detect_split(
     detector: &Detector,
     ds: &Arc<CocoDataset>,
     limit: usize,
     workers: usize,
-    resize: Resize,
+    (resize, limits): (Resize, Option<[u32; 2]>),
 ) -> Result<(CocoFile, Vec<Detection>)> {
     let size = detector.config().input_size;
     let mut subset = (**ds).clone();
@@ -239,7 +241,10 @@ pub fn detect_split(
     let ids: std::collections::HashSet<u64> = subset.images.iter().map(|i| i.id).collect();
     let loader = Loader::new(
         Arc::new(subset),
-        LoaderConfig::eval(8, size, workers, resize),
+        LoaderConfig {
+            letterbox_limits: limits,
+            ..LoaderConfig::eval(8, size, workers, resize)
+        },
     )?;
     let device = detector.level_embed.val().device();
     let mut dts = Vec::new();
@@ -457,7 +462,7 @@ fn validate_and_keep_best(
         &data.val,
         cfg.data.val_images,
         cfg.run.workers,
-        cfg.data.resize,
+        (cfg.data.resize, cfg.data.letterbox_limits),
     )?;
     let t = match &data.test {
         Some(test) => Some(validate(
@@ -465,7 +470,7 @@ fn validate_and_keep_best(
             test,
             cfg.data.test_images,
             cfg.run.workers,
-            cfg.data.resize,
+            (cfg.data.resize, cfg.data.letterbox_limits),
         )?),
         None => None,
     };
@@ -574,6 +579,7 @@ fn data(cfg: &FitConfig, num_classes: usize) -> Result<RunData> {
             workers: cfg.run.workers,
             seed: cfg.run.seed,
             resize: cfg.data.resize,
+            letterbox_limits: cfg.data.letterbox_limits,
             ..LoaderConfig::default()
         },
     )?;

@@ -63,6 +63,10 @@ pub struct ValidateArgs {
     /// official checkpoints).
     #[arg(long, default_value = "stretch")]
     pub resize: codetr_data::loader::Resize,
+    /// With `--resize letterbox`: cap the keep-ratio scale at SHORT,LONG (the official Co-DINO
+    /// test pipeline: `800,1333`, with a model input of at least 1333 for its exact scale).
+    #[arg(long, value_delimiter = ',', num_args = 1, value_name = "SHORT,LONG")]
+    pub letterbox_limits: Option<Vec<u32>>,
 }
 
 impl ValidateArgs {
@@ -75,11 +79,18 @@ impl ValidateArgs {
             workers,
             json,
             resize,
+            letterbox_limits,
         } = self;
+        let limits = match letterbox_limits.as_deref() {
+            None => None,
+            Some(&[short, long]) => Some([short, long]),
+            Some(v) => anyhow::bail!("--letterbox-limits takes SHORT,LONG, got {v:?}"),
+        };
         let device = burn::tensor::Device::flex();
         let (m, _) = checkpoint::load(&ckpt, &device)?;
         let ds = Arc::new(CocoDataset::load_split(&data, LoadOptions::default())?);
-        let (gt, dts) = codetr_train::train::fit::detect_split(&m, &ds, limit, workers, resize)?;
+        let (gt, dts) =
+            codetr_train::train::fit::detect_split(&m, &ds, limit, workers, (resize, limits))?;
         if let Some(out) = &out_detections {
             codetr_data::fsutil::write_atomic(out, &serde_json::to_vec(&dts)?)?;
         }
