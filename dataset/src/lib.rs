@@ -13,6 +13,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod loader;
 pub mod rng;
+pub mod stdout;
 pub mod synth;
 
 pub use augment::AugmentConfig;

@@ -169,12 +169,12 @@ fn main() -> ExitCode {
         }
     };
     if cli.json {
-        println!(
+        codetr_data::outln!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        println!(
+        codetr_data::outln!(
             "{}: {} nodes, {} weights ({} bytes), input {}, top-{}; {} training-only parameters dropped",
             report.out.display(),
             report.nodes,
@@ -188,11 +188,11 @@ fn main() -> ExitCode {
         );
         if let Some(imp) = &report.import {
             for line in imp.summary() {
-                println!("imported {line}");
+                codetr_data::outln!("imported {line}");
             }
         }
         let b = &report.intermediate;
-        println!(
+        codetr_data::outln!(
             "largest intermediate at {}x{}: {} elements per image ({} {:?}); batches up to {} keep every tensor under 2^31 elements",
             b.input_size[0],
             b.input_size[1],
@@ -271,7 +271,7 @@ fn main() -> ExitCode {
                 (None, _) => c.passed,
             };
             if cli.json {
-                println!(
+                codetr_data::outln!(
                     "{}",
                     serde_json::to_string_pretty(
                         &serde_json::json!({"parity": c, "map": map, "passed": passed})
@@ -279,7 +279,7 @@ fn main() -> ExitCode {
                     .unwrap_or_default()
                 );
             } else {
-                println!(
+                codetr_data::outln!(
                     "check (ONNX Runtime vs Burn, batches {:?}, sizes {:?}, {} images): scores {:.2e}, boxes/side {:.2e}, labels identical: {}",
                     c.batches,
                     c.sizes,
@@ -289,12 +289,17 @@ fn main() -> ExitCode {
                     c.labels_identical,
                 );
                 if let Some(m) = &map {
-                    println!(
+                    codetr_data::outln!(
                         "check COCO AP on {} images: Burn fp32 {:.4} (AP50 {:.4}), graph {:.4} (AP50 {:.4}), delta {:+.2e}",
-                        m.images, m.ap_burn, m.ap50_burn, m.ap_onnx, m.ap50_onnx, m.delta_ap
+                        m.images,
+                        m.ap_burn,
+                        m.ap50_burn,
+                        m.ap_onnx,
+                        m.ap50_onnx,
+                        m.delta_ap
                     );
                 }
-                println!("check: {}", if passed { "PASS" } else { "FAIL" });
+                codetr_data::outln!("check: {}", if passed { "PASS" } else { "FAIL" });
             }
             if passed {
                 ExitCode::SUCCESS

@@ -1001,3 +1001,43 @@ fn swin_stochastic_depth_changes_training_and_resumes_exactly() {
     .unwrap();
     assert_eq!(last["AP"].as_f64(), Some(again.ap));
 }
+
+/// A closed stdout (`codetr-train … | head -1`) ends the report, not the command: no panic,
+/// exit 0, and the files the command writes are all there.
+#[test]
+fn closed_stdout_ends_the_report_not_the_work() {
+    let bin = env!("CARGO_BIN_EXE_codetr-train");
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    let out = std::process::Command::new(bin)
+        .args(["info", "--preset", "paper-swin-l"])
+        .stdout(closed())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let out = std::process::Command::new(bin)
+        .args([
+            "synth", "--train", "2", "--val", "1", "--test", "1", "--out",
+        ])
+        .arg(&data)
+        .stdout(closed())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
+    for f in [
+        "train/instances.json",
+        "val/instances.json",
+        "test/instances.json",
+        "stats.json",
+    ] {
+        assert!(data.join(f).is_file(), "{f}");
+    }
+}

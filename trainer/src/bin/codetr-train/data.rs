@@ -70,7 +70,7 @@ impl SynthArgs {
             synth::Progress::Done => bar.finish_and_clear(),
         };
         let stats = synth::generate(&out, &cfg, Some(&progress))?;
-        println!("{stats}");
+        codetr_data::outln!("{stats}");
         if !no_stats_file {
             let bytes = serde_json::to_vec_pretty(&stats)?;
             codetr_data::fsutil::write_atomic(&out.join("stats.json"), &bytes)?;
@@ -113,8 +113,8 @@ impl CheckArgs {
             .flat_map(|i| &i.objects)
             .filter(|o| o.iscrowd)
             .count();
-        println!("{}: OK", ds.json_path.display());
-        println!(
+        codetr_data::outln!("{}: OK", ds.json_path.display());
+        codetr_data::outln!(
             "  images: {}  objects: {objects} (crowd: {crowd})  classes: {}",
             ds.images.len(),
             ds.num_classes()
@@ -131,12 +131,14 @@ impl CheckArgs {
                 2
             }] += 1;
         }
-        println!(
+        codetr_data::outln!(
             "  area small/medium/large: {}/{}/{}",
-            buckets[0], buckets[1], buckets[2]
+            buckets[0],
+            buckets[1],
+            buckets[2]
         );
         for (c, n) in ds.categories.iter().zip(per_class) {
-            println!("  {:>4} {:<20} {n}", c.id, c.name);
+            codetr_data::outln!("  {:>4} {:<20} {n}", c.id, c.name);
         }
         Ok(())
     }
@@ -160,7 +162,7 @@ impl EvalArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let Self { gt, dt, json } = self;
         let text = eval::run_eval_cli(&gt, &dt, json)?;
-        println!("{text}");
+        codetr_data::outln!("{text}");
         Ok(())
     }
 }
@@ -243,7 +245,7 @@ impl BenchLoaderArgs {
             "images_per_s": imgs as f64 / secs, "batches_per_s": done as f64 / secs,
             "workers": workers, "batch_size": batch_size, "augment": !no_augment,
         });
-        println!("{r}");
+        codetr_data::outln!("{r}");
         Ok(())
     }
 }

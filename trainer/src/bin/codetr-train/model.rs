@@ -96,9 +96,9 @@ impl ValidateArgs {
         }
         let summary = eval::evaluate(&gt, &ds.json_path, &dts)?;
         if json {
-            println!("{}", serde_json::to_string(&summary)?);
+            codetr_data::outln!("{}", serde_json::to_string(&summary)?);
         } else {
-            println!("{summary}");
+            codetr_data::outln!("{summary}");
         }
         Ok(())
     }
@@ -125,7 +125,7 @@ impl InfoArgs {
         let m = match ckpt {
             Some(p) => {
                 let (m, h) = checkpoint::load(&p, &device)?;
-                println!(
+                codetr_data::outln!(
                     "{}: step {}, classes {:?}, weights sha256 {}",
                     p.display(),
                     h.step,
@@ -186,7 +186,7 @@ impl InitArgs {
         if let Some(w) = backbone_weights {
             let (backbone, report) = m.backbone.load_torchvision(&w)?;
             m.backbone = backbone;
-            println!(
+            codetr_data::outln!(
                 "loaded {} backbone tensors from {} (ignored: {})",
                 report.applied,
                 w.display(),
@@ -201,7 +201,7 @@ impl InitArgs {
             serde_json::json!({"init_seed": seed}),
             vec![],
         )?;
-        println!(
+        codetr_data::outln!(
             "wrote {} ({} parameters, weights sha256 {})",
             out.display(),
             m.num_params(),
@@ -258,9 +258,9 @@ impl ImportArgs {
         };
         let device = burn::tensor::Device::flex();
         let imported = codetr_core::import::import_state_dict(sd, &base, &device)?;
-        println!("{}:", self.checkpoint.display());
+        codetr_data::outln!("{}:", self.checkpoint.display());
         for line in imported.report.summary() {
-            println!("  {line}");
+            codetr_data::outln!("  {line}");
         }
         let mut meta = serde_json::json!({
             "imported_from": self.checkpoint.display().to_string(),
@@ -273,14 +273,16 @@ impl ImportArgs {
                 official::co_config_of(&imported.training, &CoConfig::default(), &imported.config)?;
             let (heads, report) =
                 official::load_official_heads(&imported.training, &imported.config, &co, &device)?;
-            println!(
+            codetr_data::outln!(
                 "  training heads (K = {}): {} official tensors, {} parameters loaded",
-                co.k, report.tensors, report.params
+                co.k,
+                report.tensors,
+                report.params
             );
             for f in &report.filled {
-                println!("    filled: {f}");
+                codetr_data::outln!("    filled: {f}");
             }
-            println!(
+            codetr_data::outln!(
                 "  to fine-tune with them, `fit --init {}` with [co] k = {}, query_features = \
                  {}, roi.fc_dim = {}, roi.pool = {} (other [co] keys as the defaults: the \
                  official anchors)",
@@ -305,7 +307,7 @@ impl ImportArgs {
             meta,
             sections,
         )?;
-        println!(
+        codetr_data::outln!(
             "wrote {} in {:.1} s (weights sha256 {})",
             self.out.display(),
             started.elapsed().as_secs_f64(),
@@ -350,16 +352,21 @@ impl PredictArgs {
         let preds =
             codetr_core::model::predict::predict_file(&m, &h.class_names, &image, score_threshold)?;
         if json {
-            println!("{}", serde_json::to_string(&preds)?);
+            codetr_data::outln!("{}", serde_json::to_string(&preds)?);
         } else {
             for p in &preds {
                 let b = p.bbox;
-                println!(
+                codetr_data::outln!(
                     "{:<16} {:.3}  [{:.1}, {:.1}, {:.1}, {:.1}]",
-                    p.label, p.score, b[0], b[1], b[2], b[3]
+                    p.label,
+                    p.score,
+                    b[0],
+                    b[1],
+                    b[2],
+                    b[3]
                 );
             }
-            println!("{} detections with score >= {score_threshold}", preds.len());
+            codetr_data::outln!("{} detections with score >= {score_threshold}", preds.len());
         }
         Ok(())
     }
@@ -368,7 +375,7 @@ impl PredictArgs {
 fn print_info(model: &Detector) {
     let c = model.config();
     let t = &c.transformer;
-    println!(
+    codetr_data::outln!(
         "preset {}: {} classes, input {}x{}, levels {:?} (strides {:?})",
         c.preset,
         c.num_classes,
@@ -377,7 +384,7 @@ fn print_info(model: &Detector) {
         c.level_shapes(),
         c.level_strides()
     );
-    println!(
+    codetr_data::outln!(
         "{}, d={} heads={} points={} encoder={} decoder={} ffn={} queries={} max_detections={}",
         c.backbone.describe(),
         t.d_model,
@@ -400,7 +407,7 @@ fn print_info(model: &Detector) {
         ("box heads", model.box_heads.num_params()),
     ];
     for (name, n) in rows {
-        println!("  {name:<16} {n:>12}");
+        codetr_data::outln!("  {name:<16} {n:>12}");
     }
-    println!("  {:<16} {:>12}", "total", model.num_params());
+    codetr_data::outln!("  {:<16} {:>12}", "total", model.num_params());
 }

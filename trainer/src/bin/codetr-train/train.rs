@@ -153,7 +153,7 @@ impl FitArgs {
             (cfg, false)
         };
         let report = codetr_train::train::fit::fit(cfg, resume, !quiet)?;
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        codetr_data::outln!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())
     }
 }
@@ -176,7 +176,7 @@ impl PlotArgs {
         if !labelled {
             tracing::warn!("no DejaVuSans.ttf found: curves drawn without text labels");
         }
-        println!("{}", out.display());
+        codetr_data::outln!("{}", out.display());
         Ok(())
     }
 }
