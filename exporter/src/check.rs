@@ -203,8 +203,9 @@ fn letterboxed(px: &[u8], n: usize, [h, w]: [usize; 2]) -> (Vec<u8>, Vec<[usize;
     (out, valid)
 }
 
-/// The `codetr.resize` a graph declares (a check feeds a letterbox graph padded batches).
-fn graph_resize(session: &ort::session::Session) -> Result<codetr_model::Resize> {
+/// The metadata a graph declares: its resize (a check feeds a letterbox graph padded batches)
+/// and its fixed input size, if any (a check runs a fixed graph at it).
+fn graph_meta(session: &ort::session::Session) -> Result<codetr_model::ModelMetadata> {
     let md = session
         .metadata()
         .map_err(|e| err(format!("graph metadata: {e}")))?;
@@ -216,7 +217,6 @@ fn graph_resize(session: &ort::session::Session) -> Result<codetr_model::Resize>
         .filter_map(|k| md.custom(&k).map(|v| (k, v)))
         .collect();
     codetr_model::ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map(|m| m.resize)
         .map_err(|e| err(format!("graph metadata: {e}")))
 }
 
@@ -231,15 +231,15 @@ pub fn check_sizes(side: usize, dynamic: bool) -> Vec<[usize; 2]> {
     v
 }
 
-/// Runs the check on the first images of the COCO split `data` (DIR/instances.json + images/)
-/// at every size of [`check_sizes`].
+/// Runs the check on the first images of the COCO split `data` (DIR/instances.json + images/):
+/// a fixed-size graph at its size (square or not), a dynamic-size graph at every size of
+/// [`check_sizes`].
 pub fn check(
     onnx: &Path,
     ckpt: &Path,
     model_config: Option<&Path>,
     data: &Path,
     batches: &[usize],
-    dynamic: bool,
     ort_lib: &Path,
 ) -> Result<CheckReport> {
     let device = Device::flex();
@@ -261,9 +261,13 @@ pub fn check(
     )?;
     let batch = loader.epoch(0, 0).next().ok_or_else(|| err("no batch"))??;
     let mut session = open_session(onnx, ort_lib)?;
-    let letterbox = graph_resize(&session)? == codetr_model::Resize::Letterbox;
+    let meta = graph_meta(&session)?;
+    let letterbox = meta.resize == codetr_model::Resize::Letterbox;
     let s = size as usize;
-    let sizes_run = check_sizes(s, dynamic);
+    let sizes_run = match meta.input_size {
+        Some([h, w]) => vec![[h as usize, w as usize]],
+        None => check_sizes(s, true),
+    };
     let (mut max_s, mut max_b, mut labels_ok) = (0f32, 0f32, true);
     for &hw in &sizes_run {
         let all = resample(&batch.pixels, most, [s, s], hw);
@@ -431,24 +435,29 @@ pub fn map_compare(
         LoaderConfig::eval(4, size, 1, codetr_model::Resize::Stretch),
     )?;
     let mut session = open_session(onnx, ort_lib)?;
-    let letterbox = graph_resize(&session)? == codetr_model::Resize::Letterbox;
+    let meta = graph_meta(&session)?;
+    let letterbox = meta.resize == codetr_model::Resize::Letterbox;
     let s = size as usize;
+    // a fixed graph runs at its own size (e.g. 800×1333); the loader's squares are resampled
+    let hw = meta
+        .input_size
+        .map_or([s, s], |[h, w]| [h as usize, w as usize]);
     let (mut d_burn, mut d_onnx) = (Vec::new(), Vec::new());
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let n = batch.len();
         let sizes: Vec<[u32; 2]> = batch.targets.iter().map(|t| t.orig_size).collect();
-        let x = pixels_to_tensor(&batch.pixels, n, s, s, &device)?;
+        let px = if hw == [s, s] {
+            batch.pixels.clone()
+        } else {
+            resample(&batch.pixels, n, [s, s], hw)
+        };
+        let x = pixels_to_tensor(&px, n, hw[0], hw[1], &device)?;
         let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
-        // the loader's images fill the input: a letterbox graph sees them unpadded
-        let full = letterbox.then(|| vec![[s, s]; n]);
-        let (o_labels, o_scores, o_boxes) = run_graph(
-            &mut session,
-            batch.pixels.clone(),
-            &sizes,
-            full.as_deref(),
-            [s, s],
-        )?;
+        // the images fill the input: a letterbox graph sees them unpadded
+        let full = letterbox.then(|| vec![hw; n]);
+        let (o_labels, o_scores, o_boxes) =
+            run_graph(&mut session, px, &sizes, full.as_deref(), hw)?;
         let k = scores.len() / n.max(1);
         let ko = o_scores.len() / n.max(1);
         for (i, t) in batch.targets.iter().enumerate() {

@@ -59,6 +59,10 @@ pub struct ExportOptions {
     /// official pipeline's `[800, 1333]`); letterbox graphs only. Metadata only: the graph
     /// reads each image's valid size from its input.
     pub letterbox_limits: Option<[u32; 2]>,
+    /// The fixed graph input `[height, width]` (default: the model's square `input_size`),
+    /// e.g. `[800, 1333]`, the official landscape canvas, at 60 % of a 1333² graph's pixels.
+    /// Not with `dynamic_size`.
+    pub input_size: Option<[u32; 2]>,
 }
 
 impl ExportOptions {
@@ -77,6 +81,7 @@ impl ExportOptions {
             model_config: None,
             resize: Resize::Stretch,
             letterbox_limits: None,
+            input_size: None,
         }
     }
 }
@@ -131,7 +136,28 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     exported_cfg.max_detections = k;
     model.config = exported_cfg;
     let side = cfg.input_size as usize;
-    let size = (!opts.dynamic_size).then_some([side, side]);
+    let fixed = match (opts.input_size, opts.dynamic_size) {
+        (Some(_), true) => {
+            return Err(ExportError::Option(
+                "--input-size fixes the graph's size; --dynamic-size leaves it open: give one"
+                    .into(),
+            ));
+        }
+        (Some([h, w]), false) => {
+            if !(codetr_model::MIN_INPUT_SIDE..=codetr_model::MAX_INPUT_SIDE).contains(&h)
+                || !(codetr_model::MIN_INPUT_SIDE..=codetr_model::MAX_INPUT_SIDE).contains(&w)
+            {
+                return Err(ExportError::Option(format!(
+                    "--input-size {h}x{w}: each side must be in {}..={}",
+                    codetr_model::MIN_INPUT_SIDE,
+                    codetr_model::MAX_INPUT_SIDE
+                )));
+            }
+            [h as usize, w as usize]
+        }
+        (None, _) => [side, side],
+    };
+    let size = (!opts.dynamic_size).then_some(fixed);
     let g = model.emit_with(size, opts.msda, opts.resize)?;
     // The graph holds its own copy of every weight: the model's goes before the graph is
     // encoded (the peak memory of converting a large checkpoint is copies of its weights).
@@ -141,7 +167,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let mut meta = ModelMetadata {
         format_version: opts.resize.min_format_version(),
         classes: class_names,
-        input_size: size.map(|_| [cfg.input_size, cfg.input_size]),
+        input_size: size.map(|[h, w]| [h as u32, w as u32]),
         resize: opts.resize,
         mean: cfg.pixel_mean,
         std: cfg.pixel_std,
@@ -167,7 +193,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         None
     };
     let nodes = proto.graph.as_ref().map_or(nodes, |g| g.node.len());
-    let intermediate = shapes::bound(&proto, [side, side])?;
+    let intermediate = shapes::bound(&proto, fixed)?;
     if !intermediate.fits(opts.serve_batch) {
         tracing::warn!(
             "at batch {} a tensor of this graph reaches 2^31 elements (CUDA kernels fail on it); \

@@ -60,6 +60,12 @@ struct Cli {
     /// Written to the metadata (format version 3): the server letterboxes with it.
     #[arg(long, value_delimiter = ',', num_args = 1, value_name = "SHORT,LONG")]
     letterbox_limits: Option<Vec<u32>>,
+    /// Fix the graph's input at HEIGHTxWIDTH instead of the model's square input size, e.g.
+    /// `800x1333` (the official landscape canvas: with `--letterbox-limits 800,1333` exact for
+    /// landscape images, portrait ones scaled down to fit, at 60 % of a 1333² graph's pixels).
+    /// Not with --dynamic-size.
+    #[arg(long, value_name = "HEIGHTxWIDTH", value_parser = parse_hw)]
+    input_size: Option<[u32; 2]>,
     /// After writing, run the graph in ONNX Runtime (CPU) and the Burn model on the same real
     /// images at several batch sizes; exit 1 if scores or boxes (÷ image side) differ by more
     /// than 1e-4 or any label differs.
@@ -95,6 +101,19 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--input-size HEIGHTxWIDTH`.
+fn parse_hw(s: &str) -> Result<[u32; 2], String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not HEIGHTxWIDTH (e.g. 800x1333)"))?;
+    let side = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
+    };
+    Ok([side(h)?, side(w)?])
 }
 
 /// `--resize`: the contract's own names (`codetr_model::Resize`), listed in `--help`.
@@ -145,6 +164,7 @@ fn main() -> ExitCode {
         model_config: cli.model_config.clone(),
         resize: cli.resize,
         letterbox_limits,
+        input_size: cli.input_size,
     };
     if let Some(Err(e)) = cli
         .check_data
@@ -235,7 +255,6 @@ fn main() -> ExitCode {
             opts.model_config.as_deref(),
             &check_data,
             &cli.check_batches,
-            cli.dynamic_size,
             &lib,
         )
     });

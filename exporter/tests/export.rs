@@ -284,11 +284,11 @@ fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
     export(&opts).unwrap();
     let lib = ort_library();
     let val = data.join("val");
-    let ok = codetr_export::check::check(&out, &a, None, &val, &[1, 3], false, &lib).unwrap();
+    let ok = codetr_export::check::check(&out, &a, None, &val, &[1, 3], &lib).unwrap();
     eprintln!("{ok:?}");
     assert!(ok.passed && ok.labels_identical && ok.max_score_diff <= 1e-4);
     // the graph of checkpoint a checked against checkpoint b must fail
-    let bad = codetr_export::check::check(&out, &b, None, &val, &[1], false, &lib).unwrap();
+    let bad = codetr_export::check::check(&out, &b, None, &val, &[1], &lib).unwrap();
     assert!(!bad.passed, "{bad:?}");
     // and the binary: --check exits 0 on a good export
     let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
@@ -447,7 +447,7 @@ fn dynamic_size_export_checks_at_three_sizes_with_both_lowerings() {
             .filter_map(|v| v.as_str())
             .collect();
         assert!(!ops.contains(&"ScatterND"), "{ops:?}");
-        let c = codetr_export::check::check(&out, &ckpt, None, &val, &[1, 2], true, &lib).unwrap();
+        let c = codetr_export::check::check(&out, &ckpt, None, &val, &[1, 2], &lib).unwrap();
         eprintln!("dynamic {msda:?}: {c:?}");
         assert_eq!(c.sizes.len(), 3);
         assert!(c.passed, "{c:?}");
@@ -487,8 +487,7 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
         dir.join("samples"),
     );
     let lib = ort_library();
-    let c =
-        codetr_export::check::check(&onnx, &ckpt, None, &samples, &[1, 3], false, &lib).unwrap();
+    let c = codetr_export::check::check(&onnx, &ckpt, None, &samples, &[1, 3], &lib).unwrap();
     eprintln!("shipped graph vs its checkpoint: {c:?}");
     assert!(c.passed, "{c:?}");
     let (header, _) = checkpoint::read(&ckpt).unwrap();
@@ -508,9 +507,7 @@ fn shipped_model_matches_its_checkpoint_and_reexports_with_every_lowering() {
             ..ExportOptions::new(&ckpt, &out)
         })
         .unwrap();
-        let c =
-            codetr_export::check::check(&out, &ckpt, None, &samples, &[1, 3], dynamic_size, &lib)
-                .unwrap();
+        let c = codetr_export::check::check(&out, &ckpt, None, &samples, &[1, 3], &lib).unwrap();
         eprintln!("shipped checkpoint, {msda:?}, dynamic {dynamic_size}: {c:?}");
         assert!(c.passed, "{c:?}");
     }
@@ -734,6 +731,60 @@ fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official
     // `--check` feeds a letterbox graph batches that mix landscape and portrait padding and
     // compares it with the Burn model on the same padded batch (ORT vs Burn ≤ 1e-4).
     letterbox_checks_pass(&pth, &toml, dir.path(), "1,3");
+    // a fixed rectangular graph (`--input-size`, the official 800×1333 canvas in miniature):
+    // its metadata says so and `--check` runs it at its own size
+    let rect = dir.path().join("rect.onnx");
+    let cli = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_codetr-export"))
+            .arg("--checkpoint")
+            .arg(&pth)
+            .arg("--model-config")
+            .arg(&toml)
+            .arg("--out")
+            .arg(&rect)
+            .args(["--resize", "letterbox", "--letterbox-limits", "96,160"])
+            .args(extra)
+            .arg("--ort-lib")
+            .arg(ort_library())
+            .output()
+            .unwrap()
+    };
+    let st = cli(&[
+        "--input-size",
+        "96x160",
+        "--check",
+        "--check-batches",
+        "1,3",
+    ]);
+    let stdout = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.status.success() && stdout.contains("check: PASS") && stdout.contains("[[96, 160]]"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    // the checker (strict shape inference) and ONNX Runtime take it at 96×160
+    let inputs = serde_json::json!({
+        "images": {"dtype": "uint8", "shape": [1, 96, 160, 3], "data": vec![0u8; 96 * 160 * 3]},
+        "orig_sizes": {"dtype": "int64", "shape": [1, 2], "data": [96, 160]},
+        "valid_sizes": {"dtype": "int64", "shape": [1, 2], "data": [96, 160]},
+    });
+    let ip = dir.path().join("rect.json");
+    std::fs::write(&ip, inputs.to_string()).unwrap();
+    let got: serde_json::Value = python_json("onnx_run.py", &[rect.as_os_str(), ip.as_os_str()]);
+    assert_eq!(
+        got["metadata"]["codetr.input_size"], "[96,160]",
+        "{}",
+        got["metadata"]
+    );
+    std::fs::remove_file(&rect).unwrap();
+    for bad in [
+        &["--input-size", "96x160", "--dynamic-size"][..],
+        &["--input-size", "96"],
+    ] {
+        let st = cli(bad);
+        assert_eq!(st.status.code(), Some(2), "{bad:?}");
+        assert!(!rect.exists());
+    }
 }
 
 /// `codetr-export --resize letterbox --check` of an official checkpoint passes, at the fixed
