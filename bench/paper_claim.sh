@@ -7,6 +7,9 @@
 # (RUNS/summary.md) and each run's curves (RUNS/NAME/curves.png).
 #
 # Usage: bench/paper_claim.sh [RUNS_DIR]      (default runs/paper-claim)
+# With a held-out DATA/test (`codetr-train synth --test N`, issue 24) every run also evaluates
+# it and the table reports test AP (val only picks best/); bench/results/paper_claim.md predates
+# the split and reports val. The GPU protocol with seeds and 2-SE verdicts: paper_claim_gpu.sh.
 # Env:   STEPS (500), EVAL_EVERY (250), BATCH (8), LR (2e-4), DATA (data/synth),
 #        ONLY="k0-s0 k1-s0" to run a subset, BIN (target/release/codetr-train; built if
 #        missing). Needs `codetr-train synth --out $DATA` first.
@@ -26,6 +29,8 @@ bin=${BIN:-target/release/codetr-train}
 [ -x "$bin" ] || cargo build --release -q -p codetr-train
 [ -f "$DATA/val/instances.json" ] || { echo "no $DATA: run codetr-train synth --out $DATA first" >&2; exit 1; }
 mkdir -p "$runs"
+test_lines=""
+[ -f "$DATA/test/instances.json" ] && test_lines="test = \"$DATA/test\""
 
 # name k seed positive_queries aux_loss
 ALL="k0-s0 0 0 true true
@@ -55,6 +60,7 @@ eval_every = $EVAL_EVERY
 train = "$DATA/train"
 val = "$DATA/val"
 val_images = 0
+$test_lines
 
 [model]
 preset = "tiny"
@@ -92,16 +98,19 @@ python3 - "$runs" "$STEPS" <<'PY'
 import json, sys
 from pathlib import Path
 runs, steps = Path(sys.argv[1]), int(sys.argv[2])
-rows = ["| run | K | pos. queries | aux loss | seed | steps | AP | AP50 | AP75 | APs | APm | APl | train time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+rows = ["| run | K | pos. queries | aux loss | seed | steps | split | AP | AP50 | AP75 | APs | APm | APl | train time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for d in sorted(p for p in runs.iterdir() if p.is_dir() and (p / "eval.jsonl").exists()):
     evals = [json.loads(l) for l in (d / "eval.jsonl").read_text().splitlines() if l.strip()]
     cfg = (d / "config.toml").read_text() if (d / "config.toml").exists() else ""
     get = lambda key: next((l.split("=", 1)[1].strip() for l in cfg.splitlines() if l.strip().startswith(key + " ")), "?")
     secs = sum(json.loads(l).get("seconds", 0) for l in (d / "log.jsonl").read_text().splitlines() if l.strip())
     e = evals[-1]
+    step, split = e["step"], "val"
+    if "test" in e:  # report the held-out split; val only picked best/
+        e, split = e["test"], "test"
     f = lambda k: f"{e.get(k, float('nan')):.4f}"
-    rows.append(f"| {d.name} | {get('k')} | {get('positive_queries')} | {get('aux_loss')} | {get('seed')} | {e['step']} | "
+    rows.append(f"| {d.name} | {get('k')} | {get('positive_queries')} | {get('aux_loss')} | {get('seed')} | {step} | {split} | "
                 f"{f('AP')} | {f('AP50')} | {f('AP75')} | {f('APs')} | {f('APm')} | {f('APl')} | {secs/60:.0f} min |")
 out = "\n".join(rows) + "\n"
 (runs / "summary.md").write_text(out)
