@@ -21,6 +21,28 @@ fn detections(j: &Value, image: usize) -> &Vec<Value> {
     j["images"][image]["detections"].as_array().unwrap()
 }
 
+/// `tests/python/onnx_run.py`: `model` in ONNX Runtime (Python) on `inputs` ({name: {dtype,
+/// shape, data}}); its JSON answer (outputs and metadata).
+fn onnx_run(model: &std::path::Path, inputs: &Value) -> Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = tmp.path().join("in.json");
+    std::fs::write(&ip, inputs.to_string()).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/onnx_run.py");
+    let out = run_python(&[script.as_os_str(), model.as_os_str(), ip.as_os_str()]);
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// Output `name` of an [`onnx_run`] answer, flat.
+fn output(answer: &Value, name: &str) -> Vec<f64> {
+    answer["outputs"][name]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 /// Structure every 200 must have; boxes inside the image, scores sorted and above `thr`.
 fn check_result(j: &Value, n_images: usize, thr: f64) {
     assert!(j["request_id"].as_str().is_some_and(|s| !s.is_empty()));
@@ -721,26 +743,12 @@ fn letterbox_graph_is_served_with_padding_and_valid_sizes() {
         "orig_sizes": {"dtype": "int64", "shape": [1, 2], "data": [h, w]},
         "valid_sizes": {"dtype": "int64", "shape": [1, 2], "data": [h, w]},
     });
-    let tmp = tempfile::tempdir().unwrap();
-    let ip = tmp.path().join("in.json");
-    std::fs::write(&ip, inputs.to_string()).unwrap();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/onnx_run.py");
-    let out = run_python(&[script.as_os_str(), model.as_os_str(), ip.as_os_str()]);
-    let want: Value = serde_json::from_slice(&out).unwrap();
+    let want = onnx_run(&model, &inputs);
     assert_eq!(want["metadata"]["codetr.resize"], "letterbox");
-    let f = |v: &Value| -> Vec<f64> {
-        v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
-    };
     let (scores, labels, boxes) = (
-        f(&want["outputs"]["scores"]),
-        f(&want["outputs"]["labels"]),
-        f(&want["outputs"]["boxes"]),
+        output(&want, "scores"),
+        output(&want, "labels"),
+        output(&want, "boxes"),
     );
     assert_eq!(dets.len(), scores.len());
     for (i, d) in dets.iter().enumerate() {
@@ -796,7 +804,6 @@ fn letterbox_limits_cap_the_scale_as_the_metadata_says() {
     let got = detections(&r.json(), 0).clone();
     assert!(!got.is_empty());
 
-    let tmp = tempfile::tempdir().unwrap();
     let ort = |[vh, vw]: [u32; 2]| -> (Vec<f64>, Vec<f64>) {
         let mut canvas = vec![0u8; 64 * 64 * 3];
         for y in 0..vh as usize {
@@ -809,21 +816,8 @@ fn letterbox_limits_cap_the_scale_as_the_metadata_says() {
             "orig_sizes": {"dtype": "int64", "shape": [1, 2], "data": [h, w]},
             "valid_sizes": {"dtype": "int64", "shape": [1, 2], "data": [vh, vw]},
         });
-        let ip = tmp.path().join(format!("in-{vh}.json"));
-        std::fs::write(&ip, inputs.to_string()).unwrap();
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/onnx_run.py");
-        let out = run_python(&[script.as_os_str(), limited.as_os_str(), ip.as_os_str()]);
-        let want: Value = serde_json::from_slice(&out).unwrap();
-        let f = |v: &Value| -> Vec<f64> {
-            v["data"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect()
-        };
-        (f(&want["outputs"]["scores"]), f(&want["outputs"]["boxes"]))
+        let want = onnx_run(&limited, &inputs);
+        (output(&want, "scores"), output(&want, "boxes"))
     };
     let (scores, boxes) = ort([16, 32]);
     assert_eq!(got.len(), scores.len());
