@@ -410,6 +410,39 @@ pub struct MapReport {
     pub delta_ap: f64,
 }
 
+/// The images of `batch` as a server feeds a letterbox graph: decoded from their files and
+/// letterboxed into `[h, w]` (top-left, zero padding, the scale capped by `limits`). Returns
+/// the canvases and each image's valid `[height, width]`.
+fn letterbox_batch(
+    ds: &CocoDataset,
+    batch: &codetr_data::loader::Batch,
+    [h, w]: [usize; 2],
+    limits: Option<[u32; 2]>,
+    resizer: &mut fast_image_resize::Resizer,
+) -> Result<(Vec<u8>, Option<Vec<[usize; 2]>>)> {
+    let mut px = Vec::with_capacity(batch.len() * h * w * 3);
+    let mut valid = Vec::with_capacity(batch.len());
+    for t in &batch.targets {
+        let rec = ds
+            .images
+            .iter()
+            .find(|r| r.id == t.image_id)
+            .ok_or_else(|| err(format!("image {} is not in the split", t.image_id)))?;
+        let img = codetr_data::coco::decode_rgb(&rec.path, rec.id)?;
+        let (canvas, [vh, vw]) = codetr_model::preprocess::letterbox_rgb(
+            img.as_raw(),
+            [img.width(), img.height()],
+            [w as u32, h as u32],
+            limits,
+            resizer,
+        )
+        .map_err(|e| err(format!("{}: {e}", rec.path.display())))?;
+        px.extend_from_slice(&canvas);
+        valid.push([vh as usize, vw as usize]);
+    }
+    Ok((px, Some(valid)))
+}
+
 pub fn map_compare(
     onnx: &Path,
     ckpt: &Path,
@@ -443,21 +476,27 @@ pub fn map_compare(
         .input_size
         .map_or([s, s], |[h, w]| [h as usize, w as usize]);
     let (mut d_burn, mut d_onnx) = (Vec::new(), Vec::new());
+    let mut resizer = fast_image_resize::Resizer::new();
     for batch in loader.epoch(0, 0) {
         let batch = batch?;
         let n = batch.len();
         let sizes: Vec<[u32; 2]> = batch.targets.iter().map(|t| t.orig_size).collect();
-        let px = if hw == [s, s] {
-            batch.pixels.clone()
+        // a letterbox graph gets what the server gives it: each image decoded and letterboxed
+        // into the graph's input (with the graph's keep-ratio limits), padding masked; a
+        // stretch graph the loader's stretched images
+        let (px, valid) = if letterbox {
+            letterbox_batch(&ds, &batch, hw, meta.letterbox_limits, &mut resizer)?
+        } else if hw == [s, s] {
+            (batch.pixels.clone(), None)
         } else {
-            resample(&batch.pixels, n, [s, s], hw)
+            (resample(&batch.pixels, n, [s, s], hw), None)
         };
         let x = pixels_to_tensor(&px, n, hw[0], hw[1], &device)?;
-        let (scores, labels, boxes) = model.detect(x, &sizes)?.to_host()?;
-        // the images fill the input: a letterbox graph sees them unpadded
-        let full = letterbox.then(|| vec![hw; n]);
+        let (scores, labels, boxes) = model
+            .detect_padded(x, valid.as_deref(), &sizes)?
+            .to_host()?;
         let (o_labels, o_scores, o_boxes) =
-            run_graph(&mut session, px, &sizes, full.as_deref(), hw)?;
+            run_graph(&mut session, px, &sizes, valid.as_deref(), hw)?;
         let k = scores.len() / n.max(1);
         let ko = o_scores.len() / n.max(1);
         for (i, t) in batch.targets.iter().enumerate() {

@@ -882,3 +882,60 @@ fn official_swin_checkpoint_exports_to_graphs_that_match_the_official_model() {
     }
     letterbox_checks_pass(&pth, &toml, dir.path(), "1,2");
 }
+
+/// `--check-map` on a letterbox graph feeds what the server feeds: each image decoded and
+/// letterboxed into the input with the graph's keep-ratio limits, padding masked. On non-square
+/// images whose scale the limits decide (320×192 → 250×150 in the 256² input), with the shipped
+/// (trained) weights: the graph's AP equals the Burn model's on the same canvases, and the Burn
+/// AP equals `validate` through the training data loader's letterbox with the same limits (the
+/// server's preprocessing is the training one).
+#[test]
+fn map_check_of_a_letterbox_graph_uses_padded_inputs_with_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    codetr_data::synth::generate(
+        dir.path(),
+        &codetr_data::synth::SynthConfig {
+            train: 0,
+            val: 12,
+            test: 0,
+            seed: 4,
+            width: 320,
+            height: 192,
+        },
+        None,
+    )
+    .unwrap();
+    let val = dir.path().join("val");
+    let ckpt = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/codino-tiny-synth/model.ckpt");
+    let out = dir.path().join("lb.onnx");
+    let limits = Some([150, 250]);
+    export(&ExportOptions {
+        resize: codetr_model::Resize::Letterbox,
+        letterbox_limits: limits,
+        ..ExportOptions::new(&ckpt, &out)
+    })
+    .unwrap();
+    let m = codetr_export::check::map_compare(&out, &ckpt, None, &val, 0, &ort_library()).unwrap();
+    eprintln!("letterbox map check: {m:?}");
+    assert_eq!(m.images, 12);
+    assert!((m.ap_onnx - m.ap_burn).abs() <= 1e-3, "{m:?}");
+    let device = Device::flex();
+    let (det, _) = checkpoint::load(&ckpt, &device).unwrap();
+    let ds = std::sync::Arc::new(
+        codetr_data::CocoDataset::load_split(&val, Default::default()).unwrap(),
+    );
+    let v = codetr_train::train::fit::validate(
+        &det,
+        &ds,
+        0,
+        1,
+        (codetr_model::Resize::Letterbox, limits),
+    )
+    .unwrap();
+    assert!(
+        v.ap > 0.05,
+        "the shipped model finds objects here: {}",
+        v.ap
+    );
+    assert!((v.ap - m.ap_burn).abs() < 1e-9, "{} vs {}", v.ap, m.ap_burn);
+}
