@@ -419,7 +419,7 @@ fn letterbox_batch(
     [h, w]: [usize; 2],
     limits: Option<[u32; 2]>,
     resizer: &mut fast_image_resize::Resizer,
-) -> Result<(Vec<u8>, Option<Vec<[usize; 2]>>)> {
+) -> Result<(Vec<u8>, Vec<[usize; 2]>)> {
     let mut px = Vec::with_capacity(batch.len() * h * w * 3);
     let mut valid = Vec::with_capacity(batch.len());
     for t in &batch.targets {
@@ -440,7 +440,7 @@ fn letterbox_batch(
         px.extend_from_slice(&canvas);
         valid.push([vh as usize, vw as usize]);
     }
-    Ok((px, Some(valid)))
+    Ok((px, valid))
 }
 
 pub fn map_compare(
@@ -485,7 +485,9 @@ pub fn map_compare(
         // into the graph's input (with the graph's keep-ratio limits), padding masked; a
         // stretch graph the loader's stretched images
         let (px, valid) = if letterbox {
-            letterbox_batch(&ds, &batch, hw, meta.letterbox_limits, &mut resizer)?
+            let (px, valid) =
+                letterbox_batch(&ds, &batch, hw, meta.letterbox_limits, &mut resizer)?;
+            (px, Some(valid))
         } else if hw == [s, s] {
             (batch.pixels.clone(), None)
         } else {
