@@ -107,3 +107,65 @@ fn verdicts_means_and_picked_steps_are_the_hand_computed_ones() {
         "the curve has its step-10 row: {text}"
     );
 }
+
+/// `bench/paper_claim_gpu.sh` itself, in its CPU rehearsal at the smallest size that still runs
+/// the whole protocol: two arms × two seeds side by side, evals on val and test, the summary
+/// with its verdict, the returned logs; then a second call restored from those logs keeps the
+/// plan and skips the finished runs. Guards the GPU script from rotting between device sessions.
+#[test]
+fn the_gpu_protocol_rehearses_end_to_end_and_resumes_from_its_returned_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/paper_claim_gpu.sh");
+    let python = std::env::var("CODETR_PYTHON").expect("CODETR_PYTHON (make test sets it)");
+    let run = |work: &str, out: &str, restore: Option<&Path>| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(script)
+            .env("REHEARSAL", "1")
+            .env("BIN", env!("CARGO_BIN_EXE_codetr-train"))
+            .env("PYTHON", &python)
+            .env("ARMS", "k0 k1")
+            .env("SEEDS", "0 1")
+            .env("STEPS", "2")
+            .env("BATCH", "2")
+            .env("EVAL_EVERY", "1")
+            .env("WORK", tmp.path().join(work))
+            .env("OUT", tmp.path().join(out));
+        if let Some(r) = restore {
+            cmd.env("RESTORE", r);
+        }
+        let o = cmd.output().unwrap();
+        let log = std::fs::read_to_string(tmp.path().join(out).join("log.txt")).unwrap_or_default();
+        assert!(
+            o.status.success(),
+            "{log}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        log
+    };
+    run("w1", "o1", None);
+    let o1 = tmp.path().join("o1");
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o1.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["plan"]["steps"], 2);
+    for arm in ["k0", "k1"] {
+        assert_eq!(s["arms"][arm]["n"], 2, "{arm}: {}", s["arms"][arm]);
+        for r in s["runs"].as_array().unwrap() {
+            // two evaluations, each with the held-out split
+            assert_eq!(r["curve"].as_array().unwrap().len(), 2, "{r}");
+            assert!(r["curve"][1]["test_AP"].is_f64(), "{r}");
+        }
+    }
+    let md = std::fs::read_to_string(o1.join("paper_claim_gpu.md")).unwrap();
+    assert!(md.contains("| k1 − k0 |"), "{md}");
+    assert!(o1.join("runs.tar.gz").is_file());
+    // a later call, restored from what the first returned: nothing left to train
+    let log = run("w2", "o2", Some(&o1));
+    assert!(log.contains("plan (kept): 2 steps"), "{log}");
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("o2/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        again["arms"], s["arms"],
+        "the restored runs are the same runs"
+    );
+}
