@@ -103,6 +103,41 @@ fn open_session(onnx: &Path, ort_lib: &Path) -> Result<ort::session::Session> {
         .map_err(|e| err(format!("ONNX Runtime cannot load {}: {e}", onnx.display())))
 }
 
+/// One model's detections on a batch: `[n·K]` scores and labels, `[n·K·4]` boxes.
+struct Dets {
+    scores: Vec<f32>,
+    labels: Vec<i64>,
+    boxes: Vec<f32>,
+}
+
+/// The Burn model and the graph on the same `[n, h, w, 3]` batch (`valid`: each image's region
+/// for a letterbox graph), as (Burn, graph).
+fn run_both(
+    model: &codetr_core::model::Detector,
+    session: &mut ort::session::Session,
+    px: Vec<u8>,
+    sizes: &[[u32; 2]],
+    valid: Option<&[[usize; 2]]>,
+    hw: [usize; 2],
+) -> Result<(Dets, Dets)> {
+    let device = model.level_embed.val().device();
+    let x = pixels_to_tensor(&px, sizes.len(), hw[0], hw[1], &device)?;
+    let (scores, labels, boxes) = model.detect_padded(x, valid, sizes)?.to_host()?;
+    let (o_labels, o_scores, o_boxes) = run_graph(session, px, sizes, valid, hw)?;
+    Ok((
+        Dets {
+            scores,
+            labels,
+            boxes,
+        },
+        Dets {
+            scores: o_scores,
+            labels: o_labels,
+            boxes: o_boxes,
+        },
+    ))
+}
+
 /// One run of the contract graph: `n` images `[n, h, w, 3]` with original sizes (and, for a
 /// letterbox graph, each image's valid size in the input) → (labels, scores, boxes), flat.
 fn run_graph(
@@ -281,12 +316,18 @@ pub fn check(
             };
             let sizes: Vec<[u32; 2]> = batch.targets[..n].iter().map(|t| t.orig_size).collect();
             let side = sizes.iter().flatten().copied().max().unwrap_or(1) as f32;
-            let x = pixels_to_tensor(&px, n, hw[0], hw[1], &device)?;
-            let (scores, labels, boxes) = model
-                .detect_padded(x, valid.as_deref(), &sizes)?
-                .to_host()?;
-            let (o_labels, o_scores, o_boxes) =
-                run_graph(&mut session, px, &sizes, valid.as_deref(), hw)?;
+            let (
+                Dets {
+                    scores,
+                    labels,
+                    boxes,
+                },
+                Dets {
+                    scores: o_scores,
+                    labels: o_labels,
+                    boxes: o_boxes,
+                },
+            ) = run_both(&model, &mut session, px, &sizes, valid.as_deref(), hw)?;
             if o_scores.len() != scores.len() || o_boxes.len() != boxes.len() {
                 return Err(err("output shapes differ from the Burn model's"));
             }
@@ -493,12 +534,18 @@ pub fn map_compare(
         } else {
             (resample(&batch.pixels, n, [s, s], hw), None)
         };
-        let x = pixels_to_tensor(&px, n, hw[0], hw[1], &device)?;
-        let (scores, labels, boxes) = model
-            .detect_padded(x, valid.as_deref(), &sizes)?
-            .to_host()?;
-        let (o_labels, o_scores, o_boxes) =
-            run_graph(&mut session, px, &sizes, valid.as_deref(), hw)?;
+        let (
+            Dets {
+                scores,
+                labels,
+                boxes,
+            },
+            Dets {
+                scores: o_scores,
+                labels: o_labels,
+                boxes: o_boxes,
+            },
+        ) = run_both(&model, &mut session, px, &sizes, valid.as_deref(), hw)?;
         let k = scores.len() / n.max(1);
         let ko = o_scores.len() / n.max(1);
         for (i, t) in batch.targets.iter().enumerate() {
