@@ -123,19 +123,18 @@ fn run_both(
     let device = model.level_embed.val().device();
     let x = pixels_to_tensor(&px, sizes.len(), hw[0], hw[1], &device)?;
     let (scores, labels, boxes) = model.detect_padded(x, valid, sizes)?.to_host()?;
-    let (o_labels, o_scores, o_boxes) = run_graph(session, px, sizes, valid, hw)?;
-    Ok((
-        Dets {
-            scores,
-            labels,
-            boxes,
-        },
-        Dets {
-            scores: o_scores,
-            labels: o_labels,
-            boxes: o_boxes,
-        },
-    ))
+    let burn = Dets {
+        scores,
+        labels,
+        boxes,
+    };
+    let (labels, scores, boxes) = run_graph(session, px, sizes, valid, hw)?;
+    let graph = Dets {
+        scores,
+        labels,
+        boxes,
+    };
+    Ok((burn, graph))
 }
 
 /// One run of the contract graph: `n` images `[n, h, w, 3]` with original sizes (and, for a
@@ -316,27 +315,16 @@ pub fn check(
             };
             let sizes: Vec<[u32; 2]> = batch.targets[..n].iter().map(|t| t.orig_size).collect();
             let side = sizes.iter().flatten().copied().max().unwrap_or(1) as f32;
-            let (
-                Dets {
-                    scores,
-                    labels,
-                    boxes,
-                },
-                Dets {
-                    scores: o_scores,
-                    labels: o_labels,
-                    boxes: o_boxes,
-                },
-            ) = run_both(&model, &mut session, px, &sizes, valid.as_deref(), hw)?;
-            if o_scores.len() != scores.len() || o_boxes.len() != boxes.len() {
+            let (b, o) = run_both(&model, &mut session, px, &sizes, valid.as_deref(), hw)?;
+            if o.scores.len() != b.scores.len() || o.boxes.len() != b.boxes.len() {
                 return Err(err("output shapes differ from the Burn model's"));
             }
-            let k = scores.len() / n.max(1);
+            let k = b.scores.len() / n.max(1);
             let d = compare_ranked(
                 k,
                 side,
-                (&scores, &labels, &boxes),
-                (&o_scores, &o_labels, &o_boxes),
+                (&b.scores, &b.labels, &b.boxes),
+                (&o.scores, &o.labels, &o.boxes),
             );
             labels_ok &= d.labels_identical;
             max_s = max_s.max(d.max_score_diff);
@@ -534,35 +522,18 @@ pub fn map_compare(
         } else {
             (resample(&batch.pixels, n, [s, s], hw), None)
         };
-        let (
-            Dets {
-                scores,
-                labels,
-                boxes,
-            },
-            Dets {
-                scores: o_scores,
-                labels: o_labels,
-                boxes: o_boxes,
-            },
-        ) = run_both(&model, &mut session, px, &sizes, valid.as_deref(), hw)?;
-        let k = scores.len() / n.max(1);
-        let ko = o_scores.len() / n.max(1);
-        for (i, t) in batch.targets.iter().enumerate() {
-            d_burn.extend(coco_detections(
-                t.image_id,
-                &labels[i * k..(i + 1) * k],
-                &scores[i * k..(i + 1) * k],
-                &boxes[i * k * 4..(i + 1) * k * 4],
-                &ds.categories,
-            ));
-            d_onnx.extend(coco_detections(
-                t.image_id,
-                &o_labels[i * ko..(i + 1) * ko],
-                &o_scores[i * ko..(i + 1) * ko],
-                &o_boxes[i * ko * 4..(i + 1) * ko * 4],
-                &ds.categories,
-            ));
+        let (b, o) = run_both(&model, &mut session, px, &sizes, valid.as_deref(), hw)?;
+        for (dets, out) in [(&b, &mut d_burn), (&o, &mut d_onnx)] {
+            let k = dets.scores.len() / n.max(1);
+            for (i, t) in batch.targets.iter().enumerate() {
+                out.extend(coco_detections(
+                    t.image_id,
+                    &dets.labels[i * k..(i + 1) * k],
+                    &dets.scores[i * k..(i + 1) * k],
+                    &dets.boxes[i * k * 4..(i + 1) * k * 4],
+                    &ds.categories,
+                ));
+            }
         }
     }
     let mut gt = CocoFile::read(&ds.json_path)?;
