@@ -3,7 +3,8 @@
 # Co-DINO (ResNet-18 at 1/8 width, d_model 32, 64×64 input, the synthetic dataset's 10 classes)
 # exported with the real exporter. The server's tests serve it; it is small enough to commit
 # (the server crate must not build Burn to get a graph). Exports are deterministic: the same
-# checkpoint gives the same graph bytes. Also writes micro-dynamic.onnx (--dynamic-size).
+# checkpoint gives the same graph bytes. Also writes micro-dynamic.onnx (--dynamic-size),
+# micro-letterbox.onnx and micro-letterbox-dynamic.onnx (both --resize letterbox).
 # Usage: scripts/make-serve-fixture.sh [target profile dir, default target/debug]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,4 +50,7 @@ fi
 "$bin/codetr-export" --checkpoint "$out/micro.ckpt" --out "$out/micro-dynamic.onnx" --dynamic-size
 # And letterboxed: the server keeps the aspect ratio, pads, and feeds `valid_sizes`.
 "$bin/codetr-export" --checkpoint "$out/micro.ckpt" --out "$out/micro-letterbox.onnx" --resize letterbox
+# Letterboxed with symbolic H×W: served at several sizes (landscape and portrait canvases).
+"$bin/codetr-export" --checkpoint "$out/micro.ckpt" --out "$out/micro-letterbox-dynamic.onnx" \
+  --resize letterbox --dynamic-size
 ls -l "$out"

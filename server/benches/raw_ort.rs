@@ -76,13 +76,13 @@ fn main() -> anyhow::Result<()> {
                 f.error
             );
         }
-        let i = engine::inspect(&session, &path, None)?;
+        let i = engine::inspect(&session, &path, &[])?;
         runners.push(Runner::new(session, p, &i));
         provider = Some(p);
         info = Some(i);
     }
     let (info, provider) = (info.expect("one session"), provider.expect("one session"));
-    let [h, w] = info.input_hw;
+    let [h, w] = info.input_sizes[0];
     let per = h as usize * w as usize * 3;
     // Real-looking pixels (a gradient), not zeros, in case a kernel shortcuts on them.
     let image: Vec<u8> = (0..per).map(|i| (i * 7 % 251) as u8).collect();
@@ -99,13 +99,13 @@ fn main() -> anyhow::Result<()> {
                     let (pixels, sizes) = (&pixels, &sizes);
                     sc.spawn(move || -> anyhow::Result<(u64, Vec<f64>, f64)> {
                         for _ in 0..3 {
-                            runner.run(n, pixels.clone(), sizes)?;
+                            runner.run([h, w], n, pixels.clone(), sizes)?;
                         }
                         let t = Instant::now();
                         let (mut runs, mut lat) = (0u64, Vec::new());
                         while t.elapsed() < deadline {
                             let t1 = Instant::now();
-                            runner.run(n, pixels.clone(), sizes)?;
+                            runner.run([h, w], n, pixels.clone(), sizes)?;
                             lat.push(t1.elapsed().as_secs_f64() * 1e3);
                             runs += 1;
                         }

@@ -214,6 +214,10 @@ pub struct ModelsResponse {
     pub classes: Vec<String>,
     /// The graph's metadata (classes, input size, top-k, …).
     pub metadata: codetr_model::ModelMetadata,
+    /// The `[height, width]` inputs images are resized to: the graph's fixed size, or the
+    /// configured ones of a dynamic-size graph (each image goes to the one it is shrunk least
+    /// in).
+    pub input_sizes: Vec<[u32; 2]>,
     /// Batching settings.
     pub batching: serde_json::Value,
     /// Default score threshold.
@@ -238,6 +242,7 @@ async fn models(State(s): State<Arc<AppState>>) -> Result<Json<ModelsResponse>> 
         ready: s.ready.load(Ordering::Relaxed),
         classes: e.model.meta.classes.clone(),
         metadata: e.model.meta.clone(),
+        input_sizes: e.model.input_sizes.clone(),
         batching: serde_json::json!({
             "max_batch_size": e.warmup.get().and_then(|w| w.batch_sizes.last().copied()).unwrap_or(b.max_batch_size),
             "batch_sizes": e.warmup.get().map_or_else(|| b.effective_sizes(), |w| w.batch_sizes.clone()),
@@ -433,6 +438,8 @@ fn request_id(s: &AppState, req: &Request) -> String {
 
 struct Prepared {
     pixels: Vec<u8>,
+    /// Which of the model's input sizes the pixels are at.
+    canvas: usize,
     sizes: crate::engine::ImageSizes,
     decode: Duration,
     resize: Duration,
@@ -450,19 +457,20 @@ async fn detect(State(s): State<Arc<AppState>>, req: Request) -> Response {
     resp
 }
 
-/// Decodes (EXIF, pixel limit) and resizes each image to the graph's `[h, w]` on the blocking
-/// pool, concurrently; a bad image's error names its index when there are several.
+/// Decodes (EXIF, pixel limit) and resizes each image to one of the model's input sizes (the
+/// one it is shrunk least in, when there are several) on the blocking pool, concurrently; a
+/// bad image's error names its index when there are several.
 async fn prepare(
     images: Vec<Bytes>,
-    input_hw: [u32; 2],
+    input_sizes: &[[u32; 2]],
     (resize, limits): (codetr_model::Resize, Option<[u32; 2]>),
     max_pixels: u64,
 ) -> Result<Vec<Prepared>> {
     let n = images.len();
-    let [h, w] = input_hw;
     let tasks: Vec<_> = images
         .into_iter()
         .map(|bytes| {
+            let input_sizes = input_sizes.to_vec();
             tokio::task::spawn_blocking(move || -> Result<Prepared> {
                 let t = Instant::now();
                 let img = decode::decode(&bytes, max_pixels);
@@ -473,10 +481,20 @@ async fn prepare(
                 })?;
                 metrics::counter!(m::IMAGES_DECODED, "outcome" => "ok").increment(1);
                 let t = Instant::now();
+                let canvas = codetr_model::preprocess::pick_canvas(
+                    [img.height, img.width],
+                    &input_sizes,
+                    limits,
+                );
+                let [h, w] = input_sizes
+                    .get(canvas)
+                    .copied()
+                    .ok_or_else(|| ServeError::Internal("the model has no input size".into()))?;
                 let (pixels, valid) = RESIZER
                     .with(|r| decode::resize(&img, w, h, resize, limits, &mut r.borrow_mut()))?;
                 Ok(Prepared {
                     pixels,
+                    canvas,
                     sizes: crate::engine::ImageSizes {
                         orig: [img.height, img.width],
                         valid,
@@ -520,6 +538,7 @@ async fn infer(
         let (tx, rx) = oneshot::channel();
         jobs.push(Job {
             pixels: std::mem::take(&mut p.pixels),
+            canvas: p.canvas,
             sizes: p.sizes,
             enqueued: now,
             deadline,
@@ -576,7 +595,7 @@ async fn detect_inner(
 
     let mut prepared = prepare(
         parsed.images,
-        e.model.input_hw,
+        &e.model.input_sizes,
         (e.model.meta.resize, e.model.meta.letterbox_limits),
         limits.max_pixels,
     )

@@ -1,15 +1,18 @@
 //! The dynamic batcher between HTTP handlers and the sessions (Triton's semantics).
 //!
-//! Handlers submit one [`Job`] per image into a bounded queue (full → 503). Each worker thread
-//! owns one [`Runner`] (ort's `Session::run` takes `&mut self`, so no lock on the hot path) and
-//! loops: block for a first job, gather more until `max_batch_size` or until the first job has
-//! waited `max_queue_delay`, drop jobs whose deadline passed (answered 504) or whose client
-//! left, pad the batch to the next configured size, run, answer each job.
+//! Handlers submit one [`Job`] per image into a bounded queue (full → 503): one queue per input
+//! size, since a batch is one tensor (a dynamic-size letterbox graph may be served at a
+//! landscape and a portrait size). Each worker thread owns one [`Runner`] (ort's `Session::run`
+//! takes `&mut self`, so no lock on the hot path) and loops: block for a first job from any
+//! queue (a ready queue is picked at random, so none starves), gather more of that queue's until
+//! `max_batch_size` or until the first job has waited `max_queue_delay`, drop jobs whose
+//! deadline passed (answered 504) or whose client left, pad the batch to the next configured
+//! size, run, answer each job.
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
 use crate::engine::{ImageSizes, Infer};
@@ -18,8 +21,10 @@ use crate::metrics as m;
 
 /// One image waiting for inference.
 pub struct Job {
-    /// `[H, W, 3]` RGB8 at the graph's input size.
+    /// `[H, W, 3]` RGB8 at the input size `input_sizes[canvas]`.
     pub pixels: Vec<u8>,
+    /// Which of the policy's `input_sizes` the pixels are at.
+    pub canvas: usize,
     /// Original and valid size (the graph scales boxes to the original).
     pub sizes: ImageSizes,
     /// When the job entered the queue.
@@ -56,8 +61,8 @@ pub struct BatchPolicy {
     pub sizes: Vec<usize>,
     /// Longest wait of a batch's first job for more jobs.
     pub max_queue_delay: Duration,
-    /// `[H, W]` of the graph input.
-    pub input_hw: [u32; 2],
+    /// The `[H, W]` inputs served, one queue each (never empty).
+    pub input_sizes: Vec<[u32; 2]>,
 }
 
 impl BatchPolicy {
@@ -75,7 +80,9 @@ impl BatchPolicy {
 /// workers finish what is queued and exit.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: Sender<Job>,
+    /// One queue per input size.
+    txs: Vec<Sender<Job>>,
+    /// Images all queues together admit.
     capacity: usize,
 }
 
@@ -102,6 +109,8 @@ pub struct WarmupFailure {
     pub worker: usize,
     /// The batch size.
     pub batch: usize,
+    /// The input size `[H, W]` it failed at.
+    pub input_size: [u32; 2],
     /// ONNX Runtime's error.
     pub error: String,
 }
@@ -126,38 +135,59 @@ pub fn start<R: Infer>(
     capacity: usize,
     warmed: std::sync::mpsc::Sender<Result<Warmed>>,
 ) -> Result<(Batcher, Workers)> {
-    let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
+    if policy.input_sizes.is_empty() {
+        return Err(ServeError::Internal(
+            "a batch policy with no input size".into(),
+        ));
+    }
+    // Each queue could take all admitted images; `submit` bounds their sum.
+    let (txs, rxs): (Vec<Sender<Job>>, Vec<Receiver<Job>>) = policy
+        .input_sizes
+        .iter()
+        .map(|_| crossbeam_channel::bounded::<Job>(capacity))
+        .unzip();
     let mut handles = Vec::new();
     for (i, runner) in runners.into_iter().enumerate() {
-        let rx = rx.clone();
+        let rxs = rxs.clone();
         let policy = policy.clone();
         let warmed = warmed.clone();
         let h = std::thread::Builder::new()
             .name(format!("infer-{i}"))
-            .spawn(move || worker(i, runner, rx, policy, warmed))
+            .spawn(move || worker(i, runner, rxs, policy, warmed))
             .map_err(|e| ServeError::Io(format!("cannot start inference thread: {e}")))?;
         handles.push(h);
     }
-    Ok((Batcher { tx, capacity }, Workers { handles }))
+    Ok((Batcher { txs, capacity }, Workers { handles }))
 }
 
 impl Batcher {
     /// Admits all of `jobs` or none: when the queue cannot take them all, nothing is queued
     /// and the caller answers 503.
     pub fn submit(&self, jobs: Vec<Job>) -> Result<()> {
-        let waiting = self.tx.len();
+        if let Some(j) = jobs.iter().find(|j| j.canvas >= self.txs.len()) {
+            return Err(ServeError::Internal(format!(
+                "a job for input size {} of {}",
+                j.canvas,
+                self.txs.len()
+            )));
+        }
+        let waiting = self.depth();
         if waiting + jobs.len() > self.capacity {
             metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
             return Err(ServeError::QueueFull(waiting));
         }
         for job in jobs {
-            match self.tx.try_send(job) {
-                Ok(()) => metrics::gauge!(m::QUEUE_DEPTH).set(self.tx.len() as f64),
-                // Another handler won the race for the last slots; the jobs already queued
-                // still run, their answers go nowhere.
+            // Another handler may have won the race for the last slots; the jobs already
+            // queued still run, their answers go nowhere.
+            if self.depth() >= self.capacity {
+                metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
+                return Err(ServeError::QueueFull(self.depth()));
+            }
+            match self.txs[job.canvas].try_send(job) {
+                Ok(()) => metrics::gauge!(m::QUEUE_DEPTH).set(self.depth() as f64),
                 Err(TrySendError::Full(_)) => {
                     metrics::counter!(m::REJECTED, "reason" => "queue_full").increment(1);
-                    return Err(ServeError::QueueFull(self.tx.len()));
+                    return Err(ServeError::QueueFull(self.depth()));
                 }
                 Err(TrySendError::Disconnected(_)) => {
                     return Err(ServeError::Unavailable(
@@ -169,70 +199,71 @@ impl Batcher {
         Ok(())
     }
 
-    /// Images waiting.
+    /// Images waiting, all input sizes together.
     pub fn depth(&self) -> usize {
-        self.tx.len()
+        self.txs.iter().map(Sender::len).sum()
     }
 }
 
-/// Runs every batch size of `policy` once, ascending, so that the first real request at any
-/// size pays for no kernel selection (CPU/CUDA) or engine build (TensorRT). A size that fails
-/// (a GPU out of memory, a kernel's launch limits) ends the warm-up: the worker serves the
-/// sizes below it, once a re-run of the largest of them shows the session still works. Only a
-/// failure at the smallest size is fatal.
+/// Runs every batch size of `policy` once at every input size, ascending, so that the first
+/// real request at any shape pays for no kernel selection (CPU/CUDA) or engine build
+/// (TensorRT). A size that fails (a GPU out of memory, a kernel's launch limits) ends the
+/// warm-up: the worker serves the sizes below it, once a re-run of the largest of them at that
+/// input size shows the session still works. Only a failure at the smallest size is fatal.
 pub fn warm_up<R: Infer>(index: usize, runner: &mut R, policy: &mut BatchPolicy) -> Result<Warmed> {
-    let [h, w] = policy.input_hw;
-    let per = h as usize * w as usize * 3;
     let sizes = policy.sizes.clone();
+    let run = |runner: &mut R, hw: [u32; 2], n: usize| {
+        let per = hw[0] as usize * hw[1] as usize * 3;
+        runner.infer(hw, n, vec![0; n * per], &vec![ImageSizes::full(hw); n])
+    };
     for (i, &n) in sizes.iter().enumerate() {
-        let t = Instant::now();
-        let full = ImageSizes::full([h, w]);
-        let e = match runner.infer(n, vec![0; n * per], &vec![full; n]) {
-            Ok(_) => {
-                tracing::info!(
-                    worker = index,
-                    batch = n,
-                    ms = t.elapsed().as_millis() as u64,
-                    "warmed up"
-                );
-                continue;
+        for &hw in &policy.input_sizes {
+            let [h, w] = hw;
+            let t = Instant::now();
+            let e = match run(runner, hw, n) {
+                Ok(_) => {
+                    tracing::info!(
+                        worker = index,
+                        batch = n,
+                        input = %format!("{h}x{w}"),
+                        ms = t.elapsed().as_millis() as u64,
+                        "warmed up"
+                    );
+                    continue;
+                }
+                Err(e) => e,
+            };
+            if i == 0 {
+                return Err(ServeError::Runtime(format!(
+                    "warm-up of worker {index} at batch {n} ({h}x{w}) failed: {e}"
+                )));
             }
-            Err(e) => e,
-        };
-        if i == 0 {
-            return Err(ServeError::Runtime(format!(
-                "warm-up of worker {index} at batch {n} failed: {e}"
-            )));
-        }
-        let largest = sizes[i - 1];
-        tracing::error!(
-            worker = index,
-            batch = n,
-            "BATCH SIZE DROPPED: warm-up at batch {n} failed ({e}); serving batches up to {largest}"
-        );
-        runner
-            .infer(
-                largest,
-                vec![0; largest * per],
-                &vec![ImageSizes::full([h, w]); largest],
-            )
-            .map_err(|e2| {
+            let largest = sizes[i - 1];
+            tracing::error!(
+                worker = index,
+                batch = n,
+                "BATCH SIZE DROPPED: warm-up at batch {n} ({h}x{w}) failed ({e}); serving \
+                 batches up to {largest}"
+            );
+            run(runner, hw, largest).map_err(|e2| {
                 ServeError::Runtime(format!(
-                    "warm-up of worker {index}: batch {n} failed ({e}) and batch {largest}, \
-                     which had run, fails after it: {e2}"
+                    "warm-up of worker {index}: batch {n} ({h}x{w}) failed ({e}) and batch \
+                     {largest}, which had run, fails after it: {e2}"
                 ))
             })?;
-        policy.sizes.truncate(i);
-        metrics::counter!(m::WARMUP_FAILURES, "batch" => n.to_string()).increment(1);
-        return Ok(Warmed {
-            worker: index,
-            sizes: policy.sizes.clone(),
-            failure: Some(WarmupFailure {
+            policy.sizes.truncate(i);
+            metrics::counter!(m::WARMUP_FAILURES, "batch" => n.to_string()).increment(1);
+            return Ok(Warmed {
                 worker: index,
-                batch: n,
-                error: e.to_string(),
-            }),
-        });
+                sizes: policy.sizes.clone(),
+                failure: Some(WarmupFailure {
+                    worker: index,
+                    batch: n,
+                    input_size: hw,
+                    error: e.to_string(),
+                }),
+            });
+        }
     }
     Ok(Warmed {
         worker: index,
@@ -244,12 +275,10 @@ pub fn warm_up<R: Infer>(index: usize, runner: &mut R, policy: &mut BatchPolicy)
 fn worker<R: Infer>(
     index: usize,
     mut runner: R,
-    rx: Receiver<Job>,
+    rxs: Vec<Receiver<Job>>,
     mut policy: BatchPolicy,
     warmed: std::sync::mpsc::Sender<Result<Warmed>>,
 ) {
-    let [h, w] = policy.input_hw;
-    let per = h as usize * w as usize * 3;
     match warm_up(index, &mut runner, &mut policy) {
         Ok(report) => {
             let _ = warmed.send(Ok(report));
@@ -262,11 +291,25 @@ fn worker<R: Infer>(
     drop(warmed);
 
     let take = |job: Job| {
-        metrics::gauge!(m::QUEUE_DEPTH).set(rx.len() as f64);
+        metrics::gauge!(m::QUEUE_DEPTH).set(rxs.iter().map(Receiver::len).sum::<usize>() as f64);
         job
     };
     let max = policy.max_batch();
-    while let Ok(first) = rx.recv() {
+    let mut select = Select::new();
+    for rx in &rxs {
+        select.recv(rx);
+    }
+    // A queue leaves the selection once it is closed and empty; the worker stops after all.
+    let mut open = rxs.len();
+    while open > 0 {
+        let op = select.select();
+        let canvas = op.index();
+        let rx = &rxs[canvas];
+        let Ok(first) = op.recv(rx) else {
+            select.remove(canvas);
+            open -= 1;
+            continue;
+        };
         let until = first.enqueued + policy.max_queue_delay;
         let mut batch = vec![take(first)];
         while batch.len() < max {
@@ -304,18 +347,21 @@ fn worker<R: Infer>(
         if live.is_empty() {
             continue;
         }
-        run_batch(&mut runner, &policy, per, live, now);
+        run_batch(&mut runner, &policy, canvas, live, now);
     }
     tracing::info!(worker = index, "inference worker stopped");
 }
 
+/// Runs `jobs`, all at input size `policy.input_sizes[canvas]`, as one padded batch.
 fn run_batch<R: Infer>(
     runner: &mut R,
     policy: &BatchPolicy,
-    per: usize,
+    canvas: usize,
     jobs: Vec<Job>,
     now: Instant,
 ) {
+    let hw = policy.input_sizes[canvas];
+    let per = hw[0] as usize * hw[1] as usize * 3;
     let n = jobs.len();
     let padded = policy.padded(n);
     let mut pixels = Vec::with_capacity(padded * per);
@@ -327,9 +373,11 @@ fn run_batch<R: Infer>(
     }
     // Padding rows are black images of the input size; their outputs are discarded.
     pixels.resize(padded * per, 0);
-    sizes.resize(padded, ImageSizes::full(policy.input_hw));
+    sizes.resize(padded, ImageSizes::full(hw));
+    metrics::counter!(m::IMAGES_BY_INPUT, "input_size" => format!("{}x{}", hw[0], hw[1]))
+        .increment(n as u64);
     let t = Instant::now();
-    let result = runner.infer(padded, pixels, &sizes);
+    let result = runner.infer(hw, padded, pixels, &sizes);
     let infer = t.elapsed();
     metrics::histogram!(m::INFER_DURATION).record(infer.as_secs_f64());
     metrics::histogram!(m::BATCH_SIZE).record(n as f64);
@@ -368,26 +416,45 @@ mod tests {
     use super::*;
     use crate::engine::BatchOutput;
 
-    /// A session that fails above `fail_above` images (like CUDA out of memory), and, with
-    /// `broken_after_failure`, at every size once it has failed (a sticky GPU error).
+    /// A session that fails above `fail_above` images (like CUDA out of memory) — at every
+    /// input size, or only at `fail_input` — and, with `broken_after_failure`, at every size
+    /// once it has failed (a sticky GPU error). It checks each batch's pixel count against its
+    /// input size and answers label `H` for every image, so a reply shows the size it ran at.
     struct Faulty {
         fail_above: usize,
+        fail_input: Option<[u32; 2]>,
         broken_after_failure: bool,
         failed: bool,
         runs: Vec<usize>,
+        inputs: Vec<[u32; 2]>,
     }
 
     impl Infer for Faulty {
-        fn infer(&mut self, n: usize, _: Vec<u8>, _: &[ImageSizes]) -> Result<BatchOutput> {
+        fn infer(
+            &mut self,
+            hw: [u32; 2],
+            n: usize,
+            pixels: Vec<u8>,
+            sizes: &[ImageSizes],
+        ) -> Result<BatchOutput> {
             self.runs.push(n);
-            if n > self.fail_above || (self.failed && self.broken_after_failure) {
+            self.inputs.push(hw);
+            if pixels.len() != n * hw[0] as usize * hw[1] as usize * 3 || sizes.len() != n {
+                return Err(ServeError::Internal(format!(
+                    "{} bytes, {} sizes for {n} at {hw:?}",
+                    pixels.len(),
+                    sizes.len()
+                )));
+            }
+            let here = self.fail_input.is_none_or(|f| f == hw);
+            if (n > self.fail_above && here) || (self.failed && self.broken_after_failure) {
                 self.failed = true;
                 return Err(ServeError::Internal(format!(
                     "inference: CUDA failure 2: out of memory at batch {n}"
                 )));
             }
             Ok(BatchOutput {
-                labels: vec![0; n],
+                labels: vec![i64::from(hw[0]); n],
                 scores: vec![0.5; n],
                 boxes: vec![0.0; n * 4],
                 k: 1,
@@ -399,17 +466,34 @@ mod tests {
         BatchPolicy {
             sizes: sizes.to_vec(),
             max_queue_delay: Duration::ZERO,
-            input_hw: [2, 2],
+            input_sizes: vec![[2, 2]],
         }
     }
 
     fn faulty(fail_above: usize, broken_after_failure: bool) -> Faulty {
         Faulty {
             fail_above,
+            fail_input: None,
             broken_after_failure,
             failed: false,
             runs: vec![],
+            inputs: vec![],
         }
+    }
+
+    /// A job at input size `hw` (index `canvas`), and where its answer arrives.
+    fn job(canvas: usize, hw: [u32; 2]) -> (Job, oneshot::Receiver<Result<JobOutput>>) {
+        let (reply, wait) = oneshot::channel();
+        let job = Job {
+            pixels: vec![0; hw[0] as usize * hw[1] as usize * 3],
+            canvas,
+            sizes: ImageSizes::full(hw),
+            enqueued: Instant::now(),
+            deadline: Instant::now() + Duration::from_secs(10),
+            timeout_ms: 10_000,
+            reply,
+        };
+        (job, wait)
     }
 
     #[test]
@@ -436,7 +520,7 @@ mod tests {
         assert!(e.to_string().contains("worker 1 at batch 1"), "{e}");
         let e = warm_up(0, &mut faulty(2, true), &mut policy(&[1, 2, 4])).unwrap_err();
         assert!(
-            e.to_string().contains("batch 4 failed") && e.to_string().contains("batch 2"),
+            e.to_string().contains("batch 4 (2x2) failed") && e.to_string().contains("batch 2"),
             "{e}"
         );
         let w = warm_up(0, &mut faulty(100, false), &mut policy(&[1, 2, 4])).unwrap();
@@ -453,20 +537,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let mut waits = Vec::new();
-        let mut jobs = Vec::new();
-        for _ in 0..3 {
-            let (reply, wait) = oneshot::channel();
-            waits.push(wait);
-            jobs.push(Job {
-                pixels: vec![0; 12],
-                sizes: ImageSizes::full([2, 2]),
-                enqueued: Instant::now(),
-                deadline: Instant::now() + Duration::from_secs(10),
-                timeout_ms: 10_000,
-                reply,
-            });
-        }
+        let (jobs, waits): (Vec<Job>, Vec<_>) = (0..3).map(|_| job(0, [2, 2])).unzip();
         batcher.submit(jobs).unwrap();
         for wait in waits {
             let out = rt.block_on(wait).unwrap().unwrap();
@@ -478,14 +549,109 @@ mod tests {
 
     #[test]
     fn padding_goes_to_the_next_configured_size() {
-        let p = BatchPolicy {
-            sizes: vec![1, 2, 4, 8],
-            max_queue_delay: Duration::ZERO,
-            input_hw: [2, 2],
-        };
+        let p = policy(&[1, 2, 4, 8]);
         assert_eq!(
             (1..=8).map(|n| p.padded(n)).collect::<Vec<_>>(),
             vec![1, 2, 4, 4, 8, 8, 8, 8]
         );
+    }
+
+    /// Two input sizes: warm-up runs each batch size at both; a size failing at one of them
+    /// drops it for both, after the largest kept one re-ran at the failing input size.
+    #[test]
+    fn warm_up_covers_every_input_size() {
+        let (a, b) = ([2, 3], [3, 2]);
+        let mut p = policy(&[1, 2, 4]);
+        p.input_sizes = vec![a, b];
+        let mut r = faulty(3, false);
+        r.fail_input = Some(b);
+        let w = warm_up(0, &mut r, &mut p).unwrap();
+        assert_eq!(w.sizes, vec![1, 2]);
+        let f = w.failure.unwrap();
+        assert_eq!((f.batch, f.input_size), (4, b));
+        assert_eq!(r.runs, vec![1, 1, 2, 2, 4, 4, 2]);
+        assert_eq!(r.inputs, vec![a, b, a, b, a, b, b]);
+        let e = {
+            let mut r = faulty(0, false);
+            r.fail_input = Some(b);
+            let mut p = policy(&[1, 2]);
+            p.input_sizes = vec![a, b];
+            warm_up(3, &mut r, &mut p).unwrap_err().to_string()
+        };
+        assert!(e.contains("worker 3 at batch 1 (3x2)"), "{e}");
+    }
+
+    /// Jobs of two input sizes, interleaved in one submit: every batch holds one size (the
+    /// session checks each batch's bytes against it) and each job is answered from a run at
+    /// its own size.
+    #[test]
+    fn a_batch_holds_one_input_size() {
+        let (a, b) = ([2, 3], [5, 2]);
+        let mut p = policy(&[1, 2, 4]);
+        p.input_sizes = vec![a, b];
+        p.max_queue_delay = Duration::from_millis(20);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (batcher, workers) = start(vec![faulty(100, false)], p, 16, tx).unwrap();
+        assert!(rx.recv().unwrap().unwrap().failure.is_none());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let which = [0, 1, 0, 1, 1, 0, 0];
+        let (jobs, waits): (Vec<Job>, Vec<_>) = which.iter().map(|&c| job(c, [a, b][c])).unzip();
+        batcher.submit(jobs).unwrap();
+        for (wait, &c) in waits.into_iter().zip(&which) {
+            let out = rt.block_on(wait).unwrap().unwrap();
+            assert_eq!(out.labels, vec![i64::from([a, b][c][0])]);
+        }
+        drop(batcher);
+        workers.join();
+    }
+
+    /// The queues of all input sizes share one capacity; a job for an input size that is not
+    /// served is an error, and nothing of its request is queued.
+    #[test]
+    fn the_input_size_queues_share_the_capacity() {
+        let (a, b) = ([2, 3], [3, 2]);
+        let mut p = policy(&[1]);
+        p.input_sizes = vec![a, b];
+        /// Blocks every run until the gate's sender is dropped.
+        struct Gate(std::sync::mpsc::Receiver<()>);
+        impl Infer for Gate {
+            fn infer(
+                &mut self,
+                _: [u32; 2],
+                n: usize,
+                _: Vec<u8>,
+                _: &[ImageSizes],
+            ) -> Result<BatchOutput> {
+                let _ = self.0.recv();
+                Ok(BatchOutput {
+                    labels: vec![0; n],
+                    scores: vec![0.5; n],
+                    boxes: vec![0.0; n * 4],
+                    k: 1,
+                })
+            }
+        }
+        let (open, gate) = std::sync::mpsc::channel();
+        let (tx, _rx) = std::sync::mpsc::channel();
+        // The worker is held in its warm-up: what is queued stays queued.
+        let (batcher, workers) = start(vec![Gate(gate)], p, 4, tx).unwrap();
+        batcher
+            .submit((0..3).map(|_| job(0, a).0).collect())
+            .unwrap();
+        assert_eq!(batcher.depth(), 3);
+        let e = batcher
+            .submit((0..2).map(|_| job(1, b).0).collect())
+            .unwrap_err();
+        assert!(matches!(e, ServeError::QueueFull(3)), "{e}");
+        let e = batcher.submit(vec![job(1, b).0, job(2, b).0]).unwrap_err();
+        assert!(matches!(e, ServeError::Internal(_)), "{e}");
+        assert_eq!(batcher.depth(), 3);
+        batcher.submit(vec![job(1, b).0]).unwrap();
+        assert_eq!(batcher.depth(), 4);
+        drop(open);
+        drop(batcher);
+        workers.join();
     }
 }

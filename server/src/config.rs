@@ -45,10 +45,14 @@ impl Provider {
 pub struct ServeConfig {
     /// The exported ONNX graph (docs/DESIGN.md §7 contract).
     pub model: Option<PathBuf>,
-    /// `[height, width]` images are resized to. Required for a graph exported with
-    /// `--dynamic-size` (its metadata has no size); for a fixed-size graph it must be absent
-    /// or equal to the graph's size.
-    pub input_size: Option<[u32; 2]>,
+    /// `[height, width]` images are resized to: `[800, 1333]`, or several,
+    /// `[[800, 1333], [1333, 800]]`. Required for a graph exported with `--dynamic-size` (its
+    /// metadata has no size); for a fixed-size graph it must be absent or equal to the graph's
+    /// size. Several sizes need a dynamic-size letterbox graph: each image goes to the one it is
+    /// shrunk least in (a landscape and a portrait canvas serve both orientations at the
+    /// official scale), and a batch holds images of one size.
+    #[serde(deserialize_with = "one_or_many_hw")]
+    pub input_size: Vec<[u32; 2]>,
     /// Address to listen on.
     pub bind: SocketAddr,
     /// ONNX Runtime shared library (else `ORT_DYLIB_PATH`, else `.ort/cpu/libonnxruntime.so`).
@@ -64,7 +68,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             model: None,
-            input_size: None,
+            input_size: Vec::new(),
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ort_lib: None,
             batching: BatchingConfig::default(),
@@ -277,8 +281,10 @@ pub struct Cli {
     pub model: Option<PathBuf>,
     /// Input size HxW images are resized to: required for a graph exported with
     /// --dynamic-size; for a fixed-size graph it must match the graph [default: the graph's].
-    #[arg(long, env = "CODETR_SERVE_INPUT_SIZE", value_parser = parse_hw)]
-    pub input_size: Option<[u32; 2]>,
+    /// Several, comma-separated (e.g. 800x1333,1333x800), for a dynamic-size letterbox graph:
+    /// each image goes to the size it is shrunk least in; a batch holds one size.
+    #[arg(long, env = "CODETR_SERVE_INPUT_SIZE", value_parser = parse_hw, value_delimiter = ',')]
+    pub input_size: Option<Vec<[u32; 2]>>,
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "CODETR_SERVE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -399,9 +405,7 @@ impl Cli {
             };
         }
         set!(model => c.model);
-        if let Some(hw) = self.input_size {
-            c.input_size = Some(hw);
-        }
+        set!(input_size => c.input_size);
         set!(bind => c.bind);
         set!(ort_lib => c.ort_lib);
         set!(providers => c.runtime.providers);
@@ -450,6 +454,25 @@ fn parse_hw(s: &str) -> std::result::Result<[u32; 2], String> {
     Ok([side(h)?, side(w)?])
 }
 
+/// `input_size` in TOML: one `[h, w]` or a list of them.
+fn one_or_many_hw<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<[u32; 2]>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One([u32; 2]),
+        Many(Vec<[u32; 2]>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(hw)) => Ok(vec![hw]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(
+            "input_size is [height, width] or a list of them, e.g. [[800, 1333], [1333, 800]]",
+        )),
+    }
+}
+
 fn load_toml(path: &Path) -> Result<ServeConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ServeError::Config(format!("cannot read {}: {e}", path.display())))?;
@@ -490,7 +513,7 @@ impl ServeConfig {
         if b.timeout_ms == 0 {
             return bad("batching.timeout_ms must be ≥ 1".into());
         }
-        if let Some([h, w]) = self.input_size {
+        for (i, &[h, w]) in self.input_size.iter().enumerate() {
             let range = codetr_model::MIN_INPUT_SIDE..=codetr_model::MAX_INPUT_SIDE;
             if !range.contains(&h) || !range.contains(&w) {
                 return bad(format!(
@@ -498,6 +521,9 @@ impl ServeConfig {
                     range.start(),
                     range.end()
                 ));
+            }
+            if self.input_size[..i].contains(&[h, w]) {
+                return bad(format!("input_size {h}x{w} is given twice"));
             }
         }
         if self.runtime.providers.is_empty() {
@@ -600,6 +626,44 @@ mod tests {
         assert_eq!(d.cuda_arena, ArenaGrowth::SameAsRequested);
         let e = Cli::try_parse_from(["x", "--cuda-conv-algo", "fast"]).unwrap_err();
         assert!(e.to_string().contains("heuristic"), "{e}");
+    }
+
+    /// `input_size`: one `[h, w]` or a list in TOML, comma-separated on the command line; the
+    /// printed configuration reads back; a size given twice or out of range is refused.
+    #[test]
+    fn one_or_several_input_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("serve.toml");
+        let parse = |toml: &str| {
+            std::fs::write(&p, toml).unwrap();
+            Cli::parse_from(["x", "--config", p.to_str().unwrap()]).resolve()
+        };
+        assert_eq!(
+            parse("input_size = [800, 1333]\n").unwrap().input_size,
+            vec![[800, 1333]]
+        );
+        let c = parse("input_size = [[800, 1333], [1333, 800]]\n").unwrap();
+        assert_eq!(c.input_size, vec![[800, 1333], [1333, 800]]);
+        let again: ServeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again.input_size, c.input_size);
+        let none: ServeConfig = toml::from_str(&ServeConfig::default().to_toml()).unwrap();
+        assert!(none.input_size.is_empty());
+        let e = parse("input_size = 800\n").unwrap_err().to_string();
+        assert!(e.contains("[[800, 1333], [1333, 800]]"), "{e}");
+        let c = Cli::parse_from(["x", "--input-size", "800x1333,1333x800"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.input_size, vec![[800, 1333], [1333, 800]]);
+        let e = Cli::parse_from(["x", "--input-size", "64x96,64x96"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("64x96 is given twice"), "{e}");
+        let e = Cli::parse_from(["x", "--input-size", "64x96,8x8"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("input_size 8x8"), "{e}");
     }
 
     #[test]

@@ -27,8 +27,10 @@ pub struct ModelInfo {
     pub version: String,
     /// The graph's metadata (classes, input size, top-k, …).
     pub meta: ModelMetadata,
-    /// Input height and width the graph takes.
-    pub input_hw: [u32; 2],
+    /// The `[height, width]` inputs images are resized to: the fixed graph's one, or the
+    /// configured ones of a dynamic-size graph (several for a letterbox graph; each image goes
+    /// to the one [`codetr_model::preprocess::pick_canvas`] picks). Never empty.
+    pub input_sizes: Vec<[u32; 2]>,
 }
 
 /// One session and the provider it runs on.
@@ -36,7 +38,6 @@ pub struct Runner {
     session: Session,
     /// The provider that took.
     pub provider: Provider,
-    input_hw: [u32; 2],
     k: usize,
     /// The graph takes `valid_sizes` (a letterbox graph).
     letterbox: bool,
@@ -112,6 +113,15 @@ pub fn environment(lib: Option<&Path>) -> Result<&'static Environment> {
     .as_ref()
     .map(|(e, _)| e)
     .map_err(|e| ServeError::Runtime(e.clone()))
+}
+
+/// `64x96,96x64`: sizes as the `--input-size` flag writes them.
+pub fn show_sizes(sizes: &[[u32; 2]]) -> String {
+    sizes
+        .iter()
+        .map(|[h, w]| format!("{h}x{w}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn model_err(path: &Path, m: impl std::fmt::Display) -> ServeError {
@@ -233,9 +243,19 @@ fn try_provider(
                     .with_timing_cache_path(&dir);
                 // One optimisation profile spanning the batch sizes the batcher uses, so no
                 // request shape triggers an engine rebuild.
+                // Its image sides span every configured input size (one for a fixed graph).
                 if let Some(model) = model {
-                    let [h, w] = model.input_hw;
-                    let shapes = |n: usize| {
+                    let side = |i: usize, f: fn(u32, u32) -> u32| {
+                        model
+                            .input_sizes
+                            .iter()
+                            .map(|s| s[i])
+                            .reduce(f)
+                            .unwrap_or(1)
+                    };
+                    let lo_hw = [side(0, u32::min), side(1, u32::min)];
+                    let hi_hw = [side(0, u32::max), side(1, u32::max)];
+                    let shapes = |n: usize, [h, w]: [u32; 2]| {
                         model
                             .meta
                             .resize
@@ -253,10 +273,11 @@ fn try_provider(
                     };
                     let lo = batch_sizes.first().copied().unwrap_or(1);
                     let hi = batch_sizes.last().copied().unwrap_or(1);
+                    let opt_hw = model.input_sizes.first().copied().unwrap_or(hi_hw);
                     trt = trt
-                        .with_profile_min_shapes(shapes(lo))
-                        .with_profile_opt_shapes(shapes(hi))
-                        .with_profile_max_shapes(shapes(hi));
+                        .with_profile_min_shapes(shapes(lo, lo_hw))
+                        .with_profile_opt_shapes(shapes(hi, opt_hw))
+                        .with_profile_max_shapes(shapes(hi, hi_hw));
                 }
                 trt.build()
             };
@@ -274,9 +295,9 @@ fn try_provider(
 }
 
 /// Reads the metadata of a session's graph and checks its inputs and outputs against the
-/// contract. `input_size` is the configured size: required for a dynamic-size graph, and
-/// must equal a fixed graph's.
-pub fn inspect(session: &Session, path: &Path, input_size: Option<[u32; 2]>) -> Result<ModelInfo> {
+/// contract. `input_sizes` are the configured sizes: required for a dynamic-size graph (several
+/// only for a letterbox one), and absent or the fixed size for a fixed graph.
+pub fn inspect(session: &Session, path: &Path, input_sizes: &[[u32; 2]]) -> Result<ModelInfo> {
     let md = session
         .metadata()
         .map_err(|e| model_err(path, format!("no metadata: {e}")))?;
@@ -289,23 +310,37 @@ pub fn inspect(session: &Session, path: &Path, input_size: Option<[u32; 2]>) -> 
         .collect();
     let meta = ModelMetadata::from_props(props.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| model_err(path, format!("metadata: {e}")))?;
-    let input_hw = match (meta.input_size, input_size) {
-        (Some(fixed), None) => fixed,
-        (Some(fixed), Some(asked)) if fixed == asked => fixed,
-        (Some([h, w]), Some([ah, aw])) => {
+    let input_sizes = match (meta.input_size, input_sizes) {
+        (Some(fixed), []) => vec![fixed],
+        (Some(fixed), [asked]) if fixed == *asked => vec![fixed],
+        (Some([h, w]), asked) => {
             return Err(model_err(
                 path,
-                format!("the graph's input is fixed at {h}x{w}; input_size {ah}x{aw} differs"),
+                format!(
+                    "the graph's input is fixed at {h}x{w}; input_size {} differs (a graph \
+                     exported with --dynamic-size takes other and several sizes)",
+                    show_sizes(asked)
+                ),
             ));
         }
-        (None, Some(asked)) => asked,
-        (None, None) => {
+        (None, []) => {
             return Err(model_err(
                 path,
                 "the graph has a dynamic input size (--dynamic-size): give the size to resize \
                  to with --input-size HxW (or input_size = [h, w] in the TOML)",
             ));
         }
+        (None, asked) if asked.len() > 1 && meta.resize != codetr_model::Resize::Letterbox => {
+            return Err(model_err(
+                path,
+                format!(
+                    "several input sizes ({}) need a letterbox graph (codetr-export --resize \
+                     letterbox --dynamic-size); this one stretches, so give one size",
+                    show_sizes(asked)
+                ),
+            ));
+        }
+        (None, asked) => asked.to_vec(),
     };
     let check = |outlets: &[ort::value::Outlet],
                  want: &[(&str, TensorElementType, usize)],
@@ -379,7 +414,7 @@ pub fn inspect(session: &Session, path: &Path, input_size: Option<[u32; 2]>) -> 
         path: path.to_path_buf(),
         name,
         version: meta.checkpoint_sha256.chars().take(12).collect(),
-        input_hw,
+        input_sizes,
         meta,
     })
 }
@@ -387,14 +422,26 @@ pub fn inspect(session: &Session, path: &Path, input_size: Option<[u32; 2]>) -> 
 /// What the batcher needs of a session: run one padded batch. [`Runner`] is the real one;
 /// tests inject failures with their own.
 pub trait Infer: Send + 'static {
-    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the graph's input size, `sizes`
-    /// each image's original and valid size.
-    fn infer(&mut self, n: usize, pixels: Vec<u8>, sizes: &[ImageSizes]) -> Result<BatchOutput>;
+    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the input size `hw` = `[H, W]`,
+    /// `sizes` each image's original and valid size.
+    fn infer(
+        &mut self,
+        hw: [u32; 2],
+        n: usize,
+        pixels: Vec<u8>,
+        sizes: &[ImageSizes],
+    ) -> Result<BatchOutput>;
 }
 
 impl Infer for Runner {
-    fn infer(&mut self, n: usize, pixels: Vec<u8>, sizes: &[ImageSizes]) -> Result<BatchOutput> {
-        self.run(n, pixels, sizes)
+    fn infer(
+        &mut self,
+        hw: [u32; 2],
+        n: usize,
+        pixels: Vec<u8>,
+        sizes: &[ImageSizes],
+    ) -> Result<BatchOutput> {
+        self.run(hw, n, pixels, sizes)
     }
 }
 
@@ -412,16 +459,21 @@ impl Runner {
         Self {
             session,
             provider,
-            input_hw: info.input_hw,
             k: info.meta.max_detections,
             letterbox: info.meta.resize == codetr_model::Resize::Letterbox,
         }
     }
 
-    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the graph's input size, `sizes`
-    /// each image's original and valid size (the valid size goes to a letterbox graph only).
-    pub fn run(&mut self, n: usize, pixels: Vec<u8>, sizes: &[ImageSizes]) -> Result<BatchOutput> {
-        let [h, w] = self.input_hw;
+    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the input size `[H, W]` (one of
+    /// the model's `input_sizes`), `sizes` each image's original and valid size (the valid
+    /// size goes to a letterbox graph only).
+    pub fn run(
+        &mut self,
+        [h, w]: [u32; 2],
+        n: usize,
+        pixels: Vec<u8>,
+        sizes: &[ImageSizes],
+    ) -> Result<BatchOutput> {
         let want = n * h as usize * w as usize * 3;
         if pixels.len() != want || sizes.len() != n {
             return Err(ServeError::Internal(format!(

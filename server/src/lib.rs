@@ -76,7 +76,7 @@ fn load(
     // The first session validates the file and picks the provider; the other workers use
     // that provider only, so every worker runs on the same one.
     let (first, provider, failures) = engine::open(env, path, &cfg.runtime, &sizes, None)?;
-    let model = engine::inspect(&first, path, cfg.input_size)?;
+    let model = engine::inspect(&first, path, &cfg.input_size)?;
     if cfg.runtime.require_gpu && !provider.is_gpu() {
         return Err(ServeError::Runtime(format!(
             "--require-gpu: no GPU provider took (tried {}); running on {} is refused",
@@ -113,7 +113,7 @@ fn load(
         name = %model.name,
         version = %model.version,
         classes = model.meta.classes.len(),
-        input = ?model.input_hw,
+        input = %engine::show_sizes(&model.input_sizes),
         top_k = model.meta.max_detections,
         provider = provider.as_str(),
         "model loaded"
@@ -137,7 +137,7 @@ fn load(
     let policy = BatchPolicy {
         sizes: sizes.clone(),
         max_queue_delay: Duration::from_micros(cfg.batching.max_queue_delay_us),
-        input_hw: model.input_hw,
+        input_sizes: model.input_sizes.clone(),
     };
     // The worker threads live as long as the process; they stop once the queue closes.
     let (batcher, _workers) =
@@ -345,7 +345,7 @@ mod tests {
             name: "m".into(),
             version: "0".into(),
             meta,
-            input_hw: [800, 800],
+            input_sizes: vec![[800, 800]],
         }
     }
 

@@ -33,6 +33,9 @@ pub const INFER_DURATION: &str = "codetr_inference_duration_seconds";
 pub const BATCH_SIZE: &str = "codetr_batch_size";
 /// Counter: images run through the graph.
 pub const INFERENCES: &str = "codetr_inference_count_total";
+/// Counter: images run through the graph, by `input_size` (`HxW`: which of the served input
+/// sizes, e.g. landscape or portrait, each went to).
+pub const IMAGES_BY_INPUT: &str = "codetr_images_by_input_size_total";
 /// Counter: session runs (batches).
 pub const EXECUTIONS: &str = "codetr_execution_count_total";
 /// Counter: batches whose run failed.

@@ -164,7 +164,7 @@ pub fn spec() -> Value {
                         "preprocess": {"type": "number"}, "infer": {"type": "number"},
                         "total": {"type": "number"}}}}},
                 "Models": {"type": "object",
-                    "required": ["name", "version", "provider", "requested_providers", "ready", "metadata", "batching"],
+                    "required": ["name", "version", "provider", "requested_providers", "ready", "metadata", "input_sizes", "batching"],
                     "properties": {
                     "name": {"type": "string"}, "version": {"type": "string"},
                     "provider": {"type": "string"},
@@ -173,6 +173,8 @@ pub fn spec() -> Value {
                     "ready": {"type": "boolean"},
                     "classes": {"type": "array", "items": {"type": "string"}},
                     "metadata": {"type": "object"},
+                    "input_sizes": {"type": "array", "description": "[height, width] inputs images are resized to; each image goes to the one it is shrunk least in",
+                        "items": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}},
                     "batching": {"type": "object"},
                     "score_threshold": {"type": "number"}}}
             }

@@ -767,6 +767,154 @@ fn letterbox_graph_is_served_with_padding_and_valid_sizes() {
     assert!((top(&other) - top(&got)).abs() > 1e-6);
 }
 
+/// A dynamic-size letterbox graph served at a landscape and a portrait size
+/// (`--input-size 48x80,80x48`): each image goes to the size it is shrunk least in, images of
+/// both orientations in one request run in separate batches, and each answer equals ONNX
+/// Runtime (Python) on that image's canvas built by hand. Both images already have their
+/// letterbox size there (scale 1, no resampling), so the canvases are exact. Several sizes for
+/// a fixed or a stretch graph are refused at startup.
+#[test]
+fn several_input_sizes_route_each_image_by_orientation() {
+    let model = fixtures().join("micro-letterbox-dynamic.onnx");
+    let (fixed, stretch) = (
+        fixtures().join("micro-letterbox.onnx"),
+        fixtures().join("micro-dynamic.onnx"),
+    );
+    let cases: [(Vec<&str>, &str); 2] = [
+        (
+            vec![
+                "--model",
+                fixed.to_str().unwrap(),
+                "--input-size",
+                "48x80,80x48",
+                "--bind",
+                "127.0.0.1:0",
+            ],
+            "fixed at 64x64; input_size 48x80,80x48 differs",
+        ),
+        (
+            vec![
+                "--model",
+                stretch.to_str().unwrap(),
+                "--input-size",
+                "48x80,80x48",
+                "--bind",
+                "127.0.0.1:0",
+            ],
+            "need a letterbox graph",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run_to_exit(&args);
+        assert!(code.is_some_and(|c| c != 0), "{args:?} exited {code:?}");
+        assert!(err.contains(want), "{args:?}: {want:?} not in\n{err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    }
+    let picture = |w: u32, h: u32, seed: u32| {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                ((x * 5 + seed) % 256) as u8,
+                ((y * 3 + seed * 7) % 256) as u8,
+                ((x * 11 + y * 13 + seed) % 256) as u8,
+            ])
+        })
+    };
+    // [h, w] canvases; a landscape image 80 wide × 40 high, a portrait one 40 × 80
+    let (landscape_hw, portrait_hw) = ([48u32, 80u32], [80u32, 48u32]);
+    let land = picture(80, 40, 1);
+    let port = picture(40, 80, 2);
+    let png = |img: &image::RgbImage| {
+        encode(
+            &image::DynamicImage::ImageRgb8(img.clone()),
+            image::ImageFormat::Png,
+        )
+    };
+    let s = Server::start_model(
+        &model,
+        &[
+            "--score-threshold",
+            "0",
+            "--input-size",
+            "48x80,80x48",
+            "--max-batch-size",
+            "2",
+        ],
+        &[],
+    );
+    let info = s.get("/v1/models").unwrap().json();
+    assert_eq!(info["input_sizes"], json!([[48, 80], [80, 48]]), "{info}");
+    assert_eq!(info["metadata"]["input_size"], Value::Null);
+    // The portrait image first, the landscape second, in one request.
+    let body = json!({"images": [b64(&png(&port)), b64(&png(&land))]}).to_string();
+    let r = s.post("/v1/detect", "application/json", body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json();
+    for (i, (img, [ch, cw])) in [(&port, portrait_hw), (&land, landscape_hw)]
+        .into_iter()
+        .enumerate()
+    {
+        let (w, h) = img.dimensions();
+        let mut canvas = vec![0u8; (ch * cw * 3) as usize];
+        for (row, line) in img.as_raw().chunks_exact(w as usize * 3).enumerate() {
+            let at = row * cw as usize * 3;
+            canvas[at..at + line.len()].copy_from_slice(line);
+        }
+        let inputs = json!({
+            "images": {"dtype": "uint8", "shape": [1, ch, cw, 3], "data": canvas},
+            "orig_sizes": {"dtype": "int64", "shape": [1, 2], "data": [h, w]},
+            "valid_sizes": {"dtype": "int64", "shape": [1, 2], "data": [h, w]},
+        });
+        let want = onnx_run(&model, &inputs);
+        let (scores, labels, boxes) = (
+            output(&want, "scores"),
+            output(&want, "labels"),
+            output(&want, "boxes"),
+        );
+        let dets = detections(&got, i);
+        assert_eq!(dets.len(), scores.len(), "image {i}");
+        for (k, d) in dets.iter().enumerate() {
+            assert_eq!(
+                d["class_id"].as_f64().unwrap(),
+                labels[k],
+                "image {i} det {k}"
+            );
+            assert!(
+                (d["score"].as_f64().unwrap() - scores[k]).abs() <= 1e-5,
+                "image {i} det {k}"
+            );
+            let b = &d["box"];
+            for (c, key) in ["x1", "y1", "x2", "y2"].iter().enumerate() {
+                assert!((b[*key].as_f64().unwrap() - boxes[4 * k + c]).abs() <= 1e-3);
+            }
+        }
+    }
+    let by_input = |hw: &str| {
+        s.get("/metrics")
+            .unwrap()
+            .text()
+            .lines()
+            .find(|l| {
+                l.starts_with("codetr_images_by_input_size_total")
+                    && l.contains(&format!("input_size=\"{hw}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(by_input("48x80"), Some(1.0));
+    assert_eq!(by_input("80x48"), Some(1.0));
+    // Two runs: the images were not batched together.
+    assert_eq!(s.metric("codetr_execution_count_total"), 2.0);
+    // Served at the landscape size alone, the portrait image is shrunk (scale 0.6) and the
+    // answer differs: the routing is what gives it its own size.
+    let one = Server::start_model(
+        &model,
+        &["--score-threshold", "0", "--input-size", "48x80"],
+        &[],
+    );
+    let alone = one.post("/v1/detect", "image/png", &png(&port)).json();
+    let top = |j: &Value, i: usize| detections(j, i)[0]["score"].as_f64().unwrap();
+    assert!((top(&alone, 0) - top(&got, 0)).abs() > 1e-6);
+}
+
 /// A letterbox graph with keep-ratio limits (`codetr-export --letterbox-limits`, format version
 /// 3, the official `(1333, 800)` rule at micro scale): the server caps the scale at the limits,
 /// not at the canvas. A 64×32 image in the 64² canvas with limits [16, 48] (short, long) takes

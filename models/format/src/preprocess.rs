@@ -147,6 +147,27 @@ pub fn letterbox_size([h, w]: [u32; 2], [ih, iw]: [u32; 2], limits: Option<[u32;
     [side(h, ih), side(w, iw)]
 }
 
+/// Of several letterbox `canvases` (`[height, width]` each), the index of the one an `[h, w]`
+/// image is served in: the one where its [`letterbox_size`] is largest, i.e. where it is shrunk
+/// least — with the official limits and an 800×1333 and a 1333×800 canvas, a landscape image
+/// lands in the first and a portrait one in the second, both at the official scale. Ties go to
+/// the smaller canvas (less padding to compute), then to the earlier one. 0 when `canvases` is
+/// empty.
+pub fn pick_canvas(hw: [u32; 2], canvases: &[[u32; 2]], limits: Option<[u32; 2]>) -> usize {
+    let area = |[a, b]: [u32; 2]| u64::from(a) * u64::from(b);
+    let mut best = 0;
+    for (i, &c) in canvases.iter().enumerate().skip(1) {
+        let (got, had) = (
+            area(letterbox_size(hw, c, limits)),
+            area(letterbox_size(hw, canvases[best], limits)),
+        );
+        if got > had || (got == had && area(c) < area(canvases[best])) {
+            best = i;
+        }
+    }
+    best
+}
+
 /// Letterboxes the packed RGB8 `src` (`width`×`height`) into an `out_w`×`out_h` canvas: resized
 /// keeping its aspect ratio to [`letterbox_size`] (bilinear convolution, scale capped by
 /// `limits` `[short, long]` when given), placed top-left, the rest zero. Returns the canvas and
@@ -360,6 +381,42 @@ mod tests {
         .unwrap();
         assert_eq!(valid, [12, 6], "long side capped at 12, short at 8");
         assert_eq!(out.len(), 64 * 64 * 3);
+    }
+
+    /// Each image goes to the canvas that keeps it largest: the official scale for both
+    /// orientations with a landscape and a portrait canvas; ties to the smaller canvas.
+    #[test]
+    fn pick_canvas_keeps_each_image_at_its_largest() {
+        let official = Some([800, 1333]);
+        let both = [[800, 1333], [1333, 800]];
+        for ([h, w], want) in [
+            ([480, 640], 0),
+            ([640, 480], 1),
+            ([1080, 1920], 0),
+            ([2000, 500], 1),
+            ([1, 1000], 0),
+        ] {
+            let i = pick_canvas([h, w], &both, official);
+            assert_eq!(i, want, "{h}x{w}");
+            // … and there it has the official size (a 1333² canvas decides by the limits alone)
+            assert_eq!(
+                letterbox_size([h, w], both[i], official),
+                letterbox_size([h, w], [1333, 1333], official),
+                "{h}x{w}"
+            );
+        }
+        // A square image fits both the same: the first, of equal area.
+        assert_eq!(pick_canvas([600, 600], &both, official), 0);
+        // Equal fit, smaller canvas: capped at 64, a 64² image is 64² in both, and the 64²
+        // canvas is cheaper.
+        assert_eq!(
+            pick_canvas([64, 64], &[[128, 128], [64, 64]], Some([64, 64])),
+            1
+        );
+        // Without limits the larger canvas wins when it fits the image larger.
+        assert_eq!(pick_canvas([64, 64], &[[64, 64], [128, 128]], None), 1);
+        assert_eq!(pick_canvas([5, 5], &[], None), 0);
+        assert_eq!(pick_canvas([5, 5], &[[32, 32]], None), 0);
     }
 
     #[test]
