@@ -63,6 +63,11 @@ pub struct ExportOptions {
     /// e.g. `[800, 1333]`, the official landscape canvas, at 60 % of a 1333² graph's pixels.
     /// Not with `dynamic_size`.
     pub input_size: Option<[u32; 2]>,
+    /// A `dynamic_size` graph's input sizes `[height, width]` to record the batch bound at
+    /// (metadata `codetr.max_batch_at`; the server never runs a batch above it at a listed
+    /// size). Empty: for a letterbox graph with limits `[short, long]`, its landscape and
+    /// portrait canvases `[short, long]` and `[long, short]`; otherwise none.
+    pub bound_sizes: Vec<[u32; 2]>,
 }
 
 impl ExportOptions {
@@ -82,6 +87,7 @@ impl ExportOptions {
             resize: Resize::Stretch,
             letterbox_limits: None,
             input_size: None,
+            bound_sizes: Vec::new(),
         }
     }
 }
@@ -105,6 +111,9 @@ pub struct ExportReport {
     /// The largest intermediate tensor at the model's input size and the largest batch whose
     /// every tensor stays under 2^31 elements.
     pub intermediate: shapes::Bound,
+    /// A dynamic-size graph's bounds at [`ExportOptions::bound_sizes`] (or their default), as
+    /// written to `codetr.max_batch_at`.
+    pub bounds_at: Vec<shapes::Bound>,
 }
 
 /// Exports `opts.checkpoint` to `opts.out` (written atomically: no partial file on error).
@@ -158,6 +167,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         (None, _) => [side, side],
     };
     let size = (!opts.dynamic_size).then_some(fixed);
+    let bound_sizes = bound_sizes(opts)?;
     let g = model.emit_with(size, opts.msda, opts.resize)?;
     // The graph holds its own copy of every weight: the model's goes before the graph is
     // encoded (the peak memory of converting a large checkpoint is copies of its weights).
@@ -183,6 +193,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         }),
         max_batch: None,
         letterbox_limits: opts.letterbox_limits,
+        max_batch_at: Vec::new(),
     };
     meta.format_version = meta.min_format_version();
     let props = meta.try_to_props()?;
@@ -194,19 +205,36 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     };
     let nodes = proto.graph.as_ref().map_or(nodes, |g| g.node.len());
     let intermediate = shapes::bound(&proto, fixed)?;
-    if !intermediate.fits(opts.serve_batch) {
-        tracing::warn!(
-            "at batch {} a tensor of this graph reaches 2^31 elements (CUDA kernels fail on it); \
-             the largest batch that stays within is {} (largest tensor at batch 1: {} {:?} of {})",
-            opts.serve_batch,
-            intermediate.max_batch,
-            intermediate.at_batch_1.op,
-            intermediate.at_batch_1.shape,
-            intermediate.at_batch_1.node,
-        );
+    let bounds_at = bound_sizes
+        .iter()
+        .map(|&[h, w]| shapes::bound(&proto, [h as usize, w as usize]))
+        .collect::<Result<Vec<_>>>()?;
+    for b in std::iter::once(&intermediate).chain(&bounds_at) {
+        if !b.fits(opts.serve_batch) {
+            tracing::warn!(
+                "at batch {} and input {}x{} a tensor of this graph reaches 2^31 elements (CUDA \
+                 kernels fail on it); the largest batch that stays within is {} (largest tensor \
+                 at batch 1: {} {:?} of {})",
+                opts.serve_batch,
+                b.input_size[0],
+                b.input_size[1],
+                b.max_batch,
+                b.at_batch_1.op,
+                b.at_batch_1.shape,
+                b.at_batch_1.node,
+            );
+        }
     }
-    // The bound travels in the metadata: the server never runs a batch above it.
+    // The bounds travel in the metadata: the server never runs a batch above them.
     meta.max_batch = Some(intermediate.max_batch);
+    meta.max_batch_at = bounds_at
+        .iter()
+        .map(|b| codetr_model::SizeBound {
+            input_size: [b.input_size[0] as u32, b.input_size[1] as u32],
+            max_batch: b.max_batch,
+        })
+        .collect();
+    meta.format_version = meta.min_format_version();
     proto.metadata_props = meta
         .try_to_props()?
         .into_iter()
@@ -224,7 +252,44 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         max_detections: k,
         fp16,
         intermediate,
+        bounds_at,
     })
+}
+
+/// The input sizes a dynamic-size export records batch bounds at: the options' (checked), or
+/// by default a letterbox graph's landscape and portrait canvases at its limits.
+fn bound_sizes(opts: &ExportOptions) -> Result<Vec<[u32; 2]>> {
+    if !opts.dynamic_size {
+        return match opts.bound_sizes.as_slice() {
+            [] => Ok(Vec::new()),
+            _ => Err(ExportError::Option(
+                "--bound-sizes is for a --dynamic-size graph (a fixed graph's bound is at its \
+                 own size)"
+                    .into(),
+            )),
+        };
+    }
+    let sizes = match (opts.bound_sizes.as_slice(), opts.letterbox_limits) {
+        ([], Some([short, long])) if short == long => vec![[short, long]],
+        ([], Some([short, long])) => vec![[short, long], [long, short]],
+        (given, _) => given.to_vec(),
+    };
+    let range = codetr_model::MIN_INPUT_SIDE..=codetr_model::MAX_INPUT_SIDE;
+    for (i, &[h, w]) in sizes.iter().enumerate() {
+        if !range.contains(&h) || !range.contains(&w) {
+            return Err(ExportError::Option(format!(
+                "--bound-sizes {h}x{w}: each side must be in {}..={}",
+                range.start(),
+                range.end()
+            )));
+        }
+        if sizes[..i].contains(&[h, w]) {
+            return Err(ExportError::Option(format!(
+                "--bound-sizes {h}x{w} is given twice"
+            )));
+        }
+    }
+    Ok(sizes)
 }
 
 /// The model a checkpoint holds, and what the export metadata says about it.

@@ -66,6 +66,14 @@ struct Cli {
     /// Not with --dynamic-size.
     #[arg(long, value_name = "HEIGHTxWIDTH", value_parser = parse_hw)]
     input_size: Option<[u32; 2]>,
+    /// With --dynamic-size: the input sizes (comma-separated HEIGHTxWIDTH) the graph will be
+    /// served at; the export infers the largest batch whose every tensor stays under 2^31
+    /// elements at each and writes them to the metadata (`codetr.max_batch_at`, format version
+    /// 4), so the server never runs a larger batch there (on CUDA one fails and leaves the GPU
+    /// context unusable). [default: with --letterbox-limits SHORT,LONG: SHORTxLONG,LONGxSHORT,
+    /// the official landscape and portrait canvases; otherwise none]
+    #[arg(long, value_name = "HxW,...", value_parser = parse_hw, value_delimiter = ',')]
+    bound_sizes: Vec<[u32; 2]>,
     /// After writing, run the graph in ONNX Runtime (CPU) and the Burn model on the same real
     /// images at several batch sizes; exit 1 if scores or boxes (÷ image side) differ by more
     /// than 1e-4 or any label differs.
@@ -165,6 +173,7 @@ fn main() -> ExitCode {
         resize: cli.resize,
         letterbox_limits,
         input_size: cli.input_size,
+        bound_sizes: cli.bound_sizes.clone(),
     };
     if let Some(Err(e)) = cli
         .check_data
@@ -221,6 +230,17 @@ fn main() -> ExitCode {
             b.at_batch_1.shape,
             b.max_batch
         );
+        for b in &report.bounds_at {
+            codetr_data::outln!(
+                "at {}x{}: {} elements per image ({} {:?}); batches up to {} (written to codetr.max_batch_at)",
+                b.input_size[0],
+                b.input_size[1],
+                b.at_batch_1.elements,
+                b.at_batch_1.op,
+                b.at_batch_1.shape,
+                b.max_batch
+            );
+        }
     }
     if !cli.check {
         return ExitCode::SUCCESS;

@@ -116,3 +116,110 @@ fn tiny_shapes_equal_onnx_shape_inference_fixed_fp16_and_dynamic() {
         }
     }
 }
+
+/// A dynamic-size letterbox graph records its batch bound at its landscape and portrait
+/// canvases (by default those of its limits; `bound_sizes` replaces them), format version 4;
+/// each equals the bound of a graph exported fixed at that size (constant shapes, not the
+/// symbolic ones). Bound sizes on a fixed graph, twice, or out of range are refused.
+#[test]
+fn a_dynamic_graph_records_its_bounds_at_the_sizes_it_is_served_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("tiny.ckpt");
+    init_checkpoint(&DetectorConfig::tiny(), &ckpt, 5);
+    let letterbox = |out: &str| ExportOptions {
+        resize: codetr_model::Resize::Letterbox,
+        letterbox_limits: Some([192, 320]),
+        ..ExportOptions::new(&ckpt, dir.path().join(out))
+    };
+    let meta = |out: &str| {
+        let proto =
+            ModelProto::decode(std::fs::read(dir.path().join(out)).unwrap().as_slice()).unwrap();
+        codetr_model::ModelMetadata::from_props(
+            proto
+                .metadata_props
+                .iter()
+                .map(|p| (p.key.as_str(), p.value.as_str())),
+        )
+        .unwrap()
+    };
+    let fixed_bound = |hw: [u32; 2]| {
+        let out = format!("fixed-{}x{}.onnx", hw[0], hw[1]);
+        let r = export(&ExportOptions {
+            input_size: Some(hw),
+            ..letterbox(&out)
+        })
+        .unwrap();
+        assert!(meta(&out).max_batch_at.is_empty());
+        r.intermediate.max_batch
+    };
+    let r = export(&ExportOptions {
+        dynamic_size: true,
+        ..letterbox("dyn.onnx")
+    })
+    .unwrap();
+    let m = meta("dyn.onnx");
+    assert_eq!(m.format_version, 4);
+    let at: Vec<([u32; 2], u64)> = m
+        .max_batch_at
+        .iter()
+        .map(|b| (b.input_size, b.max_batch))
+        .collect();
+    assert_eq!(
+        at.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![[192, 320], [320, 192]]
+    );
+    assert_eq!(r.bounds_at.len(), 2);
+    for (hw, n) in at {
+        assert_eq!(n, fixed_bound(hw), "{hw:?}");
+        assert_eq!(m.max_batch_for(hw), Some(n));
+    }
+    // Given sizes replace the default.
+    export(&ExportOptions {
+        dynamic_size: true,
+        bound_sizes: vec![[256, 256]],
+        ..letterbox("given.onnx")
+    })
+    .unwrap();
+    let m = meta("given.onnx");
+    assert_eq!(m.max_batch_at.len(), 1);
+    assert_eq!(m.max_batch_for([256, 256]), Some(fixed_bound([256, 256])));
+    // Without limits and sizes a dynamic graph records none and stays at its old version.
+    export(&ExportOptions {
+        dynamic_size: true,
+        letterbox_limits: None,
+        ..letterbox("plain.onnx")
+    })
+    .unwrap();
+    let m = meta("plain.onnx");
+    assert!(m.max_batch_at.is_empty());
+    assert_eq!(m.format_version, 2);
+    for (opts, want) in [
+        (
+            ExportOptions {
+                bound_sizes: vec![[192, 320]],
+                ..letterbox("bad1.onnx")
+            },
+            "--dynamic-size",
+        ),
+        (
+            ExportOptions {
+                dynamic_size: true,
+                bound_sizes: vec![[192, 320], [192, 320]],
+                ..letterbox("bad2.onnx")
+            },
+            "given twice",
+        ),
+        (
+            ExportOptions {
+                dynamic_size: true,
+                bound_sizes: vec![[8, 320]],
+                ..letterbox("bad3.onnx")
+            },
+            "8x320",
+        ),
+    ] {
+        let e = export(&opts).unwrap_err().to_string();
+        assert!(e.contains(want), "{want:?} not in {e}");
+        assert!(!opts.out.exists(), "{}", opts.out.display());
+    }
+}

@@ -249,7 +249,13 @@ async fn models(State(s): State<Arc<AppState>>) -> Result<Json<ModelsResponse>> 
             "configured_max_batch_size": b.max_batch_size,
             "warmup_failures": e.warmup.get().map(|w| w.failures.clone()).unwrap_or_default(),
             "over_graph_bound": e.warmup.get().map(|w| w.over_limit.clone()).unwrap_or_default(),
-            "graph_max_batch": e.model.meta.max_batch,
+            // The graph's 32-bit bound at the sizes served (the smallest), if it records one.
+            "graph_max_batch": e
+                .model
+                .input_sizes
+                .iter()
+                .filter_map(|&hw| e.model.meta.max_batch_for(hw))
+                .min(),
             "max_queue_delay_us": b.max_queue_delay_us,
             "max_queue_size": b.max_queue_size,
             "timeout_ms": b.timeout_ms,

@@ -191,14 +191,28 @@ fn load(
     Ok(())
 }
 
-/// Drops the batch sizes above the graph's 32-bit bound (`codetr.max_batch`, written by the
-/// exporter from the graph's shapes) before any of them runs: on CUDA such a batch fails with
-/// an illegal memory access that leaves the process's GPU context unusable, so it cannot be
-/// tried and recovered from like an out-of-memory. The bound holds at the graph's fixed input
-/// size; a dynamic-size graph served at another size relies on the warm-up fallback alone.
+/// Drops the batch sizes above the graph's 32-bit bound before any of them runs: on CUDA such a
+/// batch fails with an illegal memory access that leaves the process's GPU context unusable,
+/// so it cannot be tried and recovered from like an out-of-memory. The bound is the exporter's
+/// (shape inference): `codetr.max_batch` at a fixed graph's size, `codetr.max_batch_at` for
+/// each size a dynamic-size graph is served at; with several sizes the smallest applies. A
+/// served size the graph records no bound for relies on the warm-up fallback alone, loudly.
 /// Returns the sizes dropped; an error when none is left.
 fn batch_bound(model: &engine::ModelInfo, sizes: &mut Vec<usize>) -> Result<Vec<usize>> {
-    let (Some(bound), Some(_)) = (model.meta.max_batch, model.meta.input_size) else {
+    let mut bound: Option<u64> = None;
+    for &[h, w] in &model.input_sizes {
+        match model.meta.max_batch_for([h, w]) {
+            Some(b) => bound = Some(bound.map_or(b, |a| a.min(b))),
+            // A fixed graph from before the bound was recorded: nothing to say.
+            None if model.meta.input_size.is_some() => {}
+            None => tracing::warn!(
+                "NO BATCH BOUND for input size {h}x{w}: the graph records none there (export \
+                 with --dynamic-size --bound-sizes {h}x{w}); a batch whose tensors reach 2^31 \
+                 elements would fail on CUDA and leave the GPU context unusable"
+            ),
+        }
+    }
+    let Some(bound) = bound else {
         return Ok(Vec::new());
     };
     let over: Vec<usize> = sizes
@@ -339,6 +353,7 @@ mod tests {
             precision: None,
             max_batch,
             letterbox_limits: None,
+            max_batch_at: Vec::new(),
         };
         engine::ModelInfo {
             path: "m.onnx".into(),
@@ -355,8 +370,8 @@ mod tests {
         let over = batch_bound(&model(Some(19), true), &mut sizes).unwrap();
         assert_eq!(sizes, vec![1, 8, 16]);
         assert_eq!(over, vec![64]);
-        // No bound recorded (an older export), or a dynamic-size graph: nothing dropped here
-        // (the warm-up fallback still applies).
+        // No bound recorded (an older export), or a dynamic-size graph without bounds at its
+        // sizes: nothing dropped here (the warm-up fallback still applies).
         for m in [model(None, true), model(Some(19), false)] {
             let mut sizes = vec![1, 8, 64];
             assert!(batch_bound(&m, &mut sizes).unwrap().is_empty());
@@ -370,5 +385,28 @@ mod tests {
             m.contains("bound of 19") && m.contains("--batch-sizes"),
             "{m}"
         );
+    }
+
+    /// A dynamic-size graph served at several sizes: the smallest recorded bound among them
+    /// applies; a size without a record adds none.
+    #[test]
+    fn a_dynamic_graph_is_bounded_at_the_sizes_it_is_served_at() {
+        let at = |h, w, n| codetr_model::SizeBound {
+            input_size: [h, w],
+            max_batch: n,
+        };
+        let mut m = model(Some(19), false);
+        m.meta.max_batch_at = vec![at(800, 1333, 11), at(1333, 800, 9), at(1333, 1333, 7)];
+        m.input_sizes = vec![[800, 1333], [1333, 800]];
+        let mut sizes = vec![1, 8, 10, 16];
+        assert_eq!(batch_bound(&m, &mut sizes).unwrap(), vec![10, 16]);
+        assert_eq!(sizes, vec![1, 8]);
+        m.input_sizes = vec![[800, 1333], [640, 640]];
+        let mut sizes = vec![1, 8, 16];
+        assert_eq!(batch_bound(&m, &mut sizes).unwrap(), vec![16]);
+        // The graph's max_batch (at its export size) says nothing about a served size.
+        m.input_sizes = vec![[800, 800]];
+        let mut sizes = vec![1, 32];
+        assert!(batch_bound(&m, &mut sizes).unwrap().is_empty());
     }
 }

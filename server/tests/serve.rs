@@ -710,6 +710,56 @@ fn batch_sizes_above_the_graph_bound_are_never_run() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// A dynamic-size graph with bounds at named sizes (`codetr.max_batch_at`, format version 4,
+/// written by `codetr-export --dynamic-size --bound-sizes`): served at a landscape and a
+/// portrait size, the smaller of their bounds applies (batch 4 never runs); served at a size
+/// it records nothing for, the server says so loudly and keeps the configured sizes.
+#[test]
+fn a_dynamic_graph_is_bounded_at_the_sizes_it_is_served_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounded = dir.path().join("bounded.onnx");
+    run_python(&[
+        "-c".as_ref(),
+        "import onnx, sys\n\
+         m = onnx.load(sys.argv[1])\n\
+         [p for p in m.metadata_props if p.key == 'codetr.format_version'][0].value = '4'\n\
+         p = m.metadata_props.add(); p.key = 'codetr.max_batch_at'\n\
+         p.value = '[{\"input_size\":[48,80],\"max_batch\":3},{\"input_size\":[80,48],\"max_batch\":2}]'\n\
+         onnx.save(m, sys.argv[2])"
+            .as_ref(),
+        fixtures().join("micro-letterbox-dynamic.onnx").as_os_str(),
+        bounded.as_os_str(),
+    ]);
+    let s = Server::start_model(
+        &bounded,
+        &["--max-batch-size", "4", "--input-size", "48x80,80x48"],
+        &[],
+    );
+    let m = s.get("/v1/models").unwrap().json();
+    assert_eq!(m["metadata"]["format_version"], 4, "{m}");
+    assert_eq!(m["batching"]["batch_sizes"], json!([1, 2]));
+    assert_eq!(m["batching"]["over_graph_bound"], json!([4]));
+    assert_eq!(m["batching"]["graph_max_batch"], 2);
+    assert!(s.log().contains("BATCH SIZE DROPPED"), "{}", s.log());
+    assert!(!s.log().contains("batch=4"), "batch 4 ran:\n{}", s.log());
+    assert!(!s.log().contains("NO BATCH BOUND"), "{}", s.log());
+    let r = s.post("/v1/detect", "image/jpeg", &sample_jpeg());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let other = Server::start_model(
+        &bounded,
+        &["--max-batch-size", "4", "--input-size", "64x64"],
+        &[],
+    );
+    let m = other.get("/v1/models").unwrap().json();
+    assert_eq!(m["batching"]["batch_sizes"], json!([1, 2, 4]));
+    assert_eq!(m["batching"]["graph_max_batch"], Value::Null);
+    assert!(
+        other.log().contains("NO BATCH BOUND for input size 64x64"),
+        "{}",
+        other.log()
+    );
+}
+
 /// A letterbox graph (`codetr-export --resize letterbox`, format version 2): the server keeps
 /// the aspect ratio, pads below or right, and feeds each image's valid size. An image that
 /// already has its letterbox size is not resampled, so the server's answer must equal ONNX

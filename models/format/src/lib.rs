@@ -73,8 +73,10 @@ pub const OUTPUTS: [&str; 3] = [OUTPUT_LABELS, OUTPUT_SCORES, OUTPUT_BOXES];
 /// letterbox graph with a clear message instead of feeding it stretched images. Version 3
 /// added [`ModelMetadata::letterbox_limits`] (the official keep-ratio scale limits): a graph
 /// that sets them is version 3, so a server that would ignore them refuses it instead of
-/// feeding it images at the wrong scale.
-pub const FORMAT_VERSION: u32 = 3;
+/// feeding it images at the wrong scale. Version 4 added [`ModelMetadata::max_batch_at`] (a
+/// dynamic-size graph's batch bounds at named input sizes): a server that would ignore them
+/// could run a batch past CUDA's 32-bit index limit.
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest metadata format version this crate reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 
@@ -109,6 +111,9 @@ pub const META_MAX_BATCH: &str = "codetr.max_batch";
 /// Optional metadata key (format version 3): [`ModelMetadata::letterbox_limits`], JSON
 /// `[short, long]`.
 pub const META_LETTERBOX_LIMITS: &str = "codetr.letterbox_limits";
+/// Optional metadata key (format version 4): [`ModelMetadata::max_batch_at`], JSON list of
+/// `{"input_size": [h, w], "max_batch": n}`.
+pub const META_MAX_BATCH_AT: &str = "codetr.max_batch_at";
 
 /// The required metadata keys, in the order [`ModelMetadata::to_props`] writes them.
 pub const METADATA_KEYS: &[&str] = &[
@@ -131,6 +136,7 @@ pub const OPTIONAL_METADATA_KEYS: &[&str] = &[
     META_PRECISION,
     META_MAX_BATCH,
     META_LETTERBOX_LIMITS,
+    META_MAX_BATCH_AT,
 ];
 
 /// Smallest accepted side of [`ModelMetadata::input_size`].
@@ -275,6 +281,22 @@ pub struct ModelMetadata {
     /// short), keep_ratio=True)`; the official Co-DINO test pipeline is `[800, 1333]`). `None`:
     /// the canvas alone caps the scale. Needs format version 3.
     pub letterbox_limits: Option<[u32; 2]>,
+    /// A dynamic-size graph's [`max_batch`](Self::max_batch) at each of these input sizes
+    /// (the exporter's shape inference, as for a fixed graph): a server serving the graph at a
+    /// listed size never runs a batch above its bound. Empty for a fixed-size graph (its
+    /// `max_batch` is at its one size). Needs format version 4.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub max_batch_at: Vec<SizeBound>,
+}
+
+/// The largest batch whose every tensor stays under 2^31 elements, at one input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeBound {
+    /// `[height, width]` of the input.
+    pub input_size: [u32; 2],
+    /// The bound at that size.
+    pub max_batch: u64,
 }
 
 /// Why metadata could not be encoded or decoded, or an image not preprocessed.
@@ -355,6 +377,20 @@ fn invalid(key: &'static str, message: impl Into<String>) -> Error {
 }
 
 impl ModelMetadata {
+    /// The batch bound at input size `hw`: a fixed graph's [`max_batch`](Self::max_batch) at
+    /// its size, a dynamic graph's [`max_batch_at`](Self::max_batch_at) entry for `hw`. `None`
+    /// when the graph records none for that size.
+    pub fn max_batch_for(&self, hw: [u32; 2]) -> Option<u64> {
+        match self.input_size {
+            Some(fixed) => self.max_batch.filter(|_| fixed == hw),
+            None => self
+                .max_batch_at
+                .iter()
+                .find(|b| b.input_size == hw)
+                .map(|b| b.max_batch),
+        }
+    }
+
     /// The lowest format version that describes this metadata: what writers record, so a graph
     /// that needs nothing new stays readable by older servers, byte for byte.
     pub fn min_format_version(&self) -> u32 {
@@ -363,7 +399,8 @@ impl ModelMetadata {
         } else {
             1
         };
-        self.resize.min_format_version().max(limits)
+        let bounds = if self.max_batch_at.is_empty() { 1 } else { 4 };
+        self.resize.min_format_version().max(limits).max(bounds)
     }
 
     /// Checks every field against the contract; [`from_props`](Self::from_props) runs the same
@@ -414,6 +451,37 @@ impl ModelMetadata {
                         MAX_INPUT_SIDE * 4
                     ),
                 ));
+            }
+        }
+
+        if !self.max_batch_at.is_empty() {
+            let bad = |m: String| Err(invalid(META_MAX_BATCH_AT, m));
+            if self.format_version < 4 {
+                return bad(format!(
+                    "needs format version 4, the metadata says {}",
+                    self.format_version
+                ));
+            }
+            if let Some([h, w]) = self.input_size {
+                return bad(format!(
+                    "set on a graph fixed at {h}x{w}; only a dynamic-size graph has them"
+                ));
+            }
+            for (i, b) in self.max_batch_at.iter().enumerate() {
+                let [h, w] = b.input_size;
+                if !(MIN_INPUT_SIDE..=MAX_INPUT_SIDE).contains(&h)
+                    || !(MIN_INPUT_SIDE..=MAX_INPUT_SIDE).contains(&w)
+                {
+                    return bad(format!(
+                        "{h}x{w}: each side must be in {MIN_INPUT_SIDE}..={MAX_INPUT_SIDE}"
+                    ));
+                }
+                if self.max_batch_at[..i]
+                    .iter()
+                    .any(|o| o.input_size == b.input_size)
+                {
+                    return bad(format!("{h}x{w} appears more than once"));
+                }
             }
         }
 
@@ -525,6 +593,9 @@ impl ModelMetadata {
         if let Some(l) = self.letterbox_limits {
             props.push((META_LETTERBOX_LIMITS, to_json(&l)));
         }
+        if !self.max_batch_at.is_empty() {
+            props.push((META_MAX_BATCH_AT, to_json(&self.max_batch_at)));
+        }
         props
             .into_iter()
             .map(|(key, value)| (key.to_owned(), value))
@@ -606,6 +677,11 @@ impl ModelMetadata {
                 .get(META_LETTERBOX_LIMITS)
                 .map(|v| parse_json(META_LETTERBOX_LIMITS, v))
                 .transpose()?,
+            max_batch_at: ours
+                .get(META_MAX_BATCH_AT)
+                .map(|v| parse_json(META_MAX_BATCH_AT, v))
+                .transpose()?
+                .unwrap_or_default(),
         };
         meta.validate()?;
         Ok(meta)

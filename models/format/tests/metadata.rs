@@ -24,6 +24,7 @@ fn sample() -> ModelMetadata {
         precision: Some(Precision::Fp16),
         max_batch: Some(19),
         letterbox_limits: None,
+        max_batch_at: Vec::new(),
     }
 }
 
@@ -85,9 +86,12 @@ fn encoding_is_exact_and_in_fixed_order() {
     assert_eq!(got, expected);
     let keys: Vec<&str> = got.iter().map(|(k, _)| *k).collect();
     let mut expected_keys = METADATA_KEYS.to_vec();
-    // every optional key but the letterbox limits, which only letterbox graphs carry (their
-    // place, last, is checked in letterbox_limits_are_version_3_letterbox_only_and_checked)
+    // every optional key but the letterbox limits, which only letterbox graphs carry, and the
+    // bounds at named sizes, which only dynamic-size graphs carry (their places, last, are
+    // checked in letterbox_limits_are_version_3_letterbox_only_and_checked and
+    // max_batch_at_is_version_4_dynamic_only_and_checked)
     expected_keys.extend(OPTIONAL_METADATA_KEYS);
+    assert_eq!(expected_keys.pop(), Some(META_MAX_BATCH_AT));
     assert_eq!(expected_keys.pop(), Some(META_LETTERBOX_LIMITS));
     assert_eq!(keys, expected_keys);
 }
@@ -220,11 +224,12 @@ fn duplicate_codetr_key_is_rejected() {
 
 #[test]
 fn newer_version_says_newer_exporter() {
-    let err = decode(&with(META_FORMAT_VERSION, "4")).unwrap_err();
+    let newer = FORMAT_VERSION + 1;
+    let err = decode(&with(META_FORMAT_VERSION, &newer.to_string())).unwrap_err();
     assert_eq!(
         err,
         Error::UnsupportedVersion {
-            found: 4,
+            found: newer,
             supported: FORMAT_VERSION
         }
     );
@@ -362,7 +367,7 @@ fn validate_guards_the_writer() {
     let cases: Vec<(ModelMetadata, Option<&str>)> = vec![
         (
             ModelMetadata {
-                format_version: 4,
+                format_version: FORMAT_VERSION + 1,
                 ..sample()
             },
             None,
@@ -435,7 +440,7 @@ fn validate_guards_the_writer() {
         let err = meta.try_to_props().unwrap_err();
         assert_eq!(meta.validate().unwrap_err(), err);
         match (key, &err) {
-            (None, Error::UnsupportedVersion { found: 4, .. }) => {}
+            (None, Error::UnsupportedVersion { found, .. }) if *found == FORMAT_VERSION + 1 => {}
             (Some(key), Error::Invalid { key: k, .. }) if k == &key => {}
             _ => panic!("expected error on {key:?}, got {err:?}"),
         }
@@ -528,5 +533,72 @@ fn letterbox_limits_are_version_3_letterbox_only_and_checked() {
         let mut p = props.clone();
         p.last_mut().unwrap().1 = bad.into();
         assert_invalid(decode(&p), META_LETTERBOX_LIMITS);
+    }
+}
+
+/// A dynamic-size graph's bounds at named input sizes: version 4, dynamic graphs only, sides in
+/// range, each size once; `max_batch_for` reads them (and a fixed graph's `max_batch` at its
+/// own size only).
+#[test]
+fn max_batch_at_is_version_4_dynamic_only_and_checked() {
+    let at = |h, w, n| SizeBound {
+        input_size: [h, w],
+        max_batch: n,
+    };
+    let dynamic = ModelMetadata {
+        input_size: None,
+        max_batch_at: vec![at(800, 1333, 11), at(1333, 800, 11)],
+        ..sample()
+    };
+    assert_eq!(dynamic.min_format_version(), 4);
+    let dynamic = ModelMetadata {
+        format_version: 4,
+        ..dynamic
+    };
+    let props = dynamic.try_to_props().unwrap();
+    assert_eq!(
+        props.last().unwrap(),
+        &(
+            META_MAX_BATCH_AT.to_owned(),
+            r#"[{"input_size":[800,1333],"max_batch":11},{"input_size":[1333,800],"max_batch":11}]"#
+                .to_owned()
+        )
+    );
+    assert_eq!(decode(&props).unwrap(), dynamic);
+    assert_eq!(dynamic.max_batch_for([1333, 800]), Some(11));
+    assert_eq!(dynamic.max_batch_for([800, 800]), None);
+    let fixed = sample();
+    assert_eq!(fixed.max_batch_for([640, 800]), Some(19));
+    assert_eq!(fixed.max_batch_for([800, 640]), None);
+    // Without bounds nothing changes: version 1 for a stretch graph.
+    assert_eq!(
+        ModelMetadata {
+            input_size: None,
+            ..sample()
+        }
+        .min_format_version(),
+        1
+    );
+    // A version-3 reader would ignore them: refused as version 3.
+    let mut v3 = props.clone();
+    v3[0].1 = "3".into();
+    assert_invalid(decode(&v3), META_MAX_BATCH_AT);
+    // On a fixed graph (its max_batch is at its size).
+    let on_fixed = ModelMetadata {
+        input_size: Some([800, 1333]),
+        ..dynamic.clone()
+    };
+    assert_invalid(decode(&on_fixed.to_props()), META_MAX_BATCH_AT);
+    for bad in [
+        r#"[{"input_size":[8,1333],"max_batch":11}]"#,
+        r#"[{"input_size":[800,1333],"max_batch":11},{"input_size":[800,1333],"max_batch":3}]"#,
+        r#"[{"input_size":[800,1333]}]"#,
+        r#"[{"input_size":[800,1333],"max_batch":-1}]"#,
+        r#"[{"input_size":[800,1333],"max_batch":1,"extra":2}]"#,
+        r#"{"800x1333":11}"#,
+    ] {
+        let mut p = props.clone();
+        p.last_mut().unwrap().1 = bad.into();
+        assert_invalid(decode(&p), META_MAX_BATCH_AT);
     }
 }
