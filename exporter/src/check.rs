@@ -28,7 +28,16 @@ pub struct CheckReport {
     pub labels_identical: bool,
     pub passed: bool,
     pub ort_library: PathBuf,
+    /// When the check failed: the smallest gap between consecutive scores (max class logit)
+    /// of the encoder proposals Burn selected as queries, over the failing batch's images. The
+    /// two runtimes' scores differ by float noise (~1e-6); proposals closer than that may take
+    /// each other's query slot in the graph (each slot has its own content query), which moves
+    /// detections: a property of the weights (random ones tie), not of the conversion.
+    pub selection_min_gap: Option<f32>,
 }
+
+/// Below this gap between selected proposal scores, float noise can reorder the selection.
+pub const SELECTION_TIE: f32 = 1e-5;
 
 fn err(m: impl Into<String>) -> ExportError {
     ExportError::Option(m.into())
@@ -303,6 +312,7 @@ pub fn check(
         None => check_sizes(s, true),
     };
     let (mut max_s, mut max_b, mut labels_ok) = (0f32, 0f32, true);
+    let mut selection_min_gap: Option<f32> = None;
     for &hw in &sizes_run {
         let all = resample(&batch.pixels, most, [s, s], hw);
         let per = hw[0] * hw[1] * 3;
@@ -315,7 +325,14 @@ pub fn check(
             };
             let sizes: Vec<[u32; 2]> = batch.targets[..n].iter().map(|t| t.orig_size).collect();
             let side = sizes.iter().flatten().copied().max().unwrap_or(1) as f32;
-            let (b, o) = run_both(&model, &mut session, px, &sizes, valid.as_deref(), hw)?;
+            let (b, o) = run_both(
+                &model,
+                &mut session,
+                px.clone(),
+                &sizes,
+                valid.as_deref(),
+                hw,
+            )?;
             if o.scores.len() != b.scores.len() || o.boxes.len() != b.boxes.len() {
                 return Err(err("output shapes differ from the Burn model's"));
             }
@@ -329,6 +346,11 @@ pub fn check(
             labels_ok &= d.labels_identical;
             max_s = max_s.max(d.max_score_diff);
             max_b = max_b.max(d.max_box_diff);
+            let failed =
+                !d.labels_identical || d.max_score_diff > TOLERANCE || d.max_box_diff > TOLERANCE;
+            if failed && selection_min_gap.is_none() {
+                selection_min_gap = Some(selection_gap(&model, &px, n, hw, valid.as_deref())?);
+            }
         }
     }
     let passed = labels_ok && max_s <= TOLERANCE && max_b <= TOLERANCE;
@@ -341,7 +363,44 @@ pub fn check(
         labels_identical: labels_ok,
         passed,
         ort_library: ort_lib.to_path_buf(),
+        selection_min_gap,
     })
+}
+
+/// The smallest gap between consecutive selection scores (each selected encoder proposal's
+/// max class logit, in selection order) of Burn on one `[n, h, w, 3]` batch, over its images.
+fn selection_gap(
+    model: &codetr_core::model::Detector,
+    px: &[u8],
+    n: usize,
+    [h, w]: [usize; 2],
+    valid: Option<&[[usize; 2]]>,
+) -> Result<f32> {
+    let device = model.level_embed.val().device();
+    let x = pixels_to_tensor(px, n, h, w, &device)?;
+    let out = match valid {
+        Some(v) => model.forward_padded(x, v)?,
+        None => model.forward(x)?,
+    };
+    let [b, k, _] = out.enc_logits.dims();
+    let best: Vec<f32> = out
+        .enc_logits
+        .max_dim(2)
+        .reshape([b, k])
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .map_err(|e| err(format!("selection scores: {e:?}")))?;
+    Ok(min_consecutive_gap(&best, k))
+}
+
+/// The smallest `row[i] - row[i + 1]` over rows of `k` descending scores (`f32::INFINITY`
+/// when no row has two).
+fn min_consecutive_gap(scores: &[f32], k: usize) -> f32 {
+    scores
+        .chunks_exact(k.max(1))
+        .flat_map(|row| row.windows(2).map(|w| w[0] - w[1]))
+        .fold(f32::INFINITY, f32::min)
 }
 
 /// Differences between two top-k outputs of the same images.
@@ -556,6 +615,18 @@ mod tests {
     use super::*;
 
     const B: [f32; 12] = [0., 0., 10., 10., 5., 5., 20., 20., 1., 1., 2., 2.];
+
+    /// The smallest gap is taken within each image's row, never across rows.
+    #[test]
+    fn selection_gap_is_per_image() {
+        // rows [3, 2, 0.5] and [1, 0.999999, 0.25]: gaps 1, 1.5 and 1e-6, 0.749999
+        let g = min_consecutive_gap(&[3.0, 2.0, 0.5, 1.0, 0.999_999, 0.25], 3);
+        assert!((g - 1e-6).abs() < 1e-7, "{g}");
+        assert!(g < SELECTION_TIE);
+        // 0.5 → 9.0 across the rows would be negative
+        assert_eq!(min_consecutive_gap(&[3.0, 2.0, 0.5, 9.0, 8.0, 1.0], 3), 1.0);
+        assert_eq!(min_consecutive_gap(&[1.0, 2.0], 1), f32::INFINITY);
+    }
 
     #[test]
     fn tied_scores_may_swap_but_real_differences_are_caught() {

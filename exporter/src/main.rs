@@ -338,6 +338,23 @@ fn main() -> ExitCode {
                         m.delta_ap
                     );
                 }
+                if let Some(gap) = c.selection_min_gap.filter(|_| !c.passed) {
+                    let tie = gap < codetr_export::check::SELECTION_TIE;
+                    codetr_data::outln!(
+                        "check: the encoder proposals Burn selects as queries are {} (smallest gap \
+                         between consecutive selection scores {gap:.2e}{})",
+                        if tie { "near-tied" } else { "well separated" },
+                        if tie {
+                            "): ONNX Runtime may give tied proposals each other's query slot (each \
+                             slot has its own content query), which moves detections. Random weights \
+                             tie like this; a trained checkpoint's check is the meaningful one \
+                             (tests/reference/compare_graph_with_official.py compares with the \
+                             official model itself"
+                        } else {
+                            "): the difference is not explained by the query selection"
+                        }
+                    );
+                }
                 codetr_data::outln!("check: {}", if passed { "PASS" } else { "FAIL" });
             }
             if passed {
