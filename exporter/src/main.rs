@@ -124,6 +124,19 @@ fn parse_hw(s: &str) -> Result<[u32; 2], String> {
     Ok([side(h)?, side(w)?])
 }
 
+/// `HxW: E elements per image (Op [shape]); batches up to N`: one shape bound, as reported.
+fn describe_bound(b: &codetr_export::shapes::Bound) -> String {
+    format!(
+        "{}x{}: {} elements per image ({} {:?}); batches up to {}",
+        b.input_size[0],
+        b.input_size[1],
+        b.at_batch_1.elements,
+        b.at_batch_1.op,
+        b.at_batch_1.shape,
+        b.max_batch
+    )
+}
+
 /// `--resize`: the contract's own names (`codetr_model::Resize`), listed in `--help`.
 fn resize_parser() -> impl clap::builder::TypedValueParser<Value = Resize> {
     use clap::builder::TypedValueParser;
@@ -220,26 +233,12 @@ fn main() -> ExitCode {
                 codetr_data::outln!("imported {line}");
             }
         }
-        let b = &report.intermediate;
         codetr_data::outln!(
-            "largest intermediate at {}x{}: {} elements per image ({} {:?}); batches up to {} keep every tensor under 2^31 elements",
-            b.input_size[0],
-            b.input_size[1],
-            b.at_batch_1.elements,
-            b.at_batch_1.op,
-            b.at_batch_1.shape,
-            b.max_batch
+            "largest intermediate at {} keep every tensor under 2^31 elements",
+            describe_bound(&report.intermediate)
         );
         for b in &report.bounds_at {
-            codetr_data::outln!(
-                "at {}x{}: {} elements per image ({} {:?}); batches up to {} (written to codetr.max_batch_at)",
-                b.input_size[0],
-                b.input_size[1],
-                b.at_batch_1.elements,
-                b.at_batch_1.op,
-                b.at_batch_1.shape,
-                b.max_batch
-            );
+            codetr_data::outln!("at {} (written to codetr.max_batch_at)", describe_bound(b));
         }
     }
     if !cli.check {
