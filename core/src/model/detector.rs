@@ -185,6 +185,18 @@ impl Detector {
         if h < min || w < min {
             return bad(format!("{h}x{w} is smaller than the coarsest stride {min}"));
         }
+        // The query selection takes the top `num_queries` tokens: a smaller input has fewer.
+        let tokens: usize = super::config::level_shapes_for(&self.config, h, w)
+            .iter()
+            .map(|[a, b]| a * b)
+            .sum();
+        let k = self.config.transformer.num_queries;
+        if tokens < k {
+            return bad(format!(
+                "{h}x{w} gives {tokens} encoder tokens, fewer than the {k} queries selected \
+                 from them; give a larger input"
+            ));
+        }
         Ok(())
     }
 

@@ -1,9 +1,10 @@
-//! Single-image prediction on the host: decode (EXIF-corrected), stretch-resize to the model's
-//! input, detect, and return boxes in the original image's pixels.
+//! Single-image prediction on the host: decode (EXIF-corrected), resize to the model's input
+//! (stretched to its square, or keeping the aspect ratio), detect, and return boxes in the
+//! original image's pixels.
 
 use std::path::Path;
 
-use codetr_model::filter;
+use codetr_model::{Resize, filter, preprocess};
 use serde::Serialize;
 
 use super::detector::{Detector, pixels_to_tensor};
@@ -21,22 +22,70 @@ pub struct Prediction {
     pub bbox: [f32; 4],
 }
 
-/// Runs the model on an image file; keeps detections by the contract's filter
-/// (`score >= score_threshold`), as the server does.
+/// The `[height, width]` an `[h, w]` image is run at by [`predict_file`]: the model's square
+/// for [`Resize::Stretch`]; for [`Resize::Letterbox`] its keep-ratio size, unpadded (one image
+/// needs no canvas, as the official test pipeline runs one image at its own size), capped by
+/// `limits` `[short, long]` (the official `[800, 1333]`) or else fitted to the model's square.
+pub fn predict_size(
+    [h, w]: [u32; 2],
+    input_size: u32,
+    (resize, limits): (Resize, Option<[u32; 2]>),
+) -> [u32; 2] {
+    match (resize, limits) {
+        (Resize::Stretch, _) => [input_size, input_size],
+        (Resize::Letterbox, Some([short, long])) => {
+            preprocess::letterbox_size([h, w], [long, long], Some([short, long]))
+        }
+        (Resize::Letterbox, None) => {
+            preprocess::letterbox_size([h, w], [input_size, input_size], None)
+        }
+    }
+}
+
+/// Runs the model on an image file, resized as `resize` says (see [`predict_size`]); keeps
+/// detections by the contract's filter (`score >= score_threshold`), as the server does.
 pub fn predict_file(
     model: &Detector,
     class_names: &[String],
     path: &Path,
     score_threshold: f32,
+    resize: (Resize, Option<[u32; 2]>),
 ) -> Result<Vec<Prediction>> {
     let img = decode_rgb(path, 0)?;
     let (w, h) = img.dimensions();
-    let s = model.config().input_size;
+    let [ih, iw] = predict_size([h, w], model.config().input_size, resize);
     let mut resizer = fast_image_resize::Resizer::new();
-    let px = crop_resize_rgb(&img, &Geometry::identity(w, h), s, s, &mut resizer)?;
+    let px = crop_resize_rgb(&img, &Geometry::identity(w, h), iw, ih, &mut resizer)?;
     let device = model.level_embed.val().device();
-    let x = pixels_to_tensor(&px, 1, s as usize, s as usize, &device)?;
-    let det = model.detect(x, &[[h, w]])?;
+    // The image fills the input, so the model's boxes (relative to it) scale to the original.
+    // An input the model cannot take — a side below the coarsest stride, or fewer encoder
+    // tokens than queries (a small or very thin letterboxed image) — is padded until it can,
+    // the padding masked as in a padded batch.
+    let cfg = model.config();
+    let min = cfg.level_strides().last().copied().unwrap_or(32) as u32;
+    let tokens = |[a, b]: [u32; 2]| -> usize {
+        super::config::level_shapes_for(cfg, a as usize, b as usize)
+            .iter()
+            .map(|[x, y]| x * y)
+            .sum()
+    };
+    let mut c = [ih.max(min), iw.max(min)];
+    while tokens(c) < cfg.transformer.num_queries {
+        c = [c[0] + min, c[1] + min];
+    }
+    let [ch, cw] = c;
+    let det = if [ch, cw] == [ih, iw] {
+        let x = pixels_to_tensor(&px, 1, ih as usize, iw as usize, &device)?;
+        model.detect(x, &[[h, w]])?
+    } else {
+        let (row, out_row) = (iw as usize * 3, cw as usize * 3);
+        let mut canvas = vec![0u8; out_row * ch as usize];
+        for (dst, line) in canvas.chunks_exact_mut(out_row).zip(px.chunks_exact(row)) {
+            dst[..row].copy_from_slice(line);
+        }
+        let x = pixels_to_tensor(&canvas, 1, ch as usize, cw as usize, &device)?;
+        model.detect_padded(x, Some(&[[ih as usize, iw as usize]]), &[[h, w]])?
+    };
     let (scores, labels, boxes) = det.to_host()?;
     let boxes: Vec<[f32; 4]> = boxes
         .chunks_exact(4)

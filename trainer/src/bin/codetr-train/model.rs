@@ -336,6 +336,15 @@ pub struct PredictArgs {
     /// build with --features vulkan).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `stretch`: the image stretched to the model's square input (our own models are trained
+    /// so); `letterbox`: keeping its aspect ratio, run unpadded at its own size (official
+    /// checkpoints: the official test pipeline runs one image so).
+    #[arg(long, default_value = "stretch")]
+    pub resize: codetr_data::loader::Resize,
+    /// With --resize letterbox: cap the scale at short side ≤ SHORT, long side ≤ LONG (the
+    /// official `800,1333`); without it the image is fitted to the model's square input.
+    #[arg(long, value_delimiter = ',', num_args = 1, value_name = "SHORT,LONG")]
+    pub letterbox_limits: Option<Vec<u32>>,
 }
 
 impl PredictArgs {
@@ -346,11 +355,30 @@ impl PredictArgs {
             score_threshold,
             json,
             device,
+            resize,
+            letterbox_limits,
         } = self;
+        let limits = match letterbox_limits.as_deref() {
+            None => None,
+            Some(&[short, long])
+                if resize == codetr_model::Resize::Letterbox && 0 < short && short <= long =>
+            {
+                Some([short, long])
+            }
+            Some(v) => anyhow::bail!(
+                "--letterbox-limits {v:?}: give SHORT,LONG with 0 < SHORT <= LONG, together \
+                 with --resize letterbox"
+            ),
+        };
         let device = codetr_core::device::select(&device)?;
         let (m, h) = checkpoint::load(&ckpt, &device)?;
-        let preds =
-            codetr_core::model::predict::predict_file(&m, &h.class_names, &image, score_threshold)?;
+        let preds = codetr_core::model::predict::predict_file(
+            &m,
+            &h.class_names,
+            &image,
+            score_threshold,
+            (resize, limits),
+        )?;
         if json {
             codetr_data::outln!("{}", serde_json::to_string(&preds)?);
         } else {
