@@ -55,16 +55,12 @@ fn letterboxed_prediction_equals_the_padded_model_run() {
     let min = *cfg.level_strides().last().unwrap();
     assert!(min > 32, "the test needs padding: coarsest stride {min}");
     // The first stride multiple with as many tokens as queries (what predict_file pads to).
-    let tokens = |n: usize| -> usize {
-        codetr_core::model::config::level_shapes_for(&cfg, n, n)
-            .iter()
-            .map(|[a, b]| a * b)
-            .sum()
-    };
     let side = (1..)
         .map(|i| i * min)
-        .find(|&n| tokens(n) >= cfg.transformer.num_queries)
+        .find(|&n| cfg.tokens_at(n, n) >= cfg.transformer.num_queries)
         .unwrap();
+    // tiny at its coarsest stride, 64²: 8² + 4² + 2² + 1 tokens
+    assert_eq!(cfg.tokens_at(min, min), 85);
     assert!(side > min, "the test needs the token padding: {side}");
     let e = model
         .detect(

@@ -200,6 +200,15 @@ impl DetectorConfig {
         level_shapes_for(self, self.input_size as usize, self.input_size as usize)
     }
 
+    /// Encoder tokens (all levels' positions) of an `h × w` input: the query selection takes
+    /// `num_queries` of them, so an input must have at least that many.
+    pub fn tokens_at(&self, h: usize, w: usize) -> usize {
+        level_shapes_for(self, h, w)
+            .iter()
+            .map(|[a, b]| a * b)
+            .sum()
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| {
             Err(Error::InvalidArgument {

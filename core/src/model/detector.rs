@@ -186,10 +186,7 @@ impl Detector {
             return bad(format!("{h}x{w} is smaller than the coarsest stride {min}"));
         }
         // The query selection takes the top `num_queries` tokens: a smaller input has fewer.
-        let tokens: usize = super::config::level_shapes_for(&self.config, h, w)
-            .iter()
-            .map(|[a, b]| a * b)
-            .sum();
+        let tokens = self.config.tokens_at(h, w);
         let k = self.config.transformer.num_queries;
         if tokens < k {
             return bad(format!(

@@ -63,14 +63,8 @@ pub fn predict_file(
     // the padding masked as in a padded batch.
     let cfg = model.config();
     let min = cfg.level_strides().last().copied().unwrap_or(32) as u32;
-    let tokens = |[a, b]: [u32; 2]| -> usize {
-        super::config::level_shapes_for(cfg, a as usize, b as usize)
-            .iter()
-            .map(|[x, y]| x * y)
-            .sum()
-    };
     let mut c = [ih.max(min), iw.max(min)];
-    while tokens(c) < cfg.transformer.num_queries {
+    while cfg.tokens_at(c[0] as usize, c[1] as usize) < cfg.transformer.num_queries {
         c = [c[0] + min, c[1] + min];
     }
     let [ch, cw] = c;
