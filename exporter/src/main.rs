@@ -160,16 +160,10 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let letterbox_limits = match cli.letterbox_limits.as_deref() {
-        None => None,
-        Some(&[short, long]) if cli.resize == Resize::Letterbox && 0 < short && short <= long => {
-            Some([short, long])
-        }
-        Some(v) => {
-            eprintln!(
-                "error: invalid option: --letterbox-limits {v:?}: give SHORT,LONG with \
-                 0 < SHORT <= LONG, together with --resize letterbox"
-            );
+    let letterbox_limits = match cli.resize.limits_from(cli.letterbox_limits.as_deref()) {
+        Ok(l) => l,
+        Err(m) => {
+            eprintln!("error: invalid option: {m}");
             return ExitCode::from(2);
         }
     };

@@ -68,16 +68,11 @@ pub fn predict_file(
         c = [c[0] + min, c[1] + min];
     }
     let [ch, cw] = c;
+    let canvas = preprocess::place_top_left(px, [iw, ih], [cw, ch]);
+    let x = pixels_to_tensor(&canvas, 1, ch as usize, cw as usize, &device)?;
     let det = if [ch, cw] == [ih, iw] {
-        let x = pixels_to_tensor(&px, 1, ih as usize, iw as usize, &device)?;
         model.detect(x, &[[h, w]])?
     } else {
-        let (row, out_row) = (iw as usize * 3, cw as usize * 3);
-        let mut canvas = vec![0u8; out_row * ch as usize];
-        for (dst, line) in canvas.chunks_exact_mut(out_row).zip(px.chunks_exact(row)) {
-            dst[..row].copy_from_slice(line);
-        }
-        let x = pixels_to_tensor(&canvas, 1, ch as usize, cw as usize, &device)?;
         model.detect_padded(x, Some(&[[ih as usize, iw as usize]]), &[[h, w]])?
     };
     let (scores, labels, boxes) = det.to_host()?;

@@ -167,6 +167,22 @@ impl Resize {
         }
     }
 
+    /// A `--letterbox-limits SHORT,LONG` argument checked against this resize: `None` when not
+    /// given; `[short, long]` when it is two values `0 < short <= long` and this is
+    /// [`Resize::Letterbox`]; otherwise the message to show.
+    pub fn limits_from(self, given: Option<&[u32]>) -> Result<Option<[u32; 2]>, String> {
+        match given {
+            None => Ok(None),
+            Some(&[short, long]) if self == Resize::Letterbox && 0 < short && short <= long => {
+                Ok(Some([short, long]))
+            }
+            Some(v) => Err(format!(
+                "--letterbox-limits {v:?}: give SHORT,LONG with 0 < SHORT <= LONG, together \
+                 with --resize letterbox"
+            )),
+        }
+    }
+
     /// The graph's input names, in graph order.
     pub const fn inputs(self) -> &'static [&'static str] {
         match self {

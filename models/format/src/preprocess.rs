@@ -181,18 +181,25 @@ pub fn letterbox_rgb(
 ) -> Result<(Vec<u8>, [u32; 2]), Error> {
     let [vh, vw] = letterbox_size([height, width], [out_h, out_w], limits);
     let inner = resize_rgb(src, [width, height], None, [vw, vh], resizer)?;
-    if [vh, vw] == [out_h, out_w] {
-        return Ok((inner, [vh, vw]));
+    Ok((place_top_left(inner, [vw, vh], [out_w, out_h]), [vh, vw]))
+}
+
+/// The packed RGB8 `img` (`width`×`height`) top-left in a zero `out_w`×`out_h` canvas (at least
+/// as large on both sides); `img` itself when it already fills it.
+pub fn place_top_left(
+    img: Vec<u8>,
+    [width, height]: [u32; 2],
+    [out_w, out_h]: [u32; 2],
+) -> Vec<u8> {
+    if [width, height] == [out_w, out_h] {
+        return img;
     }
-    let (row, out_row) = (vw as usize * 3, out_w as usize * 3);
+    let (row, out_row) = (width as usize * 3, out_w as usize * 3);
     let mut canvas = vec![0u8; out_row * out_h as usize];
-    for (dst, line) in canvas
-        .chunks_exact_mut(out_row)
-        .zip(inner.chunks_exact(row))
-    {
+    for (dst, line) in canvas.chunks_exact_mut(out_row).zip(img.chunks_exact(row)) {
         dst[..row].copy_from_slice(line);
     }
-    Ok((canvas, [vh, vw]))
+    canvas
 }
 
 #[cfg(test)]

@@ -602,3 +602,18 @@ fn max_batch_at_is_version_4_dynamic_only_and_checked() {
         assert_invalid(decode(&p), META_MAX_BATCH_AT);
     }
 }
+
+/// `--letterbox-limits` as every CLI checks it: two values 0 < short <= long, letterbox only.
+#[test]
+fn letterbox_limits_arguments_are_checked_once() {
+    let lb = Resize::Letterbox;
+    assert_eq!(lb.limits_from(None), Ok(None));
+    assert_eq!(lb.limits_from(Some(&[800, 1333])), Ok(Some([800, 1333])));
+    assert_eq!(lb.limits_from(Some(&[800, 800])), Ok(Some([800, 800])));
+    for bad in [&[1333u32, 800][..], &[0, 10], &[800], &[800, 1333, 1]] {
+        let e = lb.limits_from(Some(bad)).unwrap_err();
+        assert!(e.contains("--letterbox-limits"), "{e}");
+    }
+    assert!(Resize::Stretch.limits_from(Some(&[800, 1333])).is_err());
+    assert_eq!(Resize::Stretch.limits_from(None), Ok(None));
+}

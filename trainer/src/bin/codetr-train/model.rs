@@ -81,11 +81,9 @@ impl ValidateArgs {
             resize,
             letterbox_limits,
         } = self;
-        let limits = match letterbox_limits.as_deref() {
-            None => None,
-            Some(&[short, long]) => Some([short, long]),
-            Some(v) => anyhow::bail!("--letterbox-limits takes SHORT,LONG, got {v:?}"),
-        };
+        let limits = resize
+            .limits_from(letterbox_limits.as_deref())
+            .map_err(anyhow::Error::msg)?;
         let device = burn::tensor::Device::flex();
         let (m, _) = checkpoint::load(&ckpt, &device)?;
         let ds = Arc::new(CocoDataset::load_split(&data, LoadOptions::default())?);
@@ -358,18 +356,9 @@ impl PredictArgs {
             resize,
             letterbox_limits,
         } = self;
-        let limits = match letterbox_limits.as_deref() {
-            None => None,
-            Some(&[short, long])
-                if resize == codetr_model::Resize::Letterbox && 0 < short && short <= long =>
-            {
-                Some([short, long])
-            }
-            Some(v) => anyhow::bail!(
-                "--letterbox-limits {v:?}: give SHORT,LONG with 0 < SHORT <= LONG, together \
-                 with --resize letterbox"
-            ),
-        };
+        let limits = resize
+            .limits_from(letterbox_limits.as_deref())
+            .map_err(anyhow::Error::msg)?;
         let device = codetr_core::device::select(&device)?;
         let (m, h) = checkpoint::load(&ckpt, &device)?;
         let preds = codetr_core::model::predict::predict_file(
