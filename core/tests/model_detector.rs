@@ -59,6 +59,74 @@ fn tiny_forward_shapes_and_detections() {
     }
 }
 
+fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.clone().into_data().convert::<f32>().try_to_vec().unwrap()
+}
+
+/// `forward_given_selection` (what `codetr-export --check` runs on the graph's selection):
+/// Burn's own selection given back reproduces its forward exactly, padded or not; the same
+/// proposals in other query slots change the detections (each slot has its own content
+/// query); indices that cannot be a selection are an error.
+#[test]
+fn a_given_query_selection_replaces_the_top_k() {
+    let dev = Device::flex();
+    dev.seed(4);
+    let cfg = DetectorConfig::tiny();
+    let model = cfg.init(&dev).unwrap();
+    let s = cfg.input_size as usize;
+    let q = cfg.transformer.num_queries;
+    let x = pixels_to_tensor(&pixels(2, s, 9), 2, s, s, &dev).unwrap();
+    let valid = [[s, s], [s * 3 / 4, s / 2]];
+    for v in [None, Some(&valid[..])] {
+        let own = match v {
+            Some(v) => model.forward_padded(x.clone(), v).unwrap(),
+            None => model.forward(x.clone()).unwrap(),
+        };
+        let idx: Vec<i64> = own
+            .enc_indices
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec()
+            .unwrap();
+        assert_eq!(idx.len(), 2 * q);
+        let again = model.forward_given_selection(x.clone(), v, &idx).unwrap();
+        for (a, b) in own.logits.iter().zip(&again.logits) {
+            assert_eq!(host(a), host(b));
+        }
+        assert_eq!(host(&own.enc_logits), host(&again.enc_logits));
+        // image 0's first two slots swapped: same proposals, other content queries
+        let mut swapped = idx.clone();
+        swapped.swap(0, 1);
+        let moved = model
+            .forward_given_selection(x.clone(), v, &swapped)
+            .unwrap();
+        let (a, b) = (
+            host(own.logits.last().unwrap()),
+            host(moved.logits.last().unwrap()),
+        );
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff > 1e-3, "swapped slots changed nothing ({diff})");
+    }
+    let tokens = cfg.tokens_at(s, s) as i64;
+    let mut bad = vec![0i64; 2 * q];
+    bad[5] = tokens;
+    let e = model
+        .forward_given_selection(x.clone(), None, &bad)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("outside"), "{e}");
+    let e = model
+        .forward_given_selection(x, None, &bad[1..])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("indices for 2 images"), "{e}");
+}
+
 #[test]
 fn same_seed_same_weights_and_outputs() {
     let cfg = DetectorConfig::tiny();

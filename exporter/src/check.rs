@@ -10,6 +10,8 @@ use codetr_core::model::detector::pixels_to_tensor;
 use codetr_data::coco::{CocoDataset, LoadOptions};
 use codetr_data::loader::{Loader, LoaderConfig};
 
+use codetr_core::model::query_selection::QUERY_SELECTION_NODE;
+
 use super::{ExportError, Result};
 
 /// Largest accepted difference (fp32 graph).
@@ -34,10 +36,99 @@ pub struct CheckReport {
     /// each other's query slot in the graph (each slot has its own content query), which moves
     /// detections: a property of the weights (random ones tie), not of the conversion.
     pub selection_min_gap: Option<f32>,
+    /// When the check failed and the graph names its query selection: the failing batches
+    /// again, with Burn given the graph's own selection.
+    pub given_selection: Option<GivenSelection>,
 }
 
 /// Below this gap between selected proposal scores, float noise can reorder the selection.
 pub const SELECTION_TIE: f32 = 1e-5;
+
+/// The failing batches run again with the query selection held equal: the graph with its
+/// selection exposed as an extra output (the same nodes), and Burn decoding that selection
+/// instead of its own top-K. Which encoder token takes which query slot is a discrete choice
+/// among scores that, with untrained weights, lie closer than the runtimes' float error; this
+/// checks that the graph's choice is one Burn's scores allow (each rank's score within
+/// [`SELECTION_TIE`]) and that, given the same choice, every other computation agrees within
+/// [`TOLERANCE`].
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GivenSelection {
+    /// Query slots of the failing batches' images, and how many of them hold another token in
+    /// the graph than in Burn.
+    pub slots: usize,
+    pub slots_differing: usize,
+    /// Largest difference, over ranks, between Burn's score of the graph's r-th selected token
+    /// and Burn's own r-th selection score (max class logit).
+    pub max_rank_score_diff: f32,
+    /// The graph with the exposed selection against the graph as written.
+    pub exposed_vs_graph: f32,
+    /// Burn on the graph's selection against the graph.
+    pub max_score_diff: f32,
+    pub max_box_diff: f32,
+    pub labels_identical: bool,
+    pub passed: bool,
+}
+
+impl GivenSelection {
+    fn new() -> Self {
+        Self {
+            labels_identical: true,
+            ..Self::default()
+        }
+    }
+
+    fn verdict(&mut self) {
+        self.passed = self.labels_identical
+            && self.max_score_diff <= TOLERANCE
+            && self.max_box_diff <= TOLERANCE
+            && self.exposed_vs_graph <= TOLERANCE
+            && self.max_rank_score_diff <= SELECTION_TIE;
+    }
+}
+
+/// `onnx` opened with its query selection's indices (the second output of the node named
+/// [`QUERY_SELECTION_NODE`]) as an extra graph output, and that output's name; `None` when no
+/// node has that name (a graph written before the node was named). Only an output is added:
+/// nodes, weights and declared outputs stay as written.
+fn open_with_selection(
+    onnx: &Path,
+    ort_lib: &Path,
+) -> Result<Option<(ort::session::Session, String)>> {
+    use codetr_core::onnx::builder::{decode, encode, value_info};
+    use codetr_core::onnx::{Dim, ElemType};
+    let bytes = std::fs::read(onnx).map_err(|e| err(format!("{}: {e}", onnx.display())))?;
+    let mut model = decode(&bytes).map_err(|e| err(format!("{}: {e}", onnx.display())))?;
+    drop(bytes);
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(None);
+    };
+    let Some(out) = graph
+        .node
+        .iter()
+        .find(|n| n.name == QUERY_SELECTION_NODE)
+        .and_then(|n| n.output.get(1))
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    graph.output.push(value_info(
+        &out,
+        ElemType::I64,
+        &[Dim::Named("n".into()), Dim::Named("k".into())],
+    ));
+    let bytes = encode(&model);
+    drop(model);
+    let env = environment(ort_lib)?;
+    let session = ort::session::Session::builder(env)
+        .and_then(|mut b| b.commit_from_memory(&bytes))
+        .map_err(|e| {
+            err(format!(
+                "ONNX Runtime cannot load {} with its selection exposed: {e}",
+                onnx.display()
+            ))
+        })?;
+    Ok(Some((session, out)))
+}
 
 fn err(m: impl Into<String>) -> ExportError {
     ExportError::Option(m.into())
@@ -119,6 +210,62 @@ struct Dets {
     boxes: Vec<f32>,
 }
 
+/// Burn on a batch: its detections, and its query selection: `[n·K]` token indices in
+/// selection order and each selected token's score (max class logit).
+struct BurnRun {
+    dets: Dets,
+    selection: Vec<i64>,
+    selection_scores: Vec<f32>,
+}
+
+/// The Burn model on a `[n, h, w, 3]` batch (`valid`: each image's region for a letterbox
+/// graph), with its own query selection or the `given` one.
+fn run_burn(
+    model: &codetr_core::model::Detector,
+    px: &[u8],
+    sizes: &[[u32; 2]],
+    valid: Option<&[[usize; 2]]>,
+    [h, w]: [usize; 2],
+    given: Option<&[i64]>,
+) -> Result<BurnRun> {
+    let device = model.level_embed.val().device();
+    let n = sizes.len();
+    let x = pixels_to_tensor(px, n, h, w, &device)?;
+    let out = match (given, valid) {
+        (Some(g), _) => model.forward_given_selection(x, valid, g)?,
+        (None, Some(v)) => model.forward_padded(x, v)?,
+        (None, None) => model.forward(x)?,
+    };
+    let host = |e: burn::tensor::DataError| err(format!("selection: {e:?}"));
+    let [b, k, _] = out.enc_logits.dims();
+    let selection_scores = out
+        .enc_logits
+        .clone()
+        .max_dim(2)
+        .reshape([b, k])
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .map_err(host)?;
+    let selection = out
+        .enc_indices
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec()
+        .map_err(host)?;
+    let (scores, labels, boxes) = model.postprocess(&out, sizes)?.to_host()?;
+    Ok(BurnRun {
+        dets: Dets {
+            scores,
+            labels,
+            boxes,
+        },
+        selection,
+        selection_scores,
+    })
+}
+
 /// The Burn model and the graph on the same `[n, h, w, 3]` batch (`valid`: each image's region
 /// for a letterbox graph), as (Burn, graph).
 fn run_both(
@@ -128,33 +275,29 @@ fn run_both(
     sizes: &[[u32; 2]],
     valid: Option<&[[usize; 2]]>,
     hw: [usize; 2],
-) -> Result<(Dets, Dets)> {
-    let device = model.level_embed.val().device();
-    let x = pixels_to_tensor(&px, sizes.len(), hw[0], hw[1], &device)?;
-    let (scores, labels, boxes) = model.detect_padded(x, valid, sizes)?.to_host()?;
-    let burn = Dets {
-        scores,
-        labels,
-        boxes,
-    };
-    let (labels, scores, boxes) = run_graph(session, px, sizes, valid, hw)?;
-    let graph = Dets {
-        scores,
-        labels,
-        boxes,
-    };
+) -> Result<(BurnRun, GraphRun)> {
+    let burn = run_burn(model, &px, sizes, valid, hw, None)?;
+    let graph = run_graph(session, px, sizes, valid, hw, None)?;
     Ok((burn, graph))
 }
 
+/// The graph on a batch: its detections, and its query selection when asked for.
+struct GraphRun {
+    dets: Dets,
+    selection: Option<Vec<i64>>,
+}
+
 /// One run of the contract graph: `n` images `[n, h, w, 3]` with original sizes (and, for a
-/// letterbox graph, each image's valid size in the input) → (labels, scores, boxes), flat.
+/// letterbox graph, each image's valid size in the input) → detections; `selection`: the name
+/// of the exposed selection output to read too.
 fn run_graph(
     session: &mut ort::session::Session,
     pixels: Vec<u8>,
     sizes: &[[u32; 2]],
     valid: Option<&[[usize; 2]]>,
     [h, w]: [usize; 2],
-) -> Result<(Vec<i64>, Vec<f32>, Vec<f32>)> {
+    selection: Option<&str>,
+) -> Result<GraphRun> {
     let n = sizes.len();
     let images = ort::value::Tensor::from_array(([n, h, w, 3], pixels))
         .map_err(|e| err(format!("input tensor: {e}")))?;
@@ -193,16 +336,21 @@ fn run_graph(
             .1
             .to_vec())
     };
-    let labels = get(codetr_model::OUTPUT_LABELS)?
-        .try_extract_tensor::<i64>()
-        .map_err(|e| err(format!("output `labels`: {e}")))?
-        .1
-        .to_vec();
-    Ok((
-        labels,
-        f(codetr_model::OUTPUT_SCORES)?,
-        f(codetr_model::OUTPUT_BOXES)?,
-    ))
+    let i = |name: &str| -> Result<Vec<i64>> {
+        Ok(get(name)?
+            .try_extract_tensor::<i64>()
+            .map_err(|e| err(format!("output `{name}`: {e}")))?
+            .1
+            .to_vec())
+    };
+    Ok(GraphRun {
+        dets: Dets {
+            labels: i(codetr_model::OUTPUT_LABELS)?,
+            scores: f(codetr_model::OUTPUT_SCORES)?,
+            boxes: f(codetr_model::OUTPUT_BOXES)?,
+        },
+        selection: selection.map(i).transpose()?,
+    })
 }
 
 /// Nearest-neighbour resample of `n` RGB images `[n, h, w, 3]` to `[n, th, tw, 3]`: the same
@@ -313,6 +461,9 @@ pub fn check(
     };
     let (mut max_s, mut max_b, mut labels_ok) = (0f32, 0f32, true);
     let mut selection_min_gap: Option<f32> = None;
+    // opened at the first failing batch: (session, selection output), None for an old graph
+    let mut exposed: Option<Option<(ort::session::Session, String)>> = None;
+    let mut given = GivenSelection::new();
     for &hw in &sizes_run {
         let all = resample(&batch.pixels, most, [s, s], hw);
         let per = hw[0] * hw[1] * 3;
@@ -333,27 +484,64 @@ pub fn check(
                 valid.as_deref(),
                 hw,
             )?;
-            if o.scores.len() != b.scores.len() || o.boxes.len() != b.boxes.len() {
+            if o.dets.scores.len() != b.dets.scores.len()
+                || o.dets.boxes.len() != b.dets.boxes.len()
+            {
                 return Err(err("output shapes differ from the Burn model's"));
             }
-            let k = b.scores.len() / n.max(1);
-            let d = compare_ranked(
-                k,
-                side,
-                (&b.scores, &b.labels, &b.boxes),
-                (&o.scores, &o.labels, &o.boxes),
-            );
+            let k = b.dets.scores.len() / n.max(1);
+            let d = compare_ranked(k, side, &b.dets, &o.dets);
             labels_ok &= d.labels_identical;
             max_s = max_s.max(d.max_score_diff);
             max_b = max_b.max(d.max_box_diff);
-            let failed =
-                !d.labels_identical || d.max_score_diff > TOLERANCE || d.max_box_diff > TOLERANCE;
-            if failed && selection_min_gap.is_none() {
-                selection_min_gap = Some(selection_gap(&model, &px, n, hw, valid.as_deref())?);
+            if d.passed() {
+                continue;
             }
+            let q = b.selection.len() / n.max(1);
+            let gap = min_consecutive_gap(&b.selection_scores, q);
+            selection_min_gap = Some(selection_min_gap.map_or(gap, |g| g.min(gap)));
+            if exposed.is_none() {
+                exposed = Some(open_with_selection(onnx, ort_lib)?);
+            }
+            let Some(Some((sess, name))) = exposed.as_mut() else {
+                continue;
+            };
+            let e = run_graph(sess, px.clone(), &sizes, valid.as_deref(), hw, Some(name))?;
+            let same = compare_ranked(k, side, &o.dets, &e.dets);
+            given.exposed_vs_graph = given
+                .exposed_vs_graph
+                .max(same.max_score_diff)
+                .max(same.max_box_diff);
+            if !same.labels_identical {
+                given.exposed_vs_graph = f32::INFINITY;
+            }
+            let sel = e
+                .selection
+                .ok_or_else(|| err("the exposed selection output is missing"))?;
+            let bg = run_burn(&model, &px, &sizes, valid.as_deref(), hw, Some(&sel))?;
+            let dg = compare_ranked(k, side, &bg.dets, &e.dets);
+            given.labels_identical &= dg.labels_identical;
+            given.max_score_diff = given.max_score_diff.max(dg.max_score_diff);
+            given.max_box_diff = given.max_box_diff.max(dg.max_box_diff);
+            given.slots += sel.len();
+            given.slots_differing += sel.iter().zip(&b.selection).filter(|(a, b)| a != b).count();
+            given.max_rank_score_diff = bg
+                .selection_scores
+                .iter()
+                .zip(&b.selection_scores)
+                .map(|(g, own)| (g - own).abs())
+                .fold(given.max_rank_score_diff, f32::max);
         }
     }
-    let passed = labels_ok && max_s <= TOLERANCE && max_b <= TOLERANCE;
+    let exact = labels_ok && max_s <= TOLERANCE && max_b <= TOLERANCE;
+    let given_selection = match exposed {
+        Some(Some(_)) => {
+            given.verdict();
+            Some(given)
+        }
+        _ => None,
+    };
+    let passed = exact || given_selection.as_ref().is_some_and(|g| g.passed);
     Ok(CheckReport {
         batches: batches.to_vec(),
         sizes: sizes_run,
@@ -364,34 +552,56 @@ pub fn check(
         passed,
         ort_library: ort_lib.to_path_buf(),
         selection_min_gap,
+        given_selection,
     })
 }
 
-/// The smallest gap between consecutive selection scores (each selected encoder proposal's
-/// max class logit, in selection order) of Burn on one `[n, h, w, 3]` batch, over its images.
-fn selection_gap(
-    model: &codetr_core::model::Detector,
-    px: &[u8],
-    n: usize,
-    [h, w]: [usize; 2],
-    valid: Option<&[[usize; 2]]>,
-) -> Result<f32> {
-    let device = model.level_embed.val().device();
-    let x = pixels_to_tensor(px, n, h, w, &device)?;
-    let out = match valid {
-        Some(v) => model.forward_padded(x, v)?,
-        None => model.forward(x)?,
-    };
-    let [b, k, _] = out.enc_logits.dims();
-    let best: Vec<f32> = out
-        .enc_logits
-        .max_dim(2)
-        .reshape([b, k])
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .map_err(|e| err(format!("selection scores: {e:?}")))?;
-    Ok(min_consecutive_gap(&best, k))
+/// What a failing comparison's selection says, for `--check`'s report: how close Burn's
+/// selection scores lie (`gap`), and the check on the graph's own selection.
+pub fn describe_selection(gap: f32, given: Option<&GivenSelection>) -> String {
+    let tie = gap < SELECTION_TIE;
+    let mut s = format!(
+        "check: the encoder proposals Burn selects as queries are {} (smallest gap between \
+         consecutive selection scores {gap:.2e}, near-tie bound {SELECTION_TIE:.0e})",
+        if tie { "near-tied" } else { "well separated" },
+    );
+    if tie {
+        s.push_str(
+            ": ONNX Runtime may give tied proposals each other's query slot (each slot has its \
+             own content query), which moves detections",
+        );
+    }
+    match given {
+        None => s.push_str(
+            "\ncheck: this graph does not name its query-selection node (written by an older \
+             codetr-export): re-export it to check it on its own selection",
+        ),
+        Some(g) => {
+            s.push_str(&format!(
+                "\ncheck on the graph's own selection (Burn decodes the proposals the graph \
+                 selected; {} of {} query slots hold another proposal than Burn's own choice, \
+                 each rank's score within {:.2e} of Burn's): scores {:.2e}, boxes/side {:.2e}, \
+                 labels identical: {}; graph with its selection exposed vs as written: {:.2e}",
+                g.slots_differing,
+                g.slots,
+                g.max_rank_score_diff,
+                g.max_score_diff,
+                g.max_box_diff,
+                g.labels_identical,
+                g.exposed_vs_graph,
+            ));
+            s.push_str(if g.passed {
+                "\ncheck: the graph and Burn differ only in which near-tied proposal takes which \
+                 query slot; given the same selection they agree"
+            } else if g.max_rank_score_diff > SELECTION_TIE {
+                "\ncheck: the graph selects proposals Burn's scores do not allow"
+            } else {
+                "\ncheck: given the same selection they still disagree: the difference is not \
+                 the selection"
+            });
+        }
+    }
+    s
 }
 
 /// The smallest `row[i] - row[i + 1]` over rows of `k` descending scores (`f32::INFINITY`
@@ -412,6 +622,12 @@ struct RankedDiff {
     labels_identical: bool,
 }
 
+impl RankedDiff {
+    fn passed(&self) -> bool {
+        self.labels_identical && self.max_score_diff <= TOLERANCE && self.max_box_diff <= TOLERANCE
+    }
+}
+
 /// Compares the graph's top-k rows with Burn's, `k` entries per image: (scores, labels, boxes
 /// `[.., 4]`). Entries whose Burn scores lie within [`TOLERANCE`] of their neighbours form a
 /// tie group, and inside a group the graph may list them in any order: a trained model has
@@ -420,13 +636,9 @@ struct RankedDiff {
 /// same label and the closest box; an entry without one counts as a label mismatch, except in
 /// the group at the cut-off, where entries tied with the k-th score may trade places with
 /// ones just past rank k.
-fn compare_ranked(
-    k: usize,
-    side: f32,
-    burn: (&[f32], &[i64], &[f32]),
-    graph: (&[f32], &[i64], &[f32]),
-) -> RankedDiff {
-    let ((bs, bl, bb), (gs, gl, gb)) = (burn, graph);
+fn compare_ranked(k: usize, side: f32, burn: &Dets, graph: &Dets) -> RankedDiff {
+    let (bs, bl, bb) = (&burn.scores, &burn.labels, &burn.boxes);
+    let (gs, gl, gb) = (&graph.scores, &graph.labels, &graph.boxes);
     let mut d = RankedDiff {
         max_score_diff: 0.0,
         max_box_diff: 0.0,
@@ -582,7 +794,7 @@ pub fn map_compare(
             (resample(&batch.pixels, n, [s, s], hw), None)
         };
         let (b, o) = run_both(&model, &mut session, px, &sizes, valid.as_deref(), hw)?;
-        for (dets, out) in [(&b, &mut d_burn), (&o, &mut d_onnx)] {
+        for (dets, out) in [(&b.dets, &mut d_burn), (&o.dets, &mut d_onnx)] {
             let k = dets.scores.len() / n.max(1);
             for (i, t) in batch.targets.iter().enumerate() {
                 out.extend(coco_detections(
@@ -616,6 +828,26 @@ mod tests {
 
     const B: [f32; 12] = [0., 0., 10., 10., 5., 5., 20., 20., 1., 1., 2., 2.];
 
+    fn dets(scores: [f32; 3], labels: [i64; 3], boxes: [f32; 12]) -> Dets {
+        Dets {
+            scores: scores.to_vec(),
+            labels: labels.to_vec(),
+            boxes: boxes.to_vec(),
+        }
+    }
+
+    fn cmp3(
+        burn: ([f32; 3], [i64; 3], [f32; 12]),
+        graph: ([f32; 3], [i64; 3], [f32; 12]),
+    ) -> RankedDiff {
+        compare_ranked(
+            3,
+            100.0,
+            &dets(burn.0, burn.1, burn.2),
+            &dets(graph.0, graph.1, graph.2),
+        )
+    }
+
     /// The smallest gap is taken within each image's row, never across rows.
     #[test]
     fn selection_gap_is_per_image() {
@@ -628,6 +860,54 @@ mod tests {
         assert_eq!(min_consecutive_gap(&[1.0, 2.0], 1), f32::INFINITY);
     }
 
+    /// The check on the graph's selection passes only when the graph's choice is one Burn's
+    /// scores allow and everything downstream agrees, on the graph as written.
+    #[test]
+    fn a_given_selection_passes_only_on_a_tie_and_agreement_downstream() {
+        let good = || GivenSelection {
+            slots: 1800,
+            slots_differing: 4,
+            max_rank_score_diff: 2e-6,
+            exposed_vs_graph: 0.0,
+            max_score_diff: 2e-7,
+            max_box_diff: 1e-7,
+            labels_identical: true,
+            passed: false,
+        };
+        let verdict = |change: &dyn Fn(&mut GivenSelection)| {
+            let mut g = good();
+            change(&mut g);
+            g.verdict();
+            g.passed
+        };
+        assert!(verdict(&|_| {}));
+        assert!(!verdict(&|g| g.max_rank_score_diff = 2e-5));
+        assert!(!verdict(&|g| g.max_score_diff = 2e-4));
+        assert!(!verdict(&|g| g.max_box_diff = 2e-4));
+        assert!(!verdict(&|g| g.labels_identical = false));
+        assert!(!verdict(&|g| g.exposed_vs_graph = f32::INFINITY));
+        let mut g = good();
+        g.verdict();
+        let text = describe_selection(7e-7, Some(&g));
+        assert!(
+            text.contains("near-tied") && text.contains("4 of 1800"),
+            "{text}"
+        );
+        assert!(
+            text.contains("differ only in which near-tied proposal"),
+            "{text}"
+        );
+        g.max_rank_score_diff = 1e-2;
+        g.verdict();
+        let text = describe_selection(7e-7, Some(&g));
+        assert!(text.contains("do not allow"), "{text}");
+        let text = describe_selection(0.3, None);
+        assert!(
+            text.contains("well separated") && text.contains("re-export"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn tied_scores_may_swap_but_real_differences_are_caught() {
         let burn = ([0.9f32, 0.5, 0.5], [1i64, 2, 3], B);
@@ -636,12 +916,7 @@ mod tests {
         gb[4..8].copy_from_slice(&B[8..12]);
         gb[8..12].copy_from_slice(&B[4..8]);
         let swapped = ([0.9f32, 0.5000001, 0.5], [1i64, 3, 2], gb);
-        let d = compare_ranked(
-            3,
-            100.0,
-            (&burn.0, &burn.1, &burn.2),
-            (&swapped.0, &swapped.1, &swapped.2),
-        );
+        let d = cmp3(burn, swapped);
         assert!(d.labels_identical, "{d:?}");
         assert!(d.max_box_diff == 0.0 && d.max_score_diff < 1e-6, "{d:?}");
         // entries 0 and 1 are 0.4 apart: a swap there is a real disagreement
@@ -649,23 +924,13 @@ mod tests {
         gb[..4].copy_from_slice(&B[4..8]);
         gb[4..8].copy_from_slice(&B[..4]);
         let wrong = ([0.9f32, 0.5, 0.5], [2i64, 1, 3], gb);
-        let d = compare_ranked(
-            3,
-            100.0,
-            (&burn.0, &burn.1, &burn.2),
-            (&wrong.0, &wrong.1, &wrong.2),
-        );
+        let d = cmp3(burn, wrong);
         assert!(!d.labels_identical, "{d:?}");
         // a moved box inside a tie group is still measured
         let mut gb = B;
         gb[9] += 3.0;
         let moved = ([0.9f32, 0.5, 0.5], [1i64, 2, 3], gb);
-        let d = compare_ranked(
-            3,
-            100.0,
-            (&burn.0, &burn.1, &burn.2),
-            (&moved.0, &moved.1, &moved.2),
-        );
+        let d = cmp3(burn, moved);
         assert!(
             d.labels_identical && (d.max_box_diff - 0.03).abs() < 1e-6,
             "{d:?}"
@@ -674,9 +939,8 @@ mod tests {
 
     #[test]
     fn a_tie_at_the_cut_off_may_swap_in_an_entry_from_past_rank_k() {
-        let cmp = |b: ([f32; 3], [i64; 3]), g: ([f32; 3], [i64; 3])| {
-            compare_ranked(3, 100.0, (&b.0, &b.1, &B), (&g.0, &g.1, &B))
-        };
+        let cmp =
+            |b: ([f32; 3], [i64; 3]), g: ([f32; 3], [i64; 3])| cmp3((b.0, b.1, B), (g.0, g.1, B));
         // Burn's 3rd entry (label 3) and the graph's (label 4) are two detections tied at the
         // cut-off score: each list's k-th is the other's (k+1)-th.
         let d = cmp(

@@ -287,9 +287,21 @@ fn check_runs_onnx_runtime_from_rust_and_catches_a_wrong_graph() {
     let ok = codetr_export::check::check(&out, &a, None, &val, &[1, 3], &lib).unwrap();
     eprintln!("{ok:?}");
     assert!(ok.passed && ok.labels_identical && ok.max_score_diff <= 1e-4);
-    // the graph of checkpoint a checked against checkpoint b must fail
+    // an exact pass needs no second run on the graph's selection
+    assert!(ok.given_selection.is_none() && ok.selection_min_gap.is_none());
+    // the graph of checkpoint a checked against checkpoint b must fail, and Burn decoding
+    // the graph's own selection must not rescue it: b's scores do not allow a's selection
     let bad = codetr_export::check::check(&out, &b, None, &val, &[1], &lib).unwrap();
     assert!(!bad.passed, "{bad:?}");
+    let g = bad
+        .given_selection
+        .as_ref()
+        .expect("the graph names its selection");
+    assert!(!g.passed && g.slots == cfg.transformer.num_queries, "{g:?}");
+    assert!(
+        g.max_rank_score_diff > 1e-3 && g.exposed_vs_graph == 0.0,
+        "{g:?}"
+    );
     // and the binary: --check exits 0 on a good export
     let st = Command::new(env!("CARGO_BIN_EXE_codetr-export"))
         .arg("--checkpoint")

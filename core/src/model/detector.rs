@@ -5,7 +5,7 @@ use crate::model::autocast as ac;
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::backbone::Backbone;
 use super::config::DetectorConfig;
@@ -114,6 +114,8 @@ pub struct DetectorOutput {
     /// Encoder proposals selected as queries: `[B, K, C]` logits and `[B, K, 4]` boxes.
     pub enc_logits: Tensor<3>,
     pub enc_boxes: Tensor<3>,
+    /// `[B, K]` the encoder token each of those proposals came from, in selection order.
+    pub enc_indices: Tensor<2, Int>,
     /// `[B, S, d]` encoder memory (the aux heads' input in training).
     pub memory: Tensor<3>,
     /// `[h, w]` of every level.
@@ -493,6 +495,47 @@ impl Detector {
         valid: Option<&[[usize; 2]]>,
         extend: impl FnOnce(Tensor<3>, Vec<[usize; 2]>, &Selected) -> Decodable,
     ) -> Result<DetectorOutput> {
+        self.forward_inner(images, valid, None, extend)
+    }
+
+    /// Inference forward (padded to `valid`, or not) whose query selection is `given`:
+    /// `[B, K]` encoder-token indices (`K` = `num_queries`, each below the token count) in
+    /// place of the top-K choice. For comparing with another runtime on its own selection;
+    /// indices out of range are an error.
+    pub fn forward_given_selection(
+        &self,
+        images: Tensor<4>,
+        valid: Option<&[[usize; 2]]>,
+        given: &[i64],
+    ) -> Result<DetectorOutput> {
+        let [b, h, w, _] = images.dims();
+        let k = self.config.transformer.num_queries;
+        let tokens = self.config.tokens_at(h, w);
+        let bad = |message: String| Error::InvalidArgument {
+            what: "selection",
+            message,
+        };
+        if given.len() != b * k {
+            return Err(bad(format!(
+                "{} indices for {b} images of {k} queries",
+                given.len()
+            )));
+        }
+        if let Some(i) = given.iter().find(|&&i| i < 0 || i as usize >= tokens) {
+            return Err(bad(format!("token index {i} outside 0..{tokens}")));
+        }
+        let device = self.level_embed.val().device();
+        let idx = Tensor::<2, Int>::from_data(TensorData::new(given.to_vec(), [b, k]), &device);
+        self.forward_inner(images, valid, Some(idx), selected_queries)
+    }
+
+    fn forward_inner(
+        &self,
+        images: Tensor<4>,
+        valid: Option<&[[usize; 2]]>,
+        given: Option<Tensor<2, Int>>,
+        extend: impl FnOnce(Tensor<3>, Vec<[usize; 2]>, &Selected) -> Decodable,
+    ) -> Result<DetectorOutput> {
         self.check_input(&images)?;
         let Features {
             tokens: src,
@@ -506,12 +549,13 @@ impl Detector {
         let padding = padding.as_ref();
         let memory = self.encoder.forward(src, pos, &shapes, padding);
         let n = self.decoder.layers.len();
-        let selected = self.selection.forward(
+        let selected = self.selection.forward_given(
             memory.clone(),
             &shapes,
             padding,
             |x| ac::linear(&self.class_heads[n], x),
             |x| self.box_heads[n].forward(x),
+            given,
         );
         let (content, reference, mask, mem, shp) =
             extend(memory.clone(), shapes.clone(), &selected);
@@ -530,6 +574,7 @@ impl Detector {
             boxes,
             enc_logits: selected.enc_logits,
             enc_boxes: selected.enc_boxes,
+            enc_indices: selected.indices,
             memory,
             shapes,
         })
@@ -675,6 +720,16 @@ impl Detector {
             Some(v) => self.forward_padded(images, v)?,
             None => self.forward(images)?,
         };
+        self.postprocess(&out, orig_sizes)
+    }
+
+    /// The final decoder layer's top `max_detections` of a forward pass, in `orig_sizes`
+    /// pixels.
+    pub fn postprocess(
+        &self,
+        out: &DetectorOutput,
+        orig_sizes: &[[u32; 2]],
+    ) -> Result<super::postprocess::Detections> {
         let (Some(l), Some(bx)) = (out.logits.last(), out.boxes.last()) else {
             return Err(Error::InvalidArgument {
                 what: "model",

@@ -85,6 +85,10 @@ pub fn emit_token_proposals(
     Ok((props, valid))
 }
 
+/// The name of the graph's query-selection `TopK` node (its second output: the `[N, K]`
+/// selected token indices), so that `codetr-export --check` can read the selection.
+pub const QUERY_SELECTION_NODE: &str = "query_selection_topk";
+
 /// The encoder-output projection and the learned content queries.
 #[derive(Module, Debug)]
 pub struct QuerySelection {
@@ -132,6 +136,22 @@ impl QuerySelection {
         score: impl Fn(Tensor<3>) -> Tensor<3>,
         regress: impl Fn(Tensor<3>) -> Tensor<3>,
     ) -> Selected {
+        self.forward_given(memory, shapes, padding, score, regress, None)
+    }
+
+    /// [`QuerySelection::forward`], where `given` (`[B, K]` token indices, each below `S`)
+    /// replaces the top-K choice: `codetr-export --check` runs the graph's own selection
+    /// through Burn, so that near-tied proposals taken in another order (float noise decides
+    /// between them) do not hide whether everything else agrees.
+    pub fn forward_given(
+        &self,
+        memory: Tensor<3>,
+        shapes: &[[usize; 2]],
+        padding: Option<&super::padding::Padding>,
+        score: impl Fn(Tensor<3>) -> Tensor<3>,
+        regress: impl Fn(Tensor<3>) -> Tensor<3>,
+        given: Option<Tensor<2, Int>>,
+    ) -> Selected {
         let device = memory.device();
         let [b, _s, d] = memory.dims();
         let k = self.query_embed.dims()[0];
@@ -145,9 +165,15 @@ impl QuerySelection {
         let logits = score(out.clone()); // [B, S, C]
         let c = logits.dims()[2];
         let coords_unact = regress(out) + props; // [B, S, 4]
-        let best = logits.clone().max_dim(2).reshape([b, logits.dims()[1]]);
-        // ties by lower index, as the graph's TopK: which tied tokens become queries matters
-        let (_, indices) = super::topk::topk_ties_by_index(best, k); // [B, K]
+        let indices = match given {
+            Some(i) => i,
+            None => {
+                let best = logits.clone().max_dim(2).reshape([b, logits.dims()[1]]);
+                // ties by lower index, as the graph's TopK: which tied tokens become queries
+                // matters
+                super::topk::topk_ties_by_index(best, k).1 // [B, K]
+            }
+        };
         let idx3 = |n: usize| indices.clone().reshape([b, k, 1]).expand([b, k, n]);
         let sel_coords = coords_unact.gather(1, idx3(4));
         let enc_boxes = burn::tensor::activation::sigmoid(sel_coords);
@@ -194,6 +220,7 @@ impl QuerySelection {
         let [k, d] = self.query_embed.dims();
         let kk = g.ints(&[k as i64]);
         let tk = g.node_n("TopK", &[&best, &kk], vec![("axis", Attr::Int(1))], 2);
+        g.name_last_node(QUERY_SELECTION_NODE);
         let idx = g.node("Unsqueeze", &[&tk[1], &ax2], vec![]);
         let four = g.ints(&[1, 1, 4]);
         let idx = g.node("Expand", &[&idx, &four], vec![]);

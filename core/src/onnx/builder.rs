@@ -89,7 +89,8 @@ fn attribute(name: &str, value: Attr) -> AttributeProto {
     a
 }
 
-fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> ValueInfoProto {
+/// The declaration of a graph input or output `name`.
+pub fn value_info(name: &str, elem: ElemType, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| tensor_shape_proto::Dimension {
@@ -265,6 +266,14 @@ impl GraphBuilder {
         outs
     }
 
+    /// Names the last added node `name` (node names carry no meaning for a runtime; a fixed
+    /// one lets a tool find that node in the written graph).
+    pub fn name_last_node(&mut self, name: &str) {
+        if let Some(n) = self.nodes.last_mut() {
+            n.name = name.to_string();
+        }
+    }
+
     /// A single-output node.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         self.node_n(op, inputs, attrs, 1).remove(0)
@@ -327,6 +336,14 @@ impl GraphBuilder {
 /// Serialises a model (protobuf bytes).
 pub fn encode(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
+}
+
+/// Parses a model's protobuf bytes.
+pub fn decode(bytes: &[u8]) -> Result<ModelProto> {
+    ModelProto::decode(bytes).map_err(|e| Error::InvalidArgument {
+        what: "onnx model",
+        message: format!("not an ONNX model: {e}"),
+    })
 }
 
 /// Writes a model atomically (temp + fsync + rename): no partial file on any error. The bytes
