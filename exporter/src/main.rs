@@ -64,7 +64,7 @@ struct Cli {
     /// `800x1333` (the official landscape canvas: with `--letterbox-limits 800,1333` exact for
     /// landscape images, portrait ones scaled down to fit, at 60 % of a 1333² graph's pixels).
     /// Not with --dynamic-size.
-    #[arg(long, value_name = "HEIGHTxWIDTH", value_parser = parse_hw)]
+    #[arg(long, value_name = "HEIGHTxWIDTH", value_parser = codetr_model::preprocess::parse_hw)]
     input_size: Option<[u32; 2]>,
     /// With --dynamic-size: the input sizes (comma-separated HEIGHTxWIDTH) the graph will be
     /// served at; the export infers the largest batch whose every tensor stays under 2^31
@@ -72,7 +72,7 @@ struct Cli {
     /// 4), so the server never runs a larger batch there (on CUDA one fails and leaves the GPU
     /// context unusable). [default: with --letterbox-limits SHORT,LONG: SHORTxLONG,LONGxSHORT,
     /// the official landscape and portrait canvases; otherwise none]
-    #[arg(long, value_name = "HxW,...", value_parser = parse_hw, value_delimiter = ',')]
+    #[arg(long, value_name = "HxW,...", value_parser = codetr_model::preprocess::parse_hw, value_delimiter = ',')]
     bound_sizes: Vec<[u32; 2]>,
     /// After writing, run the graph in ONNX Runtime (CPU) and the Burn model on the same real
     /// images at several batch sizes; exit 1 if scores or boxes (÷ image side) differ by more
@@ -113,19 +113,6 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// `--input-size HEIGHTxWIDTH`.
-fn parse_hw(s: &str) -> Result<[u32; 2], String> {
-    let (h, w) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("{s:?} is not HEIGHTxWIDTH (e.g. 800x1333)"))?;
-    let side = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
-    };
-    Ok([side(h)?, side(w)?])
 }
 
 /// `HxW: E elements per image (Op [shape]); batches up to N`: one shape bound, as reported.

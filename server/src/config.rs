@@ -283,7 +283,7 @@ pub struct Cli {
     /// --dynamic-size; for a fixed-size graph it must match the graph [default: the graph's].
     /// Several, comma-separated (e.g. 800x1333,1333x800), for a dynamic-size letterbox graph:
     /// each image goes to the size it is shrunk least in; a batch holds one size.
-    #[arg(long, env = "CODETR_SERVE_INPUT_SIZE", value_parser = parse_hw, value_delimiter = ',')]
+    #[arg(long, env = "CODETR_SERVE_INPUT_SIZE", value_parser = codetr_model::preprocess::parse_hw, value_delimiter = ',')]
     pub input_size: Option<Vec<[u32; 2]>>,
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "CODETR_SERVE_CONFIG")]
@@ -439,19 +439,6 @@ impl Cli {
         c.validate()?;
         Ok(c)
     }
-}
-
-/// `HxW` (e.g. `800x1333`) → `[h, w]`.
-fn parse_hw(s: &str) -> std::result::Result<[u32; 2], String> {
-    let (h, w) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("{s:?} is not HxW (e.g. 640x800)"))?;
-    let side = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .map_err(|e| format!("{s:?} is not HxW (e.g. 640x800): {e}"))
-    };
-    Ok([side(h)?, side(w)?])
 }
 
 /// `input_size` in TOML: one `[h, w]` or a list of them.

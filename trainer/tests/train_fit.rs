@@ -682,6 +682,44 @@ fn validate_writes_the_detections_it_scores() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.ckpt"));
     assert!(!dt2.exists());
+    // the official single-image run and the server's canvases letterbox; they exclude each
+    // other; a malformed size is refused by name
+    for (args, says) in [
+        (&["--unpadded"][..], "letterbox"),
+        (&["--input-size", "128x128"][..], "letterbox"),
+        (
+            &[
+                "--resize",
+                "letterbox",
+                "--unpadded",
+                "--input-size",
+                "128x128",
+            ][..],
+            "cannot be used with",
+        ),
+        (
+            &["--resize", "letterbox", "--input-size", "128by128"][..],
+            "HEIGHTxWIDTH",
+        ),
+    ] {
+        let out = std::process::Command::new(bin)
+            .arg("validate")
+            .arg("--checkpoint")
+            .arg(&ckpt)
+            .arg("--data")
+            .arg(&val)
+            .arg("--out-detections")
+            .arg(&dt2)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+        assert!(!dt2.exists());
+    }
 }
 
 /// Mixed precision: bf16 and f16 products train (finite, falling losses) on the same K = 1 run as
@@ -1040,4 +1078,126 @@ fn closed_stdout_ends_the_report_not_the_work() {
     ] {
         assert!(data.join(f).is_file(), "{f}");
     }
+}
+
+/// Each image's detections as (category, score, bbox) sorted by score.
+fn by_image(
+    dts: &[codetr_data::eval::Detection],
+) -> std::collections::BTreeMap<u64, Vec<(u64, f64, [f64; 4])>> {
+    let mut m = std::collections::BTreeMap::<u64, Vec<_>>::new();
+    for d in dts {
+        m.entry(d.image_id)
+            .or_default()
+            .push((d.category_id, d.score, d.bbox));
+    }
+    for v in m.values_mut() {
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    }
+    m
+}
+
+/// The largest difference between two runs' detections of the same images: each detection of
+/// `a` is matched to the nearest one of `b` with its class and a score within 1e-4 (near-equal
+/// scores may come in either order); `f64::INFINITY` when one has no match.
+fn max_detection_diff(
+    a: &[codetr_data::eval::Detection],
+    b: &[codetr_data::eval::Detection],
+) -> f64 {
+    let (a, b) = (by_image(a), by_image(b));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "same images"
+    );
+    let mut worst = 0f64;
+    for (id, da) in &a {
+        let db = &b[id];
+        assert_eq!(da.len(), db.len());
+        for x in da {
+            let best = db
+                .iter()
+                .filter(|y| y.0 == x.0 && (y.1 - x.1).abs() <= 1e-4)
+                .map(|y| {
+                    (0..4)
+                        .map(|c| (x.2[c] - y.2[c]).abs())
+                        .fold((x.1 - y.1).abs(), f64::max)
+                })
+                .fold(f64::INFINITY, f64::min);
+            worst = worst.max(best);
+        }
+    }
+    worst
+}
+
+/// `validate --input-size` (the server's canvases) and `--unpadded` (the official one image at
+/// its own size), each against an independent path: a single square canvas equals the
+/// loader's letterbox (the server's preprocessing vs the loader's); a canvas exactly the
+/// images' keep-ratio size equals the unpadded run (a batch vs one image at a time, masks all
+/// valid); of two canvases each image takes the one `pick_canvas` picks, and the padding it
+/// saves changes the answer. Bad requests are errors.
+#[test]
+fn evaluation_inputs_match_the_server_and_the_official_single_image_run() {
+    use codetr_data::loader::Resize;
+    use codetr_train::train::fit::{EvalInput, detect_split_as};
+    let tmp = tempfile::tempdir().unwrap();
+    synth::generate(
+        tmp.path(),
+        &SynthConfig {
+            train: 1,
+            val: 5,
+            test: 0,
+            seed: 11,
+            width: 160,
+            height: 96,
+        },
+        None,
+    )
+    .unwrap();
+    let cfg = config(tmp.path(), tmp.path().join("run"), 1);
+    let mut det = cfg.detector().unwrap();
+    let ds = std::sync::Arc::new(
+        codetr_data::CocoDataset::load_split(&tmp.path().join("val"), Default::default()).unwrap(),
+    );
+    det.num_classes = ds.categories.len();
+    let device = burn::tensor::Device::flex();
+    device.seed(2);
+    let model = det.init(&device).unwrap();
+    let lb = (Resize::Letterbox, None);
+    let run = |input: EvalInput| detect_split_as(&model, &ds, 0, 1, lb, &input).unwrap().1;
+    // 96×160 in a 128² canvas keeps its ratio at 77×128
+    let keep = [77, 128];
+    assert_eq!(
+        codetr_model::preprocess::letterbox_size([96, 160], [128, 128], None),
+        keep
+    );
+    let square = run(EvalInput::Square);
+    assert_eq!(square.len(), 5 * det.max_detections);
+    let canvas = run(EvalInput::Canvases(vec![[128, 128]]));
+    let d = max_detection_diff(&square, &canvas);
+    assert!(d <= 1e-3, "server canvas vs loader letterbox: {d}");
+    let unpadded = run(EvalInput::Unpadded);
+    let exact = run(EvalInput::Canvases(vec![keep]));
+    let d = max_detection_diff(&unpadded, &exact);
+    assert!(d <= 1e-3, "unpadded vs a canvas of its own size: {d}");
+    // both canvases fit the image at 77×128: the smaller one (less padding) is picked
+    let two = run(EvalInput::Canvases(vec![[128, 128], keep]));
+    assert_eq!(max_detection_diff(&two, &exact), 0.0);
+    let d = max_detection_diff(&square, &unpadded);
+    assert!(d > 1e-3, "padding to 128² changed nothing: {d}");
+    // the unpadded run and several canvases letterbox; an empty list is no canvas
+    let err = detect_split_as(
+        &model,
+        &ds,
+        0,
+        1,
+        (Resize::Stretch, None),
+        &EvalInput::Unpadded,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("letterbox"), "{err}");
+    let err = detect_split_as(&model, &ds, 0, 1, lb, &EvalInput::Canvases(vec![]))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no input size"), "{err}");
 }

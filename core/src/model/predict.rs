@@ -52,10 +52,36 @@ pub fn predict_file(
     resize: (Resize, Option<[u32; 2]>),
 ) -> Result<Vec<Prediction>> {
     let img = decode_rgb(path, 0)?;
+    let mut resizer = fast_image_resize::Resizer::new();
+    let (scores, labels, boxes) = detect_image(model, &img, resize, &mut resizer)?;
+    let boxes: Vec<[f32; 4]> = boxes
+        .chunks_exact(4)
+        .map(|b| [b[0], b[1], b[2], b[3]])
+        .collect();
+    Ok(
+        filter::keep(&labels, &scores, &boxes, score_threshold, None, usize::MAX)
+            .map(|k| Prediction {
+                class_id: k.class_id,
+                label: filter::class_name(class_names, k.class_id),
+                score: k.score,
+                bbox: k.bbox,
+            })
+            .collect(),
+    )
+}
+
+/// The model's top `max_detections` on one decoded image, alone at [`predict_size`] (the
+/// official test pipeline's one image at its own size under [`Resize::Letterbox`]): scores,
+/// labels and `[x1, y1, x2, y2]` boxes in the image's pixels, by rank.
+pub fn detect_image(
+    model: &Detector,
+    img: &image::RgbImage,
+    resize: (Resize, Option<[u32; 2]>),
+    resizer: &mut fast_image_resize::Resizer,
+) -> Result<(Vec<f32>, Vec<i64>, Vec<f32>)> {
     let (w, h) = img.dimensions();
     let [ih, iw] = predict_size([h, w], model.config().input_size, resize);
-    let mut resizer = fast_image_resize::Resizer::new();
-    let px = crop_resize_rgb(&img, &Geometry::identity(w, h), iw, ih, &mut resizer)?;
+    let px = crop_resize_rgb(img, &Geometry::identity(w, h), iw, ih, resizer)?;
     let device = model.level_embed.val().device();
     // The image fills the input, so the model's boxes (relative to it) scale to the original.
     // An input the model cannot take — a side below the coarsest stride, or fewer encoder
@@ -75,19 +101,5 @@ pub fn predict_file(
     } else {
         model.detect_padded(x, Some(&[[ih as usize, iw as usize]]), &[[h, w]])?
     };
-    let (scores, labels, boxes) = det.to_host()?;
-    let boxes: Vec<[f32; 4]> = boxes
-        .chunks_exact(4)
-        .map(|b| [b[0], b[1], b[2], b[3]])
-        .collect();
-    Ok(
-        filter::keep(&labels, &scores, &boxes, score_threshold, None, usize::MAX)
-            .map(|k| Prediction {
-                class_id: k.class_id,
-                label: filter::class_name(class_names, k.class_id),
-                score: k.score,
-                bbox: k.bbox,
-            })
-            .collect(),
-    )
+    det.to_host()
 }

@@ -202,6 +202,20 @@ pub fn place_top_left(
     canvas
 }
 
+/// `HEIGHTxWIDTH` (e.g. `800x1333`, `x` or `X`) → `[h, w]`: the input-size flags of
+/// codetr-export, codetr-serve and codetr-train validate.
+pub fn parse_hw(s: &str) -> std::result::Result<[u32; 2], String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not HEIGHTxWIDTH (e.g. 800x1333)"))?;
+    let side = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
+    };
+    Ok([side(h)?, side(w)?])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -273,6 +273,157 @@ pub fn detect_split(
     Ok((gt, dts))
 }
 
+/// How [`detect_split_as`] brings a split's images to the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvalInput {
+    /// The loader's: the model's square, stretched or letterboxed into (batches of 8).
+    Square,
+    /// The server's: each image letterboxed into whichever of these `[h, w]` canvases shrinks
+    /// it least ([`codetr_model::preprocess::pick_canvas`]), batches of 8 per canvas.
+    Canvases(Vec<[u32; 2]>),
+    /// The official test pipeline's: one image at a time at its own keep-ratio size,
+    /// unpadded ([`codetr_core::model::predict::detect_image`]).
+    Unpadded,
+}
+
+/// [`detect_split`] with the images brought to the model as `input` says; the canvases and
+/// the unpadded run letterbox (their scale capped by `limits` `[short, long]`).
+pub fn detect_split_as(
+    detector: &Detector,
+    ds: &Arc<CocoDataset>,
+    limit: usize,
+    workers: usize,
+    (resize, limits): (Resize, Option<[u32; 2]>),
+    input: &EvalInput,
+) -> Result<(CocoFile, Vec<Detection>)> {
+    let bad = |m: &str| Error::InvalidArgument {
+        what: "evaluation input",
+        message: m.to_string(),
+    };
+    let canvases = match input {
+        EvalInput::Square => return detect_split(detector, ds, limit, workers, (resize, limits)),
+        _ if resize != Resize::Letterbox => {
+            return Err(bad(
+                "several input sizes and the unpadded run letterbox: they need resize = \
+                 letterbox",
+            ));
+        }
+        EvalInput::Canvases(c) if c.is_empty() => {
+            return Err(bad("no input size given"));
+        }
+        EvalInput::Canvases(c) => Some(c.as_slice()),
+        EvalInput::Unpadded => None,
+    };
+    let n = if limit > 0 {
+        limit.min(ds.images.len())
+    } else {
+        ds.images.len()
+    };
+    let images = &ds.images[..n];
+    let mut resizer = fast_image_resize::Resizer::new();
+    let mut dts = Vec::new();
+    let emit = |id: u64,
+                (scores, labels, boxes): (Vec<f32>, Vec<i64>, Vec<f32>),
+                dts: &mut Vec<Detection>| {
+        dts.extend(coco_detections(
+            id,
+            &labels,
+            &scores,
+            &boxes,
+            &ds.categories,
+        ));
+    };
+    let decode = |rec: &codetr_data::coco::ImageRecord| -> Result<image::RgbImage> {
+        let img = codetr_data::coco::decode_rgb(&rec.path, rec.id)?;
+        if img.dimensions() != (rec.width, rec.height) {
+            return Err(codetr_data::Error::Image {
+                path: rec.path.clone(),
+                image_id: rec.id,
+                message: format!(
+                    "decoded {}x{} but the json says {}x{}",
+                    img.width(),
+                    img.height(),
+                    rec.width,
+                    rec.height
+                ),
+            }
+            .into());
+        }
+        Ok(img)
+    };
+    match canvases {
+        None => {
+            for rec in images {
+                let img = decode(rec)?;
+                let out = codetr_core::model::predict::detect_image(
+                    detector,
+                    &img,
+                    (resize, limits),
+                    &mut resizer,
+                )?;
+                emit(rec.id, out, &mut dts);
+            }
+        }
+        Some(canvases) => {
+            // group by canvas, in split order within each, then batches of 8
+            let mut groups = vec![Vec::new(); canvases.len()];
+            for rec in images {
+                let c = codetr_model::preprocess::pick_canvas(
+                    [rec.height, rec.width],
+                    canvases,
+                    limits,
+                );
+                groups[c].push(rec);
+            }
+            let device = detector.level_embed.val().device();
+            for (&[ch, cw], group) in canvases.iter().zip(&groups) {
+                for chunk in group.chunks(8) {
+                    let mut px = Vec::with_capacity(chunk.len() * (ch * cw * 3) as usize);
+                    let mut valid = Vec::with_capacity(chunk.len());
+                    for rec in chunk {
+                        let img = decode(rec)?;
+                        let (canvas, [vh, vw]) = codetr_model::preprocess::letterbox_rgb(
+                            img.as_raw(),
+                            [rec.width, rec.height],
+                            [cw, ch],
+                            limits,
+                            &mut resizer,
+                        )
+                        .map_err(|e| Error::InvalidArgument {
+                            what: "letterbox",
+                            message: format!("{}: {e}", rec.path.display()),
+                        })?;
+                        px.extend_from_slice(&canvas);
+                        valid.push([vh as usize, vw as usize]);
+                    }
+                    let sizes: Vec<[u32; 2]> = chunk.iter().map(|r| [r.height, r.width]).collect();
+                    let x = pixels_to_tensor(&px, chunk.len(), ch as usize, cw as usize, &device)?;
+                    let (scores, labels, boxes) =
+                        detector.detect_padded(x, Some(&valid), &sizes)?.to_host()?;
+                    let k = scores.len() / chunk.len();
+                    for (i, rec) in chunk.iter().enumerate() {
+                        let r = i * k..(i + 1) * k;
+                        emit(
+                            rec.id,
+                            (
+                                scores[r.clone()].to_vec(),
+                                labels[r.clone()].to_vec(),
+                                boxes[r.start * 4..r.end * 4].to_vec(),
+                            ),
+                            &mut dts,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let ids: std::collections::HashSet<u64> = images.iter().map(|i| i.id).collect();
+    let mut gt = CocoFile::read(&ds.json_path)?;
+    gt.images.retain(|i| ids.contains(&i.id));
+    gt.annotations.retain(|a| ids.contains(&a.image_id));
+    Ok((gt, dts))
+}
+
 /// Keeps the newest `keep` `step-*.ckpt` files in `dir`.
 fn prune(dir: &Path, keep: usize) -> Result<()> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

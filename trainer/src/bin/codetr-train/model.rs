@@ -67,6 +67,16 @@ pub struct ValidateArgs {
     /// test pipeline: `800,1333`, with a model input of at least 1333 for its exact scale).
     #[arg(long, value_delimiter = ',', num_args = 1, value_name = "SHORT,LONG")]
     pub letterbox_limits: Option<Vec<u32>>,
+    /// With `--resize letterbox`: evaluate as codetr-serve serves with the same
+    /// `--input-size`: each image letterboxed into whichever of these canvases (HxW, comma
+    /// separated, e.g. `800x1333,1333x800`) shrinks it least, batched per canvas. Default: the
+    /// model's square canvas.
+    #[arg(long, value_name = "HxW,...", value_parser = codetr_model::preprocess::parse_hw, value_delimiter = ',', conflicts_with = "unpadded")]
+    pub input_size: Vec<[u32; 2]>,
+    /// With `--resize letterbox`: evaluate as the official test pipeline does, one image at a
+    /// time at its own keep-ratio size with no padding (`predict`'s run); slower than batches.
+    #[arg(long)]
+    pub unpadded: bool,
 }
 
 impl ValidateArgs {
@@ -80,6 +90,8 @@ impl ValidateArgs {
             json,
             resize,
             letterbox_limits,
+            input_size,
+            unpadded,
         } = self;
         let limits = resize
             .limits_from(letterbox_limits.as_deref())
@@ -87,8 +99,13 @@ impl ValidateArgs {
         let device = burn::tensor::Device::flex();
         let (m, _) = checkpoint::load(&ckpt, &device)?;
         let ds = Arc::new(CocoDataset::load_split(&data, LoadOptions::default())?);
-        let (gt, dts) =
-            codetr_train::train::fit::detect_split(&m, &ds, limit, workers, (resize, limits))?;
+        use codetr_train::train::fit::{EvalInput, detect_split_as};
+        let input = match (unpadded, input_size.is_empty()) {
+            (true, _) => EvalInput::Unpadded,
+            (false, true) => EvalInput::Square,
+            (false, false) => EvalInput::Canvases(input_size),
+        };
+        let (gt, dts) = detect_split_as(&m, &ds, limit, workers, (resize, limits), &input)?;
         if let Some(out) = &out_detections {
             codetr_data::fsutil::write_atomic(out, &serde_json::to_vec(&dts)?)?;
         }
