@@ -167,7 +167,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         (None, _) => [side, side],
     };
     let size = (!opts.dynamic_size).then_some(fixed);
-    let bound_sizes = bound_sizes(opts)?;
+    let bound_sizes = bound_sizes(opts, cfg.level_strides().last().map(|&s| s as u32))?;
     let g = model.emit_with(size, opts.msda, opts.resize)?;
     // The graph holds its own copy of every weight: the model's goes before the graph is
     // encoded (the peak memory of converting a large checkpoint is copies of its weights).
@@ -194,6 +194,10 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         max_batch: None,
         letterbox_limits: opts.letterbox_limits,
         max_batch_at: Vec::new(),
+        // only a letterbox graph pads: its canvases should be multiples of this
+        size_multiple: (opts.resize == codetr_model::Resize::Letterbox)
+            .then(|| cfg.level_strides().last().map(|&s| s as u32))
+            .flatten(),
     };
     meta.format_version = meta.min_format_version();
     let props = meta.try_to_props()?;
@@ -258,7 +262,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
 
 /// The input sizes a dynamic-size export records batch bounds at: the options' (checked), or
 /// by default a letterbox graph's landscape and portrait canvases at its limits.
-fn bound_sizes(opts: &ExportOptions) -> Result<Vec<[u32; 2]>> {
+fn bound_sizes(opts: &ExportOptions, multiple: Option<u32>) -> Result<Vec<[u32; 2]>> {
     if !opts.dynamic_size {
         return match opts.bound_sizes.as_slice() {
             [] => Ok(Vec::new()),
@@ -270,8 +274,23 @@ fn bound_sizes(opts: &ExportOptions) -> Result<Vec<[u32; 2]>> {
         };
     }
     let sizes = match (opts.bound_sizes.as_slice(), opts.letterbox_limits) {
-        ([], Some([short, long])) if short == long => vec![[short, long]],
-        ([], Some([short, long])) => vec![[short, long], [long, short]],
+        // the official canvases, and the same rounded up to the coarsest stride (the ones
+        // that keep the padding mask aligned)
+        ([], Some([short, long])) => {
+            let up = |v: u32| multiple.map_or(v, |m| v.div_ceil(m) * m);
+            let mut v: Vec<[u32; 2]> = Vec::new();
+            for hw in [
+                [short, long],
+                [long, short],
+                [up(short), up(long)],
+                [up(long), up(short)],
+            ] {
+                if !v.contains(&hw) {
+                    v.push(hw);
+                }
+            }
+            v
+        }
         (given, _) => given.to_vec(),
     };
     let range = codetr_model::MIN_INPUT_SIDE..=codetr_model::MAX_INPUT_SIDE;

@@ -71,7 +71,9 @@ struct Cli {
     /// elements at each and writes them to the metadata (`codetr.max_batch_at`, format version
     /// 4), so the server never runs a larger batch there (on CUDA one fails and leaves the GPU
     /// context unusable). [default: with --letterbox-limits SHORT,LONG: SHORTxLONG,LONGxSHORT,
-    /// the official landscape and portrait canvases; otherwise none]
+    /// the official landscape and portrait canvases, and the same rounded up to the model's
+    /// coarsest stride (e.g. 832x1344,1344x832), which keep the padding mask aligned and which
+    /// codetr-serve recommends; otherwise none]
     #[arg(long, value_name = "HxW,...", value_parser = codetr_model::preprocess::parse_hw, value_delimiter = ',')]
     bound_sizes: Vec<[u32; 2]>,
     /// After writing, run the graph in ONNX Runtime (CPU) and the Burn model on the same real

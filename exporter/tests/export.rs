@@ -712,15 +712,17 @@ fn letterbox_graph_of_an_official_checkpoint_masks_the_padding_like_the_official
         let meta = &got["metadata"];
         assert_eq!(meta["codetr.resize"], "letterbox");
         if dynamic {
-            // … and, by default, its batch bounds at the limits' two canvases (version 4)
-            assert_eq!(meta["codetr.format_version"], "4");
+            // … and, by default, its batch bounds at the limits' two canvases (version 5: the
+            // stride a letterbox canvas should be a multiple of)
+            assert_eq!(meta["codetr.format_version"], "5");
+            assert_eq!(meta["codetr.size_multiple"], "64");
             assert_eq!(meta["codetr.letterbox_limits"], "[96,128]");
             let at: serde_json::Value =
                 serde_json::from_str(meta["codetr.max_batch_at"].as_str().unwrap()).unwrap();
             assert_eq!(at[0]["input_size"], serde_json::json!([96, 128]));
             assert_eq!(at[1]["input_size"], serde_json::json!([128, 96]));
         } else {
-            assert_eq!(meta["codetr.format_version"], "2");
+            assert_eq!(meta["codetr.format_version"], "5");
             assert!(meta.get("codetr.letterbox_limits").is_none());
         }
     }

@@ -118,7 +118,8 @@ fn tiny_shapes_equal_onnx_shape_inference_fixed_fp16_and_dynamic() {
 }
 
 /// A dynamic-size letterbox graph records its batch bound at its landscape and portrait
-/// canvases (by default those of its limits; `bound_sizes` replaces them), format version 4;
+/// canvases (by default those of its limits and the same rounded up to its coarsest stride;
+/// `bound_sizes` replaces them), with that stride (format version 5);
 /// each equals the bound of a graph exported fixed at that size (constant shapes, not the
 /// symbolic ones). Bound sizes on a fixed graph, twice, or out of range are refused.
 #[test]
@@ -158,7 +159,8 @@ fn a_dynamic_graph_records_its_bounds_at_the_sizes_it_is_served_at() {
     })
     .unwrap();
     let m = meta("dyn.onnx");
-    assert_eq!(m.format_version, 4);
+    assert_eq!(m.format_version, 5);
+    assert_eq!(m.size_multiple, Some(64), "tiny's coarsest stride");
     let at: Vec<([u32; 2], u64)> = m
         .max_batch_at
         .iter()
@@ -173,6 +175,22 @@ fn a_dynamic_graph_records_its_bounds_at_the_sizes_it_is_served_at() {
         assert_eq!(n, fixed_bound(hw), "{hw:?}");
         assert_eq!(m.max_batch_for(hw), Some(n));
     }
+    // Limits off the stride: their canvases and the aligned ones.
+    export(&ExportOptions {
+        dynamic_size: true,
+        letterbox_limits: Some([160, 300]),
+        ..letterbox("off.onnx")
+    })
+    .unwrap();
+    let m = meta("off.onnx");
+    assert_eq!(
+        m.max_batch_at
+            .iter()
+            .map(|b| b.input_size)
+            .collect::<Vec<_>>(),
+        vec![[160, 300], [300, 160], [192, 320], [320, 192]]
+    );
+    assert_eq!(m.aligned_size([160, 300]), Some([192, 320]));
     // Given sizes replace the default.
     export(&ExportOptions {
         dynamic_size: true,
@@ -192,7 +210,7 @@ fn a_dynamic_graph_records_its_bounds_at_the_sizes_it_is_served_at() {
     .unwrap();
     let m = meta("plain.onnx");
     assert!(m.max_batch_at.is_empty());
-    assert_eq!(m.format_version, 2);
+    assert_eq!(m.format_version, 5, "a letterbox graph records its stride");
     for (opts, want) in [
         (
             ExportOptions {

@@ -89,6 +89,15 @@ fn load(
         )));
     }
     let over_limit = batch_bound(&model, &mut sizes)?;
+    for ([h, w], [ah, aw]) in misaligned_sizes(&model) {
+        tracing::warn!(
+            "input size {h}x{w} is not a multiple of the graph's coarsest feature stride ({}): \
+             a padded image's mask falls between features at some levels, which can count a \
+             row or column of padding as image and moves detections; {ah}x{aw} keeps it \
+             aligned (bench/results/padding_effect.md)",
+            model.meta.size_multiple.unwrap_or(1)
+        );
+    }
     let mut only = cfg.runtime.clone();
     only.providers = vec![provider];
     // TensorRT's optimisation profiles need the input size from the metadata: re-open.
@@ -189,6 +198,16 @@ fn load(
         );
     }
     Ok(())
+}
+
+/// The served input sizes of a letterbox graph that are not multiples of its
+/// `codetr.size_multiple`, each with the aligned size to serve instead.
+fn misaligned_sizes(model: &engine::ModelInfo) -> Vec<([u32; 2], [u32; 2])> {
+    model
+        .input_sizes
+        .iter()
+        .filter_map(|&hw| model.meta.aligned_size(hw).map(|a| (hw, a)))
+        .collect()
 }
 
 /// Drops the batch sizes above the graph's 32-bit bound before any of them runs: on CUDA such a
@@ -354,6 +373,7 @@ mod tests {
             max_batch,
             letterbox_limits: None,
             max_batch_at: Vec::new(),
+            size_multiple: None,
         };
         engine::ModelInfo {
             path: "m.onnx".into(),
@@ -384,6 +404,24 @@ mod tests {
         assert!(
             m.contains("bound of 19") && m.contains("--batch-sizes"),
             "{m}"
+        );
+    }
+
+    /// A letterbox graph recording its stride: each served size off its multiple is named with
+    /// the aligned size; aligned sizes and graphs without a record say nothing.
+    #[test]
+    fn canvases_off_the_coarsest_stride_are_named_with_the_aligned_size() {
+        let mut m = model(None, false);
+        m.input_sizes = vec![[800, 1333], [1333, 800], [832, 1344]];
+        assert!(misaligned_sizes(&m).is_empty(), "no multiple recorded");
+        m.meta.resize = Resize::Letterbox;
+        m.meta.size_multiple = Some(64);
+        m.meta.format_version = m.meta.min_format_version();
+        assert_eq!(m.meta.format_version, 5);
+        m.meta.validate().unwrap();
+        assert_eq!(
+            misaligned_sizes(&m),
+            vec![([800, 1333], [832, 1344]), ([1333, 800], [1344, 832])]
         );
     }
 

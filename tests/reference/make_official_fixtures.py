@@ -41,7 +41,10 @@ Regenerate (downloads several GB; never done by CI):
     /tmp/refenv/bin/pip install torch==2.15.0 safetensors numpy mmengine==0.10.7 \\
         mmcv-lite==2.1.0 mmdet==3.3.0
     /tmp/refenv/bin/pip install --no-deps torchvision==0.29.2   # RoIAlign for --aux
-    # a checkout of mmdetection v3.3.0 (for projects/CO-DETR, not in the wheel):
+    # a checkout of mmdetection v3.3.0 (for projects/CO-DETR, not in the wheel; the PyPI sdist
+    # lacks it too). MMDET_SRC goes first on sys.path, so its mmdet/ hides the wheel's and needs
+    # the wheel's generated .mim folder:
+    #   ln -s /tmp/refenv/lib/python3.11/site-packages/mmdet/.mim /path/to/mmdetection/mmdet/.mim
     MMDET_SRC=/path/to/mmdetection /tmp/refenv/bin/python tests/reference/make_official_fixtures.py
     # the Swin fixtures (co_dino_swin_small*), also checked against Sense-X's own Swin module:
     MMDET_SRC=... SENSEX_SRC=/path/to/Co-DETR /tmp/refenv/bin/python \\

@@ -75,8 +75,11 @@ pub const OUTPUTS: [&str; 3] = [OUTPUT_LABELS, OUTPUT_SCORES, OUTPUT_BOXES];
 /// that sets them is version 3, so a server that would ignore them refuses it instead of
 /// feeding it images at the wrong scale. Version 4 added [`ModelMetadata::max_batch_at`] (a
 /// dynamic-size graph's batch bounds at named input sizes): a server that would ignore them
-/// could run a batch past CUDA's 32-bit index limit.
-pub const FORMAT_VERSION: u32 = 4;
+/// could run a batch past CUDA's 32-bit index limit. Version 5 added
+/// [`ModelMetadata::size_multiple`] (the side multiple that keeps a letterbox graph's padding
+/// mask aligned): a server that would ignore it serves canvases that shift the valid region
+/// at some levels without a word.
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest metadata format version this crate reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 
@@ -114,6 +117,8 @@ pub const META_LETTERBOX_LIMITS: &str = "codetr.letterbox_limits";
 /// Optional metadata key (format version 4): [`ModelMetadata::max_batch_at`], JSON list of
 /// `{"input_size": [h, w], "max_batch": n}`.
 pub const META_MAX_BATCH_AT: &str = "codetr.max_batch_at";
+/// Optional metadata key (format version 5): [`ModelMetadata::size_multiple`], decimal integer.
+pub const META_SIZE_MULTIPLE: &str = "codetr.size_multiple";
 
 /// The required metadata keys, in the order [`ModelMetadata::to_props`] writes them.
 pub const METADATA_KEYS: &[&str] = &[
@@ -137,6 +142,7 @@ pub const OPTIONAL_METADATA_KEYS: &[&str] = &[
     META_MAX_BATCH,
     META_LETTERBOX_LIMITS,
     META_MAX_BATCH_AT,
+    META_SIZE_MULTIPLE,
 ];
 
 /// Smallest accepted side of [`ModelMetadata::input_size`].
@@ -303,6 +309,14 @@ pub struct ModelMetadata {
     /// `max_batch` is at its one size). Needs format version 4.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub max_batch_at: Vec<SizeBound>,
+    /// A letterbox graph's coarsest feature stride: canvas sides that are multiples of it keep
+    /// every level's padding mask on the valid region. Elsewhere the mask is the canvas mask
+    /// resampled (nearest, as the official model does) to a feature map that does not divide
+    /// the canvas evenly, and a level can count one feature row or column more as valid than
+    /// the image alone has, which moves detections (bench/results/padding_effect.md). Needs
+    /// format version 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_multiple: Option<u32>,
 }
 
 /// The largest batch whose every tensor stays under 2^31 elements, at one input size.
@@ -416,7 +430,21 @@ impl ModelMetadata {
             1
         };
         let bounds = if self.max_batch_at.is_empty() { 1 } else { 4 };
-        self.resize.min_format_version().max(limits).max(bounds)
+        let multiple = if self.size_multiple.is_some() { 5 } else { 1 };
+        self.resize
+            .min_format_version()
+            .max(limits)
+            .max(bounds)
+            .max(multiple)
+    }
+
+    /// For a letterbox graph with a [`size_multiple`](Self::size_multiple): `hw` rounded up to
+    /// it when a side is not a multiple (the canvas that keeps the padding mask aligned);
+    /// `None` when `hw` is aligned or the graph records no multiple.
+    pub fn aligned_size(&self, [h, w]: [u32; 2]) -> Option<[u32; 2]> {
+        let m = self.size_multiple.filter(|&m| m > 1)?;
+        let up = |v: u32| v.div_ceil(m) * m;
+        (h % m != 0 || w % m != 0).then(|| [up(h), up(w)])
     }
 
     /// Checks every field against the contract; [`from_props`](Self::from_props) runs the same
@@ -498,6 +526,27 @@ impl ModelMetadata {
                 {
                     return bad(format!("{h}x{w} appears more than once"));
                 }
+            }
+        }
+
+        if let Some(m) = self.size_multiple {
+            let bad = |m: String| Err(invalid(META_SIZE_MULTIPLE, m));
+            if self.format_version < 5 {
+                return bad(format!(
+                    "needs format version 5, the metadata says {}",
+                    self.format_version
+                ));
+            }
+            if self.resize != Resize::Letterbox {
+                return bad(format!(
+                    "set on a `{}` graph; only letterbox graphs pad",
+                    self.resize
+                ));
+            }
+            if !m.is_power_of_two() || m > MAX_INPUT_SIDE {
+                return bad(format!(
+                    "{m} is not a feature stride (a power of two up to {MAX_INPUT_SIDE})"
+                ));
             }
         }
 
@@ -612,6 +661,9 @@ impl ModelMetadata {
         if !self.max_batch_at.is_empty() {
             props.push((META_MAX_BATCH_AT, to_json(&self.max_batch_at)));
         }
+        if let Some(m) = self.size_multiple {
+            props.push((META_SIZE_MULTIPLE, m.to_string()));
+        }
         props
             .into_iter()
             .map(|(key, value)| (key.to_owned(), value))
@@ -698,6 +750,10 @@ impl ModelMetadata {
                 .map(|v| parse_json(META_MAX_BATCH_AT, v))
                 .transpose()?
                 .unwrap_or_default(),
+            size_multiple: ours
+                .get(META_SIZE_MULTIPLE)
+                .map(|v| parse_uint(META_SIZE_MULTIPLE, v))
+                .transpose()?,
         };
         meta.validate()?;
         Ok(meta)

@@ -25,6 +25,7 @@ fn sample() -> ModelMetadata {
         max_batch: Some(19),
         letterbox_limits: None,
         max_batch_at: Vec::new(),
+        size_multiple: None,
     }
 }
 
@@ -86,11 +87,13 @@ fn encoding_is_exact_and_in_fixed_order() {
     assert_eq!(got, expected);
     let keys: Vec<&str> = got.iter().map(|(k, _)| *k).collect();
     let mut expected_keys = METADATA_KEYS.to_vec();
-    // every optional key but the letterbox limits, which only letterbox graphs carry, and the
-    // bounds at named sizes, which only dynamic-size graphs carry (their places, last, are
-    // checked in letterbox_limits_are_version_3_letterbox_only_and_checked and
-    // max_batch_at_is_version_4_dynamic_only_and_checked)
+    // every optional key but the letterbox limits and size multiple, which only letterbox
+    // graphs carry, and the bounds at named sizes, which only dynamic-size graphs carry (their
+    // places, last, are checked in letterbox_limits_are_version_3_letterbox_only_and_checked,
+    // max_batch_at_is_version_4_dynamic_only_and_checked and
+    // size_multiple_is_a_version_5_letterbox_field)
     expected_keys.extend(OPTIONAL_METADATA_KEYS);
+    assert_eq!(expected_keys.pop(), Some(META_SIZE_MULTIPLE));
     assert_eq!(expected_keys.pop(), Some(META_MAX_BATCH_AT));
     assert_eq!(expected_keys.pop(), Some(META_LETTERBOX_LIMITS));
     assert_eq!(keys, expected_keys);
@@ -616,4 +619,51 @@ fn letterbox_limits_arguments_are_checked_once() {
     }
     assert!(Resize::Stretch.limits_from(Some(&[800, 1333])).is_err());
     assert_eq!(Resize::Stretch.limits_from(None), Ok(None));
+}
+
+/// `codetr.size_multiple` (version 5): a letterbox graph's coarsest stride round-trips; an
+/// older version, a stretch graph or a value that is no stride is refused; `aligned_size`
+/// rounds a canvas up to it.
+#[test]
+fn size_multiple_is_a_version_5_letterbox_field() {
+    let lb = ModelMetadata {
+        resize: Resize::Letterbox,
+        size_multiple: Some(64),
+        ..sample()
+    };
+    let lb = ModelMetadata {
+        format_version: lb.min_format_version(),
+        ..lb
+    };
+    assert_eq!(lb.format_version, 5);
+    let props = lb.try_to_props().unwrap();
+    assert_eq!(
+        props.last().map(|(k, v)| (k.as_str(), v.as_str())),
+        Some((META_SIZE_MULTIPLE, "64")),
+        "written last"
+    );
+    assert_eq!(decode(&props).unwrap(), lb);
+    assert_eq!(lb.aligned_size([800, 1333]), Some([832, 1344]));
+    assert_eq!(lb.aligned_size([832, 1344]), None);
+    let mut old = lb.clone();
+    old.format_version = 4;
+    assert_invalid(decode(&old.to_props()), META_SIZE_MULTIPLE);
+    for bad in [
+        ModelMetadata {
+            resize: Resize::Stretch,
+            ..lb.clone()
+        },
+        ModelMetadata {
+            size_multiple: Some(48),
+            ..lb.clone()
+        },
+        ModelMetadata {
+            size_multiple: Some(0),
+            ..lb.clone()
+        },
+    ] {
+        assert_invalid(decode(&bad.to_props()), META_SIZE_MULTIPLE);
+    }
+    // a graph without it aligns nothing
+    assert_eq!(sample().aligned_size([800, 1333]), None);
 }
