@@ -699,7 +699,7 @@ fn validate_writes_the_detections_it_scores() {
         ),
         (
             &["--resize", "letterbox", "--input-size", "128by128"][..],
-            "HEIGHTxWIDTH",
+            "is not HxW",
         ),
     ] {
         let out = std::process::Command::new(bin)

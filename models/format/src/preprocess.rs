@@ -207,7 +207,7 @@ pub fn place_top_left(
 pub fn parse_hw(s: &str) -> std::result::Result<[u32; 2], String> {
     let (h, w) = s
         .split_once(['x', 'X'])
-        .ok_or_else(|| format!("{s:?} is not HEIGHTxWIDTH (e.g. 800x1333)"))?;
+        .ok_or_else(|| format!("{s:?} is not HxW: height x width, e.g. 800x1333"))?;
     let side = |v: &str| {
         v.trim()
             .parse::<u32>()
