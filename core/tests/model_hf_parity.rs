@@ -190,6 +190,7 @@ fn parity(name: &str) {
         None,
         |x| model.class_heads[n_dec].forward(x),
         |x| model.box_heads[n_dec].forward(x),
+        None,
     );
     let got: Vec<i64> = sel
         .indices

@@ -449,6 +449,26 @@ fn swaps_axes(o: image::metadata::Orientation) -> bool {
     matches!(o, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
 }
 
+/// Decodes a dataset image ([`decode_rgb`]) and checks it has the size its json says (boxes
+/// and evaluation are in those pixels).
+pub fn decode_record(rec: &ImageRecord) -> Result<image::RgbImage> {
+    let img = decode_rgb(&rec.path, rec.id)?;
+    if (img.width(), img.height()) != (rec.width, rec.height) {
+        return Err(Error::Image {
+            path: rec.path.clone(),
+            image_id: rec.id,
+            message: format!(
+                "decoded {}x{} but the json says {}x{}",
+                img.width(),
+                img.height(),
+                rec.width,
+                rec.height
+            ),
+        });
+    }
+    Ok(img)
+}
+
 /// Decodes an image file to 8-bit RGB with its EXIF orientation applied, through the
 /// contract's decoder (`codetr_model::preprocess`: JPEG, PNG or WebP; a truncated JPEG is an
 /// error). Greyscale, alpha, 16-bit and CMYK inputs are converted.

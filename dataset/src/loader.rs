@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 
 use super::augment::{self, AugmentConfig, Geometry, Sample};
-use super::coco::{CocoDataset, decode_rgb};
+use super::coco::{CocoDataset, decode_record};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 pub use codetr_model::Resize;
@@ -245,20 +245,7 @@ impl Loader {
                 .get(ii)
                 .ok_or_else(|| Error::Loader(format!("image index {ii} out of range")))?;
             let mut img_rng = Rng::fork(rng.next_u64(), k as u64);
-            let img = decode_rgb(&rec.path, rec.id)?;
-            if (img.width(), img.height()) != (rec.width, rec.height) {
-                return Err(Error::Image {
-                    path: rec.path.clone(),
-                    image_id: rec.id,
-                    message: format!(
-                        "decoded {}x{} but the json says {}x{}",
-                        img.width(),
-                        img.height(),
-                        rec.width,
-                        rec.height
-                    ),
-                });
-            }
+            let img = decode_record(rec)?;
             // Crowd regions are not detection targets (they only matter to evaluation).
             let (boxes, labels): (Vec<[f32; 4]>, Vec<usize>) = rec
                 .objects

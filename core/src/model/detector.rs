@@ -549,7 +549,7 @@ impl Detector {
         let padding = padding.as_ref();
         let memory = self.encoder.forward(src, pos, &shapes, padding);
         let n = self.decoder.layers.len();
-        let selected = self.selection.forward_given(
+        let selected = self.selection.forward(
             memory.clone(),
             &shapes,
             padding,

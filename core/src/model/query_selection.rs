@@ -127,23 +127,12 @@ impl QuerySelection {
     }
 
     /// `memory`: `[B, S, d]`; `score`/`regress`: the encoder's class and box branches; with
-    /// `padding`, padded tokens propose nothing and proposals span each valid region.
+    /// `padding`, padded tokens propose nothing and proposals span each valid region. `given`
+    /// (`[B, K]` token indices, each below `S`) replaces the top-K choice: `codetr-export
+    /// --check` runs the graph's own selection through Burn, so that near-tied proposals taken
+    /// in another order (float noise decides between them) do not hide whether everything else
+    /// agrees.
     pub fn forward(
-        &self,
-        memory: Tensor<3>,
-        shapes: &[[usize; 2]],
-        padding: Option<&super::padding::Padding>,
-        score: impl Fn(Tensor<3>) -> Tensor<3>,
-        regress: impl Fn(Tensor<3>) -> Tensor<3>,
-    ) -> Selected {
-        self.forward_given(memory, shapes, padding, score, regress, None)
-    }
-
-    /// [`QuerySelection::forward`], where `given` (`[B, K]` token indices, each below `S`)
-    /// replaces the top-K choice: `codetr-export --check` runs the graph's own selection
-    /// through Burn, so that near-tied proposals taken in another order (float noise decides
-    /// between them) do not hide whether everything else agrees.
-    pub fn forward_given(
         &self,
         memory: Tensor<3>,
         shapes: &[[usize; 2]],

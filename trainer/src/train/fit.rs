@@ -333,28 +333,10 @@ pub fn detect_split_as(
             &ds.categories,
         ));
     };
-    let decode = |rec: &codetr_data::coco::ImageRecord| -> Result<image::RgbImage> {
-        let img = codetr_data::coco::decode_rgb(&rec.path, rec.id)?;
-        if img.dimensions() != (rec.width, rec.height) {
-            return Err(codetr_data::Error::Image {
-                path: rec.path.clone(),
-                image_id: rec.id,
-                message: format!(
-                    "decoded {}x{} but the json says {}x{}",
-                    img.width(),
-                    img.height(),
-                    rec.width,
-                    rec.height
-                ),
-            }
-            .into());
-        }
-        Ok(img)
-    };
     match canvases {
         None => {
             for rec in images {
-                let img = decode(rec)?;
+                let img = codetr_data::coco::decode_record(rec)?;
                 let out = codetr_core::model::predict::detect_image(
                     detector,
                     &img,
@@ -381,7 +363,7 @@ pub fn detect_split_as(
                     let mut px = Vec::with_capacity(chunk.len() * (ch * cw * 3) as usize);
                     let mut valid = Vec::with_capacity(chunk.len());
                     for rec in chunk {
-                        let img = decode(rec)?;
+                        let img = codetr_data::coco::decode_record(rec)?;
                         let (canvas, [vh, vw]) = codetr_model::preprocess::letterbox_rgb(
                             img.as_raw(),
                             [rec.width, rec.height],
