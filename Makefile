@@ -11,7 +11,7 @@ export CODETR_PYTHON := $(VENV_PY)
 
 help:
 	@echo "make run    install ONNX Runtime (PyPI wheel, into .ort/), build and serve $(MODEL)"
-	@echo "make test   the whole suite: fmt check, clippy -D warnings (incl. the vulkan GPU build), nextest (incl. Python reference checks)"
+	@echo "make test   the whole suite: fmt check, clippy -D warnings (incl. the vulkan GPU build), nextest (incl. Python reference checks and the wgpu backend on lavapipe)"
 	@echo "make bench-eval   COCO evaluator vs pycocotools speed (bench/eval_speed.sh)"
 
 venv:
@@ -33,13 +33,17 @@ run: ort
 fmt:
 	cargo fmt --all -- --check
 
-# With the trainer's `vulkan` feature: the GPU build (Burn's wgpu/Vulkan backend, no GPU or
-# SDK needed to compile) is checked on every run; nextest builds and runs the CPU build.
+# With the trainer's `vulkan` and `wgpu` features: the GPU builds (Burn's wgpu backend with
+# SPIR-V or WGSL kernels, no GPU or SDK needed to compile) and the tests gated on them are
+# checked on every run; nextest builds and runs the `wgpu` build.
 lint:
-	cargo clippy --workspace --all-targets --features codetr-train/vulkan -- -D warnings
+	cargo clippy --workspace --all-targets --features codetr-train/vulkan,codetr-train/wgpu -- -D warnings
 
+# Built with the trainer's `wgpu` feature (Flex stays every test's device): the tests marked
+# for it also run the model, MSDA and a training step on Burn's wgpu device, on Mesa's
+# lavapipe where there is no GPU (they skip without it unless CODETR_WGPU_REQUIRED is set).
 nextest: venv
-	cargo nextest run --workspace --no-fail-fast
+	cargo nextest run --workspace --no-fail-fast --features codetr-train/wgpu
 
 test: fmt lint nextest
 

@@ -29,7 +29,9 @@ const PAPER_SHAPES: [[usize; 2]; 5] = [[200, 200], [100, 100], [50, 50], [25, 25
 const SMALL_SHAPES: [[usize; 2]; 4] = [[32, 32], [16, 16], [8, 8], [4, 4]];
 
 fn usage() -> ! {
-    eprintln!("usage: gpu_ops [--device cpu|vulkan|vulkan:N|vulkan-cpu|cuda] [--small] [--reps N]");
+    eprintln!(
+        "usage: gpu_ops [--device cpu|vulkan|vulkan:N|vulkan-cpu|wgpu|wgpu:N|wgpu-cpu|cuda] [--small] [--reps N]"
+    );
     std::process::exit(2)
 }
 

@@ -6,15 +6,32 @@ use crate::error::{Error, Result};
 
 /// `cpu` → Burn's Flex device; `cuda` / `cuda:N` → CUDA device N (needs the `cuda` feature);
 /// `vulkan` (the best adapter), `vulkan:N` (discrete GPU N) or `vulkan-cpu` (a software
-/// adapter; Mesa's lavapipe 22.3 and 25.0 crash compiling cubecl's SPIR-V, checked) → wgpu on
-/// Vulkan (needs the `vulkan` feature).
+/// adapter) → Burn's wgpu device on Vulkan with cubecl's SPIR-V kernels (needs the `vulkan`
+/// feature; Mesa's lavapipe 22.3 and 25.0 crash compiling them, checked); `wgpu`, `wgpu:N` or
+/// `wgpu-cpu` → the same device with WGSL kernels that wgpu's naga translates for the driver
+/// (needs the `wgpu` feature without `vulkan`; this is the path CI runs on lavapipe).
 pub fn select(name: &str) -> Result<Device> {
     let bad = |m: String| Error::InvalidArgument {
         what: "device",
         message: m,
     };
+    let adapter = |prefix: &str, what: &str| -> Result<Option<Adapter>> {
+        if name == format!("{prefix}-cpu") {
+            return Ok(Some(Adapter::Cpu));
+        }
+        if name == prefix {
+            return Ok(Some(Adapter::Best));
+        }
+        match name.strip_prefix(prefix).and_then(|r| r.strip_prefix(':')) {
+            Some(i) => i
+                .parse()
+                .map(|i| Some(Adapter::Discrete(i)))
+                .map_err(|_| bad(format!("bad {what} GPU index in {name:?}"))),
+            None => Ok(None),
+        }
+    };
     match name {
-        "cpu" | "flex" => Ok(Device::flex()),
+        "cpu" | "flex" => return Ok(Device::flex()),
         n if n == "cuda" || n.starts_with("cuda:") => {
             let index: usize = match n.strip_prefix("cuda:") {
                 Some(i) => i
@@ -22,22 +39,43 @@ pub fn select(name: &str) -> Result<Device> {
                     .map_err(|_| bad(format!("bad CUDA index in {n:?}")))?,
                 None => 0,
             };
-            cuda(index).map_err(bad)
+            return cuda(index).map_err(bad);
         }
-        "vulkan-cpu" => vulkan(VulkanAdapter::Cpu).map_err(bad),
-        n if n == "vulkan" || n.starts_with("vulkan:") => {
-            let adapter = match n.strip_prefix("vulkan:") {
-                Some(i) => VulkanAdapter::Discrete(
-                    i.parse()
-                        .map_err(|_| bad(format!("bad Vulkan GPU index in {n:?}")))?,
-                ),
-                None => VulkanAdapter::Best,
-            };
-            vulkan(adapter).map_err(bad)
+        _ => {}
+    }
+    if let Some(a) = adapter("vulkan", "Vulkan")? {
+        return wgpu(a, Kernels::SpirV).map_err(bad);
+    }
+    if let Some(a) = adapter("wgpu", "wgpu")? {
+        return wgpu(a, Kernels::Wgsl).map_err(bad);
+    }
+    Err(bad(format!(
+        "unknown device {name:?} (use cpu, cuda, cuda:N, vulkan, vulkan:N, vulkan-cpu, wgpu, \
+         wgpu:N or wgpu-cpu)"
+    )))
+}
+
+/// Whether `device` is Burn's Flex (CPU) device, with or without autodiff.
+pub fn is_flex(device: &Device) -> bool {
+    *device == Device::flex() || *device == Device::flex().autodiff()
+}
+
+/// Set (to anything) where a software GPU must open: CI sets it once it has installed Mesa's
+/// lavapipe, so that a test on [`software_gpu`] cannot pass by skipping there.
+pub const REQUIRE_SOFTWARE_GPU: &str = "CODETR_WGPU_REQUIRED";
+
+/// For tests of the GPU backend without a GPU: the `wgpu-cpu` device (Mesa's lavapipe).
+/// `Ok(None)`, with the reason on stderr, where it does not open (no lavapipe, or a build
+/// without the `wgpu` feature), unless [`REQUIRE_SOFTWARE_GPU`] is set: then the reason is
+/// the error.
+pub fn software_gpu() -> Result<Option<Device>> {
+    match select("wgpu-cpu") {
+        Ok(device) => Ok(Some(device)),
+        Err(e) if std::env::var_os(REQUIRE_SOFTWARE_GPU).is_some() => Err(e),
+        Err(e) => {
+            eprintln!("SKIP (no software GPU; set {REQUIRE_SOFTWARE_GPU} to fail instead): {e}");
+            Ok(None)
         }
-        other => Err(bad(format!(
-            "unknown device {other:?} (use cpu, cuda, cuda:N, vulkan, vulkan:N or vulkan-cpu)"
-        ))),
     }
 }
 
@@ -56,24 +94,62 @@ fn cuda(_index: usize) -> std::result::Result<Device, String> {
     )
 }
 
-/// Which Vulkan adapter to open.
-#[cfg_attr(not(feature = "vulkan"), allow(dead_code))]
-enum VulkanAdapter {
+/// Which adapter to open.
+#[cfg_attr(not(any(feature = "vulkan", feature = "wgpu")), allow(dead_code))]
+enum Adapter {
     Best,
     Discrete(usize),
     Cpu,
 }
 
+/// What the wgpu device's kernels are compiled to. cubecl picks SPIR-V for every Vulkan
+/// adapter whenever the build has it (`vulkan`), so WGSL is a build without that feature.
+#[derive(PartialEq)]
+enum Kernels {
+    SpirV,
+    Wgsl,
+}
+
 /// Opens the adapter now, so that a machine without one is an error here rather than a panic
 /// at the first tensor.
-#[cfg(feature = "vulkan")]
-fn vulkan(adapter: VulkanAdapter) -> std::result::Result<Device, String> {
+fn wgpu(adapter: Adapter, kernels: Kernels) -> std::result::Result<Device, String> {
+    let (spirv, wgsl) = (cfg!(feature = "vulkan"), cfg!(feature = "wgpu"));
+    match kernels {
+        Kernels::SpirV if !spirv => {
+            return Err(
+                "this build has no Vulkan support: rebuild with `cargo build --release \
+                        -p codetr-train --features vulkan` (see README, \"GPU training\")"
+                    .into(),
+            );
+        }
+        Kernels::Wgsl if !wgsl => {
+            return Err(
+                "this build has no wgpu support: rebuild with `cargo build --release \
+                        -p codetr-train --features wgpu` (see README, \"GPU training\")"
+                    .into(),
+            );
+        }
+        Kernels::Wgsl if spirv => {
+            return Err(
+                "this build has --features vulkan, whose SPIR-V kernels every Vulkan \
+                        adapter then runs: use --device vulkan*, or build with --features wgpu \
+                        alone for WGSL kernels"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    open(adapter)
+}
+
+#[cfg(any(feature = "vulkan", feature = "wgpu"))]
+fn open(adapter: Adapter) -> std::result::Result<Device, String> {
     use burn::tensor::DeviceKind;
     use burn::tensor::wgpu::WgpuBackend;
     let kind = match adapter {
-        VulkanAdapter::Best => DeviceKind::DefaultDevice,
-        VulkanAdapter::Discrete(i) => DeviceKind::DiscreteGpu(i),
-        VulkanAdapter::Cpu => DeviceKind::Cpu,
+        Adapter::Best => DeviceKind::DefaultDevice,
+        Adapter::Discrete(i) => DeviceKind::DiscreteGpu(i),
+        Adapter::Cpu => DeviceKind::Cpu,
     };
     Device::wgpu_options()
         .device_kind(kind)
@@ -82,18 +158,14 @@ fn vulkan(adapter: VulkanAdapter) -> std::result::Result<Device, String> {
         .map_err(|e| {
             format!(
                 "no Vulkan device ({e}); a GPU node needs the NVIDIA driver's Vulkan ICD and \
-                 libvulkan1, a CPU-only machine Mesa's lavapipe (`vulkan-cpu`)"
+                 libvulkan1, a CPU-only machine Mesa's lavapipe (Debian: mesa-vulkan-drivers)"
             )
         })
 }
 
-#[cfg(not(feature = "vulkan"))]
-fn vulkan(_adapter: VulkanAdapter) -> std::result::Result<Device, String> {
-    Err(
-        "this build has no Vulkan support: rebuild with `cargo build --release -p codetr-train \
-         --features vulkan` (see README, \"GPU training\")"
-            .into(),
-    )
+#[cfg(not(any(feature = "vulkan", feature = "wgpu")))]
+fn open(_adapter: Adapter) -> std::result::Result<Device, String> {
+    Err("this build has no wgpu backend".into())
 }
 
 #[cfg(test)]
@@ -112,10 +184,24 @@ mod tests {
         }
         let e = super::select("vulkan:one").unwrap_err().to_string();
         assert!(e.contains("bad Vulkan GPU index"), "{e}");
+        let e = super::select("wgpu:").unwrap_err().to_string();
+        assert!(e.contains("bad wgpu GPU index"), "{e}");
+        let e = super::select("vulkanx").unwrap_err().to_string();
+        assert!(e.contains("unknown device"), "{e}");
         #[cfg(not(feature = "vulkan"))]
         {
             let e = super::select("vulkan").unwrap_err().to_string();
             assert!(e.contains("--features vulkan"), "{e}");
+        }
+        #[cfg(not(feature = "wgpu"))]
+        {
+            let e = super::select("wgpu-cpu").unwrap_err().to_string();
+            assert!(e.contains("--features wgpu"), "{e}");
+        }
+        #[cfg(all(feature = "wgpu", feature = "vulkan"))]
+        {
+            let e = super::select("wgpu-cpu").unwrap_err().to_string();
+            assert!(e.contains("SPIR-V"), "{e}");
         }
     }
 }

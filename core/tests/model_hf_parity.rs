@@ -7,7 +7,8 @@
 //! look-forward-twice decoding) have no HF counterpart: the script computes them from the
 //! official Co-DINO formulas around HF's own decoder layers (see its docstring).
 //!
-//! `cargo nextest run -p codetr-train --test model_hf_parity --no-capture` prints the table.
+//! `cargo nextest run -p codetr-core --test model_hf_parity --no-capture` prints the table
+//! (`--features wgpu` adds the same parity on the wgpu device).
 
 mod common;
 
@@ -124,12 +125,12 @@ fn to_tensor<const D: usize>(refs: &Outputs, key: &str, dev: &Device) -> Tensor<
     Tensor::from_data(TensorData::new(v.clone(), shape.clone()), dev)
 }
 
-fn parity(name: &str) {
-    let dev = Device::flex();
+fn parity(name: &str, dev: &Device) {
+    let dev = dev.clone();
     let model = load_model(name, &dev);
     let refs = read_outputs(name);
     let mut t = Table {
-        name: name.into(),
+        name: format!("{name} on {dev:?}"),
         rows: vec![],
     };
     let (pshape, pix) = &refs.pixels;
@@ -250,12 +251,24 @@ fn parity(name: &str) {
 
 #[test]
 fn hf_deformable_detr_r50_bottleneck_4_levels() {
-    parity("ddetr_r50");
+    parity("ddetr_r50", &Device::flex());
 }
 
 #[test]
 fn hf_deformable_detr_r18_basic_5_levels_non_square() {
-    parity("ddetr_r18");
+    parity("ddetr_r18", &Device::flex());
+}
+
+/// The same parity on the wgpu device: Burn's CubeCL kernels (WGSL, on Mesa's lavapipe in CI)
+/// and the model's non-Flex paths (chunked MSDA instead of the host kernel) against HF.
+#[cfg(feature = "wgpu")]
+#[test]
+fn hf_deformable_detr_on_the_wgpu_device() {
+    let Some(gpu) = codetr_core::device::software_gpu().unwrap() else {
+        return;
+    };
+    parity("ddetr_r50", &gpu);
+    parity("ddetr_r18", &gpu);
 }
 
 #[test]

@@ -275,3 +275,68 @@ fn chunked_backward_registers_only_the_inputs_that_require_grad() {
     assert!(v.grad(&g).is_some());
     assert!(loc.grad(&g).is_none() && w.grad(&g).is_none());
 }
+
+/// The chunked op on the wgpu device (CubeCL's kernels and, under autodiff, its own tracked
+/// backward on the Cube backend) against the naive loop on Flex (forward) and gather's
+/// autodiff on Flex (backward), with budgets that force one, two and all points per round.
+#[cfg(feature = "wgpu")]
+#[test]
+fn chunked_on_the_wgpu_device_matches_flex_forward_and_backward() {
+    let Some(gpu) = codetr_core::device::software_gpu().unwrap() else {
+        return;
+    };
+    let host = Device::flex();
+    for (k, c) in cases().iter().enumerate() {
+        let (v, loc, w) = inputs(c, 300 + k as u64, &host);
+        let want = msda_naive(v, &c.shapes, loc, w);
+        let (v, loc, w) = inputs(c, 300 + k as u64, &gpu);
+        let per_point = c.b * c.q * c.h * 4 * c.ch;
+        for budget in [1, 2 * per_point, usize::MAX] {
+            let got = msda_chunked(v.clone(), &c.shapes, loc.clone(), w.clone(), budget);
+            assert_eq!(got.device(), gpu);
+            let d = max_abs_diff(got, want.clone());
+            assert!(
+                d <= 1e-5,
+                "case {k} budget {budget}: forward max abs diff {d}"
+            );
+        }
+    }
+
+    let c = &cases()[1];
+    let per_point = c.b * c.q * c.h * 4 * c.ch;
+    let r = rand_vec(&mut Rng::new(31), c.b * c.q * c.h * c.ch, -1.0, 1.0);
+    let grads = |dev: &Device, budget: Option<usize>| {
+        let (v, loc, w) = inputs(c, 33, dev);
+        let (v, loc, w) = (v.require_grad(), loc.require_grad(), w.require_grad());
+        let out = match budget {
+            Some(budget) => msda_chunked(v.clone(), &c.shapes, loc.clone(), w.clone(), budget),
+            None => msda_core(
+                v.clone(),
+                &c.shapes,
+                loc.clone(),
+                w.clone(),
+                MsdaImpl::Gather,
+            ),
+        };
+        let r = Tensor::<3>::from_data(TensorData::new(r.clone(), [c.b, c.q, c.h * c.ch]), dev);
+        let g = (out * r).sum().backward();
+        (
+            v.grad(&g).unwrap(),
+            loc.grad(&g).unwrap(),
+            w.grad(&g).unwrap(),
+        )
+    };
+    let (gv, gl, gw) = grads(&host.autodiff(), None);
+    for budget in [1, 2 * per_point, usize::MAX] {
+        let (sv, sl, sw) = grads(&gpu.clone().autodiff(), Some(budget));
+        let (dv, dl, dw) = (
+            max_abs_diff(gv.clone(), sv),
+            max_abs_diff(gl.clone(), sl),
+            max_abs_diff(gw.clone(), sw),
+        );
+        assert!(
+            dv <= 1e-5 && dl <= 1e-5 && dw <= 1e-5,
+            "wgpu budget {budget} vs Flex gather: value {dv}, loc {dl}, weights {dw}"
+        );
+    }
+}

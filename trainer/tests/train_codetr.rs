@@ -380,3 +380,134 @@ fn letterboxed_loss_ignores_what_the_padding_holds() {
     let (unpadded, _) = loss(&full);
     assert_ne!(zeros, unpadded, "the valid sizes were not used");
 }
+
+/// A K = 2 step on the wgpu device (CubeCL's kernels, WGSL on Mesa's lavapipe in CI) equals
+/// the same step on Flex from the same weights and noise: every loss term (the matcher, ATSS
+/// assignment, RPN proposals + NMS, RoIAlign, denoising and positive queries all run on the
+/// device), and the gradients of parameters each branch reaches.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_k2_step_on_the_wgpu_device_equals_the_flex_step() {
+    use burn::module::Module;
+    let Some(gpu) = codetr_core::device::software_gpu().unwrap() else {
+        return;
+    };
+    let (cfg, model, _) = small_k2_model("");
+    let on_gpu = model.clone().fork(&gpu.autodiff());
+    let flex = model.loss(&batch(128), &cfg, &mut Rng::new(0)).unwrap();
+    let wgpu = on_gpu.loss(&batch(128), &cfg, &mut Rng::new(0)).unwrap();
+    assert_eq!(
+        flex.terms.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        wgpu.terms.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+    let mut worst = (String::new(), 0f32);
+    // `t_*` terms are wall times, not losses.
+    let losses = flex.terms.iter().zip(&wgpu.terms);
+    for ((name, a), (_, b)) in losses.filter(|((n, _), _)| !n.starts_with("t_")) {
+        let rel = (a - b).abs() / a.abs().max(1.0);
+        if rel > worst.1 {
+            worst = (name.clone(), rel);
+        }
+    }
+    eprintln!(
+        "{} terms, total {} (Flex) vs {} (wgpu); worst relative loss difference {:.2e} ({})",
+        flex.terms.len(),
+        flex.value,
+        wgpu.value,
+        worst.1,
+        worst.0
+    );
+    assert!(worst.1 <= 1e-3, "{worst:?}");
+
+    let (gf, gw) = (flex.total.backward(), wgpu.total.backward());
+    let rel = |a: Option<burn::tensor::Tensor<2>>, b: Option<burn::tensor::Tensor<2>>| {
+        let (a, b) = (a.expect("a Flex gradient"), b.expect("a wgpu gradient"));
+        let scale = a.clone().abs().max().into_scalar::<f32>().max(1e-12);
+        (a - b.to_device(&Device::flex()))
+            .abs()
+            .max()
+            .into_scalar::<f32>()
+            / scale
+    };
+    let (d, g) = (&model.detector, &on_gpu.detector);
+    let (h, k) = (&model.heads, &on_gpu.heads);
+    let checks = [
+        (
+            "encoder value_proj",
+            rel(
+                d.encoder.layers[0]
+                    .self_attn
+                    .value_proj
+                    .weight
+                    .val()
+                    .grad(&gf),
+                g.encoder.layers[0]
+                    .self_attn
+                    .value_proj
+                    .weight
+                    .val()
+                    .grad(&gw),
+            ),
+        ),
+        (
+            "decoder ffn",
+            rel(
+                d.decoder.layers[0].ffn.linear1.weight.val().grad(&gf),
+                g.decoder.layers[0].ffn.linear1.weight.val().grad(&gw),
+            ),
+        ),
+        (
+            "query embed",
+            rel(
+                d.selection.query_embed.val().grad(&gf),
+                g.selection.query_embed.val().grad(&gw),
+            ),
+        ),
+        (
+            "dn label embed",
+            rel(h.label_embed.val().grad(&gf), k.label_embed.val().grad(&gw)),
+        ),
+        (
+            "ATSS positive queries",
+            rel(
+                h.atss_queries
+                    .as_ref()
+                    .unwrap()
+                    .pos_trans
+                    .weight
+                    .val()
+                    .grad(&gf),
+                k.atss_queries
+                    .as_ref()
+                    .unwrap()
+                    .pos_trans
+                    .weight
+                    .val()
+                    .grad(&gw),
+            ),
+        ),
+        (
+            "RCNN positive queries",
+            rel(
+                h.rcnn_queries
+                    .as_ref()
+                    .unwrap()
+                    .pos_trans
+                    .weight
+                    .val()
+                    .grad(&gf),
+                k.rcnn_queries
+                    .as_ref()
+                    .unwrap()
+                    .pos_trans
+                    .weight
+                    .val()
+                    .grad(&gw),
+            ),
+        ),
+    ];
+    eprintln!("gradients, max |Flex − wgpu| / max |Flex|: {checks:?}");
+    for (what, r) in checks {
+        assert!(r <= 1e-3, "{what}: {r}");
+    }
+}

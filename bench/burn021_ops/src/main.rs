@@ -3,7 +3,8 @@
 //! `bench/gpu_ops_torch.py` (PyTorch), so that the three are read side by side.
 //!
 //! MSDA here is the chunked formulation of `core/src/model/msda_chunked.rs` (gather the four
-//! corners of a few points of one level at a time, weight, sum) with Burn's own autodiff for the
+//! corners of a few points of one level at a time, weight, sum; the rows gathered as in
+//! `core/src/model/rows.rs`) with Burn's own autodiff for the
 //! backward: Burn 0.21 cannot run the trainer, so this measures what its backend does with the
 //! same tensor program, not our hand-written backward.
 //!
@@ -106,7 +107,11 @@ fn msda<B: Backend>(
             let n = bqh * k * 4;
             let idx: Tensor<B, 5, Int> = Tensor::stack(idx, 4);
             let wgt: Tensor<B, 5> = Tensor::stack(wgt, 4);
-            let sampled = rows.clone().select(0, idx.reshape([n])).reshape([bqh, k * 4, c]);
+            // `gather` with the index broadcast over the channels, as core's `rows::gather_rows`
+            // does off the CPU: its backward is a (atomic) scatter with one thread per element,
+            // where `select`'s is `select_assign`, one thread per channel looping over all n.
+            let idx = idx.reshape([n, 1]).expand([n, c]);
+            let sampled = rows.clone().gather(0, idx).reshape([bqh, k * 4, c]);
             out = out + wgt.reshape([bqh, 1, k * 4]).matmul(sampled);
             p0 += k;
         }

@@ -19,6 +19,7 @@ pub mod position_encoding;
 pub mod postprocess;
 pub mod predict;
 pub mod query_selection;
+pub mod rows;
 pub mod swin;
 pub mod topk;
 

@@ -144,9 +144,8 @@ fn msda_gather(
     let n = b * q * h * l * p * 4;
     let index: Tensor<6, Int> = Tensor::stack(index, 5);
     let weight: Tensor<6> = Tensor::stack::<6>(weight, 5) * weights.unsqueeze_dim::<6>(5);
-    let sampled = rows
-        .select(0, index.reshape([n]))
-        .reshape([b * q * h, l * p * 4, ch]);
+    let sampled =
+        super::rows::gather_rows(rows, index.reshape([n])).reshape([b * q * h, l * p * 4, ch]);
     (sampled * weight.reshape([b * q * h, l * p * 4, 1]))
         .sum_dim(1)
         .reshape([b, q, h * ch])

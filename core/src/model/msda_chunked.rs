@@ -18,9 +18,10 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Backend, DispatchKindConversion, DispatchTensor, Flex};
-use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 
 use super::msda_dims::MsdaDims;
+use super::rows::{gather_rows, scatter_add_rows};
 
 /// Default budget: elements of one chunk's sampled values (2^26 f32 = 256 MiB).
 pub const DEFAULT_BUDGET: usize = 1 << 26;
@@ -155,10 +156,7 @@ fn forward(plan: &Plan, value: Tensor<4>, locations: Tensor<6>, weights: Tensor<
         let k4 = c.k * 4;
         let cs = corners(plan, c, &locations);
         let coef = cs.bilinear * attention(plan, c, &weights).unsqueeze_dim::<5>(4);
-        let sampled = rows
-            .clone()
-            .select(0, cs.index)
-            .reshape([bqh, k4, plan.d.ch]);
+        let sampled = gather_rows(rows.clone(), cs.index).reshape([bqh, k4, plan.d.ch]);
         let part = coef.reshape([bqh, 1, k4]).matmul(sampled); // [B·Q·H, 1, Ch]
         out = Some(match out {
             Some(acc) => acc + part,
@@ -190,10 +188,7 @@ fn backward(
         let [hl, wl] = plan.d.shapes[c.level];
         let cs = corners(plan, c, &locations);
         let att = attention(plan, c, &weights);
-        let sampled = rows
-            .clone()
-            .select(0, cs.index.clone())
-            .reshape([bqh, k4, ch]);
+        let sampled = gather_rows(rows.clone(), cs.index.clone()).reshape([bqh, k4, ch]);
         // <g, v_corner> per corner: [B, Q, H, k, 4]
         let dot = sampled.matmul(g.clone()).reshape([b, q, h, k, 4]);
         grad_att[c.level].push(
@@ -207,7 +202,7 @@ fn backward(
         // Scatter-add a·w·g into the corners' rows (outside corners add 0 to row 0).
         let coef = (cs.bilinear * att.unsqueeze_dim::<5>(4)).reshape([bqh, k4, 1]);
         let contrib = (coef * g_row.clone()).reshape([bqh * k4, ch]);
-        grad_rows = grad_rows.select_assign(0, cs.index, contrib, IndexingUpdateOp::Add);
+        grad_rows = scatter_add_rows(grad_rows, cs.index, contrib);
     }
     let grad_value = grad_rows
         .reshape([b, h, plan.d.s, ch])
@@ -302,9 +297,9 @@ where
 /// Same contract as [`super::msda::msda_core`], with the chunks sized by `budget` (elements of
 /// one chunk's samples; [`DEFAULT_BUDGET`] in the model).
 ///
-/// Under autodiff on a backend without the tracked op (none today: Flex has it, and CubeCL's
-/// CUDA and Vulkan in builds with those features) this falls back to plain autodiff through the same ops, which is correct but
-/// keeps every chunk's samples for the backward.
+/// Under autodiff on a backend without the tracked op (none today: Flex has it, and so do
+/// CubeCL's CUDA and wgpu in builds with those features) this falls back to plain autodiff
+/// through the same ops, which is correct but keeps every chunk's samples for the backward.
 pub fn msda_chunked(
     value: Tensor<4>,
     shapes: &[[usize; 2]],
@@ -321,8 +316,8 @@ pub fn msda_chunked(
     if let Some(out) = tracked::<Flex>(&plan, &value, &locations, &weights) {
         return out;
     }
-    // CubeCL's runtimes (CUDA, Vulkan) are one dispatch backend.
-    #[cfg(any(feature = "cuda", feature = "vulkan"))]
+    // CubeCL's runtimes (CUDA, wgpu) are one dispatch backend.
+    #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
     if let Some(out) = tracked::<burn::backend::Cube>(&plan, &value, &locations, &weights) {
         return out;
     }

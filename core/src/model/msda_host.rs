@@ -175,7 +175,7 @@ impl Backward<Flex, 3> for MsdaBackward {
 
 /// True when the host kernel can run on tensors of `device` (Flex, with or without autodiff).
 pub fn supported(device: &Device) -> bool {
-    *device == Device::flex() || *device == Device::flex().autodiff()
+    crate::device::is_flex(device)
 }
 
 /// Same contract as [`super::msda::msda_core`]; the caller checks [`supported`] first.

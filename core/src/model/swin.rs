@@ -355,8 +355,7 @@ impl WindowAttention {
             TensorData::new(relative_position_index(self.window), [n * n]),
             &table.device(),
         );
-        table
-            .select(0, idx)
+        super::rows::gather_rows(table, idx)
             .reshape([n, n, self.num_heads])
             .permute([2, 0, 1])
     }

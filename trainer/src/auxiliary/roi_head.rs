@@ -9,6 +9,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use codetr_core::model::autocast as ac;
+use codetr_core::model::rows::gather_rows;
 use serde::{Deserialize, Serialize};
 
 use super::rcnn_targets::{
@@ -174,7 +175,7 @@ pub fn roi_features(
     let idx = Tensor::<1, Int>::from_data(TensorData::new(plan.index, [n]), &device);
     let wts = Tensor::<1>::from_data(TensorData::new(plan.weight, [n]), &device).reshape([n, 1]);
     let pp = cfg.pool * cfg.pool;
-    let taps = memory.reshape([b * s, d]).select(0, idx) * wts;
+    let taps = gather_rows(memory.reshape([b * s, d]), idx) * wts;
     Ok(taps
         .reshape([r * pp, plan.taps, d])
         .sum_dim(1)

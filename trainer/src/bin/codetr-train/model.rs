@@ -348,7 +348,8 @@ pub struct PredictArgs {
     #[arg(long)]
     pub json: bool,
     /// cpu, cuda, cuda:N (a build with --features cuda), vulkan, vulkan:N or vulkan-cpu (a
-    /// build with --features vulkan).
+    /// build with --features vulkan: SPIR-V kernels), wgpu, wgpu:N or wgpu-cpu (a build with
+    /// --features wgpu alone: WGSL kernels; wgpu-cpu runs on Mesa's lavapipe).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// `stretch`: the image stretched to the model's square input (our own models are trained

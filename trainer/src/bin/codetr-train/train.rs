@@ -63,7 +63,8 @@ pub struct FitArgs {
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// cpu, cuda, cuda:N (a build with --features cuda), vulkan, vulkan:N or vulkan-cpu (a
-    /// build with --features vulkan).
+    /// build with --features vulkan: SPIR-V kernels), wgpu, wgpu:N or wgpu-cpu (a build with
+    /// --features wgpu alone: WGSL kernels; wgpu-cpu runs on Mesa's lavapipe).
     #[arg(long)]
     pub device: Option<String>,
     /// No progress bar (logs only).
