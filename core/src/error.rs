@@ -28,6 +28,17 @@ pub enum Error {
     /// mis-shaped), each problem on its own line.
     #[error("cannot import {}:\n  {problems}", path.display())]
     Import { path: PathBuf, problems: String },
+    /// The device failed while computing what was read back: out of memory or a kernel error
+    /// on a GPU backend (a queued computation fails at the read that waits for it).
+    #[error(
+        "the {device} device failed computing {what} (out of memory or a kernel error; a \
+         smaller --batch-size with --accumulate keeps the effective batch): {message}"
+    )]
+    Device {
+        device: String,
+        what: &'static str,
+        message: String,
+    },
     /// From the data layer (reading, generating, loading or evaluating data).
     #[error(transparent)]
     Data(#[from] codetr_data::Error),

@@ -52,9 +52,34 @@ pub fn reset() {
 /// Host copy (f32, row-major) of `t`, detached, counted as one read. `what` names the tensor in
 /// the error a backend's failed read becomes.
 pub fn read_f32<const D: usize>(t: Tensor<D>, what: &'static str) -> Result<Vec<f32>> {
-    let v = t
-        .detach()
-        .into_data()
+    let device = t.device();
+    let data = t.detach().try_into_data().map_err(|e| {
+        // The runtime's chain can run to thousands of lines (every queued kernel it skipped):
+        // keep its first few lines of substance.
+        let full = e.to_string();
+        let noise = ["Caused by:", "No backtrace available", "Asked at:"];
+        let lines: Vec<&str> = full
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !noise.contains(l))
+            .filter(|l| !l.starts_with("skipped") && !l.starts_with('('))
+            .collect();
+        let mut message = lines
+            .iter()
+            .take(6)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" | ");
+        if lines.len() > 6 {
+            message.push_str(" | …");
+        }
+        Error::Device {
+            device: format!("{device:?}"),
+            what,
+            message,
+        }
+    })?;
+    let v = data
         .convert::<f32>()
         .try_to_vec::<f32>()
         .map_err(|e| Error::InvalidArgument {
@@ -96,5 +121,30 @@ mod tests {
                 largest: 24
             }
         );
+    }
+
+    /// A read whose computation the device fails is an error naming the tensor, never a panic
+    /// (the step's error then ends `fit` with a message). On lavapipe a 512 MB tensor fails:
+    /// its storage buffers are capped at 128 MB. A device that holds it must read it right.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn a_read_the_device_fails_is_an_error_not_a_panic() {
+        let Some(gpu) = codetr_core::device::software_gpu().unwrap() else {
+            return;
+        };
+        let n = 128 << 20;
+        let t = Tensor::<1>::ones([n], &gpu) * 2.0;
+        match read_f32(t, "big tensor") {
+            Err(e @ Error::Device { .. }) => {
+                let m = e.to_string();
+                eprintln!("{m}");
+                assert!(
+                    m.contains("big tensor") && m.contains("out of memory"),
+                    "{m}"
+                );
+            }
+            Err(other) => panic!("not a device error: {other}"),
+            Ok(v) => assert!(v.len() == n && v.iter().all(|&x| x == 2.0)),
+        }
     }
 }

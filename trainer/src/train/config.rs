@@ -171,7 +171,7 @@ pub struct RunConfig {
     pub keep_last: usize,
     /// Evaluate every N steps (0 = once per epoch) and at the end.
     pub eval_every: u64,
-    /// "cpu" or "cuda[:N]".
+    /// The training device: what `--device` takes (`codetr_core::device::select`).
     pub device: String,
     /// Warm start: the detector weights of this checkpoint (a shipped `model.ckpt`, a run's
     /// `best/model.ckpt` or a step checkpoint), made for the same model config and classes.
