@@ -44,6 +44,36 @@ fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Gradients of `sum(out · r)` w.r.t. (value, locations, weights) for case `c`'s inputs drawn
+/// with `seed` on `dev`: the chunked op with `budget`, or (`None`) gather's autodiff.
+fn chunked_or_gather_grads(
+    c: &Case,
+    seed: u64,
+    r: &[f32],
+    dev: &Device,
+    budget: Option<usize>,
+) -> (Tensor<4>, Tensor<6>, Tensor<5>) {
+    let (v, loc, w) = inputs(c, seed, dev);
+    let (v, loc, w) = (v.require_grad(), loc.require_grad(), w.require_grad());
+    let out = match budget {
+        Some(budget) => msda_chunked(v.clone(), &c.shapes, loc.clone(), w.clone(), budget),
+        None => msda_core(
+            v.clone(),
+            &c.shapes,
+            loc.clone(),
+            w.clone(),
+            MsdaImpl::Gather,
+        ),
+    };
+    let r = Tensor::<3>::from_data(TensorData::new(r.to_vec(), [c.b, c.q, c.h * c.ch]), dev);
+    let g = (out * r).sum().backward();
+    (
+        v.grad(&g).unwrap(),
+        loc.grad(&g).unwrap(),
+        w.grad(&g).unwrap(),
+    )
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -225,29 +255,8 @@ fn chunked_with_any_budget_matches_naive_forward_and_gather_backward() {
     }
 
     let dev = Device::flex().autodiff();
-    let mut rng = Rng::new(5);
-    let r = rand_vec(&mut rng, c.b * c.q * c.h * c.ch, -1.0, 1.0);
-    let r = Tensor::<3>::from_data(TensorData::new(r, [c.b, c.q, c.h * c.ch]), &dev);
-    let grads = |budget: Option<usize>| {
-        let (v, loc, w) = inputs(c, 21, &dev);
-        let (v, loc, w) = (v.require_grad(), loc.require_grad(), w.require_grad());
-        let out = match budget {
-            Some(budget) => msda_chunked(v.clone(), &c.shapes, loc.clone(), w.clone(), budget),
-            None => msda_core(
-                v.clone(),
-                &c.shapes,
-                loc.clone(),
-                w.clone(),
-                MsdaImpl::Gather,
-            ),
-        };
-        let g = (out * r.clone()).sum().backward();
-        (
-            v.grad(&g).unwrap(),
-            loc.grad(&g).unwrap(),
-            w.grad(&g).unwrap(),
-        )
-    };
+    let r = rand_vec(&mut Rng::new(5), c.b * c.q * c.h * c.ch, -1.0, 1.0);
+    let grads = |budget| chunked_or_gather_grads(c, 21, &r, &dev, budget);
     let (gv, gl, gw) = grads(None);
     for budget in [1, 2 * per_point, usize::MAX] {
         let (sv, sl, sw) = grads(Some(budget));
@@ -305,27 +314,7 @@ fn chunked_on_the_wgpu_device_matches_flex_forward_and_backward() {
     let c = &cases()[1];
     let per_point = c.b * c.q * c.h * 4 * c.ch;
     let r = rand_vec(&mut Rng::new(31), c.b * c.q * c.h * c.ch, -1.0, 1.0);
-    let grads = |dev: &Device, budget: Option<usize>| {
-        let (v, loc, w) = inputs(c, 33, dev);
-        let (v, loc, w) = (v.require_grad(), loc.require_grad(), w.require_grad());
-        let out = match budget {
-            Some(budget) => msda_chunked(v.clone(), &c.shapes, loc.clone(), w.clone(), budget),
-            None => msda_core(
-                v.clone(),
-                &c.shapes,
-                loc.clone(),
-                w.clone(),
-                MsdaImpl::Gather,
-            ),
-        };
-        let r = Tensor::<3>::from_data(TensorData::new(r.clone(), [c.b, c.q, c.h * c.ch]), dev);
-        let g = (out * r).sum().backward();
-        (
-            v.grad(&g).unwrap(),
-            loc.grad(&g).unwrap(),
-            w.grad(&g).unwrap(),
-        )
-    };
+    let grads = |dev: &Device, budget| chunked_or_gather_grads(c, 33, &r, dev, budget);
     let (gv, gl, gw) = grads(&host.autodiff(), None);
     for budget in [1, 2 * per_point, usize::MAX] {
         let (sv, sl, sw) = grads(&gpu.clone().autodiff(), Some(budget));

@@ -429,83 +429,33 @@ fn a_k2_step_on_the_wgpu_device_equals_the_flex_step() {
             .into_scalar::<f32>()
             / scale
     };
-    let (d, g) = (&model.detector, &on_gpu.detector);
-    let (h, k) = (&model.heads, &on_gpu.heads);
-    let checks = [
-        (
-            "encoder value_proj",
-            rel(
-                d.encoder.layers[0]
-                    .self_attn
-                    .value_proj
-                    .weight
-                    .val()
-                    .grad(&gf),
-                g.encoder.layers[0]
-                    .self_attn
-                    .value_proj
-                    .weight
-                    .val()
-                    .grad(&gw),
-            ),
-        ),
-        (
-            "decoder ffn",
-            rel(
-                d.decoder.layers[0].ffn.linear1.weight.val().grad(&gf),
-                g.decoder.layers[0].ffn.linear1.weight.val().grad(&gw),
-            ),
-        ),
-        (
-            "query embed",
-            rel(
-                d.selection.query_embed.val().grad(&gf),
-                g.selection.query_embed.val().grad(&gw),
-            ),
-        ),
-        (
-            "dn label embed",
-            rel(h.label_embed.val().grad(&gf), k.label_embed.val().grad(&gw)),
-        ),
-        (
-            "ATSS positive queries",
-            rel(
-                h.atss_queries
-                    .as_ref()
-                    .unwrap()
-                    .pos_trans
-                    .weight
-                    .val()
-                    .grad(&gf),
-                k.atss_queries
-                    .as_ref()
-                    .unwrap()
-                    .pos_trans
-                    .weight
-                    .val()
-                    .grad(&gw),
-            ),
-        ),
-        (
-            "RCNN positive queries",
-            rel(
-                h.rcnn_queries
-                    .as_ref()
-                    .unwrap()
-                    .pos_trans
-                    .weight
-                    .val()
-                    .grad(&gf),
-                k.rcnn_queries
-                    .as_ref()
-                    .unwrap()
-                    .pos_trans
-                    .weight
-                    .val()
-                    .grad(&gw),
-            ),
-        ),
+    type Pick = fn(&CoDetr) -> burn::tensor::Tensor<2>;
+    let picks: [(&str, Pick); 6] = [
+        ("encoder value_proj", |m| {
+            m.detector.encoder.layers[0]
+                .self_attn
+                .value_proj
+                .weight
+                .val()
+        }),
+        ("decoder ffn", |m| {
+            m.detector.decoder.layers[0].ffn.linear1.weight.val()
+        }),
+        ("query embed", |m| m.detector.selection.query_embed.val()),
+        ("dn label embed", |m| m.heads.label_embed.val()),
+        ("ATSS positive queries", |m| {
+            let q = m.heads.atss_queries.as_ref().expect("K = 2 has them");
+            q.pos_trans.weight.val()
+        }),
+        ("RCNN positive queries", |m| {
+            let q = m.heads.rcnn_queries.as_ref().expect("K = 2 has them");
+            q.pos_trans.weight.val()
+        }),
     ];
+    let checks: Vec<(&str, f32)> = picks
+        .iter()
+        .map(|(what, pick)| (*what, rel(pick(&model).grad(&gf), pick(&on_gpu).grad(&gw))))
+        .collect();
     eprintln!("gradients, max |Flex − wgpu| / max |Flex|: {checks:?}");
     for (what, r) in checks {
         assert!(r <= 1e-3, "{what}: {r}");
