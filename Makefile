@@ -33,10 +33,11 @@ run: ort
 fmt:
 	cargo fmt --all -- --check
 
-# With the trainer's `vulkan` and `wgpu` features: the GPU builds (Burn's wgpu backend with
-# SPIR-V or WGSL kernels, no GPU or SDK needed to compile) and the tests gated on them are
-# checked on every run; nextest builds and runs the `wgpu` build.
+# The default build, then with the trainer's `vulkan` and `wgpu` features: the GPU builds
+# (Burn's wgpu backend with SPIR-V or WGSL kernels, no GPU or SDK needed to compile) and the
+# tests gated on them are checked on every run; nextest builds and runs the `wgpu` build.
 lint:
+	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --workspace --all-targets --features codetr-train/vulkan,codetr-train/wgpu -- -D warnings
 
 # Built with the trainer's `wgpu` feature (Flex stays every test's device): the tests marked
