@@ -104,7 +104,6 @@ enum Adapter {
 
 /// What the wgpu device's kernels are compiled to. cubecl picks SPIR-V for every Vulkan
 /// adapter whenever the build has it (`vulkan`), so WGSL is a build without that feature.
-#[derive(PartialEq)]
 enum Kernels {
     SpirV,
     Wgsl,

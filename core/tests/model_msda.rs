@@ -74,6 +74,23 @@ fn chunked_or_gather_grads(
     )
 }
 
+/// Max abs differences of (value, locations, weights) gradients, each asserted ≤ 1e-5.
+fn assert_grads_within_1e_5(
+    want: &(Tensor<4>, Tensor<6>, Tensor<5>),
+    got: (Tensor<4>, Tensor<6>, Tensor<5>),
+    what: &str,
+) {
+    let (dv, dl, dw) = (
+        max_abs_diff(want.0.clone(), got.0),
+        max_abs_diff(want.1.clone(), got.1),
+        max_abs_diff(want.2.clone(), got.2),
+    );
+    assert!(
+        dv <= 1e-5 && dl <= 1e-5 && dw <= 1e-5,
+        "{what}: value {dv}, loc {dl}, weights {dw}"
+    );
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -257,17 +274,12 @@ fn chunked_with_any_budget_matches_naive_forward_and_gather_backward() {
     let dev = Device::flex().autodiff();
     let r = rand_vec(&mut Rng::new(5), c.b * c.q * c.h * c.ch, -1.0, 1.0);
     let grads = |budget| chunked_or_gather_grads(c, 21, &r, &dev, budget);
-    let (gv, gl, gw) = grads(None);
+    let want = grads(None);
     for budget in [1, 2 * per_point, usize::MAX] {
-        let (sv, sl, sw) = grads(Some(budget));
-        let (dv, dl, dw) = (
-            max_abs_diff(gv.clone(), sv),
-            max_abs_diff(gl.clone(), sl),
-            max_abs_diff(gw.clone(), sw),
-        );
-        assert!(
-            dv <= 1e-5 && dl <= 1e-5 && dw <= 1e-5,
-            "budget {budget} vs gather: value {dv}, loc {dl}, weights {dw}"
+        assert_grads_within_1e_5(
+            &want,
+            grads(Some(budget)),
+            &format!("budget {budget} vs gather"),
         );
     }
 }
@@ -315,17 +327,9 @@ fn chunked_on_the_wgpu_device_matches_flex_forward_and_backward() {
     let per_point = c.b * c.q * c.h * 4 * c.ch;
     let r = rand_vec(&mut Rng::new(31), c.b * c.q * c.h * c.ch, -1.0, 1.0);
     let grads = |dev: &Device, budget| chunked_or_gather_grads(c, 33, &r, dev, budget);
-    let (gv, gl, gw) = grads(&host.autodiff(), None);
+    let want = grads(&host.autodiff(), None);
     for budget in [1, 2 * per_point, usize::MAX] {
-        let (sv, sl, sw) = grads(&gpu.clone().autodiff(), Some(budget));
-        let (dv, dl, dw) = (
-            max_abs_diff(gv.clone(), sv),
-            max_abs_diff(gl.clone(), sl),
-            max_abs_diff(gw.clone(), sw),
-        );
-        assert!(
-            dv <= 1e-5 && dl <= 1e-5 && dw <= 1e-5,
-            "wgpu budget {budget} vs Flex gather: value {dv}, loc {dl}, weights {dw}"
-        );
+        let got = grads(&gpu.clone().autodiff(), Some(budget));
+        assert_grads_within_1e_5(&want, got, &format!("wgpu budget {budget} vs Flex gather"));
     }
 }
