@@ -5,12 +5,14 @@
 //! - conv_stem: 3×3 conv 64→64 on [2, 64, 200, 200]; conv_neck: 3×3 conv 256→256 on
 //!   [2, 256, 50, 50];
 //! - ffn_matmul: [2·53294, 256] × [256, 2048] (the encoder FFN of `paper-r50` at 800²);
-//! - msda_encoder / msda_decoder: the trainer's MSDA (`chunked`, what the model runs off the
-//!   CPU) at `paper-r50` dimensions, batch 2, queries 53294 / 900.
+//! - msda_encoder / msda_decoder: the trainer's MSDA at `paper-r50` dimensions, batch 2,
+//!   queries 53294 / 900: `host` (what the model runs: the CubeCL kernels on a GPU device, host
+//!   loops on Flex) and `chunked` (tensor ops over chunks), each its own `impl` label.
 //!
-//! First row, `msda_parity`: the chunked op on the device against the same op on the Flex
-//! device (forward and the three gradients, max abs difference; Flex's is tested against the
-//! naive loop in CI), at a small size, so a run on a GPU also says whether its numbers are right.
+//! First row, `msda_parity`: both on the device against the Flex op (forward and the three
+//! gradients, max abs difference; Flex's is tested against the naive loop in CI), at a small
+//! size, so a run on a GPU also says whether its numbers are right: on a GPU with f32 atomics
+//! this is where the kernels' native atomic-add path is checked (CI's lavapipe has none).
 //!
 //! Run: `cargo bench -p codetr-core --features vulkan --bench gpu_ops -- --device vulkan`
 //! (`--device cpu` for the Flex device, `--small` for CPU-sized shapes). Times are medians of
@@ -89,7 +91,10 @@ fn main() {
     let b = 2;
     let label = format!("burn-0.22.1 {device_name}");
     let emit = |mut row: serde_json::Value| {
-        row["impl"] = label.clone().into();
+        row["impl"] = match row.get("variant").and_then(|v| v.as_str()) {
+            Some(v) => format!("{label} {v}").into(),
+            None => label.clone().into(),
+        };
         println!("{row}");
     };
     let uniform = Distribution::Uniform(-1.0, 1.0);
@@ -126,7 +131,12 @@ fn main() {
 
     let (h, c, l, p) = (8, 32, shapes.len(), 4);
     let value = Tensor::<4>::random([b, s, h, c], uniform, &dev);
-    for (name, q) in [("msda_encoder", s), ("msda_decoder", 900)] {
+    for (name, q, imp) in [
+        ("msda_encoder", s, MsdaImpl::Host),
+        ("msda_encoder", s, MsdaImpl::Chunked),
+        ("msda_decoder", 900, MsdaImpl::Host),
+        ("msda_decoder", 900, MsdaImpl::Chunked),
+    ] {
         let unit = Distribution::Uniform(0.0, 1.0);
         let loc = Tensor::<6>::random([b, q, h, l, p, 2], unit, &dev);
         let att = Tensor::<5>::random([b, q, h, l, p], unit, &dev);
@@ -136,7 +146,7 @@ fn main() {
                 &shapes,
                 loc.clone().inner(),
                 att.clone().inner(),
-                MsdaImpl::Chunked,
+                imp,
             ))
         });
         let fwd_bwd = timed(reps, || {
@@ -145,7 +155,7 @@ fn main() {
                 loc.clone().require_grad(),
                 att.clone().require_grad(),
             );
-            let g = msda_core(v.clone(), &shapes, lo.clone(), a.clone(), MsdaImpl::Chunked)
+            let g = msda_core(v.clone(), &shapes, lo.clone(), a.clone(), imp)
                 .sum()
                 .backward();
             sync(v.grad(&g).expect("value gradient"));
@@ -154,13 +164,15 @@ fn main() {
         });
         emit(serde_json::json!({
             "op": name, "shape": [b, s, h, c, q, l, p], "fwd_s": fwd, "fwd_bwd_s": fwd_bwd,
+            "variant": if imp == MsdaImpl::Chunked { Some("chunked") } else { None },
         }));
     }
 }
 
-/// The chunked MSDA op (forward and gradients of `sum(out · r)`) on `device` vs Flex, on the
-/// same host-generated inputs: `[B=2, Q=50, H=4, Ch=8]`, 3 levels × 4 points, some points
-/// outside the maps; budgets of one point per round and of one level per round.
+/// The MSDA op (forward and gradients of `sum(out · r)`) on `device` vs Flex's host kernel, on
+/// the same host-generated inputs: `[B=2, Q=50, H=4, Ch=8]`, 3 levels × 4 points, some points
+/// outside the maps: the device's `Host` op (the CubeCL kernels on a GPU), and the chunked op
+/// with budgets of one point per round and of one level per round.
 fn msda_parity(device: &Device) -> serde_json::Value {
     let shapes = vec![[12usize, 10usize], [6, 5], [3, 3]];
     let (b, q, h, ch, p) = (2, 50, 4, 8, 4);
@@ -175,7 +187,8 @@ fn msda_parity(device: &Device) -> serde_json::Value {
     let loc = draw(b * q * h * l * p * 2, -0.1, 1.1);
     let w = draw(b * q * h * l * p, 0.0, 1.0);
     let r = draw(b * q * h * ch, -1.0, 1.0);
-    let run = |dev: &Device, budget: usize| -> [Vec<f32>; 4] {
+    // budget `None`: the device's Host op; `Some`: the chunked op.
+    let run = |dev: &Device, budget: Option<usize>| -> [Vec<f32>; 4] {
         let dev = dev.clone().autodiff();
         let v =
             Tensor::<4>::from_data(TensorData::new(v.clone(), [b, s, h, ch]), &dev).require_grad();
@@ -184,7 +197,10 @@ fn msda_parity(device: &Device) -> serde_json::Value {
         let a = Tensor::<5>::from_data(TensorData::new(w.clone(), [b, q, h, l, p]), &dev)
             .require_grad();
         let rt = Tensor::<3>::from_data(TensorData::new(r.clone(), [b, q, h * ch]), &dev);
-        let out = msda_chunked(v.clone(), &shapes, lo.clone(), a.clone(), budget);
+        let out = match budget {
+            Some(budget) => msda_chunked(v.clone(), &shapes, lo.clone(), a.clone(), budget),
+            None => msda_core(v.clone(), &shapes, lo.clone(), a.clone(), MsdaImpl::Host),
+        };
         let g = (out.clone() * rt).sum().backward();
         let host = |d: TensorData| d.convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
         [
@@ -203,9 +219,13 @@ fn msda_parity(device: &Device) -> serde_json::Value {
             .map(|(a, b)| f64::from((a - b).abs()))
             .fold(0.0, f64::max)
     };
-    let want = run(&Device::flex(), usize::MAX);
+    let want = run(&Device::flex(), None);
     let mut row = serde_json::json!({"op": "msda_parity", "shape": [b, s, h, ch, q, l, p]});
-    for (tag, budget) in [("one_point", 1), ("one_level", usize::MAX)] {
+    for (tag, budget) in [
+        ("host", None),
+        ("one_point", Some(1)),
+        ("one_level", Some(usize::MAX)),
+    ] {
         let got = run(device, budget);
         for (k, name) in ["forward", "grad_value", "grad_loc", "grad_weights"]
             .iter()

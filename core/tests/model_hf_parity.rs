@@ -260,7 +260,7 @@ fn hf_deformable_detr_r18_basic_5_levels_non_square() {
 }
 
 /// The same parity on the wgpu device: Burn's CubeCL kernels (WGSL, on Mesa's lavapipe in CI)
-/// and the model's non-Flex paths (chunked MSDA instead of the host kernel) against HF.
+/// and the model's non-Flex paths (the CubeCL MSDA kernels instead of the host loops) against HF.
 #[cfg(feature = "wgpu")]
 #[test]
 fn hf_deformable_detr_on_the_wgpu_device() {

@@ -45,26 +45,17 @@ fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
 }
 
 /// Gradients of `sum(out · r)` w.r.t. (value, locations, weights) for case `c`'s inputs drawn
-/// with `seed` on `dev`: the chunked op with `budget`, or (`None`) gather's autodiff.
-fn chunked_or_gather_grads(
+/// with `seed` on `dev`, through `run` (an implementation of the sampling core).
+fn grads_of(
     c: &Case,
     seed: u64,
     r: &[f32],
     dev: &Device,
-    budget: Option<usize>,
+    run: impl Fn(Tensor<4>, &[[usize; 2]], Tensor<6>, Tensor<5>) -> Tensor<3>,
 ) -> (Tensor<4>, Tensor<6>, Tensor<5>) {
     let (v, loc, w) = inputs(c, seed, dev);
     let (v, loc, w) = (v.require_grad(), loc.require_grad(), w.require_grad());
-    let out = match budget {
-        Some(budget) => msda_chunked(v.clone(), &c.shapes, loc.clone(), w.clone(), budget),
-        None => msda_core(
-            v.clone(),
-            &c.shapes,
-            loc.clone(),
-            w.clone(),
-            MsdaImpl::Gather,
-        ),
-    };
+    let out = run(v.clone(), &c.shapes, loc.clone(), w.clone());
     let r = Tensor::<3>::from_data(TensorData::new(r.to_vec(), [c.b, c.q, c.h * c.ch]), dev);
     let g = (out * r).sum().backward();
     (
@@ -72,6 +63,20 @@ fn chunked_or_gather_grads(
         loc.grad(&g).unwrap(),
         w.grad(&g).unwrap(),
     )
+}
+
+/// [`grads_of`] the chunked op with `budget`, or (`None`) of gather's autodiff.
+fn chunked_or_gather_grads(
+    c: &Case,
+    seed: u64,
+    r: &[f32],
+    dev: &Device,
+    budget: Option<usize>,
+) -> (Tensor<4>, Tensor<6>, Tensor<5>) {
+    grads_of(c, seed, r, dev, |v, shapes, loc, w| match budget {
+        Some(budget) => msda_chunked(v, shapes, loc, w, budget),
+        None => msda_core(v, shapes, loc, w, MsdaImpl::Gather),
+    })
 }
 
 /// Max abs differences of (value, locations, weights) gradients, each asserted ≤ 1e-5.
@@ -332,4 +337,83 @@ fn chunked_on_the_wgpu_device_matches_flex_forward_and_backward() {
         let got = grads(&gpu.clone().autodiff(), Some(budget));
         assert_grads_within_1e_5(&want, got, &format!("wgpu budget {budget} vs Flex gather"));
     }
+}
+
+/// The CubeCL kernels (`Host` on a GPU device) on the wgpu device: forward equal to the naive
+/// loop on Flex, gradients equal to gather's autodiff on Flex, for every case (the one-pixel
+/// level makes every sample's value gradient land on one row: the atomic adds contend);
+/// points far outside every map sample zero and get zero gradients.
+#[cfg(feature = "wgpu")]
+#[test]
+fn cube_kernels_on_the_wgpu_device_match_naive_forward_and_gather_backward() {
+    use codetr_core::model::msda_chunked::msda_cube;
+    let Some(gpu) = codetr_core::device::software_gpu().unwrap() else {
+        return;
+    };
+    let host = Device::flex();
+    for (k, c) in cases().iter().enumerate() {
+        let (v, loc, w) = inputs(c, 400 + k as u64, &host);
+        let want = msda_naive(v, &c.shapes, loc, w);
+        let (v, loc, w) = inputs(c, 400 + k as u64, &gpu);
+        let got = msda_cube(v.clone(), &c.shapes, loc.clone(), w.clone())
+            .expect("the kernels run on the wgpu device");
+        assert_eq!(got.device(), gpu);
+        let d = max_abs_diff(got.clone(), want.clone());
+        assert!(d <= 1e-5, "case {k}: forward max abs diff {d}");
+        let via_core = msda_core(v, &c.shapes, loc, w, MsdaImpl::Host);
+        assert_eq!(
+            max_abs_diff(via_core, got),
+            0.0,
+            "case {k}: Host is the kernel"
+        );
+
+        let r = rand_vec(
+            &mut Rng::new(41 + k as u64),
+            c.b * c.q * c.h * c.ch,
+            -1.0,
+            1.0,
+        );
+        let want = chunked_or_gather_grads(c, 43, &r, &host.clone().autodiff(), None);
+        let got = grads_of(c, 43, &r, &gpu.clone().autodiff(), |v, shapes, loc, w| {
+            msda_cube(v, shapes, loc, w).expect("the tracked kernels run on the wgpu device")
+        });
+        assert_grads_within_1e_5(
+            &want,
+            got,
+            &format!("case {k}: wgpu kernels vs Flex gather"),
+        );
+    }
+
+    // Far outside (and at the float extremes): zero samples, zero gradients, nothing undefined.
+    let c = &cases()[0];
+    let (v, loc, w) = inputs(c, 7, &gpu.clone().autodiff());
+    let n = loc.dims().iter().product::<usize>();
+    let far: Vec<f32> = (0..n)
+        .map(|i| [1e6, -1e6, 3.0e38, -3.0e38, 40.0, -7.5][i % 6])
+        .collect();
+    let loc = Tensor::<6>::from_data(TensorData::new(far, loc.dims()), &loc.device());
+    let (v, loc, w) = (v.require_grad(), loc.require_grad(), w.require_grad());
+    let out = msda_cube(v.clone(), &c.shapes, loc.clone(), w.clone()).unwrap();
+    let g = out.clone().sum().backward();
+    assert_eq!(
+        max_abs_diff(out.clone(), out.zeros_like()),
+        0.0,
+        "far-away samples"
+    );
+    let zero = |t: Tensor<1>| max_abs_diff(t.clone(), t.zeros_like());
+    assert_eq!(
+        zero(v.grad(&g).unwrap().flatten(0, 3)),
+        0.0,
+        "value gradient"
+    );
+    assert_eq!(
+        zero(loc.grad(&g).unwrap().flatten(0, 5)),
+        0.0,
+        "location gradient"
+    );
+    assert_eq!(
+        zero(w.grad(&g).unwrap().flatten(0, 4)),
+        0.0,
+        "weight gradient"
+    );
 }

@@ -10,6 +10,8 @@ pub mod drop_path;
 pub mod encoder;
 pub mod msda;
 pub mod msda_chunked;
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
+pub(crate) mod msda_cube;
 pub mod msda_dims;
 pub mod msda_host;
 pub mod neck;

@@ -3,8 +3,10 @@
 //! Implementations of the same function, all with grid_sample semantics (bilinear,
 //! zero padding, `align_corners = false`: a location `u ∈ [0, 1]` on a level of width `W`
 //! samples pixel coordinate `u·W − 0.5`):
-//! - [`MsdaImpl::Host`] (default on CPU): host loops with a hand-written backward (msda_host.rs).
-//! - [`MsdaImpl::Chunked`] (what `Host` means on other devices): tensor ops over chunks of
+//! - [`MsdaImpl::Host`] (the default): the device's own kernel with a hand-written backward:
+//!   host loops on CPU (msda_host.rs), CubeCL kernels on CUDA, Vulkan and wgpu
+//!   (msda_cube.rs).
+//! - [`MsdaImpl::Chunked`] (what `Host` means on any other device): tensor ops over chunks of
 //!   points with a hand-written backward, memory bounded by a budget (msda_chunked.rs).
 //! - [`MsdaImpl::Gather`]: one `select` over all levels' values at once, with
 //!   the four bilinear corners' weights computed as tensors. Its backward is a scatter-add,
@@ -26,8 +28,9 @@ pub use super::msda_dims::level_starts;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MsdaImpl {
-    /// Host loops with a hand-written backward (Flex device only; other devices use
-    /// `Chunked`). The fastest on CPU: 2–7× `Gather` forward+backward (bench/model.sh msda).
+    /// The device's kernel with a hand-written backward: host loops on Flex (the fastest on
+    /// CPU: 2–7× `Gather` forward+backward, bench/model.sh msda), CubeCL kernels on GPU
+    /// devices, `Chunked` elsewhere.
     #[default]
     Host,
     /// All samples at once (`[B·Q·H·L·P·4, Ch]`), backward by autodiff.
@@ -58,6 +61,19 @@ pub fn msda_core(
     match imp {
         MsdaImpl::Host if super::msda_host::supported(&value.device()) => {
             super::msda_host::msda_host(value, shapes, locations, weights)
+        }
+        // On a GPU device: the CubeCL kernels (`None` only on another device or for non-f32
+        // data outside autodiff).
+        #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
+        MsdaImpl::Host
+            if let Some(out) = super::msda_chunked::msda_cube(
+                value.clone(),
+                shapes,
+                locations.clone(),
+                weights.clone(),
+            ) =>
+        {
+            out
         }
         MsdaImpl::Host | MsdaImpl::Chunked => super::msda_chunked::msda_chunked(
             value,

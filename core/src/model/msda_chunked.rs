@@ -213,10 +213,23 @@ fn backward(
     (grad_value, grad_loc, grad_att)
 }
 
-#[derive(Debug)]
-struct ChunkedBackward;
+/// A forward and its recomputing backward on dispatch tensors: the chunked tensor ops above,
+/// or on CubeCL devices [`super::msda_cube`]'s kernels. The tracked op keeps only the three
+/// inputs and calls `backward` on them.
+#[derive(Debug, Clone, Copy)]
+struct Kernels {
+    forward: fn(&Plan, Tensor<4>, Tensor<6>, Tensor<5>) -> Tensor<3>,
+    #[allow(clippy::type_complexity)]
+    backward:
+        fn(&Plan, Tensor<4>, Tensor<6>, Tensor<5>, Tensor<3>) -> (Tensor<4>, Tensor<6>, Tensor<5>),
+}
 
-impl<B: Backend> Backward<B, 3> for ChunkedBackward
+const CHUNKED: Kernels = Kernels { forward, backward };
+
+#[derive(Debug)]
+struct RecomputingBackward;
+
+impl<B: Backend> Backward<B, 3> for RecomputingBackward
 where
     DispatchTensor: DispatchKindConversion<B>,
 {
@@ -225,13 +238,14 @@ where
         B::FloatTensorPrimitive,
         B::FloatTensorPrimitive,
         Plan,
+        Kernels,
     );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _c: &mut Checkpointer) {
         let [nv, nl, na] = ops.parents;
         let g = Tensor::<3>::from_primitive::<B>(grads.consume::<B>(&ops.node));
-        let (v, l, a, plan) = ops.state;
-        let (gv, gl, ga) = backward(
+        let (v, l, a, plan, kernels) = ops.state;
+        let (gv, gl, ga) = (kernels.backward)(
             &plan,
             Tensor::from_primitive::<B>(v),
             Tensor::from_primitive::<B>(l),
@@ -255,6 +269,7 @@ where
 /// (Tensor clones share their buffers: trying a backend copies nothing.)
 fn tracked<B: Backend>(
     plan: &Plan,
+    kernels: Kernels,
     value: &Tensor<4>,
     locations: &Tensor<6>,
     weights: &Tensor<5>,
@@ -275,7 +290,7 @@ where
         return None;
     };
     let ((vp, vg), (lp, lg), (ap, ag)) = (v.into_parts(), l.into_parts(), a.into_parts());
-    let y = forward(
+    let y = (kernels.forward)(
         plan,
         Tensor::from_primitive::<B>(vp.clone()),
         Tensor::from_primitive::<B>(lp.clone()),
@@ -283,15 +298,35 @@ where
     )
     .try_into_primitive::<B>()
     .ok()?;
-    let out = match ChunkedBackward
+    let out = match RecomputingBackward
         .prepare::<NoCheckpointing>([vg, lg, ag])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((vp, lp, ap, plan.clone()), y),
+        OpsKind::Tracked(prep) => prep.finish((vp, lp, ap, plan.clone(), kernels), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Some(Tensor::from_primitive::<Autodiff<B>>(out))
+}
+
+/// The CubeCL kernels, with the chunked ops as the fallback for what they do not take
+/// (non-f32 data).
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
+const CUBE: Kernels = Kernels {
+    forward: |plan, v, l, a| {
+        super::msda_cube::forward(&plan.d, v.clone(), l.clone(), a.clone())
+            .unwrap_or_else(|| forward(plan, v, l, a))
+    },
+    backward: |plan, v, l, a, g| {
+        super::msda_cube::backward(&plan.d, v.clone(), l.clone(), a.clone(), g.clone())
+            .unwrap_or_else(|| backward(plan, v, l, a, g))
+    },
+};
+
+fn plan(value: &Tensor<4>, shapes: &[[usize; 2]], locations: &Tensor<6>, budget: usize) -> Plan {
+    let d = MsdaDims::of(value, shapes, locations);
+    let chunks = chunks(d.l, d.p, d.b * d.q * d.h * 4 * d.ch, budget);
+    Plan { d, chunks }
 }
 
 /// Same contract as [`super::msda::msda_core`], with the chunks sized by `budget` (elements of
@@ -307,21 +342,37 @@ pub fn msda_chunked(
     weights: Tensor<5>,
     budget: usize,
 ) -> Tensor<3> {
-    let d = MsdaDims::of(&value, shapes, &locations);
-    let chunks = chunks(d.l, d.p, d.b * d.q * d.h * 4 * d.ch, budget);
-    let plan = Plan { d, chunks };
+    let plan = plan(&value, shapes, &locations, budget);
     if !(value.is_autodiff() || locations.is_autodiff() || weights.is_autodiff()) {
         return forward(&plan, value, locations, weights);
     }
-    if let Some(out) = tracked::<Flex>(&plan, &value, &locations, &weights) {
+    if let Some(out) = tracked::<Flex>(&plan, CHUNKED, &value, &locations, &weights) {
         return out;
     }
     // CubeCL's runtimes (CUDA, wgpu) are one dispatch backend.
     #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
-    if let Some(out) = tracked::<burn::backend::Cube>(&plan, &value, &locations, &weights) {
+    if let Some(out) = tracked::<burn::backend::Cube>(&plan, CHUNKED, &value, &locations, &weights)
+    {
         return out;
     }
     forward(&plan, value, locations, weights)
+}
+
+/// Same contract as [`super::msda::msda_core`] on a CubeCL device (CUDA, Vulkan, wgpu), with
+/// [`super::msda_cube`]'s kernels forward and backward; `None` on any other device, and for
+/// non-f32 data outside autodiff (the caller then runs [`msda_chunked`]).
+#[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]
+pub fn msda_cube(
+    value: Tensor<4>,
+    shapes: &[[usize; 2]],
+    locations: Tensor<6>,
+    weights: Tensor<5>,
+) -> Option<Tensor<3>> {
+    let plan = plan(&value, shapes, &locations, DEFAULT_BUDGET);
+    if !(value.is_autodiff() || locations.is_autodiff() || weights.is_autodiff()) {
+        return super::msda_cube::forward(&plan.d, value, locations, weights);
+    }
+    tracked::<burn::backend::Cube>(&plan, CUBE, &value, &locations, &weights)
 }
 
 #[cfg(test)]
