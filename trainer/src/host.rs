@@ -9,7 +9,7 @@
 
 use std::cell::Cell;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -49,36 +49,51 @@ pub fn reset() {
     METER.with(|m| m.set(HostReads::default()));
 }
 
+/// The error a device's failure becomes: the device, what was being read or awaited, and the
+/// runtime's cause. The runtime's chain can run to thousands of lines (every queued kernel it
+/// skipped): keep its first few lines of substance.
+fn device_error(device: &Device, what: &'static str, cause: &dyn std::fmt::Display) -> Error {
+    let full = cause.to_string();
+    let noise = ["Caused by:", "No backtrace available", "Asked at:"];
+    let lines: Vec<&str> = full
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !noise.contains(l))
+        .filter(|l| !l.starts_with("skipped") && !l.starts_with('('))
+        .collect();
+    let mut message = lines
+        .iter()
+        .take(6)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" | ");
+    if lines.len() > 6 {
+        message.push_str(" | …");
+    }
+    Error::Device {
+        device: format!("{device:?}"),
+        what,
+        message,
+    }
+}
+
+/// Waits until everything queued on `device` has run. A read of a small tensor need not wait
+/// for work queued after what it depends on (on the wgpu device a scalar read returned while
+/// queued matmuls still ran), so the step ends with this before it is timed.
+pub fn sync(device: &Device, what: &'static str) -> Result<()> {
+    device
+        .sync()
+        .map_err(|e| device_error(device, what, &e))
+}
+
 /// Host copy (f32, row-major) of `t`, detached, counted as one read. `what` names the tensor in
 /// the error a backend's failed read becomes.
 pub fn read_f32<const D: usize>(t: Tensor<D>, what: &'static str) -> Result<Vec<f32>> {
     let device = t.device();
-    let data = t.detach().try_into_data().map_err(|e| {
-        // The runtime's chain can run to thousands of lines (every queued kernel it skipped):
-        // keep its first few lines of substance.
-        let full = e.to_string();
-        let noise = ["Caused by:", "No backtrace available", "Asked at:"];
-        let lines: Vec<&str> = full
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !noise.contains(l))
-            .filter(|l| !l.starts_with("skipped") && !l.starts_with('('))
-            .collect();
-        let mut message = lines
-            .iter()
-            .take(6)
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" | ");
-        if lines.len() > 6 {
-            message.push_str(" | …");
-        }
-        Error::Device {
-            device: format!("{device:?}"),
-            what,
-            message,
-        }
-    })?;
+    let data = t
+        .detach()
+        .try_into_data()
+        .map_err(|e| device_error(&device, what, &e))?;
     let v = data
         .convert::<f32>()
         .try_to_vec::<f32>()
@@ -101,7 +116,7 @@ pub fn read_f32<const D: usize>(t: Tensor<D>, what: &'static str) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::TensorData;
 
     #[test]
     fn counts_reads_bytes_and_largest() {

@@ -28,7 +28,10 @@ fn usage() -> ! {
 }
 
 fn sync<B: Backend, const D: usize>(t: Tensor<B, D>) {
+    let device = t.device();
     let _ = t.sum().into_data();
+    // A scalar read need not wait for all queued work (on wgpu it did not): wait for the device.
+    let _ = B::sync(&device);
 }
 
 fn timed(reps: usize, mut f: impl FnMut()) -> f64 {

@@ -766,6 +766,9 @@ fn gradients(
     loss_scale: f64,
 ) -> Result<StepGradients> {
     let n = micro.len();
+    // Timed phases end by waiting for the device: its queue, not the host's launches, is the
+    // work (see `host::sync`).
+    let device = model.detector.level_embed.val().device();
     let (mut t_forward, mut t_backward) = (0.0, 0.0);
     let (mut acc_bb, mut acc_rest) = (GradientsAccumulator::new(), GradientsAccumulator::new());
     let mut split = None;
@@ -779,6 +782,7 @@ fn gradients(
             let _depth = StochasticDepth::enter(Rng::fork(cfg.run.seed ^ 0xD2_0FA7, stream));
             model.loss(batch, cfg, &mut rng)?
         };
+        crate::host::sync(&device, "the forward pass")?;
         t_forward += t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut total = loss.total.clone();
@@ -790,6 +794,7 @@ fn gradients(
         }
         let grads = total.backward();
         let (g_bb, g_rest) = split_grads(grads, &model.detector.backbone, model);
+        crate::host::sync(&device, "the backward pass")?;
         t_backward += t1.elapsed().as_secs_f64();
         loss_sum += loss.value;
         if terms.is_empty() {
@@ -926,6 +931,8 @@ pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
             }
             last_loss = record.loss;
             images_seen += micro.iter().map(Batch::len).sum::<usize>();
+            // The step's time includes the update it queued, not only what its reads awaited.
+            crate::host::sync(&device, "the optimizer update")?;
             let dt = t0.elapsed().as_secs_f64();
             let mut line = log_line(&state, epoch, lr, norm, dt, &record, reads0);
             if state.loss_scale.dynamic {
