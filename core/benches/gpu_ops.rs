@@ -39,8 +39,8 @@ fn usage() -> ! {
 }
 
 /// Reads back one scalar, then waits for the device: everything queued before has run. (The
-/// read alone is not enough: on the wgpu device a scalar read returned while a chain of queued
-/// matmuls still ran, which timed 2.85 GFLOP at 0.3 ms on a 2-core CPU.)
+/// read alone is not enough: on the wgpu device (lavapipe) it returned while the device still
+/// had seconds of queued work, which timed a 2.85 GFLOP matmul at 0.3 ms on a 2-core CPU.)
 fn sync<const D: usize>(t: Tensor<D>) {
     let device = t.device();
     let _ = t.sum().into_data();

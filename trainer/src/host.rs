@@ -77,13 +77,11 @@ fn device_error(device: &Device, what: &'static str, cause: &dyn std::fmt::Displ
     }
 }
 
-/// Waits until everything queued on `device` has run. A read of a small tensor need not wait
-/// for work queued after what it depends on (on the wgpu device a scalar read returned while
-/// queued matmuls still ran), so the step ends with this before it is timed.
+/// Waits until everything queued on `device` has run. A read need not wait for all of it: on
+/// the wgpu device (lavapipe) a scalar read returned while the device still had seconds of
+/// queued work. So the step's timed phases end with this.
 pub fn sync(device: &Device, what: &'static str) -> Result<()> {
-    device
-        .sync()
-        .map_err(|e| device_error(device, what, &e))
+    device.sync().map_err(|e| device_error(device, what, &e))
 }
 
 /// Host copy (f32, row-major) of `t`, detached, counted as one read. `what` names the tensor in
