@@ -29,7 +29,250 @@ use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 use super::msda_dims::MsdaDims;
 
-/// One level's scalars, shared by the kernels.
+/// The scalars every kernel takes: the call's shapes and one level's. Tensors are contiguous:
+/// `value` `[B, S, H, Ch]`, `loc` `[B, Q, H, L, P, 2]`, `weight` `[B, Q, H, L, P]`, the output
+/// and its gradient `[B, Q, H, Ch]`.
+#[derive(CubeLaunch, CubeType)]
+struct MsdaArgs {
+    /// Units of the launch (its last cube may run past them).
+    units: usize,
+    /// `Q·H`, `H`, `Ch`, `S`, `L`, `P`.
+    qh: usize,
+    heads: usize,
+    channels: usize,
+    tokens: usize,
+    levels: usize,
+    points: usize,
+    /// The level: its index, map size and first token in the value sequence.
+    level: usize,
+    level_h: usize,
+    level_w: usize,
+    level_start: usize,
+}
+
+/// The four bilinear corners of one sampling point: whether each lies on the map, the offset
+/// of its channel 0 in `value` (channel 0 of the level's first row when outside, so that a
+/// read stays in bounds) and the point's fractional position `(fx, fy)` past corner 00.
+#[derive(CubeType)]
+struct Taps {
+    fx: f32,
+    fy: f32,
+    in00: bool,
+    in10: bool,
+    in01: bool,
+    in11: bool,
+    r00: usize,
+    r10: usize,
+    r01: usize,
+    r11: usize,
+}
+
+/// Whether corner `(x, y)` lies on the level's map, and the offset of its channel 0 given
+/// `row0`, the row of the level's first token for this (batch, head).
+#[cube]
+fn corner(x: i32, y: i32, row0: usize, args: &MsdaArgs) -> (bool, usize) {
+    let wi = i32::cast_from(args.level_w);
+    let hi = i32::cast_from(args.level_h);
+    let inside = x >= 0 && x < wi && y >= 0 && y < hi;
+    let token = select(inside, usize::cast_from(y * wi + x), 0usize);
+    (inside, (row0 + token * args.heads) * args.channels)
+}
+
+/// The corners of sample `sample` (its index in `loc` / 2 and in `weight`). Coordinates are
+/// clamped to `[-2, size + 1]` pixels first, which moves no sample (every corner out there is
+/// outside the map) but keeps the integer cast defined.
+#[cube]
+fn taps(loc: &Tensor<f32>, sample: usize, row0: usize, args: &MsdaArgs) -> Taps {
+    let wf = f32::cast_from(args.level_w);
+    let hf = f32::cast_from(args.level_h);
+    let x = clamp(loc[sample * 2] * wf - 0.5, -2.0, wf + 1.0);
+    let y = clamp(loc[sample * 2 + 1] * hf - 0.5, -2.0, hf + 1.0);
+    let xf = x.floor();
+    let yf = y.floor();
+    let x0 = i32::cast_from(xf);
+    let y0 = i32::cast_from(yf);
+    let (in00, r00) = corner(x0, y0, row0, args);
+    let (in10, r10) = corner(x0 + 1, y0, row0, args);
+    let (in01, r01) = corner(x0, y0 + 1, row0, args);
+    let (in11, r11) = corner(x0 + 1, y0 + 1, row0, args);
+    Taps {
+        fx: x - xf,
+        fy: y - yf,
+        in00,
+        in10,
+        in01,
+        in11,
+        r00,
+        r10,
+        r01,
+        r11,
+    }
+}
+
+/// `(b·Q + q)·H + h` of a unit over `[B, Q, H]` and the row of the level's first token for its
+/// (batch, head) in `value` seen as `[B·S·H, Ch]` rows.
+#[cube]
+fn query_row(bqh: usize, args: &MsdaArgs) -> usize {
+    let b = bqh / args.qh;
+    (b * args.tokens + args.level_start) * args.heads + bqh % args.heads
+}
+
+/// Forward for one level, accumulated into `out`: one unit per output element `(b, q, h, c)`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn forward_kernel(
+    value: &Tensor<f32>,
+    loc: &Tensor<f32>,
+    weight: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    args: &MsdaArgs,
+) {
+    if ABSOLUTE_POS >= args.units {
+        terminate!();
+    }
+    let c = ABSOLUTE_POS % args.channels;
+    let bqh = ABSOLUTE_POS / args.channels;
+    let row0 = query_row(bqh, args);
+    let mut acc = 0.0f32;
+    for p in 0..args.points {
+        let sample = (bqh * args.levels + args.level) * args.points + p;
+        let t = taps(loc, sample, row0, args);
+        let gx = 1.0 - t.fx;
+        let gy = 1.0 - t.fy;
+        let v00 = select(t.in00, value[t.r00 + c], 0.0);
+        let v10 = select(t.in10, value[t.r10 + c], 0.0);
+        let v01 = select(t.in01, value[t.r01 + c], 0.0);
+        let v11 = select(t.in11, value[t.r11 + c], 0.0);
+        acc += weight[sample]
+            * (gx * gy * v00 + t.fx * gy * v10 + gx * t.fy * v01 + t.fx * t.fy * v11);
+    }
+    out[ABSOLUTE_POS] += acc;
+}
+
+/// How the value-gradient kernel adds an f32 into a cell of its f32 gradient buffer, seen as
+/// `Cell`s.
+#[cube]
+trait AddF32: Send + Sync + 'static {
+    type Cell: Numeric;
+    fn add(cell: &mut Atomic<Self::Cell>, v: f32);
+}
+
+/// The device's f32 atomic add (CUDA; Vulkan with float atomics; lavapipe).
+#[derive(CubeType)]
+struct NativeAdd;
+
+/// A compare-exchange loop on the f32's bits, for devices without f32 atomic add. The loop
+/// ends when the exchange saw the bits it read, i.e. when it stored the sum. (WGSL's weak
+/// exchange is translated to Vulkan's strong one, which never fails spuriously.)
+#[derive(CubeType)]
+struct BitsAdd;
+
+#[cube]
+impl AddF32 for NativeAdd {
+    type Cell = f32;
+    fn add(cell: &mut Atomic<f32>, v: f32) {
+        cell.fetch_add(v);
+    }
+}
+
+#[cube]
+impl AddF32 for BitsAdd {
+    type Cell = u32;
+    fn add(cell: &mut Atomic<u32>, v: f32) {
+        let mut seen = cell.load();
+        loop {
+            let sum = u32::reinterpret(f32::reinterpret(seen) + v);
+            let before = cell.compare_exchange_weak(seen, sum);
+            if before == seen {
+                break;
+            }
+            seen = before;
+        }
+    }
+}
+
+/// Value gradient for one level: the forward's units, each adding `a·w·g` into its corners'
+/// cells of `grad_value` (an f32 buffer shaped like `value`, seen as `Op::Cell`s); `grad` is the
+/// output gradient.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn value_grad_kernel<Op: AddF32>(
+    loc: &Tensor<f32>,
+    weight: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    grad_value: &mut Tensor<Atomic<Op::Cell>>,
+    args: &MsdaArgs,
+) {
+    if ABSOLUTE_POS >= args.units {
+        terminate!();
+    }
+    let c = ABSOLUTE_POS % args.channels;
+    let bqh = ABSOLUTE_POS / args.channels;
+    let row0 = query_row(bqh, args);
+    let g = grad[ABSOLUTE_POS];
+    for p in 0..args.points {
+        let sample = (bqh * args.levels + args.level) * args.points + p;
+        let ag = weight[sample] * g;
+        let t = taps(loc, sample, row0, args);
+        let gx = 1.0 - t.fx;
+        let gy = 1.0 - t.fy;
+        if t.in00 {
+            Op::add(&mut grad_value[t.r00 + c], ag * gx * gy);
+        }
+        if t.in10 {
+            Op::add(&mut grad_value[t.r10 + c], ag * t.fx * gy);
+        }
+        if t.in01 {
+            Op::add(&mut grad_value[t.r01 + c], ag * gx * t.fy);
+        }
+        if t.in11 {
+            Op::add(&mut grad_value[t.r11 + c], ag * t.fx * t.fy);
+        }
+    }
+}
+
+/// Location and weight gradients for one level: one unit per sample `(b, q, h, p)` of the
+/// level, writing its cells of `grad_loc` (shaped like `loc`) and `grad_weight` (like `weight`).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn sample_grad_kernel(
+    value: &Tensor<f32>,
+    loc: &Tensor<f32>,
+    weight: &Tensor<f32>,
+    grad: &Tensor<f32>,
+    grad_loc: &mut Tensor<f32>,
+    grad_weight: &mut Tensor<f32>,
+    args: &MsdaArgs,
+) {
+    if ABSOLUTE_POS >= args.units {
+        terminate!();
+    }
+    let p = ABSOLUTE_POS % args.points;
+    let bqh = ABSOLUTE_POS / args.points;
+    let sample = (bqh * args.levels + args.level) * args.points + p;
+    let t = taps(loc, sample, query_row(bqh, args), args);
+    let rg = bqh * args.channels;
+    // <g, v_corner> per corner (0 for a corner outside the map)
+    let mut d00 = 0.0f32;
+    let mut d10 = 0.0f32;
+    let mut d01 = 0.0f32;
+    let mut d11 = 0.0f32;
+    for c in 0..args.channels {
+        let g = grad[rg + c];
+        d00 += g * select(t.in00, value[t.r00 + c], 0.0);
+        d10 += g * select(t.in10, value[t.r10 + c], 0.0);
+        d01 += g * select(t.in01, value[t.r01 + c], 0.0);
+        d11 += g * select(t.in11, value[t.r11 + c], 0.0);
+    }
+    let gx = 1.0 - t.fx;
+    let gy = 1.0 - t.fy;
+    grad_weight[sample] = gx * gy * d00 + t.fx * gy * d10 + gx * t.fy * d01 + t.fx * t.fy * d11;
+    // d bilinear / d x per corner: −(1−fy), 1−fy, −fy, fy; in y: −(1−fx), −fx, 1−fx, fx.
+    let dx = gy * (d10 - d00) + t.fy * (d11 - d01);
+    let dy = gx * (d01 - d00) + t.fx * (d11 - d10);
+    let a = weight[sample];
+    grad_loc[sample * 2] = a * dx * f32::cast_from(args.level_w);
+    grad_loc[sample * 2 + 1] = a * dy * f32::cast_from(args.level_h);
+}
+
+/// One level's scalars.
 #[derive(Debug, Clone, Copy)]
 struct Level {
     /// Index of the level among `L`.
@@ -41,283 +284,21 @@ struct Level {
     start: usize,
 }
 
-/// The first corner of a sampling point on a `w × h` map: `(x0, y0, fx, fy)` with the point at
-/// pixel `(x0 + fx, y0 + fy)`. Coordinates are clamped to `[-2, size + 1]` first, which moves
-/// no sample (every corner out there is outside the map) but keeps the integer cast defined.
-#[cube]
-fn first_corner(u: f32, v: f32, w: usize, h: usize) -> (i32, i32, f32, f32) {
-    let wf = f32::cast_from(w);
-    let hf = f32::cast_from(h);
-    let x = clamp(u * wf - 0.5, -2.0, wf + 1.0);
-    let y = clamp(v * hf - 0.5, -2.0, hf + 1.0);
-    let x0 = x.floor();
-    let y0 = y.floor();
-    (i32::cast_from(x0), i32::cast_from(y0), x - x0, y - y0)
-}
-
-/// Whether corner `(x, y)` lies on the `w × h` map, and its token within the level (0 when
-/// outside, so that a read of it stays in bounds).
-#[cube]
-fn corner_token(x: i32, y: i32, w: usize, h: usize) -> (bool, usize) {
-    let wi = i32::cast_from(w);
-    let hi = i32::cast_from(h);
-    let inside = x >= 0 && x < wi && y >= 0 && y < hi;
-    let token = select(inside, usize::cast_from(y * wi + x), 0usize);
-    (inside, token)
-}
-
-/// Forward for one level, accumulated into `out` `[B, Q, H, Ch]` (contiguous). `value`
-/// `[B, S, H, Ch]`, `loc` `[B, Q, H, L, P, 2]`, `weight` `[B, Q, H, L, P]`, all contiguous.
-#[cube(launch_unchecked, address_type = "dynamic")]
-fn forward_kernel(
-    value: &Tensor<f32>,
-    loc: &Tensor<f32>,
-    weight: &Tensor<f32>,
-    out: &mut Tensor<f32>,
-    units: usize,
-    qh: usize,
-    heads: usize,
-    channels: usize,
-    tokens: usize,
-    levels: usize,
-    points: usize,
-    level: usize,
-    level_h: usize,
-    level_w: usize,
-    level_start: usize,
-) {
-    if ABSOLUTE_POS >= units {
-        terminate!();
-    }
-    let c = ABSOLUTE_POS % channels;
-    let bqh = ABSOLUTE_POS / channels;
-    let head = bqh % heads;
-    let b = bqh / qh;
-    // value[b, level_start + t, head, c] = value[row(t)]
-    let row0 = (b * tokens + level_start) * heads + head;
-    let mut acc = 0.0f32;
-    for p in 0..points {
-        let sample = (bqh * levels + level) * points + p;
-        let a = weight[sample];
-        let (x0, y0, fx, fy) = first_corner(loc[sample * 2], loc[sample * 2 + 1], level_w, level_h);
-        let gx = 1.0 - fx;
-        let gy = 1.0 - fy;
-        let (i00, t00) = corner_token(x0, y0, level_w, level_h);
-        let (i10, t10) = corner_token(x0 + 1, y0, level_w, level_h);
-        let (i01, t01) = corner_token(x0, y0 + 1, level_w, level_h);
-        let (i11, t11) = corner_token(x0 + 1, y0 + 1, level_w, level_h);
-        let v00 = select(i00, value[((row0 + t00 * heads) * channels) + c], 0.0);
-        let v10 = select(i10, value[((row0 + t10 * heads) * channels) + c], 0.0);
-        let v01 = select(i01, value[((row0 + t01 * heads) * channels) + c], 0.0);
-        let v11 = select(i11, value[((row0 + t11 * heads) * channels) + c], 0.0);
-        acc += a * (gx * gy * v00 + fx * gy * v10 + gx * fy * v01 + fx * fy * v11);
-    }
-    out[ABSOLUTE_POS] += acc;
-}
-
-/// Value gradient for one level with native f32 atomic adds into `grad_value`
-/// `[B, S, H, Ch]`; `grad` is the output gradient `[B, Q, H, Ch]`.
-#[cube(launch_unchecked, address_type = "dynamic")]
-fn value_grad_kernel(
-    loc: &Tensor<f32>,
-    weight: &Tensor<f32>,
-    grad: &Tensor<f32>,
-    grad_value: &mut Tensor<Atomic<f32>>,
-    units: usize,
-    qh: usize,
-    heads: usize,
-    channels: usize,
-    tokens: usize,
-    levels: usize,
-    points: usize,
-    level: usize,
-    level_h: usize,
-    level_w: usize,
-    level_start: usize,
-) {
-    if ABSOLUTE_POS >= units {
-        terminate!();
-    }
-    let c = ABSOLUTE_POS % channels;
-    let bqh = ABSOLUTE_POS / channels;
-    let head = bqh % heads;
-    let b = bqh / qh;
-    let row0 = (b * tokens + level_start) * heads + head;
-    let g = grad[ABSOLUTE_POS];
-    for p in 0..points {
-        let sample = (bqh * levels + level) * points + p;
-        let ag = weight[sample] * g;
-        let (x0, y0, fx, fy) = first_corner(loc[sample * 2], loc[sample * 2 + 1], level_w, level_h);
-        let gx = 1.0 - fx;
-        let gy = 1.0 - fy;
-        let (i00, t00) = corner_token(x0, y0, level_w, level_h);
-        let (i10, t10) = corner_token(x0 + 1, y0, level_w, level_h);
-        let (i01, t01) = corner_token(x0, y0 + 1, level_w, level_h);
-        let (i11, t11) = corner_token(x0 + 1, y0 + 1, level_w, level_h);
-        if i00 {
-            grad_value[(row0 + t00 * heads) * channels + c].fetch_add(ag * gx * gy);
-        }
-        if i10 {
-            grad_value[(row0 + t10 * heads) * channels + c].fetch_add(ag * fx * gy);
-        }
-        if i01 {
-            grad_value[(row0 + t01 * heads) * channels + c].fetch_add(ag * gx * fy);
-        }
-        if i11 {
-            grad_value[(row0 + t11 * heads) * channels + c].fetch_add(ag * fx * fy);
-        }
-    }
-}
-
-/// `bits[i] += v` on an f32 stored as its bits, by compare-exchange (devices without f32
-/// atomic add). The loop ends when the exchange saw the value it read, i.e. when it stored the
-/// sum. (WGSL's weak exchange is translated to Vulkan's strong one, which never fails
-/// spuriously.)
-#[cube]
-fn add_bits(bits: &mut Tensor<Atomic<u32>>, i: usize, v: f32) {
-    let mut seen = bits[i].load();
-    loop {
-        let sum = u32::reinterpret(f32::reinterpret(seen) + v);
-        let before = bits[i].compare_exchange_weak(seen, sum);
-        if before == seen {
-            break;
-        }
-        seen = before;
-    }
-}
-
-/// [`value_grad_kernel`] for devices without f32 atomic add: `grad_value` is the same f32
-/// buffer, seen as bits.
-#[cube(launch_unchecked, address_type = "dynamic")]
-fn value_grad_bits_kernel(
-    loc: &Tensor<f32>,
-    weight: &Tensor<f32>,
-    grad: &Tensor<f32>,
-    grad_value: &mut Tensor<Atomic<u32>>,
-    units: usize,
-    qh: usize,
-    heads: usize,
-    channels: usize,
-    tokens: usize,
-    levels: usize,
-    points: usize,
-    level: usize,
-    level_h: usize,
-    level_w: usize,
-    level_start: usize,
-) {
-    if ABSOLUTE_POS >= units {
-        terminate!();
-    }
-    let c = ABSOLUTE_POS % channels;
-    let bqh = ABSOLUTE_POS / channels;
-    let head = bqh % heads;
-    let b = bqh / qh;
-    let row0 = (b * tokens + level_start) * heads + head;
-    let g = grad[ABSOLUTE_POS];
-    for p in 0..points {
-        let sample = (bqh * levels + level) * points + p;
-        let ag = weight[sample] * g;
-        let (x0, y0, fx, fy) = first_corner(loc[sample * 2], loc[sample * 2 + 1], level_w, level_h);
-        let gx = 1.0 - fx;
-        let gy = 1.0 - fy;
-        let (i00, t00) = corner_token(x0, y0, level_w, level_h);
-        let (i10, t10) = corner_token(x0 + 1, y0, level_w, level_h);
-        let (i01, t01) = corner_token(x0, y0 + 1, level_w, level_h);
-        let (i11, t11) = corner_token(x0 + 1, y0 + 1, level_w, level_h);
-        if i00 {
-            add_bits(
-                grad_value,
-                (row0 + t00 * heads) * channels + c,
-                ag * gx * gy,
-            );
-        }
-        if i10 {
-            add_bits(
-                grad_value,
-                (row0 + t10 * heads) * channels + c,
-                ag * fx * gy,
-            );
-        }
-        if i01 {
-            add_bits(
-                grad_value,
-                (row0 + t01 * heads) * channels + c,
-                ag * gx * fy,
-            );
-        }
-        if i11 {
-            add_bits(
-                grad_value,
-                (row0 + t11 * heads) * channels + c,
-                ag * fx * fy,
-            );
-        }
-    }
-}
-
-/// Location and weight gradients for one level: one unit per sample `(b, q, h, p)` of the
-/// level; writes `grad_loc` `[B, Q, H, L, P, 2]` and `grad_weight` `[B, Q, H, L, P]`.
-#[cube(launch_unchecked, address_type = "dynamic")]
-fn sample_grad_kernel(
-    value: &Tensor<f32>,
-    loc: &Tensor<f32>,
-    weight: &Tensor<f32>,
-    grad: &Tensor<f32>,
-    grad_loc: &mut Tensor<f32>,
-    grad_weight: &mut Tensor<f32>,
-    units: usize,
-    qh: usize,
-    heads: usize,
-    channels: usize,
-    tokens: usize,
-    levels: usize,
-    points: usize,
-    level: usize,
-    level_h: usize,
-    level_w: usize,
-    level_start: usize,
-) {
-    if ABSOLUTE_POS >= units {
-        terminate!();
-    }
-    let p = ABSOLUTE_POS % points;
-    let bqh = ABSOLUTE_POS / points;
-    let head = bqh % heads;
-    let b = bqh / qh;
-    let row0 = (b * tokens + level_start) * heads + head;
-    let sample = (bqh * levels + level) * points + p;
-    let a = weight[sample];
-    let (x0, y0, fx, fy) = first_corner(loc[sample * 2], loc[sample * 2 + 1], level_w, level_h);
-    let (i00, t00) = corner_token(x0, y0, level_w, level_h);
-    let (i10, t10) = corner_token(x0 + 1, y0, level_w, level_h);
-    let (i01, t01) = corner_token(x0, y0 + 1, level_w, level_h);
-    let (i11, t11) = corner_token(x0 + 1, y0 + 1, level_w, level_h);
-    let r00 = (row0 + t00 * heads) * channels;
-    let r10 = (row0 + t10 * heads) * channels;
-    let r01 = (row0 + t01 * heads) * channels;
-    let r11 = (row0 + t11 * heads) * channels;
-    let rg = bqh * channels;
-    // <g, v_corner> per corner (0 for a corner outside the map)
-    let mut d00 = 0.0f32;
-    let mut d10 = 0.0f32;
-    let mut d01 = 0.0f32;
-    let mut d11 = 0.0f32;
-    for c in 0..channels {
-        let g = grad[rg + c];
-        d00 += g * select(i00, value[r00 + c], 0.0);
-        d10 += g * select(i10, value[r10 + c], 0.0);
-        d01 += g * select(i01, value[r01 + c], 0.0);
-        d11 += g * select(i11, value[r11 + c], 0.0);
-    }
-    let gx = 1.0 - fx;
-    let gy = 1.0 - fy;
-    grad_weight[sample] = gx * gy * d00 + fx * gy * d10 + gx * fy * d01 + fx * fy * d11;
-    // d bilinear / d x per corner: −(1−fy), 1−fy, −fy, fy; in y: −(1−fx), −fx, 1−fx, fx.
-    let dx = gy * (d10 - d00) + fy * (d11 - d01);
-    let dy = gx * (d01 - d00) + fx * (d11 - d10);
-    grad_loc[sample * 2] = a * dx * f32::cast_from(level_w);
-    grad_loc[sample * 2 + 1] = a * dy * f32::cast_from(level_h);
+/// The launch arguments of a kernel over `units` units for level `lv`.
+fn args(d: &MsdaDims, lv: Level, units: usize) -> MsdaArgsLaunch {
+    MsdaArgsLaunch::new(
+        units,
+        d.q * d.h,
+        d.h,
+        d.ch,
+        d.s,
+        d.l,
+        d.p,
+        lv.index,
+        lv.h,
+        lv.w,
+        lv.start,
+    )
 }
 
 fn levels(d: &MsdaDims) -> impl Iterator<Item = Level> + '_ {
@@ -382,17 +363,7 @@ fn forward_raw(d: &MsdaDims, value: CubeTensor, loc: CubeTensor, weight: CubeTen
                 loc.clone().into_tensor_arg(),
                 weight.clone().into_tensor_arg(),
                 out.clone().into_tensor_arg(),
-                units,
-                d.q * d.h,
-                d.h,
-                d.ch,
-                d.s,
-                d.l,
-                d.p,
-                lv.index,
-                lv.h,
-                lv.w,
-                lv.start,
+                args(d, lv, units),
             );
         }
     }
@@ -445,51 +416,21 @@ fn backward_raw(
         // sample gradients the locations' and weights' (every sample of every level is
         // written once, so the uninitialised buffers end fully written).
         unsafe {
-            if native {
-                value_grad_kernel::launch_unchecked(
-                    &client,
-                    vcount.clone(),
-                    vdim,
-                    addr,
-                    loc.clone().into_tensor_arg(),
-                    weight.clone().into_tensor_arg(),
-                    grad.clone().into_tensor_arg(),
-                    grad_value.clone().into_tensor_arg(),
-                    value_units,
-                    d.q * d.h,
-                    d.h,
-                    d.ch,
-                    d.s,
-                    d.l,
-                    d.p,
-                    lv.index,
-                    lv.h,
-                    lv.w,
-                    lv.start,
-                );
-            } else {
-                value_grad_bits_kernel::launch_unchecked(
-                    &client,
-                    vcount.clone(),
-                    vdim,
-                    addr,
-                    loc.clone().into_tensor_arg(),
-                    weight.clone().into_tensor_arg(),
-                    grad.clone().into_tensor_arg(),
-                    grad_value.clone().into_tensor_arg(),
-                    value_units,
-                    d.q * d.h,
-                    d.h,
-                    d.ch,
-                    d.s,
-                    d.l,
-                    d.p,
-                    lv.index,
-                    lv.h,
-                    lv.w,
-                    lv.start,
-                );
-            }
+            let value_grad = match native {
+                true => value_grad_kernel::launch_unchecked::<NativeAdd>,
+                false => value_grad_kernel::launch_unchecked::<BitsAdd>,
+            };
+            value_grad(
+                &client,
+                vcount.clone(),
+                vdim,
+                addr,
+                loc.clone().into_tensor_arg(),
+                weight.clone().into_tensor_arg(),
+                grad.clone().into_tensor_arg(),
+                grad_value.clone().into_tensor_arg(),
+                args(d, lv, value_units),
+            );
             sample_grad_kernel::launch_unchecked(
                 &client,
                 scount.clone(),
@@ -501,17 +442,7 @@ fn backward_raw(
                 grad.clone().into_tensor_arg(),
                 grad_loc.clone().into_tensor_arg(),
                 grad_weight.clone().into_tensor_arg(),
-                sample_units,
-                d.q * d.h,
-                d.h,
-                d.ch,
-                d.s,
-                d.l,
-                d.p,
-                lv.index,
-                lv.h,
-                lv.w,
-                lv.start,
+                args(d, lv, sample_units),
             );
         }
     }
