@@ -384,6 +384,23 @@ fn cube_kernels_on_the_wgpu_device_match_naive_forward_and_gather_backward() {
         );
     }
 
+    // No queries: an empty output, and a value gradient of zeros.
+    let c = Case {
+        q: 0,
+        ..cases().remove(0)
+    };
+    let (v, loc, w) = inputs(&c, 5, &gpu.clone().autodiff());
+    let v = v.require_grad();
+    let out = msda_cube(v.clone(), &c.shapes, loc, w).unwrap();
+    assert_eq!(out.dims(), [c.b, 0, c.h * c.ch]);
+    let g = (out.sum() + v.clone().sum() * 0.0).backward();
+    let gv = v.grad(&g).unwrap();
+    assert_eq!(
+        max_abs_diff(gv.clone(), gv.zeros_like()),
+        0.0,
+        "no queries: value gradient"
+    );
+
     // Far outside (and at the float extremes): zero samples, zero gradients, nothing undefined.
     let c = &cases()[0];
     let (v, loc, w) = inputs(c, 7, &gpu.clone().autodiff());

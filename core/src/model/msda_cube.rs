@@ -8,8 +8,8 @@
 //!   consecutive units are consecutive channels, so a warp reads a corner's 32 channels as one
 //!   coalesced row;
 //! - value gradient: the same units, each adding `a·w·g` into its corners' rows atomically
-//!   (native f32 atomic add where the device has it; otherwise a compare-exchange loop on the
-//!   bits: WGSL has no float atomics);
+//!   (the device's f32 atomic add where it has one, as CUDA, Vulkan on NVIDIA and lavapipe
+//!   do; otherwise a compare-exchange loop on the bits);
 //! - location and weight gradients: one unit per sample `(b, q, h, l, p)`, looping over the
 //!   channels for the four corner dot products; no atomics.
 //!
