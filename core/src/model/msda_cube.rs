@@ -16,6 +16,10 @@
 //! Each kernel is launched once per level (the level's shape and first token are scalars), so
 //! nothing is compiled per image size. Semantics are [`super::msda::msda_naive`]'s (bilinear,
 //! zero padding, `align_corners = false`); gradients are [`super::msda_host`]'s.
+//!
+//! The entry point is [`super::msda_chunked::msda_cube`]: it shares the chunked op's tracked
+//! autodiff wrapper (keep the inputs, recompute in the backward), with these kernels plugged
+//! in and the chunked ops as the fallback for non-f32 data.
 
 use burn::backend::Cube;
 use burn::tensor::{DType, Shape, Tensor as BurnTensor};
