@@ -9,6 +9,7 @@
 #   - TF32 on vs off (latency), cuDNN heuristic vs exhaustive search (tiny);
 #   - CPU↔CUDA parity and COCO AP through the server, TF32 off and on, fp16 vs fp32;
 #   - codetr-serve ÷ raw ONNX Runtime at saturation (tiny, batch 32);
+#   - I/O binding over pinned buffers (the default) vs plain `Session::run`, raw and served;
 #   - batch sizes that cannot run (above the graph's 32-bit bound; out of a memory cap): the
 #     server stays up and serves the largest that works.
 #
@@ -145,15 +146,19 @@ for f in "$WORK"/parity-*.json "$WORK"/ap-*.json; do [ -f "$f" ] && echo "$(base
 
 step "saturation: codetr-serve (tiny, batch ${TINY_BATCHES##*,}) vs raw ONNX Runtime at the same batch"
 BMAX=${TINY_BATCHES##*,}
-codetr-serve --model "$SHIPPED" --bind 127.0.0.1:18400 --providers "$PROVIDER" --max-batch-size "$BMAX" \
-  --max-queue-size 512 --max-queue-delay-us 2000 > "$WORK/serve-sat.log" 2>&1 &
-pid=$!
-if ready 18400 $pid; then
-  bounded 120 codetr-loadtest --url http://127.0.0.1:18400 --images "$WORK/synth/val/images" \
-    --concurrency "$((BMAX * 2)),$((BMAX * 4))" --duration "$((SECS * 2))" --warmup 2 --json "$WORK/sat.json"
-  get http://127.0.0.1:18400/metrics > "$WORK/sat-metrics.txt" 2>>"$LOG"
-fi
-kill $pid 2>/dev/null; wait $pid 2>/dev/null
+saturate() { # name port [server flags...]
+  local name=$1 port=$2; shift 2
+  codetr-serve --model "$SHIPPED" --bind 127.0.0.1:$port --providers "$PROVIDER" --max-batch-size "$BMAX" \
+    --max-queue-size 512 --max-queue-delay-us 2000 "$@" > "$WORK/serve-$name.log" 2>&1 &
+  local pid=$!
+  if ready $port $pid; then
+    bounded 120 codetr-loadtest --url http://127.0.0.1:$port --images "$WORK/synth/val/images" \
+      --concurrency "$((BMAX * 2)),$((BMAX * 4))" --duration "$((SECS * 2))" --warmup 2 --json "$WORK/$name.json"
+    get http://127.0.0.1:$port/metrics > "$WORK/$name-metrics.txt" 2>>"$LOG"
+  fi
+  kill $pid 2>/dev/null; wait $pid 2>/dev/null
+}
+saturate sat 18400
 raw 60 --model "$SHIPPED" --providers "$PROVIDER" --batch "$BMAX" --seconds "$((SECS * 2))" --json "$WORK/raw-sat.json"
 
 # A first summary now, so that the figures so far come back even if the last step overruns.
@@ -177,6 +182,12 @@ fi
 kill $pid 2>/dev/null; wait $pid 2>/dev/null
 grep -E "BATCH SIZE DROPPED|ready with|warm-up|Error" "$WORK/serve-fault.log" | cut -c1-700 > "$WORK/fault-log.txt"
 tail -c 20000 "$WORK/serve-fault.log" > "$OUT/serve-fault.log"
+
+step "I/O binding with pinned buffers (the default) vs plain Session::run: raw paper-r50 fp32 b1/$BIG, raw tiny b$BMAX, server at saturation"
+# Last, so that a call running out of time loses only this comparison.
+raw 120 --model "$WORK/paper-grid-sample-fp32.onnx" --providers "$PROVIDER" --io-binding false --batch "1,$BIG" --seconds "$SECS" --json "$WORK/raw-paper-plain.json"
+raw 60 --model "$SHIPPED" --providers "$PROVIDER" --io-binding false --batch "$BMAX" --seconds "$((SECS * 2))" --json "$WORK/raw-sat-plain.json"
+saturate sat-plain 18600 --io-binding false
 
 step "summary"
 python3 bench/gpu_summary.py "$WORK" "$OUT" "$PROVIDER" "$PAPER_SIZE" "$BIG" "$TINY_BATCHES" 2>&1 | tee -a "$LOG"

@@ -110,6 +110,24 @@ def main() -> None:
     except OSError:
         pass
 
+    # I/O binding (pinned buffers) vs plain Session::run, same graphs, same run
+    io = {}
+    pb, pp = rows(load(w("raw-paper-grid-sample-fp32.json"))), rows(load(w("raw-paper-plain.json")))
+    for b in sorted(set(pb) & set(pp)):
+        x, y = pb[b].get("run_ms_p50"), pp[b].get("run_ms_p50")
+        io[f"paper_fp32_b{b}_ms"] = {"bound": x, "plain": y, "bound_over_plain": x / y if x and y else None}
+    tb, tp = raw_sat, rows(load(w("raw-sat-plain.json")))
+    for b in sorted(set(tb) & set(tp)):
+        x, y = tb[b].get("images_per_s"), tp[b].get("images_per_s")
+        io[f"tiny_b{b}_images_per_s"] = {"bound": x, "plain": y, "bound_over_plain": x / y if x and y else None}
+    sp = load(w("sat-plain.json"))
+    if sp:
+        best_plain = max((r.get("throughput", 0) for r in sp.get("results", []) if r.get("target", "a") == "a"), default=0)
+        x = res.get("saturation", {}).get("server_images_per_s")
+        io["server_saturation_images_per_s"] = {"bound": x, "plain": best_plain,
+                                                "bound_over_plain": x / best_plain if x and best_plain else None}
+    res["io_binding"] = io
+
     # fault
     fm = load(w("fault-models.json"))
     res["fault"] = {
@@ -142,6 +160,9 @@ def main() -> None:
     s = res.get("saturation", {})
     md += ["", f"Saturation (tiny, batch {tiny_batches[-1]}): server {f(s.get('server_images_per_s'), 0)} img/s, raw ONNX Runtime "
            f"{f(s.get('raw_images_per_s'), 0)} img/s, ratio {f(s.get('server_over_raw'))}, mean batch {f(s.get('mean_batch'), 1)}."]
+    md += ["", "| I/O binding, pinned (default) vs plain run | bound | plain | bound ÷ plain |", "|---|---|---|---|"]
+    for name, v in io.items():
+        md.append(f"| {name} | {f(v.get('bound'))} | {f(v.get('plain'))} | {f(v.get('bound_over_plain'), 3)} |")
     with open(os.path.join(out, "gpu_serve.md"), "w") as fh:
         fh.write("\n".join(md) + "\n")
     print("\n".join(md))

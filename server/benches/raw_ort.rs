@@ -7,7 +7,8 @@
 //!
 //! `cargo bench -p codetr-serve --bench raw_ort -- --model M.onnx [--batch 1,8] [--seconds 10]
 //!  [--intra-threads 0] [--sessions 1] [--config serve.toml] [--providers cuda]
-//!  [--cuda-tf32 true|false] [--profile PREFIX] [--json out.json]`. Needs ORT_DYLIB_PATH.
+//!  [--cuda-tf32 true|false] [--io-binding true|false] [--profile PREFIX] [--json out.json]`.
+//!  Needs ORT_DYLIB_PATH.
 //!
 //! `--config` takes the server's TOML (its `[runtime]` section: providers, CUDA settings), so
 //! the ceiling is measured with exactly the server's session setup. `--profile PREFIX` writes
@@ -60,6 +61,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(t) = arg(&args, "--cuda-tf32") {
         rt.cuda_tf32 = t.parse()?;
     }
+    if let Some(t) = arg(&args, "--io-binding") {
+        rt.io_binding = t.parse()?;
+    }
     rt.profile = arg(&args, "--profile").map(std::path::PathBuf::from);
     let sessions: usize = arg(&args, "--sessions").map_or(Ok(1), |s| s.parse())?;
     let env = engine::environment(None)?;
@@ -77,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         let i = engine::inspect(&session, &path, &[])?;
-        runners.push(Runner::new(session, p, &i));
+        runners.push(Runner::new(session, p, &i, &rt)?);
         provider = Some(p);
         info = Some(i);
     }
@@ -99,13 +103,13 @@ fn main() -> anyhow::Result<()> {
                     let (pixels, sizes) = (&pixels, &sizes);
                     sc.spawn(move || -> anyhow::Result<(u64, Vec<f64>, f64)> {
                         for _ in 0..3 {
-                            runner.run([h, w], n, pixels.clone(), sizes)?;
+                            runner.run([h, w], n, pixels, sizes)?;
                         }
                         let t = Instant::now();
                         let (mut runs, mut lat) = (0u64, Vec::new());
                         while t.elapsed() < deadline {
                             let t1 = Instant::now();
-                            runner.run([h, w], n, pixels.clone(), sizes)?;
+                            runner.run([h, w], n, pixels, sizes)?;
                             lat.push(t1.elapsed().as_secs_f64() * 1e3);
                             runs += 1;
                         }
@@ -154,6 +158,8 @@ fn main() -> anyhow::Result<()> {
     }
     let report = serde_json::json!({
         "model": model, "provider": provider.as_str(), "input": [h, w], "results": rows,
+        "io_binding": rt.io_binding,
+        "host_memory": runners.first().map(Runner::host_memory),
         "cuda_tf32": rt.cuda_tf32, "cuda_conv_algo": rt.cuda_conv_algo,
         "cuda_arena": rt.cuda_arena, "cuda_prefer_nhwc": rt.cuda_prefer_nhwc,
         "profiles": profiles,

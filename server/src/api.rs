@@ -27,6 +27,7 @@ use crate::engine::{ModelInfo, ProviderFailure};
 use crate::error::{Result, ServeError};
 use crate::metrics as m;
 use crate::request::{self, ClassRef, RawParams};
+use crate::staging::HostMemory;
 
 /// The loaded model and the queue to its workers; set once loading has finished.
 pub struct Engine {
@@ -36,6 +37,10 @@ pub struct Engine {
     pub provider: Provider,
     /// Providers asked for that did not take.
     pub provider_failures: Vec<ProviderFailure>,
+    /// Whether batches run through ONNX Runtime I/O binding.
+    pub io_binding: bool,
+    /// The host memory batches are staged in.
+    pub host_memory: HostMemory,
     /// The queue to the inference workers.
     pub batcher: Batcher,
     /// Batch sizes served and those dropped at warm-up (set once warm-up ends).
@@ -208,6 +213,10 @@ pub struct ModelsResponse {
     pub requested_providers: Vec<&'static str>,
     /// Providers asked for that did not take.
     pub provider_failures: Vec<ProviderFailure>,
+    /// Whether batches run through ONNX Runtime I/O binding (`runtime.io_binding`).
+    pub io_binding: bool,
+    /// The host memory batches are staged in: `cuda-pinned` or `cpu`.
+    pub host_memory: HostMemory,
     /// Whether warm-up has finished.
     pub ready: bool,
     /// Class names; `class_id` indexes this.
@@ -239,6 +248,8 @@ async fn models(State(s): State<Arc<AppState>>) -> Result<Json<ModelsResponse>> 
             .map(|p| p.as_str())
             .collect(),
         provider_failures: e.provider_failures.clone(),
+        io_binding: e.io_binding,
+        host_memory: e.host_memory,
         ready: s.ready.load(Ordering::Relaxed),
         classes: e.model.meta.classes.clone(),
         metadata: e.model.meta.clone(),

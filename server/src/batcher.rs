@@ -212,9 +212,11 @@ impl Batcher {
 /// input size shows the session still works. Only a failure at the smallest size is fatal.
 pub fn warm_up<R: Infer>(index: usize, runner: &mut R, policy: &mut BatchPolicy) -> Result<Warmed> {
     let sizes = policy.sizes.clone();
+    // Black images: the first call at a shape also allocates its staging buffers, so a
+    // shape whose buffers cannot be had fails here, not on the hot path.
     let run = |runner: &mut R, hw: [u32; 2], n: usize| {
-        let per = hw[0] as usize * hw[1] as usize * 3;
-        runner.infer(hw, n, vec![0; n * per], &vec![ImageSizes::full(hw); n])
+        runner.input(hw, n)?.fill(0);
+        runner.infer(hw, n, &vec![ImageSizes::full(hw); n])
     };
     for (i, &n) in sizes.iter().enumerate() {
         for &hw in &policy.input_sizes {
@@ -362,22 +364,49 @@ fn run_batch<R: Infer>(
 ) {
     let hw = policy.input_sizes[canvas];
     let per = hw[0] as usize * hw[1] as usize * 3;
+    // A job at another size is the caller's bug; it fails alone instead of sinking the batch.
+    let (jobs, wrong): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.pixels.len() == per);
+    for j in wrong {
+        let e = format!(
+            "{} pixel bytes for input size {hw:?} ({per})",
+            j.pixels.len()
+        );
+        tracing::error!("{e}");
+        let _ = j.reply.send(Err(ServeError::Internal(e)));
+    }
     let n = jobs.len();
+    if n == 0 {
+        return;
+    }
     let padded = policy.padded(n);
-    let mut pixels = Vec::with_capacity(padded * per);
     let mut sizes = Vec::with_capacity(padded);
     for j in &jobs {
-        pixels.extend_from_slice(&j.pixels);
         sizes.push(j.sizes);
         metrics::histogram!(m::QUEUE_WAIT).record(now.duration_since(j.enqueued).as_secs_f64());
     }
-    // Padding rows are black images of the input size; their outputs are discarded.
-    pixels.resize(padded * per, 0);
     sizes.resize(padded, ImageSizes::full(hw));
     metrics::counter!(m::IMAGES_BY_INPUT, "input_size" => format!("{}x{}", hw[0], hw[1]))
         .increment(n as u64);
     let t = Instant::now();
-    let result = runner.infer(hw, padded, pixels, &sizes);
+    // Images go straight into the session's staging buffer; padding rows are black images of
+    // the input size, their outputs discarded.
+    let result = runner
+        .input(hw, padded)
+        .and_then(|buf| {
+            if buf.len() != padded * per {
+                return Err(ServeError::Internal(format!(
+                    "staging buffer of {} bytes for {padded} images of {per}",
+                    buf.len()
+                )));
+            }
+            let (rows, pad) = buf.split_at_mut(n * per);
+            for (row, j) in rows.chunks_exact_mut(per).zip(&jobs) {
+                row.copy_from_slice(&j.pixels);
+            }
+            pad.fill(0);
+            Ok(())
+        })
+        .and_then(|()| runner.infer(hw, padded, &sizes));
     let infer = t.elapsed();
     metrics::histogram!(m::INFER_DURATION).record(infer.as_secs_f64());
     metrics::histogram!(m::BATCH_SIZE).record(n as f64);
@@ -427,24 +456,33 @@ mod tests {
         failed: bool,
         runs: Vec<usize>,
         inputs: Vec<[u32; 2]>,
+        /// The staging buffer, handed out filled with 1s so a byte left unwritten shows.
+        pixels: Vec<u8>,
+        shape: Option<(usize, [u32; 2])>,
     }
 
     impl Infer for Faulty {
-        fn infer(
-            &mut self,
-            hw: [u32; 2],
-            n: usize,
-            pixels: Vec<u8>,
-            sizes: &[ImageSizes],
-        ) -> Result<BatchOutput> {
+        fn input(&mut self, hw: [u32; 2], n: usize) -> Result<&mut [u8]> {
+            self.pixels = vec![1; n * hw[0] as usize * hw[1] as usize * 3];
+            self.shape = Some((n, hw));
+            Ok(&mut self.pixels)
+        }
+
+        fn infer(&mut self, hw: [u32; 2], n: usize, sizes: &[ImageSizes]) -> Result<BatchOutput> {
             self.runs.push(n);
             self.inputs.push(hw);
-            if pixels.len() != n * hw[0] as usize * hw[1] as usize * 3 || sizes.len() != n {
+            if self.shape != Some((n, hw)) || sizes.len() != n {
                 return Err(ServeError::Internal(format!(
-                    "{} bytes, {} sizes for {n} at {hw:?}",
-                    pixels.len(),
+                    "input written for {:?}, {} sizes; run for {n} at {hw:?}",
+                    self.shape,
                     sizes.len()
                 )));
+            }
+            // Every byte was written: images are zeros in these tests, so is padding.
+            if self.pixels.iter().any(|&p| p != 0) {
+                return Err(ServeError::Internal(
+                    "a staging byte was not written".into(),
+                ));
             }
             let here = self.fail_input.is_none_or(|f| f == hw);
             if (n > self.fail_above && here) || (self.failed && self.broken_after_failure) {
@@ -478,6 +516,8 @@ mod tests {
             failed: false,
             runs: vec![],
             inputs: vec![],
+            pixels: vec![],
+            shape: None,
         }
     }
 
@@ -615,15 +655,13 @@ mod tests {
         let mut p = policy(&[1]);
         p.input_sizes = vec![a, b];
         /// Blocks every run until the gate's sender is dropped.
-        struct Gate(std::sync::mpsc::Receiver<()>);
+        struct Gate(std::sync::mpsc::Receiver<()>, Vec<u8>);
         impl Infer for Gate {
-            fn infer(
-                &mut self,
-                _: [u32; 2],
-                n: usize,
-                _: Vec<u8>,
-                _: &[ImageSizes],
-            ) -> Result<BatchOutput> {
+            fn input(&mut self, _: [u32; 2], _: usize) -> Result<&mut [u8]> {
+                Ok(&mut self.1)
+            }
+
+            fn infer(&mut self, _: [u32; 2], n: usize, _: &[ImageSizes]) -> Result<BatchOutput> {
                 let _ = self.0.recv();
                 Ok(BatchOutput {
                     labels: vec![0; n],
@@ -636,7 +674,7 @@ mod tests {
         let (open, gate) = std::sync::mpsc::channel();
         let (tx, _rx) = std::sync::mpsc::channel();
         // The worker is held in its warm-up: what is queued stays queued.
-        let (batcher, workers) = start(vec![Gate(gate)], p, 4, tx).unwrap();
+        let (batcher, workers) = start(vec![Gate(gate, Vec::new())], p, 4, tx).unwrap();
         batcher
             .submit((0..3).map(|_| job(0, a).0).collect())
             .unwrap();

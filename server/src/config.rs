@@ -163,6 +163,10 @@ pub struct RuntimeConfig {
     /// CUDA: cap on the device memory arena, in MiB (0 = no cap). A batch size whose warm-up
     /// runs out of it is dropped (see `batching`); for sharing a GPU between processes.
     pub cuda_memory_limit_mb: u64,
+    /// Stage batches through ONNX Runtime I/O binding: input and output tensors allocated once
+    /// per batch size (pinned host memory under CUDA and TensorRT), so a run allocates nothing
+    /// and its copies to and from the GPU are DMA. Off: `Session::run` on a reused buffer.
+    pub io_binding: bool,
     /// Write ONNX Runtime's per-node profile (Chrome trace JSON) with this path prefix, one
     /// file per session. For diagnosis only: every run is recorded in memory until exit.
     pub profile: Option<PathBuf>,
@@ -204,6 +208,7 @@ impl Default for RuntimeConfig {
             cuda_arena: ArenaGrowth::SameAsRequested,
             cuda_prefer_nhwc: true,
             cuda_memory_limit_mb: 0,
+            io_binding: true,
             profile: None,
         }
     }
@@ -327,6 +332,11 @@ pub struct Cli {
     /// at warm-up is dropped [default: 0].
     #[arg(long, env = "CODETR_SERVE_CUDA_MEMORY_LIMIT_MB")]
     pub cuda_memory_limit_mb: Option<u64>,
+    /// Stage batches through ONNX Runtime I/O binding (buffers allocated once per batch size,
+    /// pinned under CUDA/TensorRT); false runs `Session::run` on a reused buffer
+    /// [default: true].
+    #[arg(long, env = "CODETR_SERVE_IO_BINDING")]
+    pub io_binding: Option<bool>,
     /// Write ONNX Runtime's per-node profile (Chrome trace JSON) with this path prefix; for
     /// diagnosis only (every run is kept in memory until exit) [default: off].
     #[arg(long, env = "CODETR_SERVE_PROFILE")]
@@ -417,6 +427,7 @@ impl Cli {
         set!(cuda_arena => c.runtime.cuda_arena);
         set!(cuda_prefer_nhwc => c.runtime.cuda_prefer_nhwc);
         set!(cuda_memory_limit_mb => c.runtime.cuda_memory_limit_mb);
+        set!(io_binding => c.runtime.io_binding);
         if let Some(p) = &self.profile {
             c.runtime.profile = Some(p.clone());
         }
@@ -602,13 +613,15 @@ mod tests {
             "false",
             "--cuda-prefer-nhwc",
             "false",
+            "--io-binding",
+            "false",
         ])
         .resolve()
         .unwrap();
-        assert!(!c.runtime.cuda_tf32 && !c.runtime.cuda_prefer_nhwc);
+        assert!(!c.runtime.cuda_tf32 && !c.runtime.cuda_prefer_nhwc && !c.runtime.io_binding);
         // Defaults: TF32 off (CPU↔CUDA parity), NHWC, exhaustive search, exact arena growth.
         let d = RuntimeConfig::default();
-        assert!(!d.cuda_tf32 && d.cuda_prefer_nhwc);
+        assert!(!d.cuda_tf32 && d.cuda_prefer_nhwc && d.io_binding);
         assert_eq!(d.cuda_conv_algo, ConvAlgo::Exhaustive);
         assert_eq!(d.cuda_arena, ArenaGrowth::SameAsRequested);
         let e = Cli::try_parse_from(["x", "--cuda-conv-algo", "fast"]).unwrap_err();

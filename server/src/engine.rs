@@ -11,10 +11,11 @@ use std::sync::OnceLock;
 use codetr_model::ModelMetadata;
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::value::{Tensor, TensorElementType, ValueType};
+use ort::value::{TensorElementType, ValueType};
 
 use crate::config::{Provider, RuntimeConfig};
 use crate::error::{Result, ServeError};
+use crate::staging::{HostMemory, Staging};
 
 /// What the server knows about the model it serves.
 #[derive(Debug, Clone)]
@@ -33,14 +34,12 @@ pub struct ModelInfo {
     pub input_sizes: Vec<[u32; 2]>,
 }
 
-/// One session and the provider it runs on.
+/// One session, the provider it runs on, and where its batches are staged.
 pub struct Runner {
     session: Session,
     /// The provider that took.
     pub provider: Provider,
-    k: usize,
-    /// The graph takes `valid_sizes` (a letterbox graph).
-    letterbox: bool,
+    staging: Staging,
 }
 
 /// One image's sizes as the graph takes them.
@@ -419,29 +418,26 @@ pub fn inspect(session: &Session, path: &Path, input_sizes: &[[u32; 2]]) -> Resu
     })
 }
 
-/// What the batcher needs of a session: run one padded batch. [`Runner`] is the real one;
-/// tests inject failures with their own.
+/// What the batcher needs of a session: a buffer to write one padded batch into, and a run of
+/// it. [`Runner`] is the real one; tests inject failures with their own.
 pub trait Infer: Send + 'static {
-    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the input size `hw` = `[H, W]`,
-    /// `sizes` each image's original and valid size.
-    fn infer(
-        &mut self,
-        hw: [u32; 2],
-        n: usize,
-        pixels: Vec<u8>,
-        sizes: &[ImageSizes],
-    ) -> Result<BatchOutput>;
+    /// The `[n, H, W, 3]` RGB8 buffer at input size `hw` = `[H, W]` that the next
+    /// [`Infer::infer`] of `n` images reads. The caller writes every byte. It is reused from
+    /// call to call (pinned host memory under a GPU provider with I/O binding).
+    fn input(&mut self, hw: [u32; 2], n: usize) -> Result<&mut [u8]>;
+
+    /// Runs the `n` images last written to [`Infer::input`]`(hw, n)`; `sizes` are each
+    /// image's original and valid size.
+    fn infer(&mut self, hw: [u32; 2], n: usize, sizes: &[ImageSizes]) -> Result<BatchOutput>;
 }
 
 impl Infer for Runner {
-    fn infer(
-        &mut self,
-        hw: [u32; 2],
-        n: usize,
-        pixels: Vec<u8>,
-        sizes: &[ImageSizes],
-    ) -> Result<BatchOutput> {
-        self.run(hw, n, pixels, sizes)
+    fn input(&mut self, hw: [u32; 2], n: usize) -> Result<&mut [u8]> {
+        self.staging.input(&self.session, hw, n)
+    }
+
+    fn infer(&mut self, hw: [u32; 2], n: usize, sizes: &[ImageSizes]) -> Result<BatchOutput> {
+        self.staging.run(&mut self.session, hw, n, sizes)
     }
 }
 
@@ -454,81 +450,57 @@ impl Runner {
             .map_err(|e| ServeError::Runtime(format!("end profiling: {e}")))
     }
 
-    /// Wraps a session opened by [`open`] for the model `info`.
-    pub fn new(session: Session, provider: Provider, info: &ModelInfo) -> Self {
-        Self {
+    /// Wraps a session opened by [`open`] for the model `info`, staging batches as
+    /// `cfg.io_binding` says (see [`crate::staging`]).
+    pub fn new(
+        session: Session,
+        provider: Provider,
+        info: &ModelInfo,
+        cfg: &RuntimeConfig,
+    ) -> Result<Self> {
+        let staging = Staging::new(
+            &session,
+            provider,
+            cfg.device_id,
+            cfg.io_binding,
+            info.meta.max_detections,
+            info.meta.resize == codetr_model::Resize::Letterbox,
+        )?;
+        Ok(Self {
             session,
             provider,
-            k: info.meta.max_detections,
-            letterbox: info.meta.resize == codetr_model::Resize::Letterbox,
-        }
+            staging,
+        })
     }
 
-    /// Runs `n` images: `pixels` is `[n, H, W, 3]` RGB8 at the input size `[H, W]` (one of
-    /// the model's `input_sizes`), `sizes` each image's original and valid size (the valid
-    /// size goes to a letterbox graph only).
+    /// Whether runs go through I/O binding.
+    pub fn io_binding(&self) -> bool {
+        self.staging.bound()
+    }
+
+    /// The host memory batches are staged in.
+    pub fn host_memory(&self) -> HostMemory {
+        self.staging.memory()
+    }
+
+    /// Runs `n` images given as one `[n, H, W, 3]` buffer: [`Infer::input`], a copy, then
+    /// [`Infer::infer`]. For callers that hold a whole batch already (tools, benchmarks).
     pub fn run(
         &mut self,
-        [h, w]: [u32; 2],
+        hw: [u32; 2],
         n: usize,
-        pixels: Vec<u8>,
+        pixels: &[u8],
         sizes: &[ImageSizes],
     ) -> Result<BatchOutput> {
-        let want = n * h as usize * w as usize * 3;
-        if pixels.len() != want || sizes.len() != n {
+        let buf = self.input(hw, n)?;
+        if buf.len() != pixels.len() {
             return Err(ServeError::Internal(format!(
-                "batch of {n}: {} pixel bytes (want {want}), {} sizes",
+                "batch of {n} at {hw:?}: {} pixel bytes, want {}",
                 pixels.len(),
-                sizes.len()
+                buf.len()
             )));
         }
-        let ie = |e: ort::Error| ServeError::Internal(format!("inference: {e}"));
-        let images = Tensor::from_array(([n, h as usize, w as usize, 3], pixels)).map_err(ie)?;
-        let pairs = |f: fn(&ImageSizes) -> [u32; 2]| -> Vec<i64> {
-            sizes.iter().flat_map(|s| f(s).map(i64::from)).collect()
-        };
-        let orig = Tensor::from_array(([n, 2], pairs(|s| s.orig))).map_err(ie)?;
-        let out = if self.letterbox {
-            let valid = Tensor::from_array(([n, 2], pairs(|s| s.valid))).map_err(ie)?;
-            self.session.run(ort::inputs![
-                codetr_model::INPUT_IMAGES => images,
-                codetr_model::INPUT_ORIG_SIZES => orig,
-                codetr_model::INPUT_VALID_SIZES => valid,
-            ])
-        } else {
-            self.session.run(ort::inputs![
-                codetr_model::INPUT_IMAGES => images,
-                codetr_model::INPUT_ORIG_SIZES => orig,
-            ])
-        }
-        .map_err(ie)?;
-        let k = self.k;
-        let get = |name: &str| {
-            out.get(name)
-                .ok_or_else(|| ServeError::Internal(format!("the graph produced no `{name}`")))
-        };
-        let (_, labels) = get(codetr_model::OUTPUT_LABELS)?
-            .try_extract_tensor::<i64>()
-            .map_err(ie)?;
-        let (_, scores) = get(codetr_model::OUTPUT_SCORES)?
-            .try_extract_tensor::<f32>()
-            .map_err(ie)?;
-        let (_, boxes) = get(codetr_model::OUTPUT_BOXES)?
-            .try_extract_tensor::<f32>()
-            .map_err(ie)?;
-        if labels.len() != n * k || scores.len() != n * k || boxes.len() != n * k * 4 {
-            return Err(ServeError::Internal(format!(
-                "output sizes {}/{}/{} do not match {n} images × {k} detections",
-                labels.len(),
-                scores.len(),
-                boxes.len()
-            )));
-        }
-        Ok(BatchOutput {
-            labels: labels.to_vec(),
-            scores: scores.to_vec(),
-            boxes: boxes.to_vec(),
-            k,
-        })
+        buf.copy_from_slice(pixels);
+        self.infer(hw, n, sizes)
     }
 }

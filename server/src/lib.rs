@@ -14,6 +14,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod request;
+pub mod staging;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -127,11 +128,13 @@ fn load(
         provider = provider.as_str(),
         "model loaded"
     );
-    let mut runners = vec![Runner::new(first, provider, &model)];
+    let mut runners = vec![Runner::new(first, provider, &model, &cfg.runtime)?];
     for _ in 1..cfg.batching.workers {
         let (s, _, _) = engine::open(env, path, &only, &sizes, Some(&model))?;
-        runners.push(Runner::new(s, provider, &model));
+        runners.push(Runner::new(s, provider, &model, &cfg.runtime)?);
     }
+    let (io_binding, host_memory) = (runners[0].io_binding(), runners[0].host_memory());
+    tracing::info!(io_binding, host_memory = ?host_memory, "batch staging");
     let requested = cfg
         .runtime
         .providers
@@ -155,6 +158,8 @@ fn load(
         model,
         provider,
         provider_failures: failures,
+        io_binding,
+        host_memory,
         batcher,
         warmup: std::sync::OnceLock::new(),
     });

@@ -331,10 +331,16 @@ fn probes_models_metrics_openapi_and_page() {
     let m = s.get("/v1/models").unwrap().json();
     assert_eq!(m["name"], "micro");
     assert_eq!(m["provider"], "cpu");
+    assert_eq!(
+        (&m["io_binding"], &m["host_memory"]),
+        (&json!(true), &json!("cpu"))
+    );
     assert_eq!(m["ready"], true);
     assert_eq!(m["classes"].as_array().unwrap().len(), 10);
     assert_eq!(m["metadata"]["max_detections"], 20);
     assert_eq!(m["batching"]["batch_sizes"], json!([1, 2, 4]));
+    let plain = Server::start(&["--io-binding", "false"]);
+    assert_eq!(plain.get("/v1/models").unwrap().json()["io_binding"], false);
     let spec = s.get("/openapi.json").unwrap().json();
     assert_eq!(spec["openapi"], "3.0.3");
     assert!(spec["paths"]["/v1/detect"]["post"]["responses"]["503"].is_object());
