@@ -52,6 +52,9 @@ pub const READY: &str = "codetr_ready";
 pub const MAX_BATCH: &str = "codetr_max_batch_size";
 /// Counter: batch sizes that failed at warm-up and were dropped, by `batch`.
 pub const WARMUP_FAILURES: &str = "codetr_warmup_failures_total";
+/// Gauge: bytes of host memory the workers stage batches in, by `memory` (`cuda-pinned` |
+/// `cpu`): pinned memory is page-locked, a resource the whole machine shares.
+pub const STAGING_BYTES: &str = "codetr_staging_bytes";
 
 /// Installs the process-wide recorder and returns the handle `/metrics` renders.
 pub fn install(max_batch: usize) -> Result<PrometheusHandle> {

@@ -79,6 +79,29 @@ fn ie(what: &str) -> impl Fn(ort::Error) -> ServeError + '_ {
     move |e| ServeError::Internal(format!("{what}: {e}"))
 }
 
+impl HostMemory {
+    /// The name `/v1/models` and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CudaPinned => "cuda-pinned",
+            Self::Cpu => "cpu",
+        }
+    }
+}
+
+/// Accounts `bytes` (negative: freed) of staging memory in the `codetr_staging_bytes` gauge.
+fn account(memory: HostMemory, bytes: f64) {
+    metrics::gauge!(crate::metrics::STAGING_BYTES, "memory" => memory.as_str()).increment(bytes);
+}
+
+impl Slot {
+    /// Bytes of its tensors: the images, the size inputs and the three outputs.
+    fn bytes(n: usize, [h, w]: [usize; 2], k: usize, letterbox: bool) -> usize {
+        let sizes = if letterbox { 2 } else { 1 } * n * 2 * 8;
+        n * h * w * 3 + sizes + n * k * (8 + 4 + 4 * 4)
+    }
+}
+
 impl Staging {
     /// Plain or bound staging for `session`. Under a GPU provider the bound tensors are
     /// pinned; where the provider offers no pinned allocator they fall back to ordinary host
@@ -163,7 +186,9 @@ impl Staging {
         let (k, letterbox) = (self.k, self.letterbox);
         match &mut self.mode {
             Mode::Plain(p) => {
+                let before = p.pixels.capacity();
                 p.pixels.resize(n * h * w * 3, 0);
+                account(HostMemory::Cpu, (p.pixels.capacity() - before) as f64);
                 p.shape = Some((n, hw));
                 Ok(&mut p.pixels)
             }
@@ -192,12 +217,14 @@ impl Staging {
                             )
                             .map_err(&e)?;
                         let sizes = || Tensor::<i64>::new(&b.input, [n, 2]).map_err(&e);
-                        v.insert(Slot {
+                        let slot = v.insert(Slot {
                             binding,
                             images: Tensor::<u8>::new(&b.input, [n, h, w, 3]).map_err(&e)?,
                             orig: sizes()?,
                             valid: if letterbox { Some(sizes()?) } else { None },
-                        })
+                        });
+                        account(b.memory, Slot::bytes(n, [h, w], k, letterbox) as f64);
+                        slot
                     }
                 };
                 let (_, px) = slot
@@ -283,10 +310,25 @@ impl Staging {
                 if let Some(valid) = &slot.valid {
                     bi.bind_input(INPUT_VALID_SIZES, valid).map_err(&e)?;
                 }
-                bi.synchronize_inputs().map_err(&e)?;
-                let out = session.run_binding(bi).map_err(&e)?;
-                bi.synchronize_outputs().map_err(&e)?;
-                read(&out, n, k)
+                // The outputs borrow the binding: a block, so the borrow ends before a
+                // failed shape's slot is removed.
+                let err = {
+                    let out = bi
+                        .synchronize_inputs()
+                        .and_then(|()| session.run_binding(bi))
+                        .and_then(|out| bi.synchronize_outputs().map(|()| out));
+                    match out {
+                        Ok(out) => return read(&out, n, k),
+                        Err(err) => err,
+                    }
+                };
+                // A shape that fails (out of memory at warm-up) is dropped from service: free
+                // its buffers rather than hold pinned memory for it; a later use starts from a
+                // fresh binding.
+                b.slots.remove(&(n, hw));
+                let [h, w] = hw.map(|x| x as usize);
+                account(b.memory, -(Slot::bytes(n, [h, w], k, letterbox) as f64));
+                Err(e(err))
             }
         }
     }

@@ -339,6 +339,13 @@ fn probes_models_metrics_openapi_and_page() {
     assert_eq!(m["classes"].as_array().unwrap().len(), 10);
     assert_eq!(m["metadata"]["max_detections"], 20);
     assert_eq!(m["batching"]["batch_sizes"], json!([1, 2, 4]));
+    // Staged once per batch size at warm-up: per image the 64×64 RGB input, its original size
+    // (i64 × 2) and 20 detections (label i64, score f32, box f32 × 4).
+    let per_image = 64.0 * 64.0 * 3.0 + 16.0 + 20.0 * (8.0 + 4.0 + 16.0);
+    assert_eq!(
+        s.metric("codetr_staging_bytes"),
+        per_image * (1 + 2 + 4) as f64
+    );
     let plain = Server::start(&["--io-binding", "false"]);
     assert_eq!(plain.get("/v1/models").unwrap().json()["io_binding"], false);
     let spec = s.get("/openapi.json").unwrap().json();
