@@ -205,6 +205,23 @@ impl Batcher {
     }
 }
 
+/// Runs one black image at input size `hw`. If that fails through I/O binding and succeeds
+/// once the runner is unbound, the runner stays unbound and the binding's error is returned:
+/// a provider that mishandles bindings costs a loud warning, not the server. Otherwise (the
+/// run works, the runner was not bound, or it fails either way, which warm-up then reports)
+/// `None`.
+pub fn check_binding<R: Infer>(runner: &mut R, hw: [u32; 2]) -> Option<ServeError> {
+    let run = |r: &mut R| {
+        r.input(hw, 1)?.fill(0);
+        r.infer(hw, 1, &[ImageSizes::full(hw)])
+    };
+    let bound = run(runner).err()?;
+    if !runner.unbind() {
+        return None;
+    }
+    run(runner).ok().map(|_| bound)
+}
+
 /// Runs every batch size of `policy` once at every input size, ascending, so that the first
 /// real request at any shape pays for no kernel selection (CPU/CUDA) or engine build
 /// (TensorRT). A size that fails (a GPU out of memory, a kernel's launch limits) ends the
@@ -498,6 +515,60 @@ mod tests {
                 k: 1,
             })
         }
+    }
+
+    /// A runner whose bound runs fail (`bound_fails`) or whose every run fails (`all_fail`).
+    struct Binding {
+        bound: bool,
+        bound_fails: bool,
+        all_fail: bool,
+        buf: Vec<u8>,
+    }
+
+    impl Infer for Binding {
+        fn input(&mut self, hw: [u32; 2], n: usize) -> Result<&mut [u8]> {
+            self.buf = vec![0; n * hw[0] as usize * hw[1] as usize * 3];
+            Ok(&mut self.buf)
+        }
+
+        fn infer(&mut self, _: [u32; 2], n: usize, _: &[ImageSizes]) -> Result<BatchOutput> {
+            if self.all_fail || (self.bound && self.bound_fails) {
+                return Err(ServeError::Internal("inference: CUDA failure 1".into()));
+            }
+            Ok(BatchOutput {
+                labels: vec![0; n],
+                scores: vec![0.5; n],
+                boxes: vec![0.0; n * 4],
+                k: 1,
+            })
+        }
+
+        fn unbind(&mut self) -> bool {
+            std::mem::replace(&mut self.bound, false)
+        }
+    }
+
+    /// A binding fault that a plain run does not have leaves the runner unbound, with the
+    /// fault returned; a working runner stays bound; a runner failing either way is left to
+    /// warm-up (no fault blamed on the binding); an unbound runner is not retried.
+    #[test]
+    fn a_binding_fault_falls_back_to_plain_runs() {
+        let r = |bound, bound_fails, all_fail| Binding {
+            bound,
+            bound_fails,
+            all_fail,
+            buf: vec![],
+        };
+        let mut faulty = r(true, true, false);
+        let e = check_binding(&mut faulty, [2, 3]).expect("the binding's fault");
+        assert!(e.to_string().contains("CUDA failure"), "{e}");
+        assert!(!faulty.bound);
+        let mut fine = r(true, false, false);
+        assert!(check_binding(&mut fine, [2, 3]).is_none() && fine.bound);
+        let mut broken = r(true, false, true);
+        assert!(check_binding(&mut broken, [2, 3]).is_none());
+        let mut plain = r(false, false, true);
+        assert!(check_binding(&mut plain, [2, 3]).is_none());
     }
 
     fn policy(sizes: &[usize]) -> BatchPolicy {

@@ -429,6 +429,11 @@ pub trait Infer: Send + 'static {
     /// Runs the `n` images last written to [`Infer::input`]`(hw, n)`; `sizes` are each
     /// image's original and valid size.
     fn infer(&mut self, hw: [u32; 2], n: usize, sizes: &[ImageSizes]) -> Result<BatchOutput>;
+
+    /// Stops staging through I/O binding (frees the bound buffers); `false` if it was not.
+    fn unbind(&mut self) -> bool {
+        false
+    }
 }
 
 impl Infer for Runner {
@@ -438,6 +443,10 @@ impl Infer for Runner {
 
     fn infer(&mut self, hw: [u32; 2], n: usize, sizes: &[ImageSizes]) -> Result<BatchOutput> {
         self.staging.run(&mut self.session, hw, n, sizes)
+    }
+
+    fn unbind(&mut self) -> bool {
+        self.staging.unbind()
     }
 }
 

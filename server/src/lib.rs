@@ -128,10 +128,21 @@ fn load(
         provider = provider.as_str(),
         "model loaded"
     );
-    let mut runners = vec![Runner::new(first, provider, &model, &cfg.runtime)?];
+    let mut runtime = cfg.runtime.clone();
+    let mut first = Runner::new(first, provider, &model, &runtime)?;
+    let hw = model.input_sizes.first().copied();
+    if let Some(e) = hw.and_then(|hw| crate::batcher::check_binding(&mut first, hw)) {
+        tracing::error!(
+            provider = provider.as_str(),
+            "I/O BINDING FALLBACK: a run through I/O binding failed ({e}) where a plain run \
+             works; every worker runs without it (io_binding = false)"
+        );
+        runtime.io_binding = false;
+    }
+    let mut runners = vec![first];
     for _ in 1..cfg.batching.workers {
         let (s, _, _) = engine::open(env, path, &only, &sizes, Some(&model))?;
-        runners.push(Runner::new(s, provider, &model, &cfg.runtime)?);
+        runners.push(Runner::new(s, provider, &model, &runtime)?);
     }
     let (io_binding, host_memory) = (runners[0].io_binding(), runners[0].host_memory());
     tracing::info!(io_binding, host_memory = ?host_memory, "batch staging");

@@ -165,6 +165,24 @@ impl Staging {
         })))
     }
 
+    /// Switches to plain runs, freeing the bound buffers; `false` if already plain.
+    pub(crate) fn unbind(&mut self) -> bool {
+        let Mode::Bound(b) = &self.mode else {
+            return false;
+        };
+        let bytes: usize = b
+            .slots
+            .keys()
+            .map(|&(n, hw)| Slot::bytes(n, hw.map(|x| x as usize), self.k, self.letterbox))
+            .sum();
+        account(b.memory, -(bytes as f64));
+        self.mode = Mode::Plain(Plain {
+            pixels: Vec::new(),
+            shape: None,
+        });
+        true
+    }
+
     /// Whether runs go through I/O binding.
     pub(crate) fn bound(&self) -> bool {
         matches!(self.mode, Mode::Bound(_))

@@ -89,6 +89,11 @@ fn io_binding_equals_plain_runs_as_buffers_are_reused() {
             }
             prev = Some(want);
         }
+        // Unbound (the fallback after a binding fault), the runner runs plain and still agrees.
+        assert!(bound.unbind() && !bound.io_binding() && !bound.unbind());
+        let (px, sz) = (images(hws[0], 2, 6), sizes(hws[0], 2, 6));
+        let want = plain.run(hws[0], 2, &px, &sz).unwrap();
+        assert!(same(&bound.run(hws[0], 2, &px, &sz).unwrap(), &want));
     }
 }
 
