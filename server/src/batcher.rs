@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
-use crate::engine::{ImageSizes, Infer};
+use crate::engine::{BatchOutput, ImageSizes, Infer};
 use crate::error::{Result, ServeError};
 use crate::metrics as m;
 
@@ -211,15 +211,19 @@ impl Batcher {
 /// run works, the runner was not bound, or it fails either way, which warm-up then reports)
 /// `None`.
 pub fn check_binding<R: Infer>(runner: &mut R, hw: [u32; 2]) -> Option<ServeError> {
-    let run = |r: &mut R| {
-        r.input(hw, 1)?.fill(0);
-        r.infer(hw, 1, &[ImageSizes::full(hw)])
-    };
-    let bound = run(runner).err()?;
+    let bound = run_black(runner, hw, 1).err()?;
     if !runner.unbind() {
         return None;
     }
-    run(runner).ok().map(|_| bound)
+    run_black(runner, hw, 1).ok().map(|_| bound)
+}
+
+/// Runs `n` black images filling the input size `hw`. The first call at a shape also
+/// allocates its staging buffers, so a shape whose buffers cannot be had fails here (at
+/// warm-up), not on the hot path.
+fn run_black<R: Infer>(runner: &mut R, hw: [u32; 2], n: usize) -> Result<BatchOutput> {
+    runner.input(hw, n)?.fill(0);
+    runner.infer(hw, n, &vec![ImageSizes::full(hw); n])
 }
 
 /// Runs every batch size of `policy` once at every input size, ascending, so that the first
@@ -229,12 +233,7 @@ pub fn check_binding<R: Infer>(runner: &mut R, hw: [u32; 2]) -> Option<ServeErro
 /// input size shows the session still works. Only a failure at the smallest size is fatal.
 pub fn warm_up<R: Infer>(index: usize, runner: &mut R, policy: &mut BatchPolicy) -> Result<Warmed> {
     let sizes = policy.sizes.clone();
-    // Black images: the first call at a shape also allocates its staging buffers, so a
-    // shape whose buffers cannot be had fails here, not on the hot path.
-    let run = |runner: &mut R, hw: [u32; 2], n: usize| {
-        runner.input(hw, n)?.fill(0);
-        runner.infer(hw, n, &vec![ImageSizes::full(hw); n])
-    };
+    let run = run_black::<R>;
     for (i, &n) in sizes.iter().enumerate() {
         for &hw in &policy.input_sizes {
             let [h, w] = hw;
@@ -460,7 +459,6 @@ fn run_batch<R: Infer>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::BatchOutput;
 
     /// A session that fails above `fail_above` images (like CUDA out of memory) — at every
     /// input size, or only at `fail_input` — and, with `broken_after_failure`, at every size
