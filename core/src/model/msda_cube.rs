@@ -20,9 +20,16 @@
 //! The entry point is [`super::msda_chunked::msda_cube`]: it shares the chunked op's tracked
 //! autodiff wrapper (keep the inputs, recompute in the backward), with these kernels plugged
 //! in and the chunked ops as the fallback for non-f32 data.
+//!
+//! The kernels reach the dispatch tensors as a Burn backend extension ([`MsdaCubeOps`]):
+//! implemented once on the Cube backend's primitives, routed by Burn's dispatch, and, in
+//! builds with Burn's fusion, registered as a lazy custom op of the fused stream. So the
+//! element-wise chains around MSDA still fuse, and nothing waits on the host at the call.
 
-use burn::backend::Cube;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Cube, Dispatch, backend_extension};
 use burn::tensor::{DType, Shape, Tensor as BurnTensor};
+use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
 use burn_cubecl::tensor::CubeTensor;
@@ -85,11 +92,6 @@ fn address(ts: &[&CubeTensor]) -> AddressType {
         .unwrap_or_default()
 }
 
-/// Whether the kernels run on `t`'s device: f32 data (the model's MSDA inputs always are).
-fn supported(t: &CubeTensor) -> bool {
-    t.dtype == DType::F32
-}
-
 fn adds_f32_atomically(t: &CubeTensor) -> bool {
     t.client
         .properties()
@@ -109,7 +111,7 @@ fn forward_raw(d: &MsdaDims, value: CubeTensor, loc: CubeTensor, weight: CubeTen
     let out = zeros_client(
         value.client.clone(),
         value.device.clone(),
-        Shape::new([d.b, d.q, d.h * d.ch]),
+        output_shape(d),
         DType::F32,
     );
     let (count, dim) = launch_shape(&value, units);
@@ -213,8 +215,64 @@ fn backward_raw(
     (grad_value, grad_loc, grad_weight)
 }
 
-fn cube<const D: usize>(t: BurnTensor<D>) -> Option<CubeTensor> {
-    t.try_into_primitive::<Cube>().ok().filter(supported)
+/// The kernels as a backend extension. Burn generates the dispatch routing and, with its
+/// `fusion` feature, the lazy `Fusion<CubeBackend>` version: the output's shape and dtype are
+/// declared here, the kernels run when the fused stream reaches them.
+#[backend_extension(Cube, Fusion: cfg(feature = "fusion"))]
+pub(crate) trait MsdaCubeOps: Backend {
+    /// `value` `[B, S, H, Ch]`, `locations` `[B, Q, H, L, P, 2]`, `weights` `[B, Q, H, L, P]`
+    /// (all f32, contiguous or not) → `[B, Q, H·Ch]`.
+    #[fusion(dtype = value, shape = output_shape(dims))]
+    fn msda_forward(
+        value: FloatTensor<Self>,
+        locations: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        dims: MsdaDims,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients w.r.t. (value, locations, weights), shaped like them, given `grad`
+    /// `[B, Q, H·Ch]`.
+    #[fusion(meta = |value, locations, weights, _grad, _dims| (value.clone(), locations.clone(), weights.clone()))]
+    fn msda_backward(
+        value: FloatTensor<Self>,
+        locations: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        dims: MsdaDims,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// The forward's output shape `[B, Q, H·Ch]`.
+fn output_shape(d: &MsdaDims) -> Shape {
+    Shape::new([d.b, d.q, d.h * d.ch])
+}
+
+impl MsdaCubeOps for CubeBackend {
+    fn msda_forward(
+        value: CubeTensor,
+        locations: CubeTensor,
+        weights: CubeTensor,
+        dims: MsdaDims,
+    ) -> CubeTensor {
+        forward_raw(&dims, value, locations, weights)
+    }
+
+    fn msda_backward(
+        value: CubeTensor,
+        locations: CubeTensor,
+        weights: CubeTensor,
+        grad: CubeTensor,
+        dims: MsdaDims,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let native = adds_f32_atomically(&value);
+        backward_raw(&dims, value, locations, weights, grad, native)
+    }
+}
+
+/// Whether the kernels take `t`: a tensor of the Cube backend (not autodiff: the caller
+/// unwraps that) holding f32 data.
+fn takes<const D: usize>(t: &BurnTensor<D>) -> bool {
+    t.dtype() == DType::F32 && t.clone().try_into_primitive::<Cube>().is_ok()
 }
 
 /// The forward on dispatch tensors of the Cube backend (`None` elsewhere or for non-f32 data).
@@ -224,8 +282,15 @@ pub(crate) fn forward(
     locations: BurnTensor<6>,
     weights: BurnTensor<5>,
 ) -> Option<BurnTensor<3>> {
-    let (v, l, a) = (cube(value)?, cube(locations)?, cube(weights)?);
-    Some(BurnTensor::from_primitive::<Cube>(forward_raw(d, v, l, a)))
+    if !(takes(&value) && takes(&locations) && takes(&weights)) {
+        return None;
+    }
+    Some(BurnTensor::from_dispatch(Dispatch::msda_forward(
+        value.into_dispatch(),
+        locations.into_dispatch(),
+        weights.into_dispatch(),
+        d.clone(),
+    )))
 }
 
 /// The backward on dispatch tensors of the Cube backend: gradients w.r.t. (value,
@@ -237,13 +302,20 @@ pub(crate) fn backward(
     weights: BurnTensor<5>,
     grad: BurnTensor<3>,
 ) -> Option<(BurnTensor<4>, BurnTensor<6>, BurnTensor<5>)> {
-    let (v, l, a, g) = (cube(value)?, cube(locations)?, cube(weights)?, cube(grad)?);
-    let native = adds_f32_atomically(&v);
-    let (gv, gl, ga) = backward_raw(d, v, l, a, g, native);
+    if !(takes(&value) && takes(&locations) && takes(&weights) && takes(&grad)) {
+        return None;
+    }
+    let (gv, gl, ga) = Dispatch::msda_backward(
+        value.into_dispatch(),
+        locations.into_dispatch(),
+        weights.into_dispatch(),
+        grad.into_dispatch(),
+        d.clone(),
+    );
     Some((
-        BurnTensor::from_primitive::<Cube>(gv),
-        BurnTensor::from_primitive::<Cube>(gl),
-        BurnTensor::from_primitive::<Cube>(ga),
+        BurnTensor::from_dispatch(gv),
+        BurnTensor::from_dispatch(gl),
+        BurnTensor::from_dispatch(ga),
     ))
 }
 
@@ -251,6 +323,15 @@ pub(crate) fn backward(
 mod tests {
     use super::*;
     use burn::tensor::TensorData;
+
+    /// The Cube backend's own tensor under a dispatch tensor (with fusion: once the stream
+    /// that makes it has run).
+    fn primitive<const D: usize>(t: BurnTensor<D>) -> CubeTensor {
+        let t = t.try_into_primitive::<Cube>().ok().unwrap();
+        #[cfg(feature = "fusion")]
+        let t = t.client.clone().resolve_tensor_float::<CubeBackend>(t);
+        t
+    }
 
     /// Both ways of adding the value gradient (the device's f32 atomic add, and the
     /// compare-exchange loop for devices without one) on the software GPU: equal up to the
@@ -287,14 +368,13 @@ mod tests {
         let run = |native| {
             let (gv, _, _) = backward_raw(
                 &d,
-                cube(value.clone()).unwrap(),
-                cube(loc.clone()).unwrap(),
-                cube(weight.clone()).unwrap(),
-                cube(grad.clone()).unwrap(),
+                primitive(value.clone()),
+                primitive(loc.clone()),
+                primitive(weight.clone()),
+                primitive(grad.clone()),
                 native,
             );
-            BurnTensor::<4>::from_primitive::<Cube>(gv)
-                .into_data()
+            burn_cubecl::ops::into_data_sync(gv)
                 .try_to_vec::<f32>()
                 .unwrap()
         };
