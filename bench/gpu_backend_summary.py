@@ -23,6 +23,8 @@ def main():
                 extra.setdefault(r.get("impl", f.stem), {}).update(r)
                 continue
             rows.setdefault(r["op"], {})[r["impl"]] = r
+            if "build" in r:  # which Burn features made the rows (autotune, fusion)
+                extra.setdefault("builds", {})[r["impl"]] = r["build"]
     table = {}
     for op, by_impl in rows.items():
         peer = by_impl.get("torch", {})

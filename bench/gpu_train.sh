@@ -32,7 +32,7 @@ else
   paper_size=800; paper_batch=2; synth_n=256; limit_tiny=150; limit_paper=200
 fi
 
-log "device $DEVICE, binary $BIN"
+log "device $DEVICE, binary $BIN: $("$BIN" --version 2>&1)"
 "$PY" -c 'import torch, transformers, PIL, scipy' 2>&1 | tail -1 | sed 's/^/peer python: /' | tee -a "$OUT/log.txt"
 "$BIN" synth --out "$WORK/synth" --train "$synth_n" --val 16 --no-stats-file > "$WORK/synth.log" 2>&1 \
   || { log "synth failed"; tail -3 "$WORK/synth.log"; exit 1; }
@@ -99,10 +99,10 @@ peer() { # name preset batch size steps
 peer tiny tiny 8 256 "$tiny_steps"
 peer paper paper-r50 "$paper_batch" "$paper_size" "$paper_steps"
 
-"$PY" - "$OUT" "$DEVICE" "$REHEARSAL" <<'P' | tee "$OUT/gpu_train.json"
+"$PY" - "$OUT" "$DEVICE" "$REHEARSAL" "$("$BIN" --version 2>&1)" <<'P' | tee "$OUT/gpu_train.json"
 import json, pathlib, statistics, sys
-out, device, rehearsal = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
-res = {"bench": "gpu_train", "device": device, "rehearsal": rehearsal, "arms": {}, "peer": {}}
+out, device, rehearsal, build = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+res = {"bench": "gpu_train", "device": device, "build": build, "rehearsal": rehearsal, "arms": {}, "peer": {}}
 for f in sorted(out.glob("log-*.jsonl")):
     name = f.stem[4:]
     rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]

@@ -98,7 +98,9 @@ fn main() {
     let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
     let b = 2;
     let label = format!("burn-0.22.1 {device_name}");
+    let build = codetr_core::device::build_summary();
     let emit = |mut row: serde_json::Value| {
+        row["build"] = build.clone().into();
         row["impl"] = match row.get("variant").and_then(|v| v.as_str()) {
             Some(v) => format!("{label} {v}").into(),
             None => label.clone().into(),

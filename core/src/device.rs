@@ -60,6 +60,32 @@ pub fn is_flex(device: &Device) -> bool {
     *device == Device::flex() || *device == Device::flex().autodiff()
 }
 
+/// The build's GPU backends and Burn's kernel options, e.g. `burn 0.22.1; gpu: vulkan;
+/// autotune: on; fusion: on` (`gpu: none` in a CPU-only build). A GPU figure depends on all of
+/// them: the trainer prints this in `--version` and in `fit`'s log, `gpu_ops` in every row.
+/// (The Burn version is the workspace's pin.)
+pub fn build_summary() -> String {
+    let gpu: Vec<&str> = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("vulkan", cfg!(feature = "vulkan")),
+        ("wgpu", cfg!(feature = "wgpu")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let on = |b: bool| if b { "on" } else { "off" };
+    format!(
+        "burn 0.22.1; gpu: {}; autotune: {}; fusion: {}",
+        if gpu.is_empty() {
+            "none".to_string()
+        } else {
+            gpu.join(", ")
+        },
+        on(cfg!(feature = "autotune")),
+        on(cfg!(feature = "fusion")),
+    )
+}
+
 /// Set (to anything) where a software GPU must open: CI sets it once it has installed Mesa's
 /// lavapipe, so that a test on [`software_gpu`] cannot pass by skipping there.
 pub const REQUIRE_SOFTWARE_GPU: &str = "CODETR_WGPU_REQUIRED";
@@ -169,6 +195,20 @@ fn open(_adapter: Adapter) -> std::result::Result<Device, String> {
 
 #[cfg(test)]
 mod tests {
+    /// Every GPU build autotunes and fuses, as Burn's own GPU crates do by default (except
+    /// `wgpu` alone, CI's lavapipe build: fused, untuned); the summary says what the build has.
+    #[test]
+    fn gpu_builds_fuse_and_the_summary_says_so() {
+        let s = super::build_summary();
+        let gpu = cfg!(any(feature = "cuda", feature = "vulkan", feature = "wgpu"));
+        assert_eq!(s.contains("gpu: none"), !gpu, "{s}");
+        assert_eq!(s.contains("fusion: on"), gpu, "{s}");
+        let tuned = cfg!(any(feature = "cuda", feature = "vulkan"));
+        if tuned {
+            assert!(s.contains("autotune: on"), "{s}");
+        }
+    }
+
     #[test]
     fn cpu_works_and_unknown_or_missing_devices_are_clear_errors() {
         assert!(super::select("cpu").is_ok());

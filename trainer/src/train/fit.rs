@@ -830,6 +830,8 @@ fn gradients(
 pub fn fit(cfg: FitConfig, resume: bool, progress: bool) -> Result<FitReport> {
     let out = cfg.run.out.clone();
     let device = codetr_core::device::select(&cfg.run.device)?.autodiff();
+    // Step times mean little without the build that made them (autotune, fusion).
+    tracing::info!(device = %cfg.run.device, build = %codetr_core::device::build_summary(), "fit");
     let ckdir = out.join("checkpoints");
     let (mut model, mut ema, mut optim, mut state, cfg) = start(cfg, resume, &device)?;
     let precision = cfg.schedule.precision;

@@ -2,6 +2,7 @@
 //! subcommand an `Args` struct with its `run`.
 
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
 
@@ -9,10 +10,20 @@ mod data;
 mod model;
 mod train;
 
+/// `--version`: the crate version and the build's GPU backends, autotune and fusion.
+static LONG_VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        codetr_core::device::build_summary()
+    )
+});
+
 #[derive(Parser)]
 #[command(
     name = "codetr-train",
     version,
+    long_version = LONG_VERSION.as_str(),
     about = "Co-DETR training: data, synthetic datasets, COCO evaluation, the Co-DINO model"
 )]
 struct Cli {
