@@ -32,7 +32,8 @@ else
   paper_size=800; paper_batch=2; synth_n=256; limit_tiny=150; limit_paper=200
 fi
 
-log "device $DEVICE, binary $BIN: $("$BIN" --version 2>&1)"
+build=$("$BIN" --version 2>&1)  # backends, autotune, fusion: the figures depend on them
+log "device $DEVICE, binary $BIN: $build"
 "$PY" -c 'import torch, transformers, PIL, scipy' 2>&1 | tail -1 | sed 's/^/peer python: /' | tee -a "$OUT/log.txt"
 "$BIN" synth --out "$WORK/synth" --train "$synth_n" --val 16 --no-stats-file > "$WORK/synth.log" 2>&1 \
   || { log "synth failed"; tail -3 "$WORK/synth.log"; exit 1; }
@@ -99,7 +100,7 @@ peer() { # name preset batch size steps
 peer tiny tiny 8 256 "$tiny_steps"
 peer paper paper-r50 "$paper_batch" "$paper_size" "$paper_steps"
 
-"$PY" - "$OUT" "$DEVICE" "$REHEARSAL" "$("$BIN" --version 2>&1)" <<'P' | tee "$OUT/gpu_train.json"
+"$PY" - "$OUT" "$DEVICE" "$REHEARSAL" "$build" <<'P' | tee "$OUT/gpu_train.json"
 import json, pathlib, statistics, sys
 out, device, rehearsal, build = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1", sys.argv[4]
 res = {"bench": "gpu_train", "device": device, "build": build, "rehearsal": rehearsal, "arms": {}, "peer": {}}
