@@ -261,7 +261,7 @@ fn hf_deformable_detr_r18_basic_5_levels_non_square() {
 
 /// The same parity on the wgpu device: Burn's CubeCL kernels (WGSL, on Mesa's lavapipe in CI)
 /// and the model's non-Flex paths (the CubeCL MSDA kernels instead of the host loops) against HF.
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
 #[test]
 fn hf_deformable_detr_on_the_wgpu_device() {
     let Some(gpu) = codetr_core::device::software_gpu().unwrap() else {

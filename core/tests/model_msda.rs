@@ -305,7 +305,7 @@ fn chunked_backward_registers_only_the_inputs_that_require_grad() {
 /// The chunked op on the wgpu device (CubeCL's kernels and, under autodiff, its own tracked
 /// backward on the Cube backend) against the naive loop on Flex (forward) and gather's
 /// autodiff on Flex (backward), with budgets that force one, two and all points per round.
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
 #[test]
 fn chunked_on_the_wgpu_device_matches_flex_forward_and_backward() {
     let Some(gpu) = codetr_core::device::software_gpu().unwrap() else {
@@ -343,7 +343,7 @@ fn chunked_on_the_wgpu_device_matches_flex_forward_and_backward() {
 /// loop on Flex, gradients equal to gather's autodiff on Flex, for every case (the one-pixel
 /// level makes every sample's value gradient land on one row: the atomic adds contend);
 /// points far outside every map sample zero and get zero gradients.
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
 #[test]
 fn cube_kernels_on_the_wgpu_device_match_naive_forward_and_gather_backward() {
     use codetr_core::model::msda_chunked::msda_cube;

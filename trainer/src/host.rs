@@ -139,7 +139,7 @@ mod tests {
     /// A read whose computation the device fails is an error naming the tensor, never a panic
     /// (the step's error then ends `fit` with a message). On lavapipe a 512 MB tensor fails:
     /// its storage buffers are capped at 128 MB. A device that holds it must read it right.
-    #[cfg(feature = "wgpu")]
+    #[cfg(any(feature = "wgpu", feature = "vulkan"))]
     #[test]
     fn a_read_the_device_fails_is_an_error_not_a_panic() {
         let Some(gpu) = codetr_core::device::software_gpu().unwrap() else {

@@ -385,7 +385,7 @@ fn letterboxed_loss_ignores_what_the_padding_holds() {
 /// the same step on Flex from the same weights and noise: every loss term (the matcher, ATSS
 /// assignment, RPN proposals + NMS, RoIAlign, denoising and positive queries all run on the
 /// device), and the gradients of parameters each branch reaches.
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
 #[test]
 fn a_k2_step_on_the_wgpu_device_equals_the_flex_step() {
     use burn::module::Module;
