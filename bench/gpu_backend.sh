@@ -7,10 +7,10 @@
 #   - PyTorch on CUDA (bench/gpu_ops_torch.py, the GPU machine's own torch),
 # and the ratios to PyTorch (bench/gpu_backend_summary.py) in $OUT/gpu_backend.json.
 #
-# Device (after bench/gpu_train_kit.sh; see README "GPU training"): carry [".gputrain"];
+# Device (after bench/gpu_train_kit.sh; see README "GPU training"): carry [".gputrain", ".gpuval"];
 #   source .gputrain/env.sh && OUT=$OUT bash bench/gpu_backend.sh
-# CPU rehearsal (small shapes; the 0.22 side on Flex, since Mesa's lavapipe crashes compiling
-# cubecl's SPIR-V (Mesa 22.3 and 25.0, checked); NdArray for 0.21; torch on CPU):
+# CPU rehearsal (small shapes; the 0.22 side on Flex, since Mesa's lavapipe cannot run cubecl's
+# SPIR-V (docs/DESIGN.md §12); NdArray for 0.21; torch on CPU):
 #   REHEARSAL=1 PYTHON=/path/to/python-with-torch bash bench/gpu_backend.sh
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,6 +50,32 @@ step() { # name limit_s command...
   log "$name: rc=$rc in $((SECONDS - t0)) s, $(wc -l < "$OUT/$name.jsonl") rows"
   [ $rc = 0 ] || tail -5 "$OUT/$name.err" | tee -a "$OUT/log.txt"
 }
+
+# The trainer's SPIR-V kernels under the Khronos validation layer (its .deb is .gpuval/, carried
+# with this call only; .gputrain/env.sh installs it): cubecl-spirv lowers shared memory with
+# VK_KHR_workgroup_memory_explicit_layout on NVIDIA, a path Mesa's lavapipe cannot run (it lacks
+# the extension, and the path it takes instead writes invalid SPIR-V: docs/DESIGN.md §12), so
+# spirv-val on the device is the first check of what the H200 compiles. Two tiny K = 2 steps.
+TRAIN=${CODETR_TRAIN:-$(pick codetr-train target/release/codetr-train)}
+if [ -n "$TRAIN" ] && [ -f /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json ]; then
+  d=$OUT/spirv_validation
+  mkdir -p "$d"
+  log "spirv_validation: 2 tiny K = 2 steps on $vk under VK_LAYER_KHRONOS_validation"
+  "$TRAIN" synth --out "$d/data" --train 4 --val 2 --test 0 --size 128x128 > /dev/null 2>&1
+  t0=$SECONDS
+  VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation timeout 180 "$TRAIN" fit --data "$d/data" \
+    --k 2 --steps 2 --batch-size 2 --device "$vk" --out "$d/run" --quiet > "$d/fit.log" 2>&1
+  rc=$?
+  errors=$(grep -c "Validation Error" "$d/fit.log")
+  invalid=$(grep -c "SPIR-V module not valid" "$d/fit.log")
+  log "spirv_validation: rc=$rc in $((SECONDS - t0)) s, $errors validation errors, $invalid invalid SPIR-V modules"
+  grep -m3 -A1 "Validation Error" "$d/fit.log" | tee -a "$OUT/log.txt"
+  printf '{"device": "%s", "rc": %d, "validation_errors": %d, "invalid_spirv_modules": %d, "build": "%s"}\n' \
+    "$vk" "$rc" "$errors" "$invalid" "$("$TRAIN" --version)" > "$OUT/spirv_validation.json"
+  rm -rf "$d/data" "$d/run/checkpoints" "$d/run/best"
+else
+  log "spirv_validation: skipped (no codetr-train, or no Khronos validation layer: carry .gpuval)"
+fi
 
 # Unknown first: Burn on Vulkan has never run on the H200. Both Burns autotune their kernels
 # (the first call at each shape times the candidates), which the limits allow for.

@@ -5,7 +5,8 @@
 #   1. builds (unless SKIP_BUILD=1): codetr-train and the gpu_ops bench with `--features
 #      $FEATURE` (default vulkan), and bench/burn021_ops with `--features cuda`;
 #   2. writes .gputrain/bins.tar.xz (stripped), .gputrain/gl/ (libvulkan1 .deb),
-#      .gputrain/env.sh, and .gpupeer/ (wheels for bench/train_step_torch.py, below).
+#      .gputrain/env.sh, .gputrain/source.txt (the commit built), .gpupeer/ (wheels for
+#      bench/train_step_torch.py, below) and .gpuval/ (the Khronos validation layer .deb).
 # On the device: `source .gputrain/env.sh` (unpacks to /tmp/gputrain, sets PATH, the CUDA
 # libraries of the machine's PyTorch on LD_LIBRARY_PATH for Burn 0.21's nvrtc, the Vulkan
 # loader and the NVIDIA ICD, and installs the peer's wheels into the machine's python).
@@ -33,6 +34,17 @@ tar -C "$tmp" -cf - . | xz -9e -T0 > "$kit/bins.tar.xz"
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64'
 (cd "$kit/gl" && apt-get $o download libvulkan1 >/dev/null 2>&1) \
   || echo "warning: could not download libvulkan1 (the device may lack the Vulkan loader)" >&2
+# What the binaries were built from: a kit is current while nothing under core/, trainer/,
+# bench/burn021_ops/ or Cargo.lock has changed since (README, "GPU training").
+{ git rev-parse HEAD; git status --porcelain -- core trainer bench/burn021_ops Cargo.lock | sed 's/^/dirty: /'; } \
+  > "$kit/source.txt" 2>/dev/null || true
+# The Khronos validation layer (4.5 MB), apart: carried only with bench/gpu_backend.sh, which
+# runs the SPIR-V kernels under it once (docs/DESIGN.md §12).
+val=.gpuval
+rm -rf "$val"
+mkdir -p "$val"
+(cd "$val" && apt-get $o download vulkan-validationlayers >/dev/null 2>&1) \
+  || echo "warning: could not download vulkan-validationlayers (gpu_backend.sh skips its SPIR-V check)" >&2
 # The peer's wheels, apart (carried only with gpu_train.sh): transformers + pillow and their
 # pure dependencies for the device's python (DEVICE_PYTHON, 3.12), without numpy and hf_xet
 # (a PyTorch venv has numpy; hf_xet is for downloads). scipy (HF's Hungarian matcher) is 35 MB:
@@ -55,6 +67,8 @@ if ! ldconfig -p | grep -q libvulkan.so.1; then
   for f in "$_k"/gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done
   ldconfig
 fi
+for f in "$_k"/../.gpuval/*.deb; do [ -f "$f" ] && dpkg -x "$f" / && ldconfig; done
+[ -f "$_k/source.txt" ] && echo "kit built from $(head -1 "$_k/source.txt")$(grep -q dirty "$_k/source.txt" && echo ' (with uncommitted changes)')"
 _icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -f "$_icd" ] && export VK_DRIVER_FILES=$_icd
 _sp=$(python3 -c 'import site; print(site.getsitepackages()[0])')
@@ -67,8 +81,11 @@ unset _p
 export PATH=/tmp/gputrain/bin:$PATH
 unset _k _icd _sp
 ENV
-echo "kit: $(du -sh "$kit" | cut -f1) in $kit, peer wheels $(du -sh "$peer" | cut -f1) in $peer (carry them; tree + carry under 64 MiB, see ../shared/gpu/slim.sh)"
-# What is left of one call's 64 MiB for the (slimmed) tracked tree.
-left=$(( (64 << 20) - $(du -sb "$kit" "$peer" | awk '{s += $1} END {print s}') ))
-echo "left for the tree beside both: $((left >> 10)) KiB (the slim tree was 3.8 MB)"
-[ "$left" -gt $((4 << 20)) ] || echo "warning: under 4 MiB left for the tree: carry .gpupeer only in the gpu_train.sh call" >&2
+echo "kit: $(du -sh "$kit" | cut -f1) in $kit, peer wheels $(du -sh "$peer" | cut -f1) in $peer, validation layer $(du -sh "$val" | cut -f1) in $val (tree + carry under 64 MiB, see ../shared/gpu/slim.sh)"
+# What is left of one call's 64 MiB for the (slimmed) tracked tree, per call.
+for call in "gpu_backend.sh:$kit $val" "gpu_train.sh:$kit $peer"; do
+  # shellcheck disable=SC2086
+  left=$(( (64 << 20) - $(du -sb ${call#*:} | awk '{s += $1} END {print s}') ))
+  echo "${call%%:*} call (carry ${call#*:}): $((left >> 10)) KiB left for the tree (the slim tree was 3.8 MB)"
+  [ "$left" -gt $((4 << 20)) ] || echo "warning: under 4 MiB left for the tree in the ${call%%:*} call" >&2
+done
