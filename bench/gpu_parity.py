@@ -10,8 +10,10 @@ Standard library only (it runs on the GPU machine's bare Python too).
 
 `detect` asks for every detection (score_threshold 0, the graph's top-k) so that AP is the
 graph's, then writes {"results": [COCO detections], "per_image": {id: [[score, cls, x1, y1,
-x2, y2], ...]}}. `compare` prints JSON: the largest score difference by rank over all images,
-and how many of each image's top detections in A have a same-class box in B with IoU ≥ 0.99.
+x2, y2], ...]}}. `compare` prints JSON: the largest score difference by rank over all images (and over the top
+ranks), how it spreads over images (how many exceed 1e-4, 1e-3, 1e-2; the median image; the
+five worst with the rank where it happens), and how many of each image's top detections in A
+have a same-class box in B with IoU ≥ 0.99.
 """
 
 import argparse
@@ -61,11 +63,19 @@ def iou(a, b) -> float:
 def compare(args: argparse.Namespace) -> None:
     a = json.load(open(args.a))["per_image"]
     b = json.load(open(args.b))["per_image"]
-    worst, worst_box, matched, total = 0.0, 0.0, 0, 0
+    worst, worst_top, worst_box, matched, total = 0.0, 0.0, 0.0, 0, 0
+    per_image = []  # (largest score difference by rank, that rank, image id)
     for k, ra in a.items():
         rb = b.get(k, [])
-        for x, y in zip(ra, rb):  # scores by rank: sorted in both, whatever the order of ties
-            worst = max(worst, abs(x[0] - y[0]))
+        img, img_rank = 0.0, -1
+        for r, (x, y) in enumerate(zip(ra, rb)):  # scores by rank: sorted in both, whatever the order of ties
+            d = abs(x[0] - y[0])
+            if d > img:
+                img, img_rank = d, r
+            if r < args.top:
+                worst_top = max(worst_top, d)
+        worst = max(worst, img)
+        per_image.append((img, img_rank, k))
         for x in ra[: args.top]:
             total += 1
             best = max((iou(x[2:], y[2:]) for y in rb[: args.top * 2] if y[1] == x[1]), default=0.0)
@@ -74,7 +84,15 @@ def compare(args: argparse.Namespace) -> None:
         for x, y in zip(ra[: args.top], rb[: args.top]):
             if x[1] == y[1]:
                 worst_box = max(worst_box, max(abs(p - q) for p, q in zip(x[2:], y[2:])))
+    per_image.sort(reverse=True)
+    diffs = sorted(d for d, _, _ in per_image)
+    # How the difference spreads over images: one near-tied image or all of them.
+    spread = {f"images_over_{t:g}": sum(d > t for d in diffs) for t in (1e-4, 1e-3, 1e-2)}
+    spread["median_image_max"] = diffs[len(diffs) // 2] if diffs else 0.0
     print(json.dumps({"images": len(a), "max_score_diff_by_rank": worst,
+                      f"max_score_diff_by_rank_top{args.top}": worst_top, **spread,
+                      "worst_images": [{"image_id": k, "max_score_diff": d, "rank": r}
+                                       for d, r, k in per_image[:5]],
                       f"top{args.top}_matched_iou99": matched, f"top{args.top}_total": total,
                       "max_box_diff_px_same_rank_same_class": worst_box}))
 

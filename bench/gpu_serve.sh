@@ -7,13 +7,17 @@
 #   - where the GPU time goes: ONNX Runtime per-node profiles under CUDA_LAUNCH_BLOCKING=1
 #     (paper-r50 b1, tiny b32; bench/gpu_profile.sh has more, and settings side by side);
 #   - TF32 on vs off (latency), cuDNN heuristic vs exhaustive search (tiny);
-#   - CPU↔CUDA parity and COCO AP through the server, TF32 off and on, fp16 vs fp32;
+#   - CPU↔CUDA parity and COCO AP through the server, TF32 off and on, fp16 vs fp32, beside
+#     the floor (the gather lowering against grid-sample, both on the CPU);
+#   - where CPU and CUDA part: every node's output compared (the `drift` bench), on the
+#     worst images of that comparison and on 8 others, TF32 off and on;
 #   - codetr-serve ÷ raw ONNX Runtime at saturation (tiny, batch 32);
 #   - I/O binding over pinned buffers (the default) vs plain `Session::run`, raw and served;
 #   - batch sizes that cannot run (above the graph's 32-bit bound; out of a memory cap): the
 #     server stays up and serves the largest that works.
 #
-# On the device (binaries and ONNX Runtime from the kit, see ../shared/gpu/README.md):
+# On the device (binaries and ONNX Runtime from the kit, built by bench/gpu_serve_kit.sh;
+# see ../shared/gpu/README.md):
 #   source .gpukit/device-env.sh && bench/gpu_serve.sh
 # Rehearsal on a CPU machine (every step runs, on the CPU provider, at small sizes):
 #   REHEARSAL=1 bench/gpu_serve.sh
@@ -34,7 +38,12 @@ else
 fi
 # The shipped model's graphs are exported here from its checkpoint (the graph files do not
 # fit beside the kit in a device call; the checkpoint does).
-SHIPPED_CKPT=${SHIPPED_CKPT:-models/codino-tiny-synth/model.ckpt}
+# The default is the kit's copy when there is one (bench/gpu_serve_kit.sh): under slim.sh the
+# tracked checkpoint does not travel.
+if [ -z "${SHIPPED_CKPT:-}" ]; then
+  SHIPPED_CKPT=models/codino-tiny-synth/model.ckpt
+  [ -f .gpukit/extra/model.ckpt ] && SHIPPED_CKPT=.gpukit/extra/model.ckpt
+fi
 FAULT_MEM_MB=${FAULT_MEM_MB:-24000}
 rm -rf "$WORK"
 mkdir -p "$OUT" "$WORK"
@@ -74,6 +83,10 @@ step "graphs: the shipped model (fp32, fp16) from $SHIPPED_CKPT"
 SHIPPED=$WORK/tiny.onnx; SHIPPED16=$WORK/tiny-fp16.onnx
 bounded 120 codetr-export --checkpoint "$SHIPPED_CKPT" --out "$SHIPPED"
 bounded 120 codetr-export --checkpoint "$SHIPPED_CKPT" --out "$SHIPPED16" --fp16
+# The same model with the other MSDA lowering: on the CPU, the floor under the parity figures
+# (two correct fp32 computations; bench/results/parity_floor.json).
+SHIPPED_GATHER=$WORK/tiny-gather.onnx
+bounded 120 codetr-export --checkpoint "$SHIPPED_CKPT" --out "$SHIPPED_GATHER" --msda gather
 
 step "graphs: paper-r50 ${PAPER_SIZE}², random weights, fp32/fp16 × grid-sample/gather"
 printf '{"images":[],"annotations":[],"categories":[%s]}\n' \
@@ -131,6 +144,7 @@ parity_run() { # name model provider [flags...]
   port=$((port + 1))
 }
 parity_run cpu "$SHIPPED" cpu
+[ -f "$SHIPPED_GATHER" ] && parity_run cpu-gather "$SHIPPED_GATHER" cpu
 parity_run gpu "$SHIPPED" "$PROVIDER" --cuda-tf32 false
 parity_run gpu-tf32 "$SHIPPED" "$PROVIDER" --cuda-tf32 true
 # cuDNN's CUDNN_DEFAULT_MATH allows TF32 on Ampere and later whatever ONNX Runtime's use_tf32
@@ -138,11 +152,30 @@ parity_run gpu-tf32 "$SHIPPED" "$PROVIDER" --cuda-tf32 true
 # drift left with --cuda-tf32 false).
 PARITY_ENV=NVIDIA_TF32_OVERRIDE=0 parity_run gpu-no-tf32-env "$SHIPPED" "$PROVIDER" --cuda-tf32 false
 [ -f "$SHIPPED16" ] && parity_run gpu-fp16 "$SHIPPED16" "$PROVIDER"
-for b in gpu gpu-tf32 gpu-no-tf32-env gpu-fp16; do
+for b in cpu-gather gpu gpu-tf32 gpu-no-tf32-env gpu-fp16; do
   [ -f "$WORK/det-$b.json" ] && python3 bench/gpu_parity.py compare "$WORK/det-cpu.json" "$WORK/det-$b.json" > "$WORK/parity-$b.json" 2>>"$LOG"
 done
 # Into the log as well: it comes back even if a later step runs out of time.
 for f in "$WORK"/parity-*.json "$WORK"/ap-*.json; do [ -f "$f" ] && echo "$(basename "$f"): $(cat "$f")" >>"$LOG"; done
+
+step "where CPU and $PROVIDER part: every node's output compared (drift), TF32 off and on"
+# On the images the served comparison found worst (near-tied query selections flip between
+# any two fp32 computations: Burn and ONNX Runtime on the CPU part by 1.15e-2 on one val
+# image, parity_floor.json) and on the first 8 val images: whether the selection's top-k
+# indices differ, and which nodes add drift before it.
+worst=$(python3 - "$WORK/parity-gpu.json" "$WORK/synth/val" <<'PY' 2>>"$LOG"
+import json, sys
+ids = [w["image_id"] for w in json.load(open(sys.argv[1]))["worst_images"][:2]]
+names = {str(i["id"]): i["file_name"] for i in json.load(open(sys.argv[2] + "/instances.json"))["images"]}
+print(",".join(f"{sys.argv[2]}/images/{names[i]}" for i in ids if i in names))
+PY
+)
+drift_run() { # name images count [flags...]
+  bounded 100 drift --model "$SHIPPED" --images "$2" --count "$3" --a cpu --b "$PROVIDER" "${@:4}" --json "$WORK/drift-$1.json"
+}
+[ -n "$worst" ] && drift_run worst "$worst" 2 --b-tf32 false
+drift_run first8 "$WORK/synth/val/images" 8 --b-tf32 false
+drift_run first8-tf32 "$WORK/synth/val/images" 8 --b-tf32 true
 
 step "saturation: codetr-serve (tiny, batch ${TINY_BATCHES##*,}) vs raw ONNX Runtime at the same batch"
 BMAX=${TINY_BATCHES##*,}

@@ -79,16 +79,26 @@ def main() -> None:
 
     # parity + AP
     par = {}
-    for name in ["cpu", "gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16"]:
+    for name in ["cpu", "cpu-gather", "gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16"]:
         ap = load(w(f"ap-{name}.json"))
         p = load(w(f"parity-{name}.json"))
         par[name] = {"AP": ap.get("AP") if ap else None, "AP50": ap.get("AP50") if ap else None, "vs_cpu": p}
-    for name in ["gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16"]:
+    for name in ["cpu-gather", "gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16"]:
         if par[name]["AP"] is not None and par["cpu"]["AP"] is not None:
             par[name]["delta_AP_vs_cpu"] = par[name]["AP"] - par["cpu"]["AP"]
     if par["gpu-fp16"]["AP"] is not None and par["gpu"]["AP"] is not None:
         par["gpu-fp16"]["delta_AP_vs_gpu_fp32"] = par["gpu-fp16"]["AP"] - par["gpu"]["AP"]
     res["parity"] = par
+
+    # drift: where the providers part, node by node (server/benches/drift.rs)
+    drift = {}
+    for f in sorted(os.listdir(work)):
+        if f.startswith("drift-") and f.endswith(".json"):
+            d = load(w(f)) or {}
+            drift[f[len("drift-"):-len(".json")]] = {k: d.get(k) for k in ("images", "b", "served_graph", "exposed_graph", "topk", "first_node_over")} | {
+                "top_gain": [{k: n.get(k) for k in ("name", "op_type", "rel", "input_rel", "gain")} for n in (d.get("top_gain") or [])[:8]],
+                "by_op": (d.get("by_op") or [])[:8]}
+    res["drift"] = drift
 
     # saturation
     sat = load(w("sat.json"))
@@ -157,6 +167,14 @@ def main() -> None:
         v = p.get("vs_cpu") or {}
         md.append(f"| {name} | {f(p.get('AP'), 4)} | {f(p.get('delta_AP_vs_cpu'), 4)} | {f(v.get('max_score_diff_by_rank'), 6)} | "
                   f"{v.get('top20_matched_iou99', '—')}/{v.get('top20_total', '—')} |")
+    if drift:
+        md += ["", "| drift (CPU → provider, every node) | images | served max score diff | selection top-k indices differing | first node over 1e-5 | largest gain (op, rel) |", "|---|---|---|---|---|---|"]
+        for name, d in drift.items():
+            sel = ", ".join(f"{t.get('name')}: {t.get('indices_differing'):g}" for t in (d.get("topk") or []) if t.get("indices_differing") is not None) or "—"
+            first = (d.get("first_node_over") or {}).get("1e-5") or {}
+            g = (d.get("top_gain") or [{}])[0]
+            md.append(f"| {name} | {d.get('images')} | {f((d.get('served_graph') or {}).get('max_score_diff_by_rank'), 6)} | {sel} | "
+                      f"{first.get('op_type', '—')} {first.get('name', '')} | {g.get('op_type', '—')} {f(g.get('rel'), 8)} |")
     s = res.get("saturation", {})
     md += ["", f"Saturation (tiny, batch {tiny_batches[-1]}): server {f(s.get('server_images_per_s'), 0)} img/s, raw ONNX Runtime "
            f"{f(s.get('raw_images_per_s'), 0)} img/s, ratio {f(s.get('server_over_raw'))}, mean batch {f(s.get('mean_batch'), 1)}."]

@@ -9,6 +9,7 @@ pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod decode;
+pub mod drift;
 pub mod engine;
 pub mod error;
 pub mod metrics;
