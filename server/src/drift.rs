@@ -208,16 +208,21 @@ pub struct TensorDiff {
     pub rel: f64,
 }
 
+impl TensorDiff {
+    /// Tensors of different sizes: nothing in them can be compared.
+    pub const SIZES_DIFFER: Self = Self {
+        max_abs: f64::INFINITY,
+        ref_max: 0.0,
+        rel: f64::INFINITY,
+    };
+}
+
 /// Compares one tensor of both runs; `None` for types not compared.
 pub fn diff(a: &Values, b: &Values) -> Option<TensorDiff> {
     match (a, b) {
         (Values::F32(a), Values::F32(b)) => {
             if a.len() != b.len() {
-                return Some(TensorDiff {
-                    max_abs: f64::INFINITY,
-                    ref_max: 0.0,
-                    rel: f64::INFINITY,
-                });
+                return Some(TensorDiff::SIZES_DIFFER);
             }
             let (mut max_abs, mut ref_max) = (0f64, 0f64);
             for (&x, &y) in a.iter().zip(b) {
@@ -249,11 +254,7 @@ pub fn diff(a: &Values, b: &Values) -> Option<TensorDiff> {
         }
         (Values::I64(a), Values::I64(b)) => {
             if a.len() != b.len() {
-                return Some(TensorDiff {
-                    max_abs: f64::INFINITY,
-                    ref_max: 0.0,
-                    rel: f64::INFINITY,
-                });
+                return Some(TensorDiff::SIZES_DIFFER);
             }
             let n = a.iter().zip(b).filter(|(x, y)| x != y).count();
             Some(TensorDiff {
