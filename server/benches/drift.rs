@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use codetr_serve::config::{Provider, RuntimeConfig};
 use codetr_serve::drift::{self, TensorDiff, Values};
-use codetr_serve::engine;
+use codetr_serve::{decode, engine};
 use ort::session::Session;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -44,10 +44,12 @@ fn runtime(config: Option<String>, provider: &str) -> anyhow::Result<RuntimeConf
     Ok(rt)
 }
 
-/// The batch: the images named by `spec` (comma-separated files, or directories whose
-/// .jpg/.png files count in name order), the first `count`, decoded and stretched to `[h, w]`
-/// as the server does.
-fn batch(spec: &str, count: usize, [h, w]: [u32; 2]) -> anyhow::Result<(Vec<u8>, Vec<i64>)> {
+/// The batch as the server builds it: the images named by `spec` (comma-separated files, or
+/// directories whose .jpg/.png files count in name order), the first `count`, through the
+/// server's own decode and resize to the graph's first input size (stretch, or letterbox with
+/// its valid sizes). Returns the pixels, the original sizes and the valid sizes (`[N, 2]`
+/// each; the graph takes the last only when it letterboxes).
+fn batch(spec: &str, count: usize, info: &engine::ModelInfo) -> anyhow::Result<Batch> {
     let mut files: Vec<PathBuf> = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(part);
@@ -67,21 +69,32 @@ fn batch(spec: &str, count: usize, [h, w]: [u32; 2]) -> anyhow::Result<(Vec<u8>,
     }
     files.truncate(count);
     anyhow::ensure!(!files.is_empty(), "{spec}: no .jpg/.png images");
+    let [h, w] = info.input_sizes[0];
     let mut resizer = fast_image_resize::Resizer::new();
-    let (mut pixels, mut orig) = (Vec::new(), Vec::new());
+    let mut b = Batch::default();
     for f in &files {
-        let d = codetr_model::preprocess::decode(&std::fs::read(f)?, u64::MAX)
+        let img = decode::decode(&std::fs::read(f)?, u64::MAX)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        pixels.extend(codetr_model::preprocess::resize_rgb(
-            &d.rgb,
-            [d.width, d.height],
-            None,
-            [w, h],
+        let (pixels, valid) = decode::resize(
+            &img,
+            w,
+            h,
+            info.meta.resize,
+            info.meta.letterbox_limits,
             &mut resizer,
-        )?);
-        orig.extend([i64::from(d.height), i64::from(d.width)]);
+        )?;
+        b.pixels.extend(pixels);
+        b.orig.extend([i64::from(img.height), i64::from(img.width)]);
+        b.valid.extend(valid.map(i64::from));
     }
-    Ok((pixels, orig))
+    Ok(b)
+}
+
+#[derive(Default)]
+struct Batch {
+    pixels: Vec<u8>,
+    orig: Vec<i64>,
+    valid: Vec<i64>,
 }
 
 /// The contract's outputs compared as the serving parity does: scores by rank (each image's
@@ -154,24 +167,24 @@ fn main() -> anyhow::Result<()> {
     let mut a = open(env, &model, &rt_a)?;
     let info = engine::inspect(&a, &model, &[])?;
     let hw = info.input_sizes[0];
-    let letterbox = info.meta.resize == codetr_model::Resize::Letterbox;
-    let input = batch(&images, count, hw)?;
+    let input = batch(&images, count, &info)?;
+    let valid = (info.meta.resize == codetr_model::Resize::Letterbox).then_some(&input.valid[..]);
     let contract: Vec<String> = graph_outputs.clone();
 
     // The graph as served.
-    let served_a = drift::run(&mut a, letterbox, &input.0, &input.1, hw, &contract)?;
+    let served_a = drift::run(&mut a, &input.pixels, &input.orig, valid, hw, &contract)?;
     drop(a);
     let mut b = open(env, &model, &rt_b)?;
-    let served_b = drift::run(&mut b, letterbox, &input.0, &input.1, hw, &contract)?;
+    let served_b = drift::run(&mut b, &input.pixels, &input.orig, valid, hw, &contract)?;
     drop(b);
 
     // Every node's output.
     let all: Vec<String> = contract.iter().chain(&names).cloned().collect();
     let mut ea = open(env, exposed.path(), &rt_a)?;
-    let out_a = drift::run(&mut ea, letterbox, &input.0, &input.1, hw, &all)?;
+    let out_a = drift::run(&mut ea, &input.pixels, &input.orig, valid, hw, &all)?;
     drop(ea);
     let mut eb = open(env, exposed.path(), &rt_b)?;
-    let out_b = drift::run(&mut eb, letterbox, &input.0, &input.1, hw, &all)?;
+    let out_b = drift::run(&mut eb, &input.pixels, &input.orig, valid, hw, &all)?;
     drop(eb);
 
     let mut diffs: HashMap<String, TensorDiff> = HashMap::new();
@@ -232,7 +245,7 @@ fn main() -> anyhow::Result<()> {
     let mut by_op: Vec<_> = by_op.into_iter().collect();
     by_op.sort_by(|x, y| y.1.2.total_cmp(&x.1.2));
     let report = serde_json::json!({
-        "model": model, "images": input.1.len() / 2, "input": hw,
+        "model": model, "images": input.orig.len() / 2, "input": hw,
         "a": {"provider": pa, "cuda_tf32": rt_a.cuda_tf32},
         "b": {"provider": pb, "cuda_tf32": rt_b.cuda_tf32, "cuda_conv_algo": rt_b.cuda_conv_algo,
               "cuda_prefer_nhwc": rt_b.cuda_prefer_nhwc},

@@ -271,14 +271,14 @@ pub fn diff(a: &Values, b: &Values) -> Option<TensorDiff> {
     }
 }
 
-/// Runs `session` on a batch (`pixels` `[N, h, w, 3]` RGB8, `orig` `[N, 2]` original sizes;
-/// a letterbox graph gets the whole input as each image's valid size) and returns the named
-/// outputs that the graph produced.
+/// Runs `session` on a batch (`pixels` `[N, h, w, 3]` RGB8, `orig` `[N, 2]` original sizes,
+/// `valid` `[N, 2]` the sizes each image covers for a letterbox graph, `None` for a stretch
+/// one) and returns the named outputs that the graph produced.
 pub fn run(
     session: &mut Session,
-    letterbox: bool,
     pixels: &[u8],
     orig: &[i64],
+    valid: Option<&[i64]>,
     [h, w]: [u32; 2],
     names: &[String],
 ) -> Result<HashMap<String, Values>> {
@@ -287,21 +287,18 @@ pub fn run(
     let images =
         Tensor::from_array(([n, h as usize, w as usize, 3], pixels.to_vec())).map_err(e)?;
     let sizes = Tensor::from_array(([n, 2], orig.to_vec())).map_err(e)?;
-    let out = if letterbox {
-        let valid: Vec<i64> = (0..n).flat_map(|_| [i64::from(h), i64::from(w)]).collect();
-        let valid = Tensor::from_array(([n, 2], valid)).map_err(e)?;
-        session
-            .run(ort::inputs![
+    let out = match valid {
+        Some(valid) => {
+            let valid = Tensor::from_array(([n, 2], valid.to_vec())).map_err(e)?;
+            session.run(ort::inputs![
                 INPUT_IMAGES => images,
                 INPUT_ORIG_SIZES => sizes,
                 INPUT_VALID_SIZES => valid,
             ])
-            .map_err(e)?
-    } else {
-        session
-            .run(ort::inputs![INPUT_IMAGES => images, INPUT_ORIG_SIZES => sizes])
-            .map_err(e)?
-    };
+        }
+        None => session.run(ort::inputs![INPUT_IMAGES => images, INPUT_ORIG_SIZES => sizes]),
+    }
+    .map_err(e)?;
     let mut got = HashMap::new();
     for name in names {
         let Some(v) = out.get(name.as_str()) else {

@@ -60,15 +60,16 @@ print("ok")
     let info = engine::inspect(&plain, &path, &[]).unwrap();
     let hw = info.input_sizes[0];
     let letterbox = info.meta.resize == codetr_model::Resize::Letterbox;
+    let valid = letterbox.then_some(&[240i64, 256, 200, 256][..]);
     let n = 2;
     let pixels: Vec<u8> = (0..n * hw[0] as usize * hw[1] as usize * 3)
         .map(|i| ((i * 31 + i / 7) % 253) as u8)
         .collect();
     let orig = [300, 500, 240, 320];
-    let a = drift::run(&mut plain, letterbox, &pixels, &orig, hw, &outputs).unwrap();
+    let a = drift::run(&mut plain, &pixels, &orig, valid, hw, &outputs).unwrap();
     let (mut exposed, _, _) = engine::open(env, &edited, &cfg, &[2], None).unwrap();
     let all: Vec<String> = outputs.iter().chain(&names).cloned().collect();
-    let b = drift::run(&mut exposed, letterbox, &pixels, &orig, hw, &all).unwrap();
+    let b = drift::run(&mut exposed, &pixels, &orig, valid, hw, &all).unwrap();
     let missing: Vec<&String> = all.iter().filter(|x| !b.contains_key(*x)).collect();
     assert!(missing.is_empty(), "outputs not returned: {missing:?}");
     for name in &outputs {
@@ -81,7 +82,7 @@ print("ok")
     assert!(b.values().any(|v| matches!(v, Values::I64(_))));
     // The same inputs through the same provider: every node agrees, and nothing gains.
     let mut again = engine::open(env, &edited, &cfg, &[2], None).unwrap().0;
-    let c = drift::run(&mut again, letterbox, &pixels, &orig, hw, &all).unwrap();
+    let c = drift::run(&mut again, &pixels, &orig, valid, hw, &all).unwrap();
     let diffs = all
         .iter()
         .filter_map(|x| Some((x.clone(), drift::diff(&b[x], &c[x])?)))
