@@ -7,13 +7,15 @@ Standard library only (it runs on the GPU machine's bare Python too).
 
   gpu_parity.py detect --url http://127.0.0.1:18200 --data DIR/val --out run.json [--clients 8]
   gpu_parity.py compare A.json B.json [--top 20]
+  gpu_parity.py worst PARITY.json --data DIR/val [--count 2]
 
 `detect` asks for every detection (score_threshold 0, the graph's top-k) so that AP is the
 graph's, then writes {"results": [COCO detections], "per_image": {id: [[score, cls, x1, y1,
 x2, y2], ...]}}. `compare` prints JSON: the largest score difference by rank over all images (and over the top
 ranks), how it spreads over images (how many exceed 1e-4, 1e-3, 1e-2; the median image; the
 five worst with the rank where it happens), and how many of each image's top detections in A
-have a same-class box in B with IoU ≥ 0.99.
+have a same-class box in B with IoU ≥ 0.99. `worst` prints the image files of the worst images
+of a `compare` report, comma-separated (what the `drift` bench takes as --images).
 """
 
 import argparse
@@ -97,6 +99,12 @@ def compare(args: argparse.Namespace) -> None:
                       "max_box_diff_px_same_rank_same_class": worst_box}))
 
 
+def worst(args: argparse.Namespace) -> None:
+    ids = [w["image_id"] for w in json.load(open(args.parity))["worst_images"][: args.count]]
+    names = {str(i["id"]): i["file_name"] for i in json.load(open(f"{args.data}/instances.json"))["images"]}
+    print(",".join(f"{args.data}/images/{names[i]}" for i in ids if i in names))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -109,8 +117,12 @@ def main() -> None:
     c.add_argument("a")
     c.add_argument("b")
     c.add_argument("--top", type=int, default=20)
+    w = sub.add_parser("worst")
+    w.add_argument("parity", help="a `compare` report")
+    w.add_argument("--data", required=True, help="the COCO split it was run on")
+    w.add_argument("--count", type=int, default=2)
     args = p.parse_args()
-    detect(args) if args.cmd == "detect" else compare(args)
+    {"detect": detect, "compare": compare, "worst": worst}[args.cmd](args)
 
 
 if __name__ == "__main__":

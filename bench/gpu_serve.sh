@@ -10,7 +10,8 @@
 #   - CPU↔CUDA parity and COCO AP through the server, TF32 off and on, fp16 vs fp32, beside
 #     the floor (the gather lowering against grid-sample, both on the CPU);
 #   - where CPU and CUDA part: every node's output compared (the `drift` bench), on the
-#     worst images of that comparison and on 8 others, TF32 off and on;
+#     worst images of that comparison and on 8 others, TF32 off and on; and where the fp16
+#     graph parts from the fp32 graph, on the CPU and on CUDA;
 #   - codetr-serve ÷ raw ONNX Runtime at saturation (tiny, batch 32);
 #   - I/O binding over pinned buffers (the default) vs plain `Session::run`, raw and served;
 #   - batch sizes that cannot run (above the graph's 32-bit bound; out of a memory cap): the
@@ -152,7 +153,10 @@ parity_run gpu-tf32 "$SHIPPED" "$PROVIDER" --cuda-tf32 true
 # drift left with --cuda-tf32 false).
 PARITY_ENV=NVIDIA_TF32_OVERRIDE=0 parity_run gpu-no-tf32-env "$SHIPPED" "$PROVIDER" --cuda-tf32 false
 [ -f "$SHIPPED16" ] && parity_run gpu-fp16 "$SHIPPED16" "$PROVIDER"
-for b in cpu-gather gpu gpu-tf32 gpu-no-tf32-env gpu-fp16; do
+# The fp16 graph on the CPU: how far fp16 compute alone moves the scores (the floor under
+# gpu-fp16's figure, measured without a GPU in bench/results/fp16_drift_cpu.json).
+[ -f "$SHIPPED16" ] && parity_run cpu-fp16 "$SHIPPED16" cpu
+for b in cpu-gather gpu gpu-tf32 gpu-no-tf32-env gpu-fp16 cpu-fp16; do
   [ -f "$WORK/det-$b.json" ] && python3 bench/gpu_parity.py compare "$WORK/det-cpu.json" "$WORK/det-$b.json" > "$WORK/parity-$b.json" 2>>"$LOG"
 done
 # Into the log as well: it comes back even if a later step runs out of time.
@@ -163,19 +167,19 @@ step "where CPU and $PROVIDER part: every node's output compared (drift), TF32 o
 # any two fp32 computations: Burn and ONNX Runtime on the CPU part by 1.15e-2 on one val
 # image, parity_floor.json) and on the first 8 val images: whether the selection's top-k
 # indices differ, and which nodes add drift before it.
-worst=$(python3 - "$WORK/parity-gpu.json" "$WORK/synth/val" <<'PY' 2>>"$LOG"
-import json, sys
-ids = [w["image_id"] for w in json.load(open(sys.argv[1]))["worst_images"][:2]]
-names = {str(i["id"]): i["file_name"] for i in json.load(open(sys.argv[2] + "/instances.json"))["images"]}
-print(",".join(f"{sys.argv[2]}/images/{names[i]}" for i in ids if i in names))
-PY
-)
+worst=$(python3 bench/gpu_parity.py worst "$WORK/parity-gpu.json" --data "$WORK/synth/val" --count 2 2>>"$LOG")
 drift_run() { # name images count [flags...]
   bounded 100 drift --model "$SHIPPED" --images "$2" --count "$3" --a cpu --b "$PROVIDER" "${@:4}" --json "$WORK/drift-$1.json"
 }
 [ -n "$worst" ] && drift_run worst "$worst" 2 --b-tf32 false
 drift_run first8 "$WORK/synth/val/images" 8 --b-tf32 false
 drift_run first8-tf32 "$WORK/synth/val/images" 8 --b-tf32 true
+# fp16: the fp16 graph against the fp32 graph, tensor by tensor (the rewrite keeps names), on
+# the CPU (what fp16 itself costs) and on the provider (what the provider's fp16 kernels add).
+if [ -f "$SHIPPED16" ]; then
+  drift_run fp16-cpu "$WORK/synth/val/images" 8 --model-b "$SHIPPED16" --b cpu
+  drift_run fp16 "$WORK/synth/val/images" 8 --model-b "$SHIPPED16" --b-tf32 false
+fi
 
 step "saturation: codetr-serve (tiny, batch ${TINY_BATCHES##*,}) vs raw ONNX Runtime at the same batch"
 BMAX=${TINY_BATCHES##*,}

@@ -79,11 +79,11 @@ def main() -> None:
 
     # parity + AP
     par = {}
-    for name in ["cpu", "cpu-gather", "gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16"]:
+    for name in ["cpu", "cpu-gather", "gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16", "cpu-fp16"]:
         ap = load(w(f"ap-{name}.json"))
         p = load(w(f"parity-{name}.json"))
         par[name] = {"AP": ap.get("AP") if ap else None, "AP50": ap.get("AP50") if ap else None, "vs_cpu": p}
-    for name in ["cpu-gather", "gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16"]:
+    for name in ["cpu-gather", "gpu", "gpu-tf32", "gpu-no-tf32-env", "gpu-fp16", "cpu-fp16"]:
         if par[name]["AP"] is not None and par["cpu"]["AP"] is not None:
             par[name]["delta_AP_vs_cpu"] = par[name]["AP"] - par["cpu"]["AP"]
     if par["gpu-fp16"]["AP"] is not None and par["gpu"]["AP"] is not None:
@@ -95,7 +95,7 @@ def main() -> None:
     for f in sorted(os.listdir(work)):
         if f.startswith("drift-") and f.endswith(".json"):
             d = load(w(f)) or {}
-            drift[f[len("drift-"):-len(".json")]] = {k: d.get(k) for k in ("images", "b", "served_graph", "exposed_graph", "topk", "first_node_over")} | {
+            drift[f[len("drift-"):-len(".json")]] = {k: d.get(k) for k in ("images", "b", "model_b", "served_graph", "exposed_graph", "topk", "first_node_over")} | {
                 "top_gain": [{k: n.get(k) for k in ("name", "op_type", "rel", "input_rel", "gain")} for n in (d.get("top_gain") or [])[:8]],
                 "by_op": (d.get("by_op") or [])[:8]}
     res["drift"] = drift

@@ -1,13 +1,16 @@
 //! Where two providers part on one graph (issue 21: CPU↔CUDA scores drifted by 1.15e-2 with
 //! TF32 off, while two CPU lowerings of the same model agree to 3.5e-6,
-//! bench/results/parity_floor.json): runs the same real images through provider A (the
-//! reference) and provider B with the server's session setup ([`engine::open`]), first the
-//! graph as served, then with every node's output exposed ([`codetr_serve::drift`]), and
-//! reports which nodes add the drift.
+//! bench/results/parity_floor.json), or two graphs of one model (`--model-b`: the `--fp16`
+//! rewrite against the fp32 graph, on one provider or two): runs the same real images through
+//! provider A (the reference) and provider B with the server's session setup
+//! ([`engine::open`]), first the graphs as served, then with every node's output exposed
+//! ([`codetr_serve::drift`]), and reports which nodes add the drift. Tensors are matched by
+//! name; the attribution follows graph A's nodes.
 //!
-//! `cargo bench -p codetr-serve --bench drift -- --model M.onnx --images FILE|DIR[,...] [--count 8]
-//!  [--a cpu] [--b cuda] [--config-a serve.toml] [--config-b serve.toml]
-//!  [--b-tf32 true|false] [--ops Conv,GridSample] [--top 15] [--json out.json]`.
+//! `cargo bench -p codetr-serve --bench drift -- --model M.onnx [--model-b M16.onnx]
+//!  --images FILE|DIR[,...] [--count 8] [--a cpu] [--b cuda] [--config-a serve.toml]
+//!  [--config-b serve.toml] [--b-tf32 true|false] [--ops Conv,GridSample] [--top 15]
+//!  [--json out.json]`.
 //! Needs ORT_DYLIB_PATH (and a `--features gpu` build for a GPU provider).
 //!
 //! Exposing every output keeps ONNX Runtime from fusing across them, so the exposed graph's
@@ -163,6 +166,33 @@ fn main() -> anyhow::Result<()> {
     let exposed = tempfile::Builder::new().suffix(".onnx").tempfile()?;
     std::fs::write(exposed.path(), drift::with_outputs(&bytes, &names)?)?;
     drop(bytes);
+    // Graph B: the same graph, or another export of the model whose tensors keep their names
+    // (the fp16 rewrite adds Casts under new names); only the names both produce are compared.
+    let model_b = arg(&args, "--model-b").map_or_else(|| model.clone(), PathBuf::from);
+    let exposed_b = if model_b == model {
+        None
+    } else {
+        let bytes_b = std::fs::read(&model_b)?;
+        let (nodes_b, outputs_b) = drift::read_graph(&bytes_b)?;
+        anyhow::ensure!(
+            outputs_b == graph_outputs,
+            "{} has outputs {outputs_b:?}, {} has {graph_outputs:?}: not two exports of one contract",
+            model_b.display(),
+            model.display()
+        );
+        let made: std::collections::HashSet<&String> =
+            nodes_b.iter().flat_map(|n| n.outputs.iter()).collect();
+        let shared: Vec<String> = names.iter().filter(|n| made.contains(n)).cloned().collect();
+        eprintln!(
+            "drift: {} of graph A's {} node outputs are also made by graph B",
+            shared.len(),
+            names.len()
+        );
+        let f = tempfile::Builder::new().suffix(".onnx").tempfile()?;
+        std::fs::write(f.path(), drift::with_outputs(&bytes_b, &shared)?)?;
+        Some(f)
+    };
+    let exposed_b_path = exposed_b.as_ref().map_or(exposed.path(), |f| f.path());
 
     let mut a = open(env, &model, &rt_a)?;
     let info = engine::inspect(&a, &model, &[])?;
@@ -174,7 +204,7 @@ fn main() -> anyhow::Result<()> {
     // The graph as served.
     let served_a = drift::run(&mut a, &input.pixels, &input.orig, valid, hw, &contract)?;
     drop(a);
-    let mut b = open(env, &model, &rt_b)?;
+    let mut b = open(env, &model_b, &rt_b)?;
     let served_b = drift::run(&mut b, &input.pixels, &input.orig, valid, hw, &contract)?;
     drop(b);
 
@@ -183,7 +213,7 @@ fn main() -> anyhow::Result<()> {
     let mut ea = open(env, exposed.path(), &rt_a)?;
     let out_a = drift::run(&mut ea, &input.pixels, &input.orig, valid, hw, &all)?;
     drop(ea);
-    let mut eb = open(env, exposed.path(), &rt_b)?;
+    let mut eb = open(env, exposed_b_path, &rt_b)?;
     let out_b = drift::run(&mut eb, &input.pixels, &input.orig, valid, hw, &all)?;
     drop(eb);
 
@@ -245,7 +275,7 @@ fn main() -> anyhow::Result<()> {
     let mut by_op: Vec<_> = by_op.into_iter().collect();
     by_op.sort_by(|x, y| y.1.2.total_cmp(&x.1.2));
     let report = serde_json::json!({
-        "model": model, "images": input.orig.len() / 2, "input": hw,
+        "model": model, "model_b": model_b, "images": input.orig.len() / 2, "input": hw,
         "a": {"provider": pa, "cuda_tf32": rt_a.cuda_tf32},
         "b": {"provider": pb, "cuda_tf32": rt_b.cuda_tf32, "cuda_conv_algo": rt_b.cuda_conv_algo,
               "cuda_prefer_nhwc": rt_b.cuda_prefer_nhwc},
@@ -259,8 +289,15 @@ fn main() -> anyhow::Result<()> {
         "nodes": per_node,
     });
     eprintln!(
-        "drift {pa} → {pb}: served {}, exposed {}; first node over 1e-5: {}",
-        report["served_graph"], report["exposed_graph"], report["first_node_over"]["1e-5"]
+        "drift {pa} → {pb}{}: served {}, exposed {}; first node over 1e-5: {}",
+        if model_b == model {
+            String::new()
+        } else {
+            format!(" ({})", model_b.display())
+        },
+        report["served_graph"],
+        report["exposed_graph"],
+        report["first_node_over"]["1e-5"]
     );
     for n in ranked.iter().take(top) {
         eprintln!(

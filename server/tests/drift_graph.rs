@@ -91,3 +91,90 @@ print("ok")
     assert!(per_node.len() > 100);
     assert!(per_node.iter().all(|n| n.rel == 0.0 && n.gain == 0.0));
 }
+
+/// An fp16 graph's tensors are read as their values (f16 → f32), and two graphs that name
+/// their tensors alike compare tensor by tensor: the same small computation written by the
+/// `onnx` package once in fp32 and once in fp16 (as the exporter's `--fp16` rewrite does:
+/// same names, fp16 in between, fp32 at the outputs) differs by fp16 rounding, no more.
+#[test]
+fn fp16_tensors_are_read_and_compared_with_the_fp32_graph_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = r#"
+import sys, onnx
+from onnx import TensorProto as T, helper as h
+def graph(ft, path):
+    nodes = [
+        h.make_node("Cast", ["images"], ["x"], to=ft, name="to_float"),
+        h.make_node("Mul", ["x", "k"], ["scaled"], name="scale"),
+        h.make_node("ReduceMean", ["scaled"], ["mean"], keepdims=0, axes=[1, 2], name="mean"),
+        h.make_node("Cast", ["mean"], ["scores"], to=T.FLOAT, name="to_fp32"),
+        h.make_node("Cast", ["orig_sizes"], ["labels"], to=T.INT64, name="labels"),
+    ]
+    g = h.make_graph(nodes, "g",
+        [h.make_tensor_value_info("images", T.UINT8, ["N", 4, 4, 3]),
+         h.make_tensor_value_info("orig_sizes", T.INT64, ["N", 2])],
+        [h.make_tensor_value_info("scores", T.FLOAT, ["N", 3]),
+         h.make_tensor_value_info("labels", T.INT64, ["N", 2])],
+        [h.make_tensor("k", ft, [], [0.1])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    onnx.save(m, path)
+graph(T.FLOAT, sys.argv[1] + "/fp32.onnx")
+graph(T.FLOAT16, sys.argv[1] + "/fp16.onnx")
+"#;
+    run_python(&["-c".as_ref(), make.as_ref(), dir.path().as_os_str()]);
+    let env = engine::environment(Some(&ort_library())).unwrap();
+    let cfg = RuntimeConfig {
+        intra_threads: 1,
+        ..RuntimeConfig::default()
+    };
+    let pixels: Vec<u8> = (0..2 * 4 * 4 * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let orig = [4, 4, 4, 4];
+    let mut out = Vec::new();
+    for name in ["fp32.onnx", "fp16.onnx"] {
+        let path = dir.path().join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        let (nodes, outputs) = drift::read_graph(&bytes).unwrap();
+        let names = drift::exposable(&nodes, &outputs, &[]);
+        assert_eq!(names, ["x", "scaled", "mean"]);
+        let edited = dir.path().join(format!("exposed-{name}"));
+        std::fs::write(&edited, drift::with_outputs(&bytes, &names).unwrap()).unwrap();
+        let mut s = engine::open(env, &edited, &cfg, &[2], None).unwrap().0;
+        let all: Vec<String> = outputs.iter().chain(&names).cloned().collect();
+        out.push((
+            nodes,
+            drift::run(&mut s, &pixels, &orig, None, [4, 4], &all).unwrap(),
+        ));
+    }
+    let (nodes, a) = &out[0];
+    let b = &out[1].1;
+    // The fp16 run's `scaled` is read: its values, not "Other".
+    let Values::F32(scaled16) = &b["scaled"] else {
+        panic!("fp16 tensor not read: {:?}", b["scaled"]);
+    };
+    // the largest pixel × 0.1, to within fp16 rounding (spacing ≤ 2^-5 below 32)
+    let (at, &p) = pixels.iter().enumerate().max_by_key(|(_, p)| **p).unwrap();
+    let want = f32::from(p) * 0.1;
+    assert!(
+        (scaled16[at] - want).abs() < 0.05,
+        "{} vs {want}",
+        scaled16[at]
+    );
+    let diffs: std::collections::HashMap<String, drift::TensorDiff> = ["x", "scaled", "mean"]
+        .iter()
+        .map(|&n| (n.to_string(), drift::diff(&a[n], &b[n]).unwrap()))
+        .collect();
+    // Integer pixels are exact in fp16 (< 2048); scaling by 0.1 (itself rounded) is not.
+    assert_eq!(diffs["x"].rel, 0.0);
+    assert!(
+        diffs["scaled"].rel > 1e-5 && diffs["scaled"].rel < 2e-3,
+        "{:?}",
+        diffs["scaled"]
+    );
+    let per_node = drift::attribute(nodes, &diffs);
+    let scale = per_node.iter().find(|n| n.name == "scale").unwrap();
+    assert!(scale.gain > 100.0, "the Mul adds the fp16 error: {scale:?}");
+    let cast = per_node.iter().find(|n| n.name == "to_float").unwrap();
+    assert_eq!(cast.rel, 0.0);
+}
