@@ -3,8 +3,9 @@
 parity): runs the fp32 graph, the `--fp16` graph as exported, and the fp16 graph handed the
 fp32 graph's selected proposals (the two-stage top-k's indices become a graph input; the
 fp16 graph computes everything else itself), on the same images in ONNX Runtime CPU, and
-prints JSON: each run against the fp32 graph by the serving parity's measures (largest score
-difference by rank per image, labels by rank, boxes of equal rank and class).
+prints JSON: each run against the fp32 graph by the serving parity's measures
+(`gpu_parity.compare_runs`: score differences by rank and their spread over images, top-20
+boxes matched at IoU ≥ 0.99).
 
   fp16_same_selection.py --fp32 grid.onnx --fp16 fp16.onnx --images DIR [--count 300]
     [--batch 8] [--topk query_selection_topk]
@@ -21,6 +22,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from PIL import Image
+
+from gpu_parity import compare_runs
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -41,24 +44,15 @@ def selection_as_input(model: onnx.ModelProto, topk: str) -> tuple[onnx.ModelPro
     return model, indices
 
 
-def by_rank(a: dict, b: dict) -> dict:
-    """The serving parity's measures over images (scores sorted per image)."""
-    worst_score, worst_box, labels, total = 0.0, 0.0, 0, 0
-    per_image = []
-    for i in range(a["scores"].shape[0]):
-        oa, ob = np.argsort(-a["scores"][i], kind="stable"), np.argsort(-b["scores"][i], kind="stable")
-        sa, sb = a["scores"][i][oa], b["scores"][i][ob]
-        d = float(np.abs(sa - sb).max())
-        per_image.append(d)
-        worst_score = max(worst_score, d)
-        la, lb = a["labels"][i][oa], b["labels"][i][ob]
-        labels += int((la != lb).sum())
-        total += la.size
-        same = la == lb
-        if same.any():
-            worst_box = max(worst_box, float(np.abs(a["boxes"][i][oa][same] - b["boxes"][i][ob][same]).max()))
-    return {"max_score_diff_by_rank": worst_score, "median_image_max": float(np.median(per_image)),
-            "labels_differing_by_rank": labels, "slots": total, "max_box_diff_px_same_rank_same_label": worst_box}
+def per_image(run: dict) -> dict:
+    """A run's outputs as `gpu_parity.py`'s `per_image` map (image index → detections by
+    descending score), so that its `compare_runs` measures them as it measures served runs."""
+    out = {}
+    for i in range(run["scores"].shape[0]):
+        order = np.argsort(-run["scores"][i], kind="stable")
+        out[str(i)] = [[float(run["scores"][i][k]), int(run["labels"][i][k]), *map(float, run["boxes"][i][k])]
+                       for k in order]
+    return out
 
 
 def main() -> None:
@@ -108,8 +102,8 @@ def main() -> None:
     print(json.dumps({
         "images": n, "input": [h, w],
         "selection_slots_differing": int((own_selection != selection).sum()), "selection_slots": int(selection.size),
-        "fp16_vs_fp32": by_rank(ref, fp16),
-        "fp16_given_fp32_selection_vs_fp32": by_rank(ref, given),
+        "fp16_vs_fp32": compare_runs(per_image(ref), per_image(fp16)),
+        "fp16_given_fp32_selection_vs_fp32": compare_runs(per_image(ref), per_image(given)),
     }, indent=2))
 
 

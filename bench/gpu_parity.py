@@ -63,8 +63,12 @@ def iou(a, b) -> float:
 
 
 def compare(args: argparse.Namespace) -> None:
-    a = json.load(open(args.a))["per_image"]
-    b = json.load(open(args.b))["per_image"]
+    print(json.dumps(compare_runs(json.load(open(args.a))["per_image"], json.load(open(args.b))["per_image"], args.top)))
+
+
+def compare_runs(a: dict, b: dict, top: int = 20) -> dict:
+    """`compare`'s report for two runs' `per_image` maps (image id → [[score, class, x1, y1, x2,
+    y2], ...], by descending score)."""
     worst, worst_top, worst_box, matched, total = 0.0, 0.0, 0.0, 0, 0
     per_image = []  # (largest score difference by rank, that rank, image id)
     for k, ra in a.items():
@@ -74,16 +78,16 @@ def compare(args: argparse.Namespace) -> None:
             d = abs(x[0] - y[0])
             if d > img:
                 img, img_rank = d, r
-            if r < args.top:
+            if r < top:
                 worst_top = max(worst_top, d)
         worst = max(worst, img)
         per_image.append((img, img_rank, k))
-        for x in ra[: args.top]:
+        for x in ra[:top]:
             total += 1
-            best = max((iou(x[2:], y[2:]) for y in rb[: args.top * 2] if y[1] == x[1]), default=0.0)
+            best = max((iou(x[2:], y[2:]) for y in rb[: top * 2] if y[1] == x[1]), default=0.0)
             if best >= 0.99:
                 matched += 1
-        for x, y in zip(ra[: args.top], rb[: args.top]):
+        for x, y in zip(ra[:top], rb[:top]):
             if x[1] == y[1]:
                 worst_box = max(worst_box, max(abs(p - q) for p, q in zip(x[2:], y[2:])))
     per_image.sort(reverse=True)
@@ -91,12 +95,11 @@ def compare(args: argparse.Namespace) -> None:
     # How the difference spreads over images: one near-tied image or all of them.
     spread = {f"images_over_{t:g}": sum(d > t for d in diffs) for t in (1e-4, 1e-3, 1e-2)}
     spread["median_image_max"] = diffs[len(diffs) // 2] if diffs else 0.0
-    print(json.dumps({"images": len(a), "max_score_diff_by_rank": worst,
-                      f"max_score_diff_by_rank_top{args.top}": worst_top, **spread,
-                      "worst_images": [{"image_id": k, "max_score_diff": d, "rank": r}
-                                       for d, r, k in per_image[:5]],
-                      f"top{args.top}_matched_iou99": matched, f"top{args.top}_total": total,
-                      "max_box_diff_px_same_rank_same_class": worst_box}))
+    return {"images": len(a), "max_score_diff_by_rank": worst,
+            f"max_score_diff_by_rank_top{top}": worst_top, **spread,
+            "worst_images": [{"image_id": k, "max_score_diff": d, "rank": r} for d, r, k in per_image[:5]],
+            f"top{top}_matched_iou99": matched, f"top{top}_total": total,
+            "max_box_diff_px_same_rank_same_class": worst_box}
 
 
 def worst(args: argparse.Namespace) -> None:
