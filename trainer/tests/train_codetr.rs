@@ -461,3 +461,75 @@ fn a_k2_step_on_the_wgpu_device_equals_the_flex_step() {
         assert!(r <= 1e-3, "{what}: {r}");
     }
 }
+
+/// Every float parameter's values, in module order.
+fn all_weights<M: burn::module::Module>(m: &M) -> Vec<Vec<f32>> {
+    struct V(Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor for V {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            let t = param.val().to_device(&Device::flex());
+            self.0
+                .push(t.into_data().try_to_vec::<f32>().expect("f32 weights"));
+        }
+    }
+    let mut v = V(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+/// A run's starting weights follow its seed alone: whatever drew from the generator before,
+/// and the detector's part is what `codetr-train init` writes for that seed.
+#[test]
+fn a_runs_initial_weights_follow_its_seed_and_match_codetr_train_init() {
+    use codetr_core::model::init::seeded_on_host;
+    let cfg = small_k2_config("");
+    let det = cfg.detector().unwrap();
+    let dev = Device::flex().autodiff();
+    let a = CoDetr::seeded(&det, cfg.co.k, &cfg.co, 5, &dev).unwrap();
+    dev.seed(99);
+    let _ = burn::tensor::Tensor::<1>::random([1000], burn::tensor::Distribution::Default, &dev);
+    let b = CoDetr::seeded(&det, cfg.co.k, &cfg.co, 5, &dev).unwrap();
+    let c = CoDetr::seeded(&det, cfg.co.k, &cfg.co, 6, &dev).unwrap();
+    let (wa, wb, wc) = (all_weights(&a), all_weights(&b), all_weights(&c));
+    assert!(wa.len() > 100, "{} parameters", wa.len());
+    assert_eq!(wa, wb);
+    // another seed: every randomly drawn tensor differs (constants such as zero biases or
+    // unit norm scales do not)
+    let drawn: Vec<_> = wa
+        .iter()
+        .zip(&wc)
+        .filter(|(x, _)| x.iter().any(|v| *v != x[0]))
+        .collect();
+    assert!(drawn.len() > 50, "{} drawn tensors", drawn.len());
+    // Only the MSDA sampling-offset biases, a fixed grid (one per attention layer), stay.
+    let same = drawn.iter().filter(|(x, y)| x == y).count();
+    let grids = det.transformer.encoder_layers + det.transformer.decoder_layers;
+    assert_eq!(same, grids, "of {} non-constant tensors", drawn.len());
+    let init = seeded_on_host(5, &Device::flex(), |d| det.init(d)).unwrap();
+    assert_eq!(all_weights(&a.detector), all_weights(&init));
+}
+
+/// The same seed gives bit-identical starting weights on the wgpu device and on Flex (before,
+/// each device drew from its own generator).
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+#[test]
+fn a_seed_gives_the_same_initial_weights_on_the_wgpu_device_as_on_flex() {
+    let Some(gpu) = codetr_core::device::software_gpu().unwrap() else {
+        return;
+    };
+    let cfg = small_k2_config("");
+    let det = cfg.detector().unwrap();
+    let gpu = gpu.autodiff();
+    let flex = CoDetr::seeded(&det, cfg.co.k, &cfg.co, 3, &Device::flex().autodiff()).unwrap();
+    let on_gpu = CoDetr::seeded(&det, cfg.co.k, &cfg.co, 3, &gpu).unwrap();
+    assert_eq!(
+        on_gpu.detector.level_embed.val().device(),
+        gpu,
+        "the model lives on the GPU"
+    );
+    assert!(on_gpu.detector.level_embed.val().is_require_grad());
+    assert_eq!(all_weights(&flex), all_weights(&on_gpu));
+}

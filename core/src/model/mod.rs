@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod detector;
 pub mod drop_path;
 pub mod encoder;
+pub mod init;
 pub mod msda;
 pub mod msda_chunked;
 #[cfg(any(feature = "cuda", feature = "vulkan", feature = "wgpu"))]

@@ -19,6 +19,7 @@ use crate::loss::criterion::{Terms, assigned_loss, matched_loss};
 use crate::loss::matcher::MatchCosts;
 use crate::train::denoising::{self, DnQueries, attention_mask};
 use codetr_core::model::detector::{DetectorOutput, pixels_to_tensor};
+use codetr_core::model::init::{materialize, seeded_on_host};
 use codetr_core::model::padding::Padding;
 use codetr_core::model::{Detector, DetectorConfig};
 use codetr_data::loader::{Batch, Target};
@@ -134,10 +135,24 @@ impl CoDetr {
         co: &super::config::CoConfig,
         device: &Device,
     ) -> Result<Self> {
+        // Drawn in checkpoint order, the detector first: on a seeded device the detector's
+        // weights are those `codetr-train init` writes for the same seed.
         Ok(Self {
-            detector: cfg.init(device)?,
-            heads: TrainHeads::new(cfg, k, co, device)?,
+            detector: materialize(cfg.init(device)?),
+            heads: materialize(TrainHeads::new(cfg, k, co, device)?),
         })
+    }
+
+    /// The fresh model of a run: drawn on the host from `seed`, then moved to `device`, so a
+    /// seed gives the same starting weights on every device (see `codetr_core::model::init`).
+    pub fn seeded(
+        cfg: &DetectorConfig,
+        k: usize,
+        co: &super::config::CoConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        seeded_on_host(seed, device, |host| Self::new(cfg, k, co, host))
     }
 
     /// Content `[B, pad, d]` and references `[B, pad, 4]` of the dn queries.

@@ -23,6 +23,7 @@ use super::optim::{adamw, clip_factor, global_grad_norm, scale_grads, split_grad
 use crate::error::{Error, Result};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use codetr_core::model::detector::pixels_to_tensor;
+use codetr_core::model::init::seeded_on_host;
 use codetr_core::model::{Detector, checkpoint};
 use codetr_data::coco::{CocoDataset, CocoFile, LoadOptions};
 use codetr_data::eval::{Detection, EvalSummary, coco_detections, evaluate};
@@ -160,15 +161,16 @@ fn load_train(path: &Path, device: &Device) -> Result<Loaded> {
 
 /// The model of a warm-started run (`[run] init`): the detector from `path`, which must have
 /// been made for `det` and `class_names`; the training heads from it as well when it is a step
-/// checkpoint of a run with the same heads, else freshly initialised (inference checkpoints
-/// hold no heads: the aux heads and the dn label embedding are dropped from them).
+/// checkpoint of a run with the same heads, else freshly drawn from the run's seed (inference
+/// checkpoints hold no heads: the aux heads and the dn label embedding are dropped from them).
 fn warm_start(
     path: &Path,
     det: &codetr_core::model::DetectorConfig,
     class_names: &[String],
-    co: &super::config::CoConfig,
+    cfg: &FitConfig,
     device: &Device,
 ) -> Result<CoDetr> {
+    let co = &cfg.co;
     let detector = checkpoint::load_expecting(path, det, device)?;
     let (header, sections) = checkpoint::read(path)?;
     if header.class_names != class_names {
@@ -180,7 +182,9 @@ fn warm_start(
             ),
         ));
     }
-    let fresh = TrainHeads::new(det, co.k, co, device)?;
+    let fresh = seeded_on_host(cfg.run.seed, device, |host| {
+        TrainHeads::new(det, co.k, co, host)
+    })?;
     let heads = match sections.into_iter().find(|(n, _)| n == "train_heads") {
         None => {
             tracing::info!(path = %path.display(), step = header.step,
@@ -529,10 +533,12 @@ fn start(
         let train = CocoDataset::load_split(&cfg.data.train, LoadOptions::default())?;
         let mut det = cfg.detector()?;
         det.num_classes = train.num_classes();
+        // Whatever else draws from the device's generator during training follows the seed
+        // too; the initial weights are drawn on the host (`CoDetr::seeded`).
         device.seed(cfg.run.seed);
         let model = match &cfg.run.init {
-            None => CoDetr::new(&det, cfg.co.k, &cfg.co, device)?,
-            Some(p) => warm_start(p, &det, &train.class_names(), &cfg.co, device)?,
+            None => CoDetr::seeded(&det, cfg.co.k, &cfg.co, cfg.run.seed, device)?,
+            Some(p) => warm_start(p, &det, &train.class_names(), &cfg, device)?,
         };
         let state = TrainState {
             step: 0,

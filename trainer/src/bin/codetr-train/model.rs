@@ -164,7 +164,8 @@ pub struct InitArgs {
     /// Output checkpoint path.
     #[arg(long)]
     pub out: PathBuf,
-    /// Seed of the weight initialisation.
+    /// Seed of the weight initialisation. The weights are drawn on the CPU, so `fit` with the
+    /// same model and `[run] seed` starts from these detector weights on any device.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Take class names (and their number) from this COCO instances.json.
@@ -196,8 +197,8 @@ impl InitArgs {
         };
         cfg.num_classes = names.len();
         let device = burn::tensor::Device::flex();
-        device.seed(seed);
-        let mut m = cfg.init(&device)?;
+        // The weights `fit` starts from with the same seed, on any device.
+        let mut m = codetr_core::model::init::seeded_on_host(seed, &device, |d| cfg.init(d))?;
         if let Some(w) = backbone_weights {
             let (backbone, report) = m.backbone.load_torchvision(&w)?;
             m.backbone = backbone;
