@@ -204,10 +204,10 @@ fn open_session(onnx: &Path, ort_lib: &Path) -> Result<ort::session::Session> {
 }
 
 /// One model's detections on a batch: `[n·K]` scores and labels, `[n·K·4]` boxes.
-struct Dets {
-    scores: Vec<f32>,
-    labels: Vec<i64>,
-    boxes: Vec<f32>,
+pub struct Dets {
+    pub scores: Vec<f32>,
+    pub labels: Vec<i64>,
+    pub boxes: Vec<f32>,
 }
 
 /// Burn on a batch: its detections, and its query selection: `[n·K]` token indices in
@@ -615,11 +615,11 @@ fn min_consecutive_gap(scores: &[f32], k: usize) -> f32 {
 
 /// Differences between two top-k outputs of the same images.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct RankedDiff {
-    max_score_diff: f32,
+pub struct RankedDiff {
+    pub max_score_diff: f32,
     /// Box difference ÷ `side`.
-    max_box_diff: f32,
-    labels_identical: bool,
+    pub max_box_diff: f32,
+    pub labels_identical: bool,
 }
 
 impl RankedDiff {
@@ -636,7 +636,7 @@ impl RankedDiff {
 /// same label and the closest box; an entry without one counts as a label mismatch, except in
 /// the group at the cut-off, where entries tied with the k-th score may trade places with
 /// ones just past rank k.
-fn compare_ranked(k: usize, side: f32, burn: &Dets, graph: &Dets) -> RankedDiff {
+pub fn compare_ranked(k: usize, side: f32, burn: &Dets, graph: &Dets) -> RankedDiff {
     let (bs, bl, bb) = (&burn.scores, &burn.labels, &burn.boxes);
     let (gs, gl, gb) = (&graph.scores, &graph.labels, &graph.boxes);
     let mut d = RankedDiff {

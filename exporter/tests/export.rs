@@ -9,6 +9,7 @@ use std::process::Command;
 use burn::tensor::Device;
 use codetr_core::model::detector::pixels_to_tensor;
 use codetr_core::model::{DetectorConfig, checkpoint};
+use codetr_export::check::{Dets, compare_ranked};
 use codetr_export::{ExportOptions, export};
 use codetr_model::Msda;
 
@@ -73,57 +74,6 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
-/// Which of ONNX Runtime's detections stands for each of Burn's (`order[i]`, over the
-/// batch's `n` images in rank order): the same rank, except among detections of one image
-/// whose Burn scores lie within 1e-6 of each other. Such a tie may be ranked either way by two
-/// correct sums, so there each is paired with the unpaired ONNX detection of that run with
-/// its label and the nearest box.
-fn tie_order(
-    n: usize,
-    scores: &[f32],
-    labels: &[i64],
-    boxes: &[f32],
-    got_scores: &[f32],
-    got_labels: &[i64],
-    got_boxes: &[f32],
-) -> Vec<usize> {
-    assert_eq!(got_scores.len(), scores.len(), "detection count");
-    let k = scores.len() / n;
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    let mut start = 0;
-    while start < scores.len() {
-        let mut end = start + 1;
-        while end < scores.len() && end % k != 0 && (scores[end] - scores[start]).abs() <= 1e-6 {
-            end += 1;
-        }
-        let mut free: Vec<usize> = (start..end).collect();
-        for i in start..end {
-            let dist = |j: usize| {
-                (0..4)
-                    .map(|c| (got_boxes[4 * j + c] - boxes[4 * i + c]).abs())
-                    .fold(0f32, f32::max)
-            };
-            let best = free
-                .iter()
-                .copied()
-                .filter(|&j| got_labels[j] == labels[i])
-                .min_by(|&a, &b| dist(a).total_cmp(&dist(b)))
-                .unwrap_or(i);
-            free.retain(|&j| j != best);
-            order[i] = best;
-        }
-        start = end;
-    }
-    let moved: Vec<(usize, f32)> = (0..order.len())
-        .filter(|&i| order[i] != i)
-        .map(|i| (i, scores[i]))
-        .collect();
-    if !moved.is_empty() {
-        eprintln!("tied detections paired out of rank (rank, Burn score): {moved:?}");
-    }
-    order
-}
-
 /// Exports `ckpt`, then compares ORT and Burn at batch 1 and 3; returns the max diffs.
 fn export_and_compare(ckpt: &Path, out: &Path, msda: Msda) -> (f32, f32) {
     let report = export(&ExportOptions {
@@ -153,27 +103,21 @@ fn export_and_compare(ckpt: &Path, out: &Path, msda: Msda) -> (f32, f32) {
             .iter()
             .map(|v| v.as_i64().unwrap())
             .collect();
-        let (got_scores, got_boxes) = (floats(&o["scores"]), floats(&o["boxes"]));
-        let order = tie_order(
-            n,
-            &scores,
-            &labels,
-            &boxes,
-            &got_scores,
-            &got_labels,
-            &got_boxes,
-        );
-        for (i, &j) in order.iter().enumerate() {
-            assert_eq!(
-                got_labels[j], labels[i],
-                "labels differ at batch {n}, rank {i} (scores {} vs {})",
-                got_scores[j], scores[i]
-            );
-            ds = ds.max((got_scores[j] - scores[i]).abs());
-            for c in 0..4 {
-                db = db.max((got_boxes[4 * j + c] - boxes[4 * i + c]).abs() / 400.0);
-            }
-        }
+        // Detections whose scores tie may come in either order (the exporter's own rule).
+        let burn = Dets {
+            scores,
+            labels,
+            boxes,
+        };
+        let graph = Dets {
+            scores: floats(&o["scores"]),
+            labels: got_labels,
+            boxes: floats(&o["boxes"]),
+        };
+        let d = compare_ranked(burn.scores.len() / n, 400.0, &burn, &graph);
+        assert!(d.labels_identical, "labels differ at batch {n}: {d:?}");
+        ds = ds.max(d.max_score_diff);
+        db = db.max(d.max_box_diff);
         let meta = &res["metadata"];
         for key in codetr_model::METADATA_KEYS {
             assert!(meta.get(*key).is_some(), "metadata {key} missing");
