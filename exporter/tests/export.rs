@@ -40,6 +40,28 @@ fn run_onnx_hw(
     python_json("onnx_run.py", &[model.as_os_str(), ip.as_os_str()])
 }
 
+/// `onnx_run.py` on several batches of `s × s` images (`(n, pixels, orig_sizes)`) through
+/// one session: `res["runs"][i]` holds batch `i`'s outputs.
+fn run_onnx_batches(
+    model: &Path,
+    s: usize,
+    batches: &[(usize, Vec<u8>, Vec<i64>)],
+) -> serde_json::Value {
+    let inputs: Vec<serde_json::Value> = batches
+        .iter()
+        .map(|(n, px, sizes)| {
+            serde_json::json!({
+                "images": {"dtype": "uint8", "shape": [n, s, s, 3], "data": px},
+                "orig_sizes": {"dtype": "int64", "shape": [n, 2], "data": sizes},
+            })
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = tmp.path().join("in.json");
+    std::fs::write(&ip, serde_json::Value::from(inputs).to_string()).unwrap();
+    python_json("onnx_run.py", &[model.as_os_str(), ip.as_os_str()])
+}
+
 /// A synthetic dataset under `dir/data` with `val` 160×120 val images, and a `tiny` config at
 /// 128² with 50 queries: what the `--check` tests export and compare on.
 fn small_val_set_and_model(dir: &Path, val: usize, seed: u64) -> (PathBuf, DetectorConfig) {
@@ -84,19 +106,28 @@ fn export_and_compare(ckpt: &Path, out: &Path, msda: Msda) -> (f32, f32) {
     let (model, _) = checkpoint::load(ckpt, &Device::flex()).unwrap();
     let s = model.config().input_size as usize;
     let (mut ds, mut db) = (0f32, 0f32);
-    for n in [1usize, 3] {
-        let px: Vec<u8> = (0..n * s * s * 3)
-            .map(|i| ((i * 17 + n) % 256) as u8)
-            .collect();
-        let sizes: Vec<[u32; 2]> = (0..n).map(|i| [300 + 50 * i as u32, 400]).collect();
-        let flat: Vec<i64> = sizes
-            .iter()
-            .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
-            .collect();
-        let x = pixels_to_tensor(&px, n, s, s, &Device::flex()).unwrap();
-        let (scores, labels, boxes) = model.detect(x, &sizes).unwrap().to_host().unwrap();
-        let res = run_onnx(out, n, s, &px, &flat);
-        let o = &res["outputs"];
+    let sizes =
+        |n: usize| -> Vec<[u32; 2]> { (0..n).map(|i| [300 + 50 * i as u32, 400]).collect() };
+    let batches: Vec<(usize, Vec<u8>, Vec<i64>)> = [1usize, 3]
+        .into_iter()
+        .map(|n| {
+            let px: Vec<u8> = (0..n * s * s * 3)
+                .map(|i| ((i * 17 + n) % 256) as u8)
+                .collect();
+            let flat: Vec<i64> = sizes(n)
+                .iter()
+                .flat_map(|v| [i64::from(v[0]), i64::from(v[1])])
+                .collect();
+            (n, px, flat)
+        })
+        .collect();
+    let res = run_onnx_batches(out, s, &batches);
+    assert_eq!(res["runs"].as_array().map(Vec::len), Some(batches.len()));
+    for (b, (n, px, _)) in batches.iter().enumerate() {
+        let n = *n;
+        let x = pixels_to_tensor(px, n, s, s, &Device::flex()).unwrap();
+        let (scores, labels, boxes) = model.detect(x, &sizes(n)).unwrap().to_host().unwrap();
+        let o = &res["runs"][b];
         let got_labels: Vec<i64> = o["labels"]["data"]
             .as_array()
             .unwrap()
@@ -118,19 +149,19 @@ fn export_and_compare(ckpt: &Path, out: &Path, msda: Msda) -> (f32, f32) {
         assert!(d.labels_identical, "labels differ at batch {n}: {d:?}");
         ds = ds.max(d.max_score_diff);
         db = db.max(d.max_box_diff);
-        let meta = &res["metadata"];
-        for key in codetr_model::METADATA_KEYS {
-            assert!(meta.get(*key).is_some(), "metadata {key} missing");
-        }
-        assert_eq!(res["domains"], serde_json::json!([""]), "standard ops only");
-        assert!(
-            !res["ops"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|v| v == "NonMaxSuppression")
-        );
     }
+    let meta = &res["metadata"];
+    for key in codetr_model::METADATA_KEYS {
+        assert!(meta.get(*key).is_some(), "metadata {key} missing");
+    }
+    assert_eq!(res["domains"], serde_json::json!([""]), "standard ops only");
+    assert!(
+        !res["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "NonMaxSuppression")
+    );
     eprintln!(
         "{} ({msda:?}): {} nodes, {} weights, dropped {}: scores {ds:.2e}, boxes/side {db:.2e}",
         ckpt.display(),
