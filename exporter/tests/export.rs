@@ -29,15 +29,7 @@ fn run_onnx_hw(
     px: &[u8],
     sizes: &[i64],
 ) -> serde_json::Value {
-    let inputs = serde_json::json!({
-        "images": {"dtype": "uint8", "shape": [n, h, w, 3], "data": px},
-        "orig_sizes": {"dtype": "int64", "shape": [n, 2], "data": sizes},
-    });
-    // The inputs go to a temp dir: the model may be a committed file (models/).
-    let tmp = tempfile::tempdir().unwrap();
-    let ip = tmp.path().join("in.json");
-    std::fs::write(&ip, inputs.to_string()).unwrap();
-    python_json("onnx_run.py", &[model.as_os_str(), ip.as_os_str()])
+    onnx_run_json(model, &feeds(n, h, w, px, sizes))
 }
 
 /// `onnx_run.py` on several batches of `s × s` images (`(n, pixels, orig_sizes)`) through
@@ -49,16 +41,25 @@ fn run_onnx_batches(
 ) -> serde_json::Value {
     let inputs: Vec<serde_json::Value> = batches
         .iter()
-        .map(|(n, px, sizes)| {
-            serde_json::json!({
-                "images": {"dtype": "uint8", "shape": [n, s, s, 3], "data": px},
-                "orig_sizes": {"dtype": "int64", "shape": [n, 2], "data": sizes},
-            })
-        })
+        .map(|(n, px, sizes)| feeds(*n, s, s, px, sizes))
         .collect();
+    onnx_run_json(model, &serde_json::Value::from(inputs))
+}
+
+/// The graph's inputs for `n` images of `h × w` in `onnx_run.py`'s JSON.
+fn feeds(n: usize, h: usize, w: usize, px: &[u8], sizes: &[i64]) -> serde_json::Value {
+    serde_json::json!({
+        "images": {"dtype": "uint8", "shape": [n, h, w, 3], "data": px},
+        "orig_sizes": {"dtype": "int64", "shape": [n, 2], "data": sizes},
+    })
+}
+
+/// `onnx_run.py` on `inputs` (one input set, or a list of them).
+fn onnx_run_json(model: &Path, inputs: &serde_json::Value) -> serde_json::Value {
+    // The inputs go to a temp dir: the model may be a committed file (models/).
     let tmp = tempfile::tempdir().unwrap();
     let ip = tmp.path().join("in.json");
-    std::fs::write(&ip, serde_json::Value::from(inputs).to_string()).unwrap();
+    std::fs::write(&ip, inputs.to_string()).unwrap();
     python_json("onnx_run.py", &[model.as_os_str(), ip.as_os_str()])
 }
 

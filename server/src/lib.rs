@@ -66,6 +66,51 @@ async fn shutdown_signal() {
     }
 }
 
+/// `n` more sessions of the graph on the provider that took (`only`), each opened on its own
+/// thread: ONNX Runtime takes up to a minute to create a session for a large graph (its memory
+/// planner on the gather lowering of `paper-r50`: 40 s, `bench/results/session_init.json`),
+/// so `n` of them one after another would hold the server's start `n` times that. TensorRT's
+/// are still opened one at a time: each may build an engine, and builds side by side would
+/// hold several builders' GPU memory at once. The first error is returned.
+fn open_sessions(
+    n: usize,
+    env: &'static ort::environment::Environment,
+    path: &std::path::Path,
+    only: &config::RuntimeConfig,
+    sizes: &[usize],
+    model: &engine::ModelInfo,
+) -> Result<Vec<ort::session::Session>> {
+    let start = std::time::Instant::now();
+    let open = move || engine::open(env, path, only, sizes, Some(model)).map(|(s, _, _)| s);
+    let side_by_side = !only.providers.contains(&config::Provider::Tensorrt);
+    let sessions = if side_by_side {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n).map(|_| scope.spawn(open)).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ServeError::Runtime(
+                            "a thread opening a worker's session panicked".into(),
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })?
+    } else {
+        (0..n).map(|_| open()).collect::<Result<Vec<_>>>()?
+    };
+    if n > 0 {
+        tracing::info!(
+            sessions = n,
+            side_by_side,
+            seconds = start.elapsed().as_secs_f64(),
+            "further worker sessions opened"
+        );
+    }
+    Ok(sessions)
+}
+
 /// Builds the sessions (provider selection), starts the workers, publishes the engine, and
 /// blocks until every worker has warmed up at every batch size; then marks the server ready.
 fn load(
@@ -77,7 +122,9 @@ fn load(
     let mut sizes = cfg.batching.effective_sizes();
     // The first session validates the file and picks the provider; the other workers use
     // that provider only, so every worker runs on the same one.
+    let opened = std::time::Instant::now();
     let (first, provider, failures) = engine::open(env, path, &cfg.runtime, &sizes, None)?;
+    let session_seconds = opened.elapsed().as_secs_f64();
     let model = engine::inspect(&first, path, &cfg.input_size)?;
     if cfg.runtime.require_gpu && !provider.is_gpu() {
         return Err(ServeError::Runtime(format!(
@@ -127,23 +174,37 @@ fn load(
         input = %engine::show_sizes(&model.input_sizes),
         top_k = model.meta.max_detections,
         provider = provider.as_str(),
+        session_seconds,
         "model loaded"
     );
+    // The other workers' sessions open while the first one checks I/O binding (a run of the
+    // model: as long as a session's creation on the CPU for a large graph).
     let mut runtime = cfg.runtime.clone();
-    let mut first = Runner::new(first, provider, &model, &runtime)?;
-    let hw = model.input_sizes.first().copied();
-    if let Some(e) = hw.and_then(|hw| crate::batcher::check_binding(&mut first, hw)) {
-        tracing::error!(
-            provider = provider.as_str(),
-            "I/O BINDING FALLBACK: a run through I/O binding failed ({e}) where a plain run \
-             works; every worker runs without it (io_binding = false)"
-        );
-        runtime.io_binding = false;
-    }
-    let mut runners = vec![first];
-    for _ in 1..cfg.batching.workers {
-        let (s, _, _) = engine::open(env, path, &only, &sizes, Some(&model))?;
-        runners.push(Runner::new(s, provider, &model, &runtime)?);
+    let workers = cfg.batching.workers;
+    let (first, others) = std::thread::scope(|scope| {
+        let others = scope.spawn(|| open_sessions(workers - 1, env, path, &only, &sizes, &model));
+        let first = Runner::new(first, provider, &model, &runtime).map(|mut first| {
+            let hw = model.input_sizes.first().copied();
+            if let Some(e) = hw.and_then(|hw| crate::batcher::check_binding(&mut first, hw)) {
+                tracing::error!(
+                    provider = provider.as_str(),
+                    "I/O BINDING FALLBACK: a run through I/O binding failed ({e}) where a plain \
+                     run works; every worker runs without it (io_binding = false)"
+                );
+                runtime.io_binding = false;
+            }
+            first
+        });
+        let others = others.join().unwrap_or_else(|_| {
+            Err(ServeError::Runtime(
+                "the thread opening the workers' sessions panicked".into(),
+            ))
+        });
+        (first, others)
+    });
+    let mut runners = vec![first?];
+    for session in others? {
+        runners.push(Runner::new(session, provider, &model, &runtime)?);
     }
     let (io_binding, host_memory) = (runners[0].io_binding(), runners[0].host_memory());
     tracing::info!(io_binding, host_memory = ?host_memory, "batch staging");

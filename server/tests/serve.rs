@@ -402,6 +402,43 @@ fn concurrent_requests_are_batched_together() {
     assert_eq!(sum, 6.0);
 }
 
+/// Several workers: the other workers' sessions are opened side by side (beside the first
+/// one's I/O-binding check), and every worker answers what one worker answers.
+#[test]
+fn several_workers_open_their_sessions_and_answer_alike() {
+    let jpg = sample_jpeg();
+    let one = Server::start(&["--score-threshold", "0"]);
+    let want = one.post("/v1/detect", "image/jpeg", &jpg);
+    assert_eq!(want.status, 200, "{}", want.text());
+    let s = Server::start(&[
+        "--score-threshold",
+        "0",
+        "--workers",
+        "3",
+        "--max-batch-size",
+        "1",
+    ]);
+    let log = s.log();
+    assert!(
+        log.contains("further worker sessions opened")
+            && log.contains("sessions=2")
+            && log.contains("side_by_side=true"),
+        "{log}"
+    );
+    let before = s.metric("codetr_inference_count_total");
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..9)
+            .map(|_| sc.spawn(|| s.post("/v1/detect", "image/jpeg", &jpg)))
+            .collect();
+        for h in hs {
+            let o = h.join().unwrap();
+            assert_eq!(o.status, 200, "{}", o.text());
+            assert_eq!(o.json()["images"], want.json()["images"]);
+        }
+    });
+    assert_eq!(s.metric("codetr_inference_count_total") - before, 9.0);
+}
+
 #[test]
 fn full_queue_answers_503_with_retry_after() {
     // One worker, batches of 1, room for 16 queued images; requests of 16 images each can
