@@ -15,7 +15,9 @@
 #   - codetr-serve ÷ raw ONNX Runtime at saturation (tiny, batch 32);
 #   - I/O binding over pinned buffers (the default) vs plain `Session::run`, raw and served;
 #   - batch sizes that cannot run (above the graph's 32-bit bound; out of a memory cap): the
-#     server stays up and serves the largest that works.
+#     server stays up and serves the largest that works;
+#   - 3 workers: their sessions opened side by side on the provider, each one's time
+#     (workers-log.txt).
 #
 # On the device (binaries and ONNX Runtime from the kit, built by bench/gpu_serve_kit.sh;
 # see ../shared/gpu/README.md):
@@ -219,6 +221,21 @@ fi
 kill $pid 2>/dev/null; wait $pid 2>/dev/null
 grep -E "BATCH SIZE DROPPED|ready with|warm-up|Error" "$WORK/serve-fault.log" | cut -c1-700 > "$WORK/fault-log.txt"
 tail -c 20000 "$WORK/serve-fault.log" > "$OUT/serve-fault.log"
+
+step "workers: 3 sessions of the shipped graph on $PROVIDER, the two after the first opened side by side"
+# ONNX Runtime does not document concurrent session creation (codetr-serve's open_sessions):
+# this is where a provider that cannot take it would show, as an error or a server that never
+# gets ready. The log keeps each session's time.
+codetr-serve --model "$SHIPPED" --bind 127.0.0.1:18700 --providers "$PROVIDER" --workers 3 \
+  --max-batch-size 8 > "$WORK/serve-workers.log" 2>&1 &
+pid=$!
+if ready 18700 $pid; then
+  get http://127.0.0.1:18700/v1/models > "$WORK/workers-models.json" 2>>"$LOG" && echo ok > "$WORK/workers-ready.txt"
+else
+  echo "   the 3-worker server never became ready" | tee -a "$LOG" >&2
+fi
+kill $pid 2>/dev/null; wait $pid 2>/dev/null
+grep -E "model loaded|worker sessions opened|Error|error" "$WORK/serve-workers.log" | cut -c1-700 | tee "$OUT/workers-log.txt" >>"$LOG"
 
 step "I/O binding with pinned buffers (the default) vs plain Session::run: raw paper-r50 fp32 b1/$BIG, raw tiny b$BMAX, server at saturation"
 # Last, so that a call running out of time loses only this comparison.
