@@ -88,13 +88,7 @@ fn open_sessions(
             let handles: Vec<_> = (0..n).map(|_| scope.spawn(open)).collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(ServeError::Runtime(
-                            "a thread opening a worker's session panicked".into(),
-                        ))
-                    })
-                })
+                .map(|h| joined(h, "a worker's session"))
                 .collect::<Result<Vec<_>>>()
         })?
     } else {
@@ -109,6 +103,15 @@ fn open_sessions(
         );
     }
     Ok(sessions)
+}
+
+/// A session-opening thread's result; its panic becomes an error naming `what` it opened.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>, what: &str) -> Result<T> {
+    h.join().unwrap_or_else(|_| {
+        Err(ServeError::Runtime(format!(
+            "the thread opening {what} panicked"
+        )))
+    })
 }
 
 /// Builds the sessions (provider selection), starts the workers, publishes the engine, and
@@ -195,12 +198,7 @@ fn load(
             }
             first
         });
-        let others = others.join().unwrap_or_else(|_| {
-            Err(ServeError::Runtime(
-                "the thread opening the workers' sessions panicked".into(),
-            ))
-        });
-        (first, others)
+        (first, joined(others, "the workers' sessions"))
     });
     let mut runners = vec![first?];
     for session in others? {
