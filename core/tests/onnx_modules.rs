@@ -274,3 +274,127 @@ fn dynamic_size_graph_matches_burn_at_several_sizes_with_both_lowerings() {
         }
     }
 }
+
+/// One MSDA block alone, both lowerings, against Burn's host kernel (itself checked against
+/// the naive loops in model_msda.rs), with reference points and offsets that put many
+/// samples outside the maps and on their edges: the lowerings' corner validity and clamping
+/// are what this exercises, which a whole detector's mostly interior samples barely do.
+#[test]
+fn msda_block_lowerings_match_burn_where_samples_leave_the_map() {
+    use burn::module::Param;
+    use burn::tensor::{Tensor, TensorData};
+    use codetr_core::model::msda::{EmitReference, MsDeformAttnConfig, MsdaImpl, Reference};
+    use codetr_core::onnx::Levels;
+    use codetr_model::Msda;
+    let dev = Device::flex();
+    let (d, h, l, p) = (32, 4, 3, 3);
+    let shapes = [[6usize, 7usize], [3, 4], [1, 2]];
+    let (n, q) = (2, 24);
+    let s: usize = shapes.iter().map(|[a, b]| a * b).sum();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = |count: usize, lo: f32, hi: f32| -> Vec<f32> {
+        (0..count)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                lo + (hi - lo) * ((state >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    };
+    let mut attn = MsDeformAttnConfig {
+        d_model: d,
+        num_heads: h,
+        num_levels: l,
+        num_points: p,
+        imp: MsdaImpl::Host,
+    }
+    .init(&dev)
+    .unwrap();
+    // offsets of several pixels either way and uneven attention, instead of the init's zeros
+    let so = h * l * p * 2;
+    attn.sampling_offsets.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(uniform(d * so, -0.6, 0.6), [d, so]),
+        &dev,
+    ));
+    attn.attention_weights.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(uniform(d * h * l * p, -0.5, 0.5), [d, h * l * p]),
+        &dev,
+    ));
+    let query = uniform(n * q * d, -1.0, 1.0);
+    let value = uniform(n * s * d, -1.0, 1.0);
+    // a third of the reference points lie outside [0, 1]; the first few sit on the corners
+    let mut refs = uniform(n * q * 2, -0.2, 1.2);
+    refs[..8].copy_from_slice(&[0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]);
+    let t3 = |v: &[f32], dims: [usize; 3]| {
+        Tensor::<3>::from_data(TensorData::new(v.to_vec(), dims), &dev)
+    };
+    let want = attn.forward(
+        t3(&query, [n, q, d]),
+        &Reference::Points(t3(&refs, [n, q, 2])),
+        t3(&value, [n, s, d]),
+        &shapes,
+        None,
+    );
+    let want_dims = want.dims();
+    let want: Vec<f32> = want.into_data().try_to_vec().unwrap();
+    let outside = refs.iter().filter(|c| !(0.0..=1.0).contains(*c)).count();
+    assert!(
+        outside > refs.len() / 5,
+        "{outside} of {} coordinates outside",
+        refs.len()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let batch = Dim::Named("N".into());
+    let fixed = |k: usize| Dim::Fixed(k as i64);
+    for lowering in [Msda::GridSample, Msda::Gather] {
+        let mut g = GraphBuilder::new("msda");
+        let qi = g
+            .input("query", ElemType::F32, &[batch.clone(), fixed(q), fixed(d)])
+            .unwrap();
+        let ri = g
+            .input(
+                "reference",
+                ElemType::F32,
+                &[batch.clone(), fixed(q), fixed(2)],
+            )
+            .unwrap();
+        let vi = g
+            .input("value", ElemType::F32, &[batch.clone(), fixed(s), fixed(d)])
+            .unwrap();
+        let levels = Levels::fixed(&mut g, &shapes);
+        let out = attn
+            .emit(
+                &mut g,
+                &qi,
+                EmitReference::Points(&ri),
+                &vi,
+                &levels,
+                lowering,
+                None,
+            )
+            .unwrap();
+        g.output(
+            &out,
+            "out",
+            ElemType::F32,
+            &[batch.clone(), fixed(q), fixed(d)],
+        )
+        .unwrap();
+        let path = dir.path().join(format!("msda-{lowering:?}.onnx"));
+        write(&g.finish(17, "codetr-test", vec![]), &path).unwrap();
+        let f32s = |v: &[f32], dims: [usize; 3]| serde_json::json!({"dtype": "float32", "shape": dims, "data": v});
+        let res = common::onnx_run(
+            &path,
+            &serde_json::json!({
+                "query": f32s(&query, [n, q, d]),
+                "reference": f32s(&refs, [n, q, 2]),
+                "value": f32s(&value, [n, s, d]),
+            }),
+        );
+        let diff = common::max_diff(&res["outputs"]["out"], &want_dims, &want);
+        eprintln!("MSDA block, {lowering:?} lowering: max |onnx − burn| = {diff:.2e}");
+        assert!(diff <= 1e-5, "{lowering:?}: {diff}");
+    }
+}
