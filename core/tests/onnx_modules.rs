@@ -323,7 +323,7 @@ fn msda_block_lowerings_match_burn_where_samples_leave_the_map() {
     ));
     let query = uniform(n * q * d, -1.0, 1.0);
     let value = uniform(n * s * d, -1.0, 1.0);
-    // a third of the reference points lie outside [0, 1]; the first few sit on the corners
+    // ~29 % of the coordinates (half the points) lie outside [0, 1]; four points sit on corners
     let mut refs = uniform(n * q * 2, -0.2, 1.2);
     refs[..8].copy_from_slice(&[0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]);
     let t3 = |v: &[f32], dims: [usize; 3]| {
