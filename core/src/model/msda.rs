@@ -759,9 +759,10 @@ fn emit_gather(g: &mut crate::onnx::GraphBuilder, s: &Sampling<'_>) -> String {
         };
         // Per axis and corner (floor, floor + 1): the clamped coordinate, which is the lookup
         // index, and the bilinear weight, zeroed where the clamp moved the corner (it lies
-        // outside the map). Built once per axis rather than once per corner, the lowering has
-        // ~35 % fewer nodes: ONNX Runtime's session creation grows faster than linearly with
-        // them (bench/results/session_init.json) and on a GPU each node is a kernel launch.
+        // outside the map). Built once per axis rather than once per corner: `paper-r50`'s
+        // graph has 29 % fewer nodes, and ONNX Runtime's session creation grows faster than
+        // linearly with them (bench/results/msda_gather_nodes.json); on a GPU each node is a
+        // kernel launch.
         let axis = |g: &mut crate::onnx::GraphBuilder, c: &str, w: &str, max: &str| {
             let cc = g.node("Clip", &[c, &zero, max], vec![]);
             let ok = g.node("Equal", &[&cc, c], vec![]);
